@@ -1,0 +1,137 @@
+/* backend.h - the operations a compute backend provides, as one table of
+ * function pointers per backend (CPU here, CUDA beside it). The model
+ * runner drives a forward pass through these ops only, so a new backend
+ * slots in without touching the engine.
+ *
+ * Activation buffers belong to the backend: the runner allocates them with
+ * act_alloc and passes them back; their element type is the backend's own
+ * (f32 on the CPU). Weights are lm_tensors as stored in the checkpoint.
+ *
+ * Batch invariance: for every output element, the order of floating-point
+ * reductions must depend only on that element's own inputs (its row, its
+ * sequence), never on how many rows or sequences are in the batch or on how
+ * work is split across threads. A request therefore gets bit-identical
+ * logits alone or batched. */
+#ifndef LM_BACKEND_H
+#define LM_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/model.h"
+
+/* One forward step over a batch of sequences. The tokens of a sequence are
+ * contiguous and in position order; a sequence contributes a prefill chunk
+ * (many tokens) or a decode (one token). Host memory. */
+struct lm_batch {
+  int n_tokens;                /* T */
+  int n_seqs;                  /* S */
+  const int32_t *token_ids;    /* [T] */
+  const int32_t *positions;    /* [T] position of each token in its sequence */
+  const int32_t *slot_mapping; /* [T] KV slot: block * block_size + offset */
+  const int32_t *q_start;      /* [S+1] first token of each sequence; q_start[S] == T */
+  const int32_t *ctx_len;      /* [S] tokens of the sequence in the KV cache once this step's are written */
+  const int32_t *block_tables; /* [S, max_blocks] block ids, row-major */
+  int max_blocks;
+  const int32_t *logit_rows; /* [n_logits] token indices whose logits are wanted */
+  int n_logits;
+};
+
+/* The paged KV cache: fixed-size blocks addressed through per-sequence
+ * block tables. Layout of the backend's buffer, shared by every backend:
+ *   [n_layers][2 (K, V)][n_blocks][n_kv_heads][block_size][head_dim]
+ * in the backend's KV element type. */
+struct lm_kv_shape {
+  int n_layers;
+  int n_blocks;
+  int block_size; /* tokens per block */
+  int n_kv_heads;
+  int head_dim;
+};
+
+/* RoPE (neox style: the two halves of a head rotate together). */
+struct lm_rope {
+  int head_dim;
+  const float *inv_freq; /* [head_dim / 2], llama3 scaling already applied */
+};
+
+struct lm_sampling; /* engine/sampler.h */
+
+/* One row to sample, with what the sampler needs to know about it. */
+struct lm_sample_row {
+  const struct lm_sampling *params;
+  uint64_t position; /* output position: the Philox counter */
+  const int32_t *history; /* tokens seen so far (for penalties), or NULL */
+  size_t n_history;
+};
+
+struct lm_sample_result {
+  int32_t id;
+  float logprob; /* of the chosen id under the model's distribution */
+};
+
+struct lm_backend_config {
+  int n_threads; /* 0: all cores */
+};
+
+struct lm_backend_ops {
+  const char *name;
+  int (*create)(const struct lm_backend_config *cfg, void **st, char *err);
+  void (*destroy)(void *st);
+  /* Makes the weights usable (the CPU uses the mapping as is). */
+  int (*load_weights)(void *st, lm_model *m, char *err);
+
+  size_t act_elem_bytes; /* element size of activation buffers */
+  void *(*act_alloc)(void *st, size_t n_elems);
+  void (*act_free)(void *st, void *buf);
+  /* Copies n_elems activations to host f32 (for logits and tests). */
+  int (*act_read)(void *st, float *dst, const void *src, size_t n_elems);
+
+  int (*kv_create)(void *st, const struct lm_kv_shape *shape, void **kv, char *err);
+  void (*kv_free)(void *st, void *kv);
+
+  /* x: [T, hidden] = table[token_ids] */
+  void (*embed)(void *st, void *x, const struct lm_tensor *table, const struct lm_batch *b);
+  /* out: [rows, dim] = x * rsqrt(mean(x^2) + eps) * w */
+  void (*rmsnorm)(void *st, void *out, const void *x, const struct lm_tensor *w, int rows, int dim,
+                  float eps);
+  /* residual += delta, then out = rmsnorm(residual) */
+  void (*add_rmsnorm)(void *st, void *out, void *residual, const void *delta,
+                      const struct lm_tensor *w, int rows, int dim, float eps);
+  /* y: [rows, N] = x: [rows, K] @ w^T (w: [N, K]) + bias: [N] (may be NULL) */
+  void (*matmul)(void *st, void *y, const void *x, const struct lm_tensor *w,
+                 const struct lm_tensor *bias, int rows);
+  /* In place on q: [T, n_heads, head_dim] and k: [T, n_kv_heads, head_dim] at b->positions */
+  void (*rope)(void *st, void *q, void *k, const struct lm_batch *b, const struct lm_rope *rope,
+               int n_heads, int n_kv_heads);
+  /* Writes k, v: [T, n_kv_heads, head_dim] into the layer's blocks at b->slot_mapping */
+  void (*kv_write)(void *st, void *kv, const struct lm_kv_shape *shape, int layer, const void *k,
+                   const void *v, const struct lm_batch *b);
+  /* out: [T, n_heads, head_dim]; each token attends causally to its
+   * sequence's cached context (positions < its own + 1) through the block
+   * table. GQA: query head h reads kv head h / (n_heads / n_kv_heads). */
+  void (*attention)(void *st, void *out, const void *q, const void *kv,
+                    const struct lm_kv_shape *shape, int layer, const struct lm_batch *b,
+                    int n_heads, float scale);
+  /* out: [rows, dim] = silu(gate) * up */
+  void (*swiglu)(void *st, void *out, const void *gate, const void *up, int rows, int dim);
+  /* out: [n, dim] = x[rows[i]] */
+  void (*gather_rows)(void *st, void *out, const void *x, const int32_t *rows, int n, int dim);
+  /* logits: [n, vocab] -> one id (and its logprob) per row */
+  int (*sample)(void *st, const void *logits, int n, int vocab, const struct lm_sample_row *rows,
+                struct lm_sample_result *out, char *err);
+};
+
+typedef struct lm_backend {
+  const struct lm_backend_ops *ops;
+  void *st;
+} lm_backend;
+
+extern const struct lm_backend_ops lm_backend_cpu_ops;
+
+/* name: "cpu", "cuda" or "auto" (CUDA when a GPU is present). */
+int lm_backend_create(const char *name, const struct lm_backend_config *cfg, lm_backend **out,
+                      char *err);
+void lm_backend_destroy(lm_backend *be);
+
+#endif

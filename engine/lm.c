@@ -1,0 +1,109 @@
+/* lm.c - shared helpers: error formatting, dtypes, files, clock. */
+#include "engine/lm.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int lm_errf(char *err, int code, const char *fmt, ...) {
+  if (err) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, LM_ERR_LEN, fmt, ap);
+    va_end(ap);
+  }
+  return code;
+}
+
+size_t lm_dtype_size(enum lm_dtype dt) {
+  switch (dt) {
+  case LM_DTYPE_F32: return 4;
+  case LM_DTYPE_F16: return 2;
+  case LM_DTYPE_BF16: return 2;
+  }
+  return 0;
+}
+
+const char *lm_dtype_name(enum lm_dtype dt) {
+  switch (dt) {
+  case LM_DTYPE_F32: return "float32";
+  case LM_DTYPE_F16: return "float16";
+  case LM_DTYPE_BF16: return "bfloat16";
+  }
+  return "unknown";
+}
+
+float lm_f16_to_f32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t man = h & 0x3ffu;
+  union {
+    uint32_t u;
+    float f;
+  } v;
+  if (exp == 0) {
+    /* zero or subnormal: value is man * 2^-24 */
+    float f = ldexpf((float)man, -24);
+    return sign ? -f : f;
+  }
+  if (exp == 31) v.u = sign | 0x7f800000u | (man << 13);
+  else v.u = sign | ((exp + 112) << 23) | (man << 13);
+  return v.f;
+}
+
+uint16_t lm_f32_to_f16(float f) {
+  union {
+    uint32_t u;
+    float f;
+  } v = {.f = f};
+  uint32_t sign = (v.u >> 16) & 0x8000u;
+  float a = fabsf(f);
+  if (isnan(f)) return (uint16_t)(sign | 0x7e00u);
+  if (a >= 65520.0f) return (uint16_t)(sign | 0x7c00u);
+  if (a < 6.103515625e-05f) {
+    /* subnormal: round to a multiple of 2^-24, nearest even */
+    float q = nearbyintf(a * 16777216.0f);
+    return (uint16_t)(sign | (uint32_t)q);
+  }
+  uint32_t u = v.u & 0x7fffffffu;
+  u += 0xfffu + ((u >> 13) & 1u);
+  return (uint16_t)(sign | (((u >> 23) - 112) << 10) | ((u >> 13) & 0x3ffu));
+}
+
+int lm_read_file(const char *path, char **data, size_t *len, char *err) {
+  FILE *f = fopen(path, "rb");
+  char *buf = NULL;
+  long size;
+  *data = NULL;
+  *len = 0;
+  if (!f) return lm_errf(err, LM_EIO, "%s: cannot open: %s", path, strerror(errno));
+  if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
+    fclose(f);
+    return lm_errf(err, LM_EIO, "%s: cannot read: %s", path, strerror(errno));
+  }
+  buf = malloc((size_t)size + 1);
+  if (!buf) {
+    fclose(f);
+    return lm_errf(err, LM_ENOMEM, "%s: out of memory reading %ld bytes", path, size);
+  }
+  if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
+    free(buf);
+    fclose(f);
+    return lm_errf(err, LM_EIO, "%s: short read", path);
+  }
+  fclose(f);
+  buf[size] = '\0';
+  *data = buf;
+  *len = (size_t)size;
+  return LM_OK;
+}
+
+double lm_now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}

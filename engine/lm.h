@@ -1,0 +1,70 @@
+/* lm.h - what every lmserve module shares: status codes, error buffers,
+ * dtypes and small file helpers. */
+#ifndef LM_H
+#define LM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Status codes: 0 is success, failures are negative. */
+#define LM_OK 0
+#define LM_EINVAL (-1)  /* bad argument or bad input from a caller */
+#define LM_ENOMEM (-2)  /* allocation failed */
+#define LM_EIO (-3)     /* file missing, unreadable or truncated */
+#define LM_EFORMAT (-4) /* file readable but its contents are wrong */
+#define LM_EUNSUP (-5)  /* valid but not supported by lmserve */
+#define LM_ERANGE (-6)  /* a value outside its allowed range */
+#define LM_EFULL (-7)   /* out of capacity (KV blocks, queue slots) */
+
+/* Every function that can fail with a reason takes a caller-owned buffer of
+ * LM_ERR_LEN bytes and writes one line there (no trailing newline). */
+#define LM_ERR_LEN 512
+
+#if defined(__GNUC__)
+#define LM_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define LM_PRINTF(a, b)
+#endif
+
+/* Writes a formatted message into err (may be NULL) and returns code. */
+int lm_errf(char *err, int code, const char *fmt, ...) LM_PRINTF(3, 4);
+
+enum lm_dtype {
+  LM_DTYPE_F32 = 0,
+  LM_DTYPE_F16 = 1,
+  LM_DTYPE_BF16 = 2,
+};
+
+size_t lm_dtype_size(enum lm_dtype dt);
+const char *lm_dtype_name(enum lm_dtype dt);
+
+/* Conversions between storage types and f32. */
+static inline float lm_bf16_to_f32(uint16_t h) {
+  union {
+    uint32_t u;
+    float f;
+  } v = {.u = (uint32_t)h << 16};
+  return v.f;
+}
+
+static inline uint16_t lm_f32_to_bf16(float f) {
+  union {
+    uint32_t u;
+    float f;
+  } v = {.f = f};
+  if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x40); /* quiet NaN */
+  /* round to nearest even, as PyTorch and CUDA do */
+  return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+float lm_f16_to_f32(uint16_t h);
+uint16_t lm_f32_to_f16(float f);
+
+/* Reads a whole file into a malloc'd buffer with a NUL byte appended (not
+ * counted in *len). */
+int lm_read_file(const char *path, char **data, size_t *len, char *err);
+
+/* Monotonic clock. */
+double lm_now_s(void);
+
+#endif

@@ -1,0 +1,259 @@
+/* runner.c - the transformer forward pass, one function per step of a
+ * layer, over backend ops. Shapes: T tokens in the step, H hidden size,
+ * Q = n_heads * head_dim, KV = n_kv_heads * head_dim, I intermediate. */
+#include "engine/runner.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct lm_runner {
+  lm_model *m;
+  lm_backend *be;
+  struct lm_runner_config cfg;
+  struct lm_kv_shape kv_shape;
+  void *kv;
+  lm_kv_pool *pool;
+  float *inv_freq; /* [head_dim / 2] */
+  struct lm_rope rope;
+
+  /* activations (backend buffers) */
+  void *x;      /* [T, H] residual stream */
+  void *h;      /* [T, H] normed input of the next matmul */
+  void *q, *qn; /* [T, Q] queries, then after q_norm */
+  void *k, *kn; /* [T, KV] */
+  void *v;      /* [T, KV] */
+  void *att;    /* [T, Q] attention output */
+  void *o;      /* [T, H] attention or MLP output, added to x */
+  void *gate;   /* [T, I] */
+  void *up;     /* [T, I] */
+  void *last;   /* [max_seqs, H] normed rows whose logits are wanted */
+  void *logits; /* [max_seqs, vocab] */
+
+  /* the step's batch description (host) */
+  int32_t *token_ids, *positions, *slot_mapping; /* [max_batch_tokens] */
+  int32_t *q_start;                              /* [max_seqs + 1] */
+  int32_t *ctx_len, *logit_rows;                 /* [max_seqs] */
+  int32_t *block_tables;                         /* [max_seqs, max_blocks] */
+  int max_blocks;
+};
+
+void lm_rope_inv_freq(const struct lm_config *c, float *inv_freq) {
+  int half = c->head_dim / 2;
+  for (int i = 0; i < half; i++) {
+    double f = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim);
+    if (c->rope_llama3) {
+      /* Llama 3.1: long wavelengths slowed by factor, short ones kept,
+       * a smooth blend between. */
+      double old_len = c->rope_original_max_position;
+      double low_wavelen = old_len / c->rope_low_freq_factor;
+      double high_wavelen = old_len / c->rope_high_freq_factor;
+      double wavelen = 2.0 * M_PI / f;
+      if (wavelen > low_wavelen) {
+        f = f / c->rope_factor;
+      } else if (wavelen >= high_wavelen) {
+        double smooth = (old_len / wavelen - c->rope_low_freq_factor) /
+                        (c->rope_high_freq_factor - c->rope_low_freq_factor);
+        f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
+      }
+    }
+    inv_freq[i] = (float)f;
+  }
+}
+
+void lm_runner_free(lm_runner *r) {
+  if (!r) return;
+  const struct lm_backend_ops *ops = r->be->ops;
+  void *bufs[] = {r->x,    r->h,   r->q,  r->qn,   r->k,  r->kn,
+                  r->v,    r->att, r->o,  r->gate, r->up, r->last,
+                  r->logits};
+  for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+    if (bufs[i]) ops->act_free(r->be->st, bufs[i]);
+  if (r->kv) ops->kv_free(r->be->st, r->kv);
+  lm_kv_pool_free(r->pool);
+  free(r->inv_freq);
+  free(r->token_ids);
+  free(r->positions);
+  free(r->slot_mapping);
+  free(r->q_start);
+  free(r->ctx_len);
+  free(r->logit_rows);
+  free(r->block_tables);
+  free(r);
+}
+
+int lm_runner_create(lm_model *m, lm_backend *be, const struct lm_runner_config *cfg,
+                     lm_runner **out, char *err) {
+  const struct lm_config *c = &m->cfg;
+  const struct lm_backend_ops *ops = be->ops;
+  lm_runner *r;
+  int rc;
+  *out = NULL;
+  if (cfg->block_size <= 0 || cfg->n_blocks <= 0 || cfg->max_batch_tokens <= 0 ||
+      cfg->max_seqs <= 0)
+    return lm_errf(err, LM_EINVAL, "runner: block size, blocks, batch tokens and seqs must be > 0");
+  r = calloc(1, sizeof(*r));
+  if (!r) return lm_errf(err, LM_ENOMEM, "runner: out of memory");
+  r->m = m;
+  r->be = be;
+  r->cfg = *cfg;
+  if (r->cfg.max_model_len <= 0 || r->cfg.max_model_len > c->max_position_embeddings)
+    r->cfg.max_model_len = c->max_position_embeddings;
+  r->kv_shape = (struct lm_kv_shape){c->n_layers, cfg->n_blocks, cfg->block_size, c->n_kv_heads,
+                                     c->head_dim};
+  if ((rc = lm_kv_pool_create(cfg->n_blocks, cfg->block_size, &r->pool, err)) != LM_OK) goto err;
+  if ((rc = ops->kv_create(be->st, &r->kv_shape, &r->kv, err)) != LM_OK) goto err;
+
+  r->inv_freq = malloc((size_t)(c->head_dim / 2) * sizeof(float));
+  if (!r->inv_freq) goto nomem;
+  lm_rope_inv_freq(c, r->inv_freq);
+  r->rope = (struct lm_rope){c->head_dim, r->inv_freq};
+
+  size_t T = (size_t)cfg->max_batch_tokens, S = (size_t)cfg->max_seqs;
+  size_t H = (size_t)c->hidden_size, Q = (size_t)c->n_heads * (size_t)c->head_dim;
+  size_t KV = (size_t)c->n_kv_heads * (size_t)c->head_dim, I = (size_t)c->intermediate_size;
+  struct {
+    void **buf;
+    size_t n;
+  } acts[] = {
+      {&r->x, T * H},   {&r->h, T * H},     {&r->q, T * Q},   {&r->qn, T * Q},
+      {&r->k, T * KV},  {&r->kn, T * KV},   {&r->v, T * KV},  {&r->att, T * Q},
+      {&r->o, T * H},   {&r->gate, T * I},  {&r->up, T * I},  {&r->last, S * H},
+      {&r->logits, S * (size_t)c->vocab_size},
+  };
+  for (size_t i = 0; i < sizeof(acts) / sizeof(acts[0]); i++)
+    if (!(*acts[i].buf = ops->act_alloc(be->st, acts[i].n))) goto nomem;
+
+  r->max_blocks = (r->cfg.max_model_len + cfg->block_size - 1) / cfg->block_size;
+  r->token_ids = malloc(T * sizeof(int32_t));
+  r->positions = malloc(T * sizeof(int32_t));
+  r->slot_mapping = malloc(T * sizeof(int32_t));
+  r->q_start = malloc((S + 1) * sizeof(int32_t));
+  r->ctx_len = malloc(S * sizeof(int32_t));
+  r->logit_rows = malloc(S * sizeof(int32_t));
+  r->block_tables = malloc(S * (size_t)r->max_blocks * sizeof(int32_t));
+  if (!r->token_ids || !r->positions || !r->slot_mapping || !r->q_start || !r->ctx_len ||
+      !r->logit_rows || !r->block_tables)
+    goto nomem;
+  *out = r;
+  return LM_OK;
+nomem:
+  rc = lm_errf(err, LM_ENOMEM, "runner: out of memory for activations or KV cache");
+err:
+  lm_runner_free(r);
+  return rc;
+}
+
+lm_kv_pool *lm_runner_kv_pool(lm_runner *r) { return r->pool; }
+const struct lm_runner_config *lm_runner_config(const lm_runner *r) { return &r->cfg; }
+
+/* Fills the batch description from the chunks. */
+static int build_batch(lm_runner *r, const struct lm_seq_chunk *chunks, int n, struct lm_batch *b,
+                       char *err) {
+  int bs = r->cfg.block_size, t = 0, nl = 0;
+  if (n <= 0 || n > r->cfg.max_seqs)
+    return lm_errf(err, LM_EINVAL, "runner: %d sequences in a step (max %d)", n, r->cfg.max_seqs);
+  for (int s = 0; s < n; s++) {
+    const struct lm_seq_chunk *c = &chunks[s];
+    int start = c->kv->n_cached_tokens, end = start + c->n_tokens;
+    if (c->n_tokens <= 0 || t + c->n_tokens > r->cfg.max_batch_tokens)
+      return lm_errf(err, LM_EINVAL, "runner: step over %d tokens", r->cfg.max_batch_tokens);
+    if (end > r->cfg.max_model_len || end > c->kv->n_blocks * bs)
+      return lm_errf(err, LM_EINVAL, "runner: sequence %d needs %d tokens of cache, has %d", s,
+                     end, c->kv->n_blocks * bs);
+    r->q_start[s] = t;
+    r->ctx_len[s] = end;
+    memcpy(r->block_tables + (size_t)s * r->max_blocks, c->kv->blocks,
+           (size_t)c->kv->n_blocks * sizeof(int32_t));
+    for (int i = 0; i < c->n_tokens; i++, t++) {
+      int pos = start + i;
+      r->token_ids[t] = c->tokens[i];
+      r->positions[t] = pos;
+      r->slot_mapping[t] = c->kv->blocks[pos / bs] * bs + pos % bs;
+    }
+    if (c->want_logits) r->logit_rows[nl++] = t - 1;
+  }
+  r->q_start[n] = t;
+  *b = (struct lm_batch){
+      .n_tokens = t,
+      .n_seqs = n,
+      .token_ids = r->token_ids,
+      .positions = r->positions,
+      .slot_mapping = r->slot_mapping,
+      .q_start = r->q_start,
+      .ctx_len = r->ctx_len,
+      .block_tables = r->block_tables,
+      .max_blocks = r->max_blocks,
+      .logit_rows = r->logit_rows,
+      .n_logits = nl,
+  };
+  return LM_OK;
+}
+
+/* h: [T, H] normed input -> x += o(attention(h)) */
+static void attention_block(lm_runner *r, const struct lm_layer_weights *lw, int layer,
+                            const struct lm_batch *b) {
+  const struct lm_config *c = &r->m->cfg;
+  const struct lm_backend_ops *ops = r->be->ops;
+  void *st = r->be->st, *q = r->q, *k = r->k;
+  int T = b->n_tokens;
+  int has_bias = c->arch->qkv_bias;
+  ops->matmul(st, r->q, r->h, &lw->wq, has_bias ? &lw->bq : NULL, T);
+  ops->matmul(st, r->k, r->h, &lw->wk, has_bias ? &lw->bk : NULL, T);
+  ops->matmul(st, r->v, r->h, &lw->wv, has_bias ? &lw->bv : NULL, T);
+  if (c->arch->qk_norm) {
+    /* per-head RMSNorm: each head is a row of head_dim */
+    ops->rmsnorm(st, r->qn, r->q, &lw->q_norm, T * c->n_heads, c->head_dim, c->rms_norm_eps);
+    ops->rmsnorm(st, r->kn, r->k, &lw->k_norm, T * c->n_kv_heads, c->head_dim, c->rms_norm_eps);
+    q = r->qn;
+    k = r->kn;
+  }
+  ops->rope(st, q, k, b, &r->rope, c->n_heads, c->n_kv_heads);
+  ops->kv_write(st, r->kv, &r->kv_shape, layer, k, r->v, b);
+  ops->attention(st, r->att, q, r->kv, &r->kv_shape, layer, b, c->n_heads,
+                 1.0f / sqrtf((float)c->head_dim));
+  ops->matmul(st, r->o, r->att, &lw->wo, NULL, T);
+}
+
+/* h: [T, H] normed input -> o = down(silu(gate(h)) * up(h)) */
+static void mlp_block(lm_runner *r, const struct lm_layer_weights *lw, int T) {
+  const struct lm_backend_ops *ops = r->be->ops;
+  void *st = r->be->st;
+  ops->matmul(st, r->gate, r->h, &lw->w_gate, NULL, T);
+  ops->matmul(st, r->up, r->h, &lw->w_up, NULL, T);
+  ops->swiglu(st, r->gate, r->gate, r->up, T, r->m->cfg.intermediate_size);
+  ops->matmul(st, r->o, r->gate, &lw->w_down, NULL, T);
+}
+
+int lm_runner_step(lm_runner *r, const struct lm_seq_chunk *chunks, int n_chunks,
+                   const void **logits, int *n_logits, char *err) {
+  const struct lm_config *c = &r->m->cfg;
+  const struct lm_weights *w = &r->m->w;
+  const struct lm_backend_ops *ops = r->be->ops;
+  void *st = r->be->st;
+  struct lm_batch b;
+  int rc = build_batch(r, chunks, n_chunks, &b, err);
+  if (rc != LM_OK) return rc;
+  int T = b.n_tokens, H = c->hidden_size;
+  float eps = c->rms_norm_eps;
+
+  ops->embed(st, r->x, &w->embed, &b);
+  ops->rmsnorm(st, r->h, r->x, &w->layers[0].attn_norm, T, H, eps);
+  for (int l = 0; l < c->n_layers; l++) {
+    const struct lm_layer_weights *lw = &w->layers[l];
+    attention_block(r, lw, l, &b);
+    ops->add_rmsnorm(st, r->h, r->x, r->o, &lw->mlp_norm, T, H, eps);
+    mlp_block(r, lw, T);
+    const struct lm_tensor *next_norm =
+        l + 1 < c->n_layers ? &w->layers[l + 1].attn_norm : &w->final_norm;
+    ops->add_rmsnorm(st, r->h, r->x, r->o, next_norm, T, H, eps);
+  }
+  if (b.n_logits > 0) {
+    ops->gather_rows(st, r->last, r->h, b.logit_rows, b.n_logits, H);
+    ops->matmul(st, r->logits, r->last, &w->lm_head, NULL, b.n_logits);
+  }
+  for (int s = 0; s < n_chunks; s++) chunks[s].kv->n_cached_tokens += chunks[s].n_tokens;
+  *logits = r->logits;
+  *n_logits = b.n_logits;
+  return LM_OK;
+}

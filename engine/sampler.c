@@ -1,0 +1,167 @@
+/* sampler.c - logits to token ids on the host, with a Philox stream.
+ *
+ * Order of the steps (the CUDA sampler follows the same order):
+ *   logprob of every id from the raw logits (what is reported)
+ *   logit bias, repetition / presence / frequency penalties
+ *   greedy argmax when temperature is 0
+ *   temperature, then top-k, top-p and min-p over the distribution
+ *   inverse CDF walk over the kept ids, sorted by (probability desc, id asc),
+ *   at u = uniform(seed, output position). */
+#include "engine/sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+
+void lm_philox4x32(uint64_t key, uint64_t counter_hi, uint64_t counter_lo, uint32_t out[4]) {
+  uint32_t c0 = (uint32_t)counter_lo, c1 = (uint32_t)(counter_lo >> 32);
+  uint32_t c2 = (uint32_t)counter_hi, c3 = (uint32_t)(counter_hi >> 32);
+  uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
+  for (int round = 0; round < 10; round++) {
+    uint64_t p0 = (uint64_t)PHILOX_M0 * c0;
+    uint64_t p1 = (uint64_t)PHILOX_M1 * c2;
+    uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
+    uint32_t n1 = (uint32_t)p1;
+    uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+    uint32_t n3 = (uint32_t)p0;
+    c0 = n0;
+    c1 = n1;
+    c2 = n2;
+    c3 = n3;
+    k0 += PHILOX_W0;
+    k1 += PHILOX_W1;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+float lm_sampler_uniform(uint64_t seed, uint64_t position) {
+  uint32_t r[4];
+  lm_philox4x32(seed, 0, position, r);
+  return (float)(r[0] >> 8) * (1.0f / 16777216.0f); /* 24 bits: exact in f32, < 1 */
+}
+
+static int argmax(const float *x, int n) {
+  int best = 0;
+  for (int i = 1; i < n; i++)
+    if (x[i] > x[best]) best = i;
+  return best;
+}
+
+/* log(sum(exp(x))) with the max taken out, in double for a stable logprob. */
+static double log_sum_exp(const float *x, int n, float max) {
+  double s = 0;
+  for (int i = 0; i < n; i++) s += exp((double)x[i] - max);
+  return (double)max + log(s);
+}
+
+/* counts: [vocab] int32 scratch. Repetition and presence penalties apply
+ * once per distinct id seen, frequency once per occurrence. */
+static void apply_penalties(float *l, int vocab, const struct lm_sampling *p,
+                            const struct lm_sample_row *row, int32_t *counts) {
+  for (size_t i = 0; i < p->n_logit_bias; i++) {
+    int32_t id = p->logit_bias[i].id;
+    if (id >= 0 && id < vocab) l[id] += p->logit_bias[i].bias;
+  }
+  int rep = p->repetition_penalty > 0 && p->repetition_penalty != 1.0f;
+  if (!row->history || (!rep && p->presence_penalty == 0 && p->frequency_penalty == 0)) return;
+  memset(counts, 0, (size_t)vocab * sizeof(*counts));
+  for (size_t i = 0; i < row->n_history; i++) {
+    int32_t id = row->history[i];
+    if (id >= 0 && id < vocab) counts[id]++;
+  }
+  for (size_t i = 0; i < row->n_history; i++) {
+    int32_t id = row->history[i];
+    if (id < 0 || id >= vocab || counts[id] == 0) continue;
+    if (rep) l[id] = l[id] > 0 ? l[id] / p->repetition_penalty : l[id] * p->repetition_penalty;
+    l[id] -= p->presence_penalty + p->frequency_penalty * (float)counts[id];
+    counts[id] = 0; /* once per distinct id */
+  }
+}
+
+struct cand {
+  float p;
+  int32_t id;
+};
+
+static int cand_cmp(const void *a, const void *b) {
+  const struct cand *x = a, *y = b;
+  if (x->p != y->p) return x->p > y->p ? -1 : 1;
+  return x->id < y->id ? -1 : x->id > y->id;
+}
+
+struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
+                                          const struct lm_sample_row *row, float *scratch) {
+  const struct lm_sampling *p = row->params;
+  struct lm_sample_result res;
+  float *l = scratch; /* [vocab] working logits */
+  int raw_max = argmax(logits, vocab);
+  double raw_lse = log_sum_exp(logits, vocab, logits[raw_max]);
+
+  /* The candidates (and the penalty counts before them) use the rest of
+   * scratch: vocab entries of 8 bytes = 2 * vocab floats after l. */
+  struct cand *c = (struct cand *)(scratch + vocab);
+  memcpy(l, logits, (size_t)vocab * sizeof(float));
+  apply_penalties(l, vocab, p, row, (int32_t *)c);
+
+  if (p->temperature <= 0) {
+    res.id = argmax(l, vocab);
+    res.logprob = (float)((double)logits[res.id] - raw_lse);
+    return res;
+  }
+
+  float inv_t = 1.0f / p->temperature;
+  float max = l[argmax(l, vocab)];
+  int n = 0;
+  for (int i = 0; i < vocab; i++) {
+    float e = expf((l[i] - max) * inv_t);
+    if (e > 0) {
+      c[n].p = e;
+      c[n].id = i;
+      n++;
+    }
+  }
+  qsort(c, (size_t)n, sizeof(*c), cand_cmp);
+  if (p->top_k > 0 && p->top_k < n) n = p->top_k;
+  double total = 0;
+  for (int i = 0; i < n; i++) total += c[i].p;
+  if (p->min_p > 0) {
+    /* c[0] is the most likely; drop what falls under min_p of it */
+    float floor_p = p->min_p * c[0].p;
+    int keep = 1;
+    while (keep < n && c[keep].p >= floor_p) keep++;
+    n = keep;
+    total = 0;
+    for (int i = 0; i < n; i++) total += c[i].p;
+  }
+  if (p->top_p > 0 && p->top_p < 1) {
+    double target = (double)p->top_p * total, acc = 0;
+    int keep = 0;
+    while (keep < n) {
+      acc += c[keep].p;
+      keep++;
+      if (acc >= target) break;
+    }
+    n = keep;
+    total = acc;
+  }
+  double u = (double)lm_sampler_uniform(p->seed, row->position) * total, acc = 0;
+  int pick = n - 1;
+  for (int i = 0; i < n; i++) {
+    acc += c[i].p;
+    if (u < acc) {
+      pick = i;
+      break;
+    }
+  }
+  res.id = c[pick].id;
+  res.logprob = (float)((double)logits[res.id] - raw_lse);
+  return res;
+}

@@ -1,0 +1,44 @@
+/* sampler.h - turning a row of logits into a token, on the host.
+ *
+ * Randomness comes from a counter-based generator (Philox4x32-10) keyed by
+ * the request's seed with the output position as the counter, so a seeded
+ * request draws the same numbers whatever batch it runs in and on any
+ * backend. */
+#ifndef LM_SAMPLER_H
+#define LM_SAMPLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/backend.h"
+
+struct lm_logit_bias {
+  int32_t id;
+  float bias;
+};
+
+/* Per-request sampling parameters. Zero-initialised means greedy. */
+struct lm_sampling {
+  float temperature; /* 0: greedy (argmax, lowest id on ties) */
+  int top_k;         /* 0: off */
+  float top_p;       /* 0 or 1: off */
+  float min_p;       /* 0: off */
+  uint64_t seed;
+  float repetition_penalty; /* 0 or 1: off */
+  float presence_penalty;
+  float frequency_penalty;
+  const struct lm_logit_bias *logit_bias;
+  size_t n_logit_bias;
+};
+
+/* Philox4x32-10: four 32-bit outputs for (key, counter). */
+void lm_philox4x32(uint64_t key, uint64_t counter_hi, uint64_t counter_lo, uint32_t out[4]);
+/* A uniform float in [0, 1) from the seed and output position. */
+float lm_sampler_uniform(uint64_t seed, uint64_t position);
+
+/* Samples one id from logits: [vocab] (f32, left unchanged). scratch must
+ * hold 3 * vocab floats. */
+struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
+                                          const struct lm_sample_row *row, float *scratch);
+
+#endif

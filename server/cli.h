@@ -1,0 +1,19 @@
+/* cli.h - the lmserve command line: one function per subcommand. */
+#ifndef LM_CLI_H
+#define LM_CLI_H
+
+#include <stddef.h>
+
+/* The model directory to use: --model if given, else $LMSERVE_MODEL, else
+ * the demo model next to the binary (<prefix>/bin/lmserve ->
+ * <prefix>/models/demo), so it is found from any working directory. */
+const char *lm_cli_model_dir(const char *flag, char *buf, size_t size);
+
+/* Parses a whole-string integer or float flag value; 0 on success. */
+int lm_cli_int(const char *flag, const char *s, long min, long max, long *out);
+int lm_cli_float(const char *flag, const char *s, double min, double max, double *out);
+
+int lm_cmd_generate(int argc, char **argv);
+int lm_cmd_tokenize(int argc, char **argv);
+
+#endif

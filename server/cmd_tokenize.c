@@ -1,0 +1,130 @@
+/* cmd_tokenize.c - `lmserve tokenize`: text on stdin to a JSON array of ids,
+ * or with --decode, a JSON array of ids back to text. */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/json.h"
+#include "engine/lm.h"
+#include "engine/tokenizer.h"
+#include "server/cli.h"
+
+static const char usage[] =
+    "usage: lmserve tokenize [--model DIR | --tokenizer DIR] [--decode] [--no-special]\n"
+    "                        [--skip-special]\n"
+    "  reads text on stdin and prints a JSON array of token ids, with the special\n"
+    "  tokens the tokenizer's post-processor adds (--no-special leaves them out);\n"
+    "  --decode reads a JSON array of ids and prints the text (--skip-special\n"
+    "  drops special tokens).\n";
+
+static int read_stdin(char **data, size_t *len) {
+  size_t cap = 1 << 16, n = 0;
+  char *buf = malloc(cap + 1);
+  if (!buf) return -1;
+  for (;;) {
+    size_t got = fread(buf + n, 1, cap - n, stdin);
+    n += got;
+    if (n < cap) break;
+    char *grown = realloc(buf, cap * 2 + 1);
+    if (!grown) {
+      free(buf);
+      return -1;
+    }
+    buf = grown;
+    cap *= 2;
+  }
+  buf[n] = '\0';
+  *data = buf;
+  *len = n;
+  return 0;
+}
+
+static int decode_ids(const lm_tokenizer *tok, const char *in, size_t len, int skip_special) {
+  char err[LM_ERR_LEN];
+  lm_json_doc *doc = NULL;
+  lm_tokens ids = {0};
+  char *text = NULL;
+  size_t text_len;
+  int rc = 1;
+  if (lm_json_parse(in, len, &doc, err) != LM_OK) {
+    fprintf(stderr, "lmserve: tokenize --decode: stdin: %s\n", err);
+    return 1;
+  }
+  const lm_json *arr = lm_json_root(doc);
+  if (arr->type != LM_JSON_ARRAY) {
+    fprintf(stderr, "lmserve: tokenize --decode: stdin must be a JSON array of token ids\n");
+    goto out;
+  }
+  ids.ids = malloc((arr->n_kids ? arr->n_kids : 1) * sizeof(int32_t));
+  if (!ids.ids) goto out;
+  for (size_t i = 0; i < arr->n_kids; i++) {
+    const lm_json *v = &arr->kids[i];
+    if (v->type != LM_JSON_NUMBER || !v->is_int || v->integer < 0 || v->integer > INT32_MAX) {
+      fprintf(stderr, "lmserve: tokenize --decode: element %zu is not a token id\n", i);
+      goto out;
+    }
+    ids.ids[ids.n++] = (int32_t)v->integer;
+  }
+  if (lm_tokenizer_decode(tok, ids.ids, ids.n, skip_special, &text, &text_len, err) != LM_OK) {
+    fprintf(stderr, "lmserve: tokenize --decode: %s\n", err);
+    goto out;
+  }
+  fwrite(text, 1, text_len, stdout);
+  rc = 0;
+out:
+  free(text);
+  lm_tokens_free(&ids);
+  lm_json_free(doc);
+  return rc;
+}
+
+int lm_cmd_tokenize(int argc, char **argv) {
+  const char *dir_flag = NULL;
+  int decode = 0, add_special = 1, skip_special = 0, rc = 1;
+  char dir_buf[4096], err[LM_ERR_LEN];
+  for (int i = 1; i < argc; i++) {
+    if ((!strcmp(argv[i], "--model") || !strcmp(argv[i], "--tokenizer")) && i + 1 < argc)
+      dir_flag = argv[++i];
+    else if (!strcmp(argv[i], "--decode")) decode = 1;
+    else if (!strcmp(argv[i], "--no-special")) add_special = 0;
+    else if (!strcmp(argv[i], "--skip-special")) skip_special = 1;
+    else if (!strcmp(argv[i], "--help")) {
+      fputs(usage, stdout);
+      return 0;
+    } else {
+      fprintf(stderr, "lmserve tokenize: unknown or incomplete flag '%s'\n%s", argv[i], usage);
+      return 2;
+    }
+  }
+  const char *dir = lm_cli_model_dir(dir_flag, dir_buf, sizeof(dir_buf));
+  lm_tokenizer *tok = NULL;
+  char *in = NULL;
+  size_t len;
+  lm_tokens ids = {0};
+  if (lm_tokenizer_load(dir, &tok, err) != LM_OK) {
+    fprintf(stderr, "lmserve: %s: %s\n", dir, err);
+    return 1;
+  }
+  if (read_stdin(&in, &len) != 0) {
+    fprintf(stderr, "lmserve: tokenize: cannot read stdin\n");
+    goto out;
+  }
+  if (decode) {
+    rc = decode_ids(tok, in, len, skip_special);
+    goto out;
+  }
+  if (lm_tokenizer_encode(tok, in, len, add_special, &ids, err) != LM_OK) {
+    fprintf(stderr, "lmserve: tokenize: %s\n", err);
+    goto out;
+  }
+  putchar('[');
+  for (size_t i = 0; i < ids.n; i++) printf(i ? ", %d" : "%d", ids.ids[i]);
+  puts("]");
+  rc = 0;
+out:
+  lm_tokens_free(&ids);
+  free(in);
+  lm_tokenizer_free(tok);
+  return rc;
+}

@@ -1,0 +1,74 @@
+/* main.c - the lmserve binary: subcommand dispatch and shared flag helpers. */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server/cli.h"
+
+static const char usage[] =
+    "usage: lmserve <command> [flags]\n"
+    "\n"
+    "commands:\n"
+    "  generate   stream a completion of --prompt to stdout\n"
+    "  tokenize   text on stdin -> JSON array of token ids (--decode reverses)\n"
+    "\n"
+    "Run 'lmserve <command> --help' for its flags. Without --model, lmserve\n"
+    "uses $LMSERVE_MODEL or the demo model installed beside the binary.\n";
+
+const char *lm_cli_model_dir(const char *flag, char *buf, size_t size) {
+  if (flag) return flag;
+  const char *env = getenv("LMSERVE_MODEL");
+  if (env && *env) return env;
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0) return "models/demo";
+  exe[n] = '\0';
+  /* strip "/lmserve" and then "/bin" */
+  for (int i = 0; i < 2; i++) {
+    char *slash = strrchr(exe, '/');
+    if (!slash) return "models/demo";
+    *slash = '\0';
+  }
+  snprintf(buf, size, "%s/models/demo", exe);
+  return buf;
+}
+
+int lm_cli_int(const char *flag, const char *s, long min, long max, long *out) {
+  char *end;
+  errno = 0;
+  long v = s ? strtol(s, &end, 10) : 0;
+  if (!s || errno || end == s || *end || v < min || v > max) {
+    fprintf(stderr, "lmserve: %s needs an integer in [%ld, %ld], got '%s'\n", flag, min, max,
+            s ? s : "");
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+int lm_cli_float(const char *flag, const char *s, double min, double max, double *out) {
+  char *end;
+  errno = 0;
+  double v = s ? strtod(s, &end) : 0;
+  if (!s || errno || end == s || *end || !(v >= min && v <= max)) {
+    fprintf(stderr, "lmserve: %s needs a number in [%g, %g], got '%s'\n", flag, min, max,
+            s ? s : "");
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    fputs(usage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  if (!strcmp(argv[1], "generate")) return lm_cmd_generate(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "tokenize")) return lm_cmd_tokenize(argc - 1, argv + 1);
+  fprintf(stderr, "lmserve: unknown command '%s'\n%s", argv[1], usage);
+  return 2;
+}

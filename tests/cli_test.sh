@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# tests/cli_test.sh - the lmserve command line as a user runs it: streamed
+# generation on the demo model, tokenize round trips, and clear one-line
+# errors (exit 1) for broken model directories and bad requests.
+#
+# usage: tests/cli_test.sh BIN/lmserve FIXTURES_DIR
+set -uo pipefail
+lmserve=$(realpath "$1")
+fixtures=$(realpath "$2")
+py=/usr/bin/python3
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+ok() { echo "ok - $*"; }
+bad() {
+  echo "not ok - $*"
+  fails=$((fails + 1))
+}
+check() { # check NAME CONDITION-COMMAND...
+  local name=$1
+  shift
+  if "$@"; then ok "$name"; else bad "$name"; fi
+}
+
+# --- generation on the demo model, from another working directory ---
+cd "$tmp"
+"$lmserve" generate --prompt "The capital of France is" --max-tokens 12 --temperature 0 >g1.txt 2>g1.err
+check "generate runs on the demo model from any directory" test $? -eq 0 -a -s g1.txt
+"$lmserve" generate --prompt "The capital of France is" --max-tokens 12 --temperature 0 >g2.txt 2>&1
+check "greedy generation is deterministic" cmp -s g1.txt g2.txt
+"$lmserve" generate --prompt "Hello" --max-tokens 16 --temperature 0.8 --top-p 0.9 --seed 7 >s1.txt
+"$lmserve" generate --prompt "Hello" --max-tokens 16 --temperature 0.8 --top-p 0.9 --seed 7 >s2.txt
+check "a seed makes sampling repeatable" cmp -s s1.txt s2.txt
+"$lmserve" generate --prompt "Hello" --max-tokens 16 --temperature 0.8 --top-k 40 --seed 7 --json >j.txt
+check "--json prints one object per token with id and text" $py -c '
+import json, sys
+lines = open("j.txt").read().splitlines()
+objs = [json.loads(l) for l in lines]
+assert len(objs) >= 1 and all(set(o) == {"id", "text"} for o in objs), objs
+' 
+"$lmserve" generate --prompt "Hello" --max-tokens 20 --temperature 0 --ignore-eos --json >j2.txt
+"$lmserve" generate --prompt "Hello" --max-tokens 20 --temperature 0 --ignore-eos >p2.txt
+check "--json texts joined equal the plain stream; ids decode to it" $py -c "
+import json, subprocess
+objs = [json.loads(l) for l in open('j2.txt').read().splitlines()]
+text = ''.join(o['text'] for o in objs)
+plain = open('p2.txt', encoding='utf-8').read()
+assert text + '\n' == plain, (text, plain)
+ids = [o['id'] for o in objs if o['id'] >= 0]
+assert len(ids) == 20, len(ids)
+dec = subprocess.run(['$lmserve', 'tokenize', '--decode'], input=json.dumps(ids).encode(), capture_output=True, check=True).stdout.decode()
+assert dec == text, (dec, text)
+"
+
+# --- tokenize ---
+printf 'Grüße, 世界! 👩‍👩‍👧 x=42\n' >t.txt
+"$lmserve" tokenize <t.txt >ids.json
+"$lmserve" tokenize --decode <ids.json >back.txt
+check "tokenize then --decode gives the text back" cmp -s t.txt back.txt
+"$lmserve" tokenize --model "$fixtures/llama31-bf16" <t.txt >ids_llama.json
+check "a Llama 3.1 tokenizer adds <|begin_of_text|> (128000)" grep -q '^\[128000, ' ids_llama.json
+echo '[1, "x"]' | "$lmserve" tokenize --decode >/dev/null 2>err.txt
+check "decode of a non-id says which element is wrong" grep -q "element 1" err.txt
+
+# --- bad requests ---
+"$lmserve" generate --prompt "" >/dev/null 2>err.txt
+rc=$?
+check "an empty prompt is refused (exit 1) with a message" test $rc -eq 1 -a "$(wc -l <err.txt)" -eq 1
+"$lmserve" generate --prompt "hi" --max-tokens 100000000 >/dev/null 2>err.txt
+rc=$?
+check "prompt + max tokens over the context is refused and says so" \
+  grep -q "exceeds the model's context" err.txt
+"$lmserve" generate --prompt "hi" --temperature -1 >/dev/null 2>err.txt
+check "a negative temperature is refused naming the flag" grep -q -- "--temperature" err.txt
+
+# --- broken model directories: one line on stderr naming file and field ---
+expect_load_error() { # NAME DIR PATTERN
+  local out rc
+  out=$("$lmserve" generate --model "$2" --prompt hi --max-tokens 1 2>&1 >/dev/null)
+  rc=$?
+  if [ $rc -eq 1 ] && [ "$(printf '%s\n' "$out" | wc -l)" -eq 1 ] && printf '%s' "$out" | grep -q -- "$3"; then
+    ok "$1: $out"
+  else
+    bad "$1 (exit $rc): $out"
+  fi
+}
+src="$fixtures/qwen3-bf16"
+fresh() { rm -rf "$tmp/m"; cp -r "$src" "$tmp/m"; }
+
+fresh
+rm "$tmp/m/config.json"
+expect_load_error "missing config.json" "$tmp/m" "config.json"
+fresh
+truncate -s 1000 "$tmp/m/model.safetensors"
+expect_load_error "truncated weights" "$tmp/m" "model.safetensors"
+fresh
+$py - "$tmp/m/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["num_key_value_heads"] = 3; json.dump(c, open(sys.argv[1], "w"))
+PY
+expect_load_error "kv heads not dividing heads" "$tmp/m" "num_key_value_heads"
+fresh
+$py - "$tmp/m/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["architectures"] = ["GPT2LMHeadModel"]; json.dump(c, open(sys.argv[1], "w"))
+PY
+expect_load_error "unknown architecture" "$tmp/m" "GPT2LMHeadModel"
+fresh
+echo '{"hidden_size": ' >"$tmp/m/config.json"
+expect_load_error "config.json that is not JSON" "$tmp/m" "config.json"
+# rewrite the safetensors header: drop a tensor, or swap a tensor's shape
+edit_header() { # FILE PYTHON-EXPR-ON-h
+  $py - "$1" "$2" <<'PY'
+import json, struct, sys
+path, expr = sys.argv[1], sys.argv[2]
+data = open(path, "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+h = json.loads(data[8:8 + n])
+exec(expr)
+hb = json.dumps(h).encode()
+hb += b" " * (-len(hb) % 8)
+open(path, "wb").write(struct.pack("<Q", len(hb)) + hb + data[8 + n:])
+PY
+}
+fresh
+edit_header "$tmp/m/model.safetensors" 'del h["model.layers.1.mlp.up_proj.weight"]'
+expect_load_error "missing tensor" "$tmp/m" "model.layers.1.mlp.up_proj.weight"
+fresh
+edit_header "$tmp/m/model.safetensors" 't = h["model.layers.0.self_attn.o_proj.weight"]; t["shape"] = t["shape"][::-1]'
+expect_load_error "tensor shape disagreeing with config" "$tmp/m" "o_proj.weight"
+fresh
+edit_header "$tmp/m/model.safetensors" 'h["model.norm.weight"]["data_offsets"][1] += 10**9'
+expect_load_error "offsets past the end of the file" "$tmp/m" "model.norm.weight"
+fresh
+printf '\xff\xff\xff\xff\xff\xff\xff\x7f' | dd of="$tmp/m/model.safetensors" bs=1 seek=0 conv=notrunc status=none
+expect_load_error "header length beyond the file" "$tmp/m" "model.safetensors"
+
+echo "$fails failed"
+[ $fails -eq 0 ]

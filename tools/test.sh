@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# tools/test.sh - sets up (tools/setup.sh) and runs every lmserve test: unit
+# programs in the normal and the sanitizer build, parity with the official
+# tokenizer, the forward pass against an independent PyTorch
+# implementation, the fuzzers and the command line. Ends with one line
+# "N passed, N failed, N skipped"; exits non-zero if anything failed.
+#
+#   tools/test.sh                 everything
+#   tools/test.sh PATTERN         only the tests whose name matches PATTERN
+set -uo pipefail
+cd "$(dirname "$0")/.."
+filter=${1:-}
+
+if ! tools/setup.sh; then
+  echo "setup failed"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+export LMSERVE_NODE_MODULES=$PWD/node_modules
+fixtures=models/fixtures
+logs=build/test-logs
+rm -rf "$logs"
+mkdir -p "$logs"
+passed=0 failed=0 skipped=0
+failures=()
+
+# run NAME COMMAND...: one test; its output goes to build/test-logs/NAME.log
+run() {
+  local name=$1
+  shift
+  [ -n "$filter" ] && [[ "$name" != *$filter* ]] && return 0
+  local log="$logs/$name.log" start=$SECONDS
+  printf '%-32s ' "$name"
+  "$@" >"$log" 2>&1
+  local rc=$?
+  local took=$((SECONDS - start))
+  if [ $rc -eq 0 ] && grep -q '^SKIPPED' "$log"; then
+    skipped=$((skipped + 1))
+    printf 'skipped (%ds): %s\n' "$took" "$(grep -m1 '^SKIPPED' "$log")"
+  elif [ $rc -eq 0 ]; then
+    passed=$((passed + 1))
+    printf 'ok (%ds)\n' "$took"
+  else
+    failed=$((failed + 1))
+    failures+=("$name")
+    printf 'FAILED (%ds, exit %d)\n' "$took" "$rc"
+    tail -n 25 "$log" | sed 's/^/    | /'
+  fi
+}
+
+for build in opt asan; do
+  for t in json_test sampler_test kv_cache_test model_test tokenizer_test backend_test runner_test; do
+    [ -x "build/$build/$t" ] || continue
+    run "$build/$t" "build/$build/$t" "$fixtures"
+  done
+done
+
+run tokenizer-parity tests/tokenizer_parity.sh build/opt/tokenizer_harness
+run tokenizer-parity-asan tests/tokenizer_parity.sh build/asan/tokenizer_harness --quick
+run forward-vs-pytorch tests/forward_compare.sh build/opt/forward_dump "$fixtures"
+run forward-vs-pytorch-asan tests/forward_compare.sh build/asan/forward_dump "$fixtures" --quick
+run fuzz tests/fuzz_run.sh
+run cli tests/cli_test.sh bin/lmserve "$fixtures"
+
+if [ ${#failures[@]} -gt 0 ]; then
+  echo "failed: ${failures[*]} (logs in $logs/)"
+fi
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
