@@ -30,7 +30,8 @@ struct lm_batch {
   const int32_t *positions;    /* [T] position of each token in its sequence */
   const int32_t *slot_mapping; /* [T] KV slot: block * block_size + offset */
   const int32_t *q_start;      /* [S+1] first token of each sequence; q_start[S] == T */
-  const int32_t *ctx_len;      /* [S] tokens of the sequence in the KV cache once this step's are written */
+  const int32_t
+      *ctx_len; /* [S] tokens of the sequence in the KV cache once this step's are written */
   const int32_t *block_tables; /* [S, max_blocks] block ids, row-major */
   int max_blocks;
   const int32_t *logit_rows; /* [n_logits] token indices whose logits are wanted */
@@ -60,7 +61,7 @@ struct lm_sampling; /* engine/sampler.h */
 /* One row to sample, with what the sampler needs to know about it. */
 struct lm_sample_row {
   const struct lm_sampling *params;
-  uint64_t position; /* output position: the Philox counter */
+  uint64_t position;      /* output position: the Philox counter */
   const int32_t *history; /* tokens seen so far (for penalties), or NULL */
   size_t n_history;
 };
@@ -71,7 +72,8 @@ struct lm_sample_result {
 };
 
 struct lm_backend_config {
-  int n_threads; /* 0: all cores */
+  int n_threads;          /* 0: all cores */
+  int cpu_mapped_weights; /* CPU: compute from the file mapping instead of a huge-page copy */
 };
 
 struct lm_backend_ops {

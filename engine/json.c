@@ -8,7 +8,10 @@
 #include "engine/lm.h"
 
 #define JSON_MAX_DEPTH 256
-#define ARENA_CHUNK (1u << 20)
+#define ARENA_CHUNK    (1u << 20)
+/* Chunks start small and double up to ARENA_CHUNK, so that a small document
+ * (a request, a generation config) does not cost a 1 MiB allocation. */
+#define ARENA_FIRST_CHUNK 4096u
 
 struct arena_chunk {
   struct arena_chunk *next;
@@ -18,6 +21,7 @@ struct arena_chunk {
 
 struct lm_json_doc {
   struct arena_chunk *chunks;
+  size_t next_cap; /* capacity of the next chunk */
   lm_json root;
 };
 
@@ -34,9 +38,11 @@ static void *arena_alloc(lm_json_doc *doc, size_t size) {
   struct arena_chunk *c = doc->chunks;
   size = (size + 15) & ~(size_t)15;
   if (!c || c->cap - c->used < size) {
-    size_t cap = size > ARENA_CHUNK ? size : ARENA_CHUNK;
+    if (doc->next_cap < ARENA_FIRST_CHUNK) doc->next_cap = ARENA_FIRST_CHUNK;
+    size_t cap = size > doc->next_cap ? size : doc->next_cap;
     c = malloc(sizeof(*c) + cap);
     if (!c) return NULL;
+    if (doc->next_cap < ARENA_CHUNK) doc->next_cap *= 2;
     c->used = 0;
     c->cap = cap;
     c->next = doc->chunks;
@@ -62,10 +68,14 @@ static int hex4(const char *s, unsigned *out) {
   for (int i = 0; i < 4; i++) {
     char c = s[i];
     v <<= 4;
-    if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-    else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-    else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
-    else return -1;
+    if (c >= '0' && c <= '9')
+      v |= (unsigned)(c - '0');
+    else if (c >= 'a' && c <= 'f')
+      v |= (unsigned)(c - 'a' + 10);
+    else if (c >= 'A' && c <= 'F')
+      v |= (unsigned)(c - 'A' + 10);
+    else
+      return -1;
   }
   *out = v;
   return 0;
@@ -104,6 +114,11 @@ static int parse_string(struct parser *ps, const char **out, size_t *out_len) {
       return fail(ps, "control character in string");
     }
     if (*s == '\\') {
+      /* a backslash as the last byte: stepping over it would point past end */
+      if (ps->end - s < 2) {
+        s = ps->end;
+        break;
+      }
       s++;
       n_esc++;
     }
@@ -171,21 +186,25 @@ static int parse_number(struct parser *ps, lm_json *v) {
   int is_int = 1;
   if (s < ps->end && *s == '-') s++;
   if (s >= ps->end || !(*s >= '0' && *s <= '9')) return fail(ps, "bad number");
-  if (*s == '0') s++;
+  if (*s == '0')
+    s++;
   else
-    while (s < ps->end && *s >= '0' && *s <= '9') s++;
+    while (s < ps->end && *s >= '0' && *s <= '9')
+      s++;
   if (s < ps->end && *s == '.') {
     is_int = 0;
     s++;
     if (s >= ps->end || !(*s >= '0' && *s <= '9')) return fail(ps, "bad number");
-    while (s < ps->end && *s >= '0' && *s <= '9') s++;
+    while (s < ps->end && *s >= '0' && *s <= '9')
+      s++;
   }
   if (s < ps->end && (*s == 'e' || *s == 'E')) {
     is_int = 0;
     s++;
     if (s < ps->end && (*s == '+' || *s == '-')) s++;
     if (s >= ps->end || !(*s >= '0' && *s <= '9')) return fail(ps, "bad number");
-    while (s < ps->end && *s >= '0' && *s <= '9') s++;
+    while (s < ps->end && *s >= '0' && *s <= '9')
+      s++;
   }
   char buf[64];
   size_t n = (size_t)(s - ps->p);
@@ -295,9 +314,7 @@ static int parse_value(struct parser *ps, lm_json *v, int depth) {
       return fail(ps, "expected ',' or ']'");
     }
   }
-  case '"':
-    v->type = LM_JSON_STRING;
-    return parse_string(ps, &v->str, &v->str_len);
+  case '"': v->type = LM_JSON_STRING; return parse_string(ps, &v->str, &v->str_len);
   case 't':
     if (ps->end - ps->p >= 4 && memcmp(ps->p, "true", 4) == 0) {
       v->type = LM_JSON_BOOL;
@@ -360,7 +377,9 @@ void lm_json_free(lm_json_doc *doc) {
   free(doc);
 }
 
-const lm_json *lm_json_root(const lm_json_doc *doc) { return &doc->root; }
+const lm_json *lm_json_root(const lm_json_doc *doc) {
+  return &doc->root;
+}
 
 const lm_json *lm_json_get(const lm_json *obj, const char *key) {
   if (!obj || obj->type != LM_JSON_OBJECT) return NULL;
@@ -393,8 +412,10 @@ void lm_json_write_str(FILE *f, const char *s, size_t len) {
     case '\r': fputs("\\r", f); break;
     case '\t': fputs("\\t", f); break;
     default:
-      if (c < 0x20) fprintf(f, "\\u%04x", c);
-      else fputc(c, f);
+      if (c < 0x20)
+        fprintf(f, "\\u%04x", c);
+      else
+        fputc(c, f);
     }
   }
   fputc('"', f);

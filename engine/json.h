@@ -23,15 +23,15 @@ enum lm_json_type {
 typedef struct lm_json lm_json;
 struct lm_json {
   enum lm_json_type type;
-  int boolean;        /* LM_JSON_BOOL */
-  int is_int;         /* LM_JSON_NUMBER written without fraction or exponent */
-  double number;      /* LM_JSON_NUMBER */
-  int64_t integer;    /* LM_JSON_NUMBER when is_int and it fits */
-  const char *str;    /* LM_JSON_STRING */
+  int boolean;     /* LM_JSON_BOOL */
+  int is_int;      /* LM_JSON_NUMBER written without fraction or exponent */
+  double number;   /* LM_JSON_NUMBER */
+  int64_t integer; /* LM_JSON_NUMBER when is_int and it fits */
+  const char *str; /* LM_JSON_STRING */
   size_t str_len;
-  const char *key;    /* member name when this value sits in an object */
+  const char *key; /* member name when this value sits in an object */
   size_t key_len;
-  lm_json *kids;      /* array items or object members, in order */
+  lm_json *kids; /* array items or object members, in order */
   size_t n_kids;
 };
 

@@ -25,7 +25,8 @@ int lm_kv_pool_create(int n_blocks, int block_size, lm_kv_pool **out, char *err)
   p->block_size = block_size;
   p->n_free = n_blocks;
   /* hand out low ids first */
-  for (int i = 0; i < n_blocks; i++) p->free_ids[i] = n_blocks - 1 - i;
+  for (int i = 0; i < n_blocks; i++)
+    p->free_ids[i] = n_blocks - 1 - i;
   *out = p;
   return LM_OK;
 err:
@@ -39,18 +40,26 @@ void lm_kv_pool_free(lm_kv_pool *pool) {
   free(pool);
 }
 
-int lm_kv_pool_block_size(const lm_kv_pool *pool) { return pool->block_size; }
-int lm_kv_pool_num_free(const lm_kv_pool *pool) { return pool->n_free; }
-int lm_kv_pool_num_blocks(const lm_kv_pool *pool) { return pool->n_blocks; }
+int lm_kv_pool_block_size(const lm_kv_pool *pool) {
+  return pool->block_size;
+}
+int lm_kv_pool_num_free(const lm_kv_pool *pool) {
+  return pool->n_free;
+}
+int lm_kv_pool_num_blocks(const lm_kv_pool *pool) {
+  return pool->n_blocks;
+}
 
 int lm_kv_alloc_blocks(lm_kv_pool *pool, int n, int32_t *ids) {
   if (n > pool->n_free) return LM_EFULL;
-  for (int i = 0; i < n; i++) ids[i] = pool->free_ids[--pool->n_free];
+  for (int i = 0; i < n; i++)
+    ids[i] = pool->free_ids[--pool->n_free];
   return LM_OK;
 }
 
 void lm_kv_free_blocks(lm_kv_pool *pool, const int32_t *ids, int n) {
-  for (int i = 0; i < n; i++) pool->free_ids[pool->n_free++] = ids[i];
+  for (int i = 0; i < n; i++)
+    pool->free_ids[pool->n_free++] = ids[i];
 }
 
 int lm_kv_seq_reserve(lm_kv_seq *s, lm_kv_pool *pool, int n_tokens) {
@@ -58,7 +67,8 @@ int lm_kv_seq_reserve(lm_kv_seq *s, lm_kv_pool *pool, int n_tokens) {
   if (need <= s->n_blocks) return LM_OK;
   if (need > s->cap_blocks) {
     int cap = s->cap_blocks ? s->cap_blocks : 8;
-    while (cap < need) cap *= 2;
+    while (cap < need)
+      cap *= 2;
     int32_t *b = realloc(s->blocks, (size_t)cap * sizeof(*b));
     if (!b) return LM_ENOMEM;
     s->blocks = b;

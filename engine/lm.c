@@ -50,8 +50,10 @@ float lm_f16_to_f32(uint16_t h) {
     float f = ldexpf((float)man, -24);
     return sign ? -f : f;
   }
-  if (exp == 31) v.u = sign | 0x7f800000u | (man << 13);
-  else v.u = sign | ((exp + 112) << 23) | (man << 13);
+  if (exp == 31)
+    v.u = sign | 0x7f800000u | (man << 13);
+  else
+    v.u = sign | ((exp + 112) << 23) | (man << 13);
   return v.f;
 }
 

@@ -11,13 +11,13 @@
 
 #include "engine/lm.h"
 
-#define LM_MAX_EOS 8
+#define LM_MAX_EOS  8
 #define LM_MAX_DIMS 4
 
 struct lm_arch_info {
-  const char *hf_name; /* "architectures"[0] in config.json */
-  int qkv_bias;        /* q_proj, k_proj, v_proj carry a .bias */
-  int qk_norm;         /* per-head RMSNorm on q and k before RoPE (q_norm, k_norm) */
+  const char *hf_name;    /* "architectures"[0] in config.json */
+  int qkv_bias;           /* q_proj, k_proj, v_proj carry a .bias */
+  int qk_norm;            /* per-head RMSNorm on q and k before RoPE (q_norm, k_norm) */
   const char *model_type; /* config.json "model_type", used when "architectures" is absent */
 };
 
@@ -70,18 +70,20 @@ struct lm_tensor {
 };
 
 struct lm_layer_weights {
-  struct lm_tensor attn_norm;           /* input_layernorm.weight: [hidden] */
-  struct lm_tensor wq, wk, wv, wo;      /* q: [n_heads*head_dim, hidden], k/v: [n_kv_heads*head_dim, hidden], o: [hidden, n_heads*head_dim] */
-  struct lm_tensor bq, bk, bv;          /* qkv_bias only: [n_heads*head_dim], [n_kv_heads*head_dim] */
-  struct lm_tensor q_norm, k_norm;      /* qk_norm only: [head_dim] */
-  struct lm_tensor mlp_norm;            /* post_attention_layernorm.weight: [hidden] */
-  struct lm_tensor w_gate, w_up, w_down; /* gate/up: [intermediate, hidden], down: [hidden, intermediate] */
+  struct lm_tensor attn_norm;      /* input_layernorm.weight: [hidden] */
+  struct lm_tensor wq, wk, wv, wo; /* q: [n_heads*head_dim, hidden], k/v: [n_kv_heads*head_dim,
+                                      hidden], o: [hidden, n_heads*head_dim] */
+  struct lm_tensor bq, bk, bv;     /* qkv_bias only: [n_heads*head_dim], [n_kv_heads*head_dim] */
+  struct lm_tensor q_norm, k_norm; /* qk_norm only: [head_dim] */
+  struct lm_tensor mlp_norm;       /* post_attention_layernorm.weight: [hidden] */
+  struct lm_tensor w_gate, w_up,
+      w_down; /* gate/up: [intermediate, hidden], down: [hidden, intermediate] */
 };
 
 struct lm_weights {
-  struct lm_tensor embed;      /* model.embed_tokens.weight: [vocab, hidden] */
-  struct lm_tensor final_norm; /* model.norm.weight: [hidden] */
-  struct lm_tensor lm_head;    /* lm_head.weight, or embed when tied: [vocab, hidden] */
+  struct lm_tensor embed;          /* model.embed_tokens.weight: [vocab, hidden] */
+  struct lm_tensor final_norm;     /* model.norm.weight: [hidden] */
+  struct lm_tensor lm_head;        /* lm_head.weight, or embed when tied: [vocab, hidden] */
   struct lm_layer_weights *layers; /* [n_layers] */
 };
 

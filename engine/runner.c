@@ -64,9 +64,8 @@ void lm_rope_inv_freq(const struct lm_config *c, float *inv_freq) {
 void lm_runner_free(lm_runner *r) {
   if (!r) return;
   const struct lm_backend_ops *ops = r->be->ops;
-  void *bufs[] = {r->x,    r->h,   r->q,  r->qn,   r->k,  r->kn,
-                  r->v,    r->att, r->o,  r->gate, r->up, r->last,
-                  r->logits};
+  void *bufs[] = {r->x,   r->h, r->q,    r->qn, r->k,    r->kn,    r->v,
+                  r->att, r->o, r->gate, r->up, r->last, r->logits};
   for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
     if (bufs[i]) ops->act_free(r->be->st, bufs[i]);
   if (r->kv) ops->kv_free(r->be->st, r->kv);
@@ -99,8 +98,8 @@ int lm_runner_create(lm_model *m, lm_backend *be, const struct lm_runner_config 
   r->cfg = *cfg;
   if (r->cfg.max_model_len <= 0 || r->cfg.max_model_len > c->max_position_embeddings)
     r->cfg.max_model_len = c->max_position_embeddings;
-  r->kv_shape = (struct lm_kv_shape){c->n_layers, cfg->n_blocks, cfg->block_size, c->n_kv_heads,
-                                     c->head_dim};
+  r->kv_shape =
+      (struct lm_kv_shape){c->n_layers, cfg->n_blocks, cfg->block_size, c->n_kv_heads, c->head_dim};
   if ((rc = lm_kv_pool_create(cfg->n_blocks, cfg->block_size, &r->pool, err)) != LM_OK) goto err;
   if ((rc = ops->kv_create(be->st, &r->kv_shape, &r->kv, err)) != LM_OK) goto err;
 
@@ -116,9 +115,18 @@ int lm_runner_create(lm_model *m, lm_backend *be, const struct lm_runner_config 
     void **buf;
     size_t n;
   } acts[] = {
-      {&r->x, T * H},   {&r->h, T * H},     {&r->q, T * Q},   {&r->qn, T * Q},
-      {&r->k, T * KV},  {&r->kn, T * KV},   {&r->v, T * KV},  {&r->att, T * Q},
-      {&r->o, T * H},   {&r->gate, T * I},  {&r->up, T * I},  {&r->last, S * H},
+      {&r->x, T * H},
+      {&r->h, T * H},
+      {&r->q, T * Q},
+      {&r->qn, T * Q},
+      {&r->k, T * KV},
+      {&r->kn, T * KV},
+      {&r->v, T * KV},
+      {&r->att, T * Q},
+      {&r->o, T * H},
+      {&r->gate, T * I},
+      {&r->up, T * I},
+      {&r->last, S * H},
       {&r->logits, S * (size_t)c->vocab_size},
   };
   for (size_t i = 0; i < sizeof(acts) / sizeof(acts[0]); i++)
@@ -144,8 +152,12 @@ err:
   return rc;
 }
 
-lm_kv_pool *lm_runner_kv_pool(lm_runner *r) { return r->pool; }
-const struct lm_runner_config *lm_runner_config(const lm_runner *r) { return &r->cfg; }
+lm_kv_pool *lm_runner_kv_pool(lm_runner *r) {
+  return r->pool;
+}
+const struct lm_runner_config *lm_runner_config(const lm_runner *r) {
+  return &r->cfg;
+}
 
 /* Fills the batch description from the chunks. */
 static int build_batch(lm_runner *r, const struct lm_seq_chunk *chunks, int n, struct lm_batch *b,
@@ -159,8 +171,8 @@ static int build_batch(lm_runner *r, const struct lm_seq_chunk *chunks, int n, s
     if (c->n_tokens <= 0 || t + c->n_tokens > r->cfg.max_batch_tokens)
       return lm_errf(err, LM_EINVAL, "runner: step over %d tokens", r->cfg.max_batch_tokens);
     if (end > r->cfg.max_model_len || end > c->kv->n_blocks * bs)
-      return lm_errf(err, LM_EINVAL, "runner: sequence %d needs %d tokens of cache, has %d", s,
-                     end, c->kv->n_blocks * bs);
+      return lm_errf(err, LM_EINVAL, "runner: sequence %d needs %d tokens of cache, has %d", s, end,
+                     c->kv->n_blocks * bs);
     r->q_start[s] = t;
     r->ctx_len[s] = end;
     memcpy(r->block_tables + (size_t)s * r->max_blocks, c->kv->blocks,
@@ -252,7 +264,8 @@ int lm_runner_step(lm_runner *r, const struct lm_seq_chunk *chunks, int n_chunks
     ops->gather_rows(st, r->last, r->h, b.logit_rows, b.n_logits, H);
     ops->matmul(st, r->logits, r->last, &w->lm_head, NULL, b.n_logits);
   }
-  for (int s = 0; s < n_chunks; s++) chunks[s].kv->n_cached_tokens += chunks[s].n_tokens;
+  for (int s = 0; s < n_chunks; s++)
+    chunks[s].kv->n_cached_tokens += chunks[s].n_tokens;
   *logits = r->logits;
   *n_logits = b.n_logits;
   return LM_OK;

@@ -58,7 +58,8 @@ static int argmax(const float *x, int n) {
 /* log(sum(exp(x))) with the max taken out, in double for a stable logprob. */
 static double log_sum_exp(const float *x, int n, float max) {
   double s = 0;
-  for (int i = 0; i < n; i++) s += exp((double)x[i] - max);
+  for (int i = 0; i < n; i++)
+    s += exp((double)x[i] - max);
   return (double)max + log(s);
 }
 
@@ -131,15 +132,18 @@ struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
   qsort(c, (size_t)n, sizeof(*c), cand_cmp);
   if (p->top_k > 0 && p->top_k < n) n = p->top_k;
   double total = 0;
-  for (int i = 0; i < n; i++) total += c[i].p;
+  for (int i = 0; i < n; i++)
+    total += c[i].p;
   if (p->min_p > 0) {
     /* c[0] is the most likely; drop what falls under min_p of it */
     float floor_p = p->min_p * c[0].p;
     int keep = 1;
-    while (keep < n && c[keep].p >= floor_p) keep++;
+    while (keep < n && c[keep].p >= floor_p)
+      keep++;
     n = keep;
     total = 0;
-    for (int i = 0; i < n; i++) total += c[i].p;
+    for (int i = 0; i < n; i++)
+      total += c[i].p;
   }
   if (p->top_p > 0 && p->top_p < 1) {
     double target = (double)p->top_p * total, acc = 0;

@@ -36,8 +36,11 @@ void lm_philox4x32(uint64_t key, uint64_t counter_hi, uint64_t counter_lo, uint3
 /* A uniform float in [0, 1) from the seed and output position. */
 float lm_sampler_uniform(uint64_t seed, uint64_t position);
 
-/* Samples one id from logits: [vocab] (f32, left unchanged). scratch must
- * hold 3 * vocab floats. */
+/* Floats of scratch lm_sampler_sample needs for a vocabulary. */
+#define LM_SAMPLER_SCRATCH_FLOATS(vocab) (3 * (size_t)(vocab))
+
+/* Samples one id from logits: [vocab] (f32, left unchanged), using
+ * LM_SAMPLER_SCRATCH_FLOATS(vocab) floats of scratch. */
 struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
                                           const struct lm_sample_row *row, float *scratch);
 

@@ -37,8 +37,8 @@ int lm_tokenizer_encode(const lm_tokenizer *tok, const char *text, size_t len, i
 /* Decodes ids to text through the tokenizer's decoder. The result is
  * malloc'd and NUL-terminated; *len excludes the NUL. Ids outside the
  * vocabulary are an error. */
-int lm_tokenizer_decode(const lm_tokenizer *tok, const int32_t *ids, size_t n,
-                        int skip_special, char **text, size_t *len, char *err);
+int lm_tokenizer_decode(const lm_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
+                        char **text, size_t *len, char *err);
 
 size_t lm_tokenizer_vocab_size(const lm_tokenizer *tok); /* model vocab + added tokens */
 /* The id of a token's exact string (vocabulary or added token), or -1. */
@@ -49,6 +49,14 @@ const char *lm_tokenizer_bos_token(const lm_tokenizer *tok);
 const char *lm_tokenizer_eos_token(const lm_tokenizer *tok);
 /* chat_template from tokenizer_config.json (the default one), or NULL. */
 const char *lm_tokenizer_chat_template(const lm_tokenizer *tok);
+/* tokenizer_config.json may hold a list of named chat templates ("default",
+ * "tool_use", ...); a plain string is stored under the name "default". */
+const char *lm_tokenizer_chat_template_named(const lm_tokenizer *tok, const char *name);
+size_t lm_tokenizer_chat_template_count(const lm_tokenizer *tok);
+const char *lm_tokenizer_chat_template_name(const lm_tokenizer *tok, size_t i);
+/* The string of a token (added token content or vocabulary entry, before
+ * decoding), or NULL; *len (may be NULL) gets its length. */
+const char *lm_tokenizer_id_token(const lm_tokenizer *tok, int32_t id, size_t *len);
 
 /* Incremental detokenizer for streaming: push ids one at a time and get
  * back only text that is complete UTF-8 and will not change as more ids

@@ -13,6 +13,10 @@ const char *lm_cli_model_dir(const char *flag, char *buf, size_t size);
 int lm_cli_int(const char *flag, const char *s, long min, long max, long *out);
 int lm_cli_float(const char *flag, const char *s, double min, double max, double *out);
 
+/* Prints a start-up failure as one line: the model directory, unless the
+ * message already names it, then the message. */
+void lm_cli_load_error(const char *dir, const char *err);
+
 int lm_cmd_generate(int argc, char **argv);
 int lm_cmd_tokenize(int argc, char **argv);
 

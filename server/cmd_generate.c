@@ -36,14 +36,19 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o) {
   long l;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "--json")) o->json = 1;
-    else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
+    if (!strcmp(a, "--json"))
+      o->json = 1;
+    else if (!strcmp(a, "--ignore-eos"))
+      o->ignore_eos = 1;
     else if (!v) {
       fprintf(stderr, "lmserve generate: unknown or incomplete flag '%s'\n%s", a, usage);
       return -1;
-    } else if (!strcmp(a, "--model")) o->model = v, i++;
-    else if (!strcmp(a, "--prompt")) o->prompt = v, i++;
-    else if (!strcmp(a, "--backend")) o->backend = v, i++;
+    } else if (!strcmp(a, "--model"))
+      o->model = v, i++;
+    else if (!strcmp(a, "--prompt"))
+      o->prompt = v, i++;
+    else if (!strcmp(a, "--backend"))
+      o->backend = v, i++;
     else if (!strcmp(a, "--max-tokens")) {
       if (lm_cli_int(a, v, 1, 1 << 24, &o->max_tokens)) return -1;
       i++;
@@ -134,7 +139,7 @@ int lm_cmd_generate(int argc, char **argv) {
   }
   const char *dir = lm_cli_model_dir(o.model, dir_buf, sizeof(dir_buf));
   if (lm_model_load(dir, &m, err) != LM_OK || lm_tokenizer_load(dir, &tok, err) != LM_OK) {
-    fprintf(stderr, "lmserve: %s: %s\n", dir, err);
+    lm_cli_load_error(dir, err);
     goto out;
   }
   apply_defaults(argc, argv, &o, &m->gen);

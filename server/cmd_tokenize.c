@@ -86,9 +86,12 @@ int lm_cmd_tokenize(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if ((!strcmp(argv[i], "--model") || !strcmp(argv[i], "--tokenizer")) && i + 1 < argc)
       dir_flag = argv[++i];
-    else if (!strcmp(argv[i], "--decode")) decode = 1;
-    else if (!strcmp(argv[i], "--no-special")) add_special = 0;
-    else if (!strcmp(argv[i], "--skip-special")) skip_special = 1;
+    else if (!strcmp(argv[i], "--decode"))
+      decode = 1;
+    else if (!strcmp(argv[i], "--no-special"))
+      add_special = 0;
+    else if (!strcmp(argv[i], "--skip-special"))
+      skip_special = 1;
     else if (!strcmp(argv[i], "--help")) {
       fputs(usage, stdout);
       return 0;
@@ -103,7 +106,7 @@ int lm_cmd_tokenize(int argc, char **argv) {
   size_t len;
   lm_tokens ids = {0};
   if (lm_tokenizer_load(dir, &tok, err) != LM_OK) {
-    fprintf(stderr, "lmserve: %s: %s\n", dir, err);
+    lm_cli_load_error(dir, err);
     return 1;
   }
   if (read_stdin(&in, &len) != 0) {
@@ -119,7 +122,8 @@ int lm_cmd_tokenize(int argc, char **argv) {
     goto out;
   }
   putchar('[');
-  for (size_t i = 0; i < ids.n; i++) printf(i ? ", %d" : "%d", ids.ids[i]);
+  for (size_t i = 0; i < ids.n; i++)
+    printf(i ? ", %d" : "%d", ids.ids[i]);
   puts("]");
   rc = 0;
 out:

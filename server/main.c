@@ -62,6 +62,13 @@ int lm_cli_float(const char *flag, const char *s, double min, double max, double
   return 0;
 }
 
+void lm_cli_load_error(const char *dir, const char *err) {
+  if (strstr(err, dir))
+    fprintf(stderr, "lmserve: %s\n", err);
+  else
+    fprintf(stderr, "lmserve: %s: %s\n", dir, err);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
     fputs(usage, argc < 2 ? stderr : stdout);

@@ -47,7 +47,8 @@ static int load_prompts(const char *path, struct seq **out, int *n_out, int gree
     const lm_json *p = &ps->kids[i];
     seqs[i].ids = malloc((p->n_kids + (size_t)greedy + 1) * sizeof(int32_t));
     seqs[i].n_prompt = (int)p->n_kids;
-    for (size_t j = 0; j < p->n_kids; j++) seqs[i].ids[j] = (int32_t)p->kids[j].integer;
+    for (size_t j = 0; j < p->n_kids; j++)
+      seqs[i].ids[j] = (int32_t)p->kids[j].integer;
   }
   *out = seqs;
   *n_out = (int)ps->n_kids;
@@ -69,13 +70,20 @@ int main(int argc, char **argv) {
   int greedy = 0, chunk = 48, block_size = 16, threads = 0;
   char err[LM_ERR_LEN];
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--model")) model_dir = argv[i + 1];
-    else if (!strcmp(argv[i], "--prompts")) prompts = argv[i + 1];
-    else if (!strcmp(argv[i], "--out")) out_path = argv[i + 1];
-    else if (!strcmp(argv[i], "--greedy")) greedy = atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--chunk")) chunk = atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--block-size")) block_size = atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+    if (!strcmp(argv[i], "--model"))
+      model_dir = argv[i + 1];
+    else if (!strcmp(argv[i], "--prompts"))
+      prompts = argv[i + 1];
+    else if (!strcmp(argv[i], "--out"))
+      out_path = argv[i + 1];
+    else if (!strcmp(argv[i], "--greedy"))
+      greedy = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--chunk"))
+      chunk = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--block-size"))
+      block_size = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--threads"))
+      threads = atoi(argv[i + 1]);
   }
   if (!model_dir || !prompts || !out_path || chunk <= 0 || block_size <= 0) {
     fprintf(stderr, "usage: forward_dump --model DIR --prompts FILE --greedy N --out FILE "
@@ -96,7 +104,8 @@ int main(int argc, char **argv) {
     goto out;
   }
   int vocab = m->cfg.vocab_size, n_blocks = 0;
-  for (int s = 0; s < n_seqs; s++) n_blocks += (seqs[s].n_prompt + greedy) / block_size + 1;
+  for (int s = 0; s < n_seqs; s++)
+    n_blocks += (seqs[s].n_prompt + greedy) / block_size + 1;
   struct lm_backend_config bcfg = {.n_threads = threads};
   struct lm_runner_config rcfg = {.block_size = block_size,
                                   .n_blocks = n_blocks,
@@ -154,7 +163,8 @@ int main(int argc, char **argv) {
     }
     if (greedy == 0) {
       int pending = 0;
-      for (int s = 0; s < n_seqs; s++) pending |= seqs[s].kv.n_cached_tokens < seqs[s].n_prompt;
+      for (int s = 0; s < n_seqs; s++)
+        pending |= seqs[s].kv.n_cached_tokens < seqs[s].n_prompt;
       if (!pending) break;
     }
   }
@@ -166,13 +176,15 @@ int main(int argc, char **argv) {
   fputs("{\"last_logits\": [", f);
   for (int s = 0; s < n_seqs; s++) {
     fputs(s ? ",\n[" : "[", f);
-    for (int i = 0; i < vocab; i++) fprintf(f, i ? ",%.9g" : "%.9g", seqs[s].last_logits[i]);
+    for (int i = 0; i < vocab; i++)
+      fprintf(f, i ? ",%.9g" : "%.9g", seqs[s].last_logits[i]);
     fputc(']', f);
   }
   fputs("],\n\"greedy\": [", f);
   for (int s = 0; s < n_seqs; s++) {
     fputs(s ? ",[" : "[", f);
-    for (int i = 0; i < seqs[s].n_out; i++) fprintf(f, i ? ",%d" : "%d", seqs[s].ids[seqs[s].n_prompt + i]);
+    for (int i = 0; i < seqs[s].n_out; i++)
+      fprintf(f, i ? ",%d" : "%d", seqs[s].ids[seqs[s].n_prompt + i]);
     fputc(']', f);
   }
   fputs("]}\n", f);

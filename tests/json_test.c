@@ -43,9 +43,8 @@ static void test_values(void) {
 
 static void test_errors(void) {
   static const char *const bad[] = {
-      "",        "{",         "[1,]",      "{\"a\" 1}", "tru",     "\"abc",
-      "01",      "1.",        "-",         "[1] x",     "\"\\x\"", "\"a\nb\"",
-      "{1: 2}",  "\"\\u12\"", "[1e]",      "nul",
+      "",  "{",     "[1,]",    "{\"a\" 1}", "tru",    "\"abc",     "01",   "1.",
+      "-", "[1] x", "\"\\x\"", "\"a\nb\"",  "{1: 2}", "\"\\u12\"", "[1e]", "nul",
   };
   char err[LM_ERR_LEN];
   for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

@@ -19,7 +19,8 @@ static void test_pool(void) {
   lm_check(lm_kv_alloc_blocks(pool, 10, ids) == LM_OK && lm_kv_pool_num_free(pool) == 0,
            "all blocks can be taken");
   int seen[10] = {0}, dup = 0;
-  for (int i = 0; i < 10; i++) dup |= ids[i] < 0 || ids[i] >= 10 || seen[ids[i]]++;
+  for (int i = 0; i < 10; i++)
+    dup |= ids[i] < 0 || ids[i] >= 10 || seen[ids[i]]++;
   lm_check(!dup, "each block id is handed out once");
   lm_kv_free_blocks(pool, ids, 10);
   lm_check(lm_kv_pool_num_free(pool) == 10, "freed blocks come back");
@@ -51,7 +52,8 @@ static void test_seqs(void) {
       ok &= rc == LM_OK && s->n_blocks * BS >= want && (s->n_blocks - 1) * BS < want + BS;
     }
     int used = 0;
-    for (int i = 0; i < N_SEQ; i++) used += seqs[i].n_blocks;
+    for (int i = 0; i < N_SEQ; i++)
+      used += seqs[i].n_blocks;
     ok &= used + lm_kv_pool_num_free(pool) == N_BLOCKS;
   }
   lm_check(ok, "used + free == total after every one of 20000 random reserves/releases");
@@ -59,10 +61,12 @@ static void test_seqs(void) {
   char *owner = calloc(N_BLOCKS, 1);
   int dup = 0;
   for (int i = 0; i < N_SEQ; i++)
-    for (int b = 0; b < seqs[i].n_blocks; b++) dup |= owner[seqs[i].blocks[b]]++;
+    for (int b = 0; b < seqs[i].n_blocks; b++)
+      dup |= owner[seqs[i].blocks[b]]++;
   lm_check(!dup, "no block belongs to two sequences");
   free(owner);
-  for (int i = 0; i < N_SEQ; i++) lm_kv_seq_release(&seqs[i], pool);
+  for (int i = 0; i < N_SEQ; i++)
+    lm_kv_seq_release(&seqs[i], pool);
   lm_check(lm_kv_pool_num_free(pool) == N_BLOCKS, "releasing everything frees every block");
   lm_kv_pool_free(pool);
 }

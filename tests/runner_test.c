@@ -54,7 +54,8 @@ static int run(struct rig *g, const int32_t *const *prompts, const int *lens, in
   struct lm_seq_chunk ch[8];
   int idx[8], rc = 0;
   memset(kv, 0, sizeof(kv));
-  for (int s = 0; s < n; s++) lm_kv_seq_reserve(&kv[s], lm_runner_kv_pool(g->r), lens[s] + 1);
+  for (int s = 0; s < n; s++)
+    lm_kv_seq_reserve(&kv[s], lm_runner_kv_pool(g->r), lens[s] + 1);
   for (;;) {
     int k = 0;
     for (int s = 0; s < n; s++) {
@@ -80,7 +81,8 @@ static int run(struct rig *g, const int32_t *const *prompts, const int *lens, in
                (size_t)g->vocab * sizeof(float));
     free(rows);
   }
-  for (int s = 0; s < n; s++) lm_kv_seq_release(&kv[s], lm_runner_kv_pool(g->r));
+  for (int s = 0; s < n; s++)
+    lm_kv_seq_release(&kv[s], lm_runner_kv_pool(g->r));
   return rc;
 }
 
@@ -101,9 +103,12 @@ static void test_model(const char *root, const char *name) {
   int V = g.vocab;
   enum { LA = 70, LB = 9, LC = 33 };
   int32_t a[LA], b[LB], c[LC];
-  for (int i = 0; i < LA; i++) a[i] = (i * 7919 + 13) % 1000 + 100;
-  for (int i = 0; i < LB; i++) b[i] = (i * 104729 + 7) % 1000 + 100;
-  for (int i = 0; i < LC; i++) c[i] = (i * 15485863 + 3) % 1000 + 100;
+  for (int i = 0; i < LA; i++)
+    a[i] = (i * 7919 + 13) % 1000 + 100;
+  for (int i = 0; i < LB; i++)
+    b[i] = (i * 104729 + 7) % 1000 + 100;
+  for (int i = 0; i < LC; i++)
+    c[i] = (i * 15485863 + 3) % 1000 + 100;
   const int32_t *alone[] = {a}, *mixed[] = {b, a, c};
   int len_alone[] = {LA}, len_mixed[] = {LB, LA, LC};
   float *ref = malloc((size_t)V * sizeof(float)), *out = malloc(3 * (size_t)V * sizeof(float));
@@ -143,8 +148,8 @@ static void test_model(const char *root, const char *name) {
   }
   if (rig_open(&g1, dir, 16, 1) == 0) {
     run(&g1, alone, len_alone, 1, 512, out);
-    lm_check(!memcmp(ref, out, (size_t)V * sizeof(float)),
-             "%s: 1 thread == 2 threads (bit-exact)", name);
+    lm_check(!memcmp(ref, out, (size_t)V * sizeof(float)), "%s: 1 thread == 2 threads (bit-exact)",
+             name);
     rig_close(&g1);
   }
   free(dec);
@@ -159,6 +164,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   static const char *const models[] = {"qwen3-bf16", "llama31-f32", "qwen2-bf16", "mistral-f32"};
-  for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++) test_model(argv[1], models[i]);
+  for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++)
+    test_model(argv[1], models[i]);
   return lm_check_done();
 }

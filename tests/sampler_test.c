@@ -32,8 +32,8 @@ static void test_philox_kat(void) {
 
 #define VOCAB 64
 
-static struct lm_sample_result draw(const float *logits, const struct lm_sampling *p,
-                                    uint64_t pos, const int32_t *hist, size_t n_hist) {
+static struct lm_sample_result draw(const float *logits, const struct lm_sampling *p, uint64_t pos,
+                                    const int32_t *hist, size_t n_hist) {
   static float scratch[3 * VOCAB];
   struct lm_sample_row row = {p, pos, hist, n_hist};
   return lm_sampler_sample(logits, VOCAB, &row, scratch);
@@ -41,12 +41,14 @@ static struct lm_sample_result draw(const float *logits, const struct lm_samplin
 
 static void test_greedy(void) {
   float l[VOCAB];
-  for (int i = 0; i < VOCAB; i++) l[i] = (float)(i % 7);
+  for (int i = 0; i < VOCAB; i++)
+    l[i] = (float)(i % 7);
   struct lm_sampling p = {0};
   struct lm_sample_result r = draw(l, &p, 0, NULL, 0);
   lm_check(r.id == 6, "greedy picks the lowest id among tied maxima (got %d)", r.id);
   double lse = 0;
-  for (int i = 0; i < VOCAB; i++) lse += exp(l[i]);
+  for (int i = 0; i < VOCAB; i++)
+    lse += exp(l[i]);
   lm_check(fabs(r.logprob - (6 - log(lse))) < 1e-5, "logprob is log-softmax of the raw logits");
   struct lm_logit_bias bias = {13, 100};
   p.logit_bias = &bias;
@@ -58,11 +60,13 @@ static void test_greedy(void) {
 
 static void test_distribution(void) {
   float l[VOCAB];
-  for (int i = 0; i < VOCAB; i++) l[i] = i < 4 ? (float)i : -30.0f;
+  for (int i = 0; i < VOCAB; i++)
+    l[i] = i < 4 ? (float)i : -30.0f;
   struct lm_sampling p = {.temperature = 1.0f, .seed = 1234};
   int count[VOCAB] = {0};
   const int n = 20000;
-  for (int i = 0; i < n; i++) count[draw(l, &p, (uint64_t)i, NULL, 0).id]++;
+  for (int i = 0; i < n; i++)
+    count[draw(l, &p, (uint64_t)i, NULL, 0).id]++;
   double z = exp(0) + exp(1) + exp(2) + exp(3), worst = 0;
   for (int i = 0; i < 4; i++) {
     double want = exp(i) / z;
@@ -84,18 +88,21 @@ static void test_distribution(void) {
 
   struct lm_sampling k1 = {.temperature = 1.0f, .top_k = 1, .seed = 5};
   int all_top = 1;
-  for (int i = 0; i < 200; i++) all_top &= draw(l, &k1, (uint64_t)i, NULL, 0).id == 3;
+  for (int i = 0; i < 200; i++)
+    all_top &= draw(l, &k1, (uint64_t)i, NULL, 0).id == 3;
   lm_check(all_top, "top_k 1 is greedy");
 
   /* probabilities 0.644, 0.237, 0.087, 0.032: top_p 0.7 keeps ids 3 and 2 */
   struct lm_sampling tp = {.temperature = 1.0f, .top_p = 0.7f, .seed = 5};
   int seen[VOCAB] = {0};
-  for (int i = 0; i < 2000; i++) seen[draw(l, &tp, (uint64_t)i, NULL, 0).id]++;
+  for (int i = 0; i < 2000; i++)
+    seen[draw(l, &tp, (uint64_t)i, NULL, 0).id]++;
   lm_check(seen[3] && seen[2] && !seen[1] && !seen[0], "top_p 0.7 keeps the two likeliest ids");
 
   struct lm_sampling mp = {.temperature = 1.0f, .min_p = 0.3f, .seed = 5};
   memset(seen, 0, sizeof(seen));
-  for (int i = 0; i < 2000; i++) seen[draw(l, &mp, (uint64_t)i, NULL, 0).id]++;
+  for (int i = 0; i < 2000; i++)
+    seen[draw(l, &mp, (uint64_t)i, NULL, 0).id]++;
   lm_check(seen[3] && seen[2] && !seen[1] && !seen[0], "min_p 0.3 drops ids under 0.3 x max");
 }
 

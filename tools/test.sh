@@ -32,7 +32,7 @@ run() {
   local name=$1
   shift
   [ -n "$filter" ] && [[ "$name" != *$filter* ]] && return 0
-  local log="$logs/$name.log" start=$SECONDS
+  local log="$logs/${name//\//_}.log" start=$SECONDS
   printf '%-32s ' "$name"
   "$@" >"$log" 2>&1
   local rc=$?
@@ -52,16 +52,23 @@ run() {
 }
 
 for build in opt asan; do
-  for t in json_test sampler_test kv_cache_test model_test tokenizer_test backend_test runner_test; do
-    [ -x "build/$build/$t" ] || continue
-    run "$build/$t" "build/$build/$t" "$fixtures"
+  for t in json_test sampler_test kv_cache_test model_test tokenizer_test backend_test; do
+    run "$build/$t" "build/$build/$t"
   done
+  run "$build/runner_test" "build/$build/runner_test" "$fixtures"
 done
 
-run tokenizer-parity tests/tokenizer_parity.sh build/opt/tokenizer_harness
-run tokenizer-parity-asan tests/tokenizer_parity.sh build/asan/tokenizer_harness --quick
-run forward-vs-pytorch tests/forward_compare.sh build/opt/forward_dump "$fixtures"
-run forward-vs-pytorch-asan tests/forward_compare.sh build/asan/forward_dump "$fixtures" --quick
+# every tokenizer package against the official library: a varied corpus
+# and 10,000 random strings each; under the sanitizers the required three
+run tokenizer-parity node tests/tokenizer_parity.js --harness build/opt/tokenizer_harness
+run tokenizer-parity-asan node tests/tokenizer_parity.js --harness build/asan/tokenizer_harness \
+  --only qwen3,llama3,llama3_1
+# 64 greedy tokens on every fixture; under the sanitizers two models and 8
+asan_fixtures=build/asan-fixtures
+rm -rf "$asan_fixtures" && mkdir -p "$asan_fixtures"
+ln -s "$PWD/$fixtures/qwen3-bf16" "$PWD/$fixtures/llama31-f32" "$asan_fixtures/"
+run forward-vs-pytorch tests/forward_compare.sh build/opt/forward_dump "$fixtures" 64
+run forward-vs-pytorch-asan tests/forward_compare.sh build/asan/forward_dump "$asan_fixtures" 8
 run fuzz tests/fuzz_run.sh
 run cli tests/cli_test.sh bin/lmserve "$fixtures"
 

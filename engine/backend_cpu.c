@@ -1,0 +1,569 @@
+/* backend_cpu.c - the CPU backend: f32 activations, f32 paged KV cache,
+ * work split over a persistent thread pool. matmul lives in cpu_gemm.c and
+ * attention in cpu_attention.c; the element-wise and row-wise ops are here.
+ *
+ * Every op computes each output row from that row's inputs alone with a
+ * fixed reduction order, so rows never depend on the batch around them. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "engine/cpu_internal.h"
+#include "engine/sampler.h"
+
+/* Below this many elements an op runs on the caller alone: a parallel
+ * region costs more than the work. */
+#define LM_CPU_SERIAL_ELEMS   16384
+#define LM_CPU_MAX_HEAD_DIM   256
+#define LM_CPU_MAX_BLOCK_SIZE 256
+
+static void *lm_cpu_aligned(size_t bytes) {
+  void *p = NULL;
+  bytes = (bytes + 63) & ~(size_t)63;
+  if (bytes == 0) bytes = 64;
+  if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+  return p;
+}
+
+int lm_cpu_grow(void **buf, size_t *have_bytes, size_t want_bytes) {
+  void *p;
+  if (want_bytes <= *have_bytes) return LM_OK;
+  p = lm_cpu_aligned(want_bytes);
+  if (!p) return LM_ENOMEM;
+  free(*buf);
+  *buf = p;
+  *have_bytes = want_bytes;
+  return LM_OK;
+}
+
+LM_AVX512_TARGET static void lm_cpu_convert_avx512(float *dst, const void *src, enum lm_dtype dt,
+                                                   size_t n) {
+  size_t i = 0;
+  if (dt == LM_DTYPE_BF16) {
+    for (; i + 16 <= n; i += 16) {
+      __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)src + i));
+      _mm512_storeu_ps(dst + i,
+                       _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    }
+  } else if (dt == LM_DTYPE_F16) {
+    for (; i + 16 <= n; i += 16)
+      _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                    (const __m256i *)((const uint16_t *)src + i))));
+  }
+  for (; i < n; i++)
+    dst[i] = lm_cpu_elem(src, dt, i);
+}
+
+static int lm_cpu_has_avx512(void) {
+  static int cached = -1;
+  if (cached < 0) {
+    __builtin_cpu_init();
+    cached = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  }
+  return cached;
+}
+
+void lm_cpu_convert_row(float *dst, const void *src, enum lm_dtype dt, size_t n) {
+  if (dt == LM_DTYPE_F32) {
+    memcpy(dst, src, n * sizeof(float));
+    return;
+  }
+  if (lm_cpu_has_avx512()) {
+    lm_cpu_convert_avx512(dst, src, dt, n);
+    return;
+  }
+  for (size_t i = 0; i < n; i++)
+    dst[i] = lm_cpu_elem(src, dt, i);
+}
+
+static size_t lm_cpu_tensor_bytes(const struct lm_tensor *t) {
+  size_t n = lm_dtype_size(t->dtype);
+  for (int d = 0; d < t->n_dims; d++)
+    n *= (size_t)t->shape[d];
+  return n;
+}
+
+/* ---- lifecycle, buffers ------------------------------------------------ */
+
+static int lm_cpu_create(const struct lm_backend_config *cfg, void **st, char *err) {
+  struct lm_cpu *cpu = calloc(1, sizeof(*cpu));
+  *st = NULL;
+  if (!cpu) return lm_errf(err, LM_ENOMEM, "cpu backend: out of memory");
+  cpu->pool = lm_pool_create(cfg ? cfg->n_threads : 0);
+  if (!cpu->pool) {
+    free(cpu);
+    return lm_errf(err, LM_ENOMEM, "cpu backend: cannot start worker threads");
+  }
+  cpu->n_threads = lm_pool_size(cpu->pool);
+  cpu->avx512 = lm_cpu_has_avx512();
+  cpu->mapped_weights = cfg ? cfg->cpu_mapped_weights : 0;
+  /* LM_CPU_ISA=scalar forces the portable kernels (tests, comparisons) */
+  if (getenv("LM_CPU_ISA") && strcmp(getenv("LM_CPU_ISA"), "scalar") == 0) cpu->avx512 = 0;
+  *st = cpu;
+  return LM_OK;
+}
+
+static void lm_cpu_destroy(void *st) {
+  struct lm_cpu *cpu = st;
+  if (!cpu) return;
+  lm_pool_destroy(cpu->pool);
+  /* the model may outlive the backend: point its tensors back at the file */
+  for (int i = 0; i < cpu->n_copied; i++)
+    cpu->copied[i]->dev = NULL;
+  free(cpu->copied);
+  if (cpu->weights) munmap(cpu->weights, cpu->weights_bytes);
+  free(cpu->xprep);
+  free(cpu->sample_scratch);
+  free(cpu);
+}
+
+/* The matmul weights are streamed once per decoded token. In the file
+ * mapping they sit on 4 KiB pages and every page is a TLB miss at that
+ * rate; copied as stored (no conversion) into memory on 2 MiB pages, decode
+ * reads them markedly faster (docs/BENCHMARKS.md). With
+ * cfg->cpu_mapped_weights they stay in the mapping and use no extra memory. */
+static int lm_cpu_load_weights(void *st, lm_model *m, char *err) {
+  struct lm_cpu *cpu = st;
+  const size_t huge = (size_t)2 << 20;
+  int n = 0, per_layer = 7;
+  if (cpu->mapped_weights || cpu->weights) return LM_OK;
+  cpu->copied = calloc((size_t)m->cfg.n_layers * (size_t)per_layer + 1, sizeof(*cpu->copied));
+  if (!cpu->copied) return lm_errf(err, LM_ENOMEM, "cpu backend: out of memory");
+  for (int l = 0; l < m->cfg.n_layers; l++) {
+    struct lm_layer_weights *lw = &m->w.layers[l];
+    struct lm_tensor *ts[] = {&lw->wq,     &lw->wk,   &lw->wv,    &lw->wo,
+                              &lw->w_gate, &lw->w_up, &lw->w_down};
+    for (int i = 0; i < per_layer; i++)
+      cpu->copied[n++] = ts[i];
+  }
+  cpu->copied[n++] = &m->w.lm_head;
+  size_t total = 0;
+  for (int i = 0; i < n; i++)
+    total += (lm_cpu_tensor_bytes(cpu->copied[i]) + 63) & ~(size_t)63;
+  total = (total + huge - 1) & ~(huge - 1);
+  void *arena = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (arena == MAP_FAILED) {
+    free(cpu->copied);
+    cpu->copied = NULL;
+    return lm_errf(err, LM_ENOMEM, "cpu backend: cannot allocate %zu bytes for the weights", total);
+  }
+  madvise(arena, total, MADV_HUGEPAGE);
+  char *at = arena;
+  for (int i = 0; i < n; i++) {
+    size_t bytes = lm_cpu_tensor_bytes(cpu->copied[i]);
+    memcpy(at, cpu->copied[i]->data, bytes);
+    cpu->copied[i]->dev = at;
+    at += (bytes + 63) & ~(size_t)63;
+  }
+  cpu->weights = arena;
+  cpu->weights_bytes = total;
+  cpu->n_copied = n;
+  return LM_OK;
+}
+
+static void *lm_cpu_act_alloc(void *st, size_t n_elems) {
+  (void)st;
+  if (n_elems > SIZE_MAX / sizeof(float)) return NULL;
+  return lm_cpu_aligned(n_elems * sizeof(float));
+}
+
+static void lm_cpu_act_free(void *st, void *buf) {
+  (void)st;
+  free(buf);
+}
+
+static int lm_cpu_act_read(void *st, float *dst, const void *src, size_t n_elems) {
+  (void)st;
+  memcpy(dst, src, n_elems * sizeof(float));
+  return LM_OK;
+}
+
+static int lm_cpu_kv_create(void *st, const struct lm_kv_shape *s, void **kv, char *err) {
+  size_t n = 1;
+  int64_t dims[6];
+  (void)st;
+  *kv = NULL;
+  if (s->n_layers <= 0 || s->n_blocks <= 0 || s->block_size <= 0 || s->n_kv_heads <= 0 ||
+      s->head_dim <= 0)
+    return lm_errf(err, LM_EINVAL, "cpu kv cache: every dimension must be positive");
+  if (s->head_dim > LM_CPU_MAX_HEAD_DIM || s->block_size > LM_CPU_MAX_BLOCK_SIZE)
+    return lm_errf(err, LM_EUNSUP, "cpu kv cache: head_dim %d / block_size %d above %d / %d",
+                   s->head_dim, s->block_size, LM_CPU_MAX_HEAD_DIM, LM_CPU_MAX_BLOCK_SIZE);
+  dims[0] = s->n_layers, dims[1] = 2, dims[2] = s->n_blocks, dims[3] = s->n_kv_heads;
+  dims[4] = s->block_size, dims[5] = s->head_dim;
+  for (int i = 0; i < 6; i++) {
+    if (n > SIZE_MAX / sizeof(float) / (size_t)dims[i])
+      return lm_errf(err, LM_ERANGE, "cpu kv cache: size overflows");
+    n *= (size_t)dims[i];
+  }
+  /* Left uninitialised: attention reads only slots that kv_write filled,
+   * and untouched pages of a large cache then cost no memory. */
+  *kv = lm_cpu_aligned(n * sizeof(float));
+  if (!*kv)
+    return lm_errf(err, LM_ENOMEM, "cpu kv cache: cannot allocate %zu bytes", n * sizeof(float));
+  return LM_OK;
+}
+
+static void lm_cpu_kv_free(void *st, void *kv) {
+  (void)st;
+  free(kv);
+}
+
+/* ---- row-parallel helper ----------------------------------------------- */
+
+typedef void (*lm_cpu_rows_fn)(const void *arg, int64_t r0, int64_t r1);
+
+struct lm_cpu_rows_job {
+  lm_cpu_rows_fn fn;
+  const void *arg;
+  int64_t rows, chunk;
+};
+
+static void lm_cpu_rows_item(void *argp, int64_t item, int tid) {
+  const struct lm_cpu_rows_job *j = argp;
+  int64_t r0 = item * j->chunk, r1 = r0 + j->chunk < j->rows ? r0 + j->chunk : j->rows;
+  (void)tid;
+  j->fn(j->arg, r0, r1);
+}
+
+/* Runs fn over [0, rows) in contiguous chunks (a few per thread), or on the
+ * caller alone when the op is small. */
+static void lm_cpu_rows(struct lm_cpu *cpu, int64_t rows, int64_t elems_per_row, lm_cpu_rows_fn fn,
+                        const void *arg) {
+  struct lm_cpu_rows_job j = {.fn = fn, .arg = arg, .rows = rows};
+  if (rows <= 0) return;
+  if (rows == 1 || rows * elems_per_row < LM_CPU_SERIAL_ELEMS) {
+    fn(arg, 0, rows);
+    return;
+  }
+  j.chunk = (rows + 4 * cpu->n_threads - 1) / (4 * cpu->n_threads);
+  lm_pool_for(cpu->pool, (rows + j.chunk - 1) / j.chunk, lm_cpu_rows_item, &j);
+}
+
+/* ---- embed, gather ----------------------------------------------------- */
+
+struct lm_embed_args {
+  float *x; /* [T, hidden] */
+  const struct lm_tensor *table;
+  const int32_t *ids;
+  int64_t hidden, vocab;
+};
+
+static void lm_embed_rows(const void *argp, int64_t r0, int64_t r1) {
+  const struct lm_embed_args *a = argp;
+  size_t esz = lm_dtype_size(a->table->dtype);
+  for (int64_t t = r0; t < r1; t++) {
+    float *dst = a->x + (size_t)t * a->hidden;
+    int32_t id = a->ids[t];
+    if (id < 0 || id >= a->vocab) {
+      /* the engine validates ids; a stray one yields a zero row, not a crash */
+      memset(dst, 0, (size_t)a->hidden * sizeof(float));
+      continue;
+    }
+    lm_cpu_convert_row(dst, (const char *)a->table->data + (size_t)id * a->hidden * esz,
+                       a->table->dtype, (size_t)a->hidden);
+  }
+}
+
+static void lm_cpu_embed(void *st, void *x, const struct lm_tensor *table,
+                         const struct lm_batch *b) {
+  struct lm_embed_args a = {.x = x,
+                            .table = table,
+                            .ids = b->token_ids,
+                            .hidden = table->shape[1],
+                            .vocab = table->shape[0]};
+  lm_cpu_rows(st, b->n_tokens, a.hidden, lm_embed_rows, &a);
+}
+
+struct lm_gather_args {
+  float *out;     /* [n, dim] */
+  const float *x; /* [?, dim] */
+  const int32_t *rows;
+  int64_t dim;
+};
+
+static void lm_gather_rows(const void *argp, int64_t r0, int64_t r1) {
+  const struct lm_gather_args *a = argp;
+  for (int64_t i = r0; i < r1; i++)
+    memcpy(a->out + (size_t)i * a->dim, a->x + (size_t)a->rows[i] * a->dim,
+           (size_t)a->dim * sizeof(float));
+}
+
+static void lm_cpu_gather_rows(void *st, void *out, const void *x, const int32_t *rows, int n,
+                               int dim) {
+  struct lm_gather_args a = {.out = out, .x = x, .rows = rows, .dim = dim};
+  lm_cpu_rows(st, n, dim, lm_gather_rows, &a);
+}
+
+/* ---- rmsnorm ----------------------------------------------------------- */
+
+struct lm_norm_args {
+  float *out;                /* [rows, dim] */
+  float *residual;           /* [rows, dim] or NULL */
+  const float *x;            /* [rows, dim]; the residual when adding */
+  const float *delta;        /* [rows, dim] or NULL */
+  const struct lm_tensor *w; /* [dim] */
+  int dim;
+  float eps;
+  int avx512;
+};
+
+/* mean of squares with 16 lane accumulators over the row, one fixed tree */
+LM_AVX512_TARGET static float lm_sumsq_avx512(const float *x, int n) {
+  __m512 acc = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 v = _mm512_loadu_ps(x + i);
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  if (i < n) {
+    __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << (n - i)) - 1), x + i);
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  return lm_hsum16(acc);
+}
+
+static float lm_sumsq_scalar(const float *x, int n) {
+  float acc = 0.0f;
+  for (int i = 0; i < n; i++)
+    acc += x[i] * x[i];
+  return acc;
+}
+
+static void lm_norm_rows(const void *argp, int64_t r0, int64_t r1) {
+  const struct lm_norm_args *a = argp;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *x = a->x + (size_t)r * a->dim;
+    float *out = a->out + (size_t)r * a->dim;
+    if (a->delta) {
+      float *res = a->residual + (size_t)r * a->dim;
+      const float *d = a->delta + (size_t)r * a->dim;
+      for (int i = 0; i < a->dim; i++)
+        res[i] += d[i];
+      x = res;
+    }
+    float ss = a->avx512 ? lm_sumsq_avx512(x, a->dim) : lm_sumsq_scalar(x, a->dim);
+    /* as HF: x * rsqrt(mean(x^2) + eps), then times the weight */
+    float inv = 1.0f / sqrtf(ss / (float)a->dim + a->eps);
+    const void *w = a->w->data;
+    switch (a->w->dtype) {
+    case LM_DTYPE_BF16:
+      for (int i = 0; i < a->dim; i++)
+        out[i] = lm_bf16_to_f32(((const uint16_t *)w)[i]) * (x[i] * inv);
+      break;
+    case LM_DTYPE_F16:
+    case LM_DTYPE_F32:
+      for (int i = 0; i < a->dim; i++)
+        out[i] = lm_cpu_elem(w, a->w->dtype, (size_t)i) * (x[i] * inv);
+      break;
+    }
+  }
+}
+
+static void lm_cpu_rmsnorm(void *st, void *out, const void *x, const struct lm_tensor *w, int rows,
+                           int dim, float eps) {
+  struct lm_cpu *cpu = st;
+  struct lm_norm_args a = {
+      .out = out, .x = x, .w = w, .dim = dim, .eps = eps, .avx512 = cpu->avx512};
+  lm_cpu_rows(cpu, rows, dim, lm_norm_rows, &a);
+}
+
+static void lm_cpu_add_rmsnorm(void *st, void *out, void *residual, const void *delta,
+                               const struct lm_tensor *w, int rows, int dim, float eps) {
+  struct lm_cpu *cpu = st;
+  struct lm_norm_args a = {.out = out,
+                           .residual = residual,
+                           .x = residual,
+                           .delta = delta,
+                           .w = w,
+                           .dim = dim,
+                           .eps = eps,
+                           .avx512 = cpu->avx512};
+  lm_cpu_rows(cpu, rows, dim, lm_norm_rows, &a);
+}
+
+/* ---- rope -------------------------------------------------------------- */
+
+struct lm_rope_args {
+  float *q; /* [T, n_heads, head_dim] */
+  float *k; /* [T, n_kv_heads, head_dim] */
+  const int32_t *positions;
+  const struct lm_rope *rope;
+  int n_heads, n_kv_heads;
+};
+
+static void lm_rope_head(float *x, const float *cs, const float *sn, int half) {
+  for (int i = 0; i < half; i++) {
+    float a = x[i], b = x[i + half];
+    x[i] = a * cs[i] - b * sn[i];
+    x[i + half] = b * cs[i] + a * sn[i];
+  }
+}
+
+static void lm_rope_rows(const void *argp, int64_t r0, int64_t r1) {
+  const struct lm_rope_args *a = argp;
+  int hd = a->rope->head_dim, half = hd / 2;
+  float cs[LM_CPU_MAX_HEAD_DIM / 2], sn[LM_CPU_MAX_HEAD_DIM / 2];
+  for (int64_t t = r0; t < r1; t++) {
+    /* as HF in f32: angle = float(pos) * inv_freq, then cos and sin */
+    float pos = (float)a->positions[t];
+    for (int i = 0; i < half; i++) {
+      float ang = pos * a->rope->inv_freq[i];
+      cs[i] = cosf(ang);
+      sn[i] = sinf(ang);
+    }
+    for (int h = 0; h < a->n_heads; h++)
+      lm_rope_head(a->q + ((size_t)t * a->n_heads + h) * hd, cs, sn, half);
+    for (int h = 0; h < a->n_kv_heads; h++)
+      lm_rope_head(a->k + ((size_t)t * a->n_kv_heads + h) * hd, cs, sn, half);
+  }
+}
+
+static void lm_cpu_rope(void *st, void *q, void *k, const struct lm_batch *b,
+                        const struct lm_rope *rope, int n_heads, int n_kv_heads) {
+  struct lm_rope_args a = {.q = q,
+                           .k = k,
+                           .positions = b->positions,
+                           .rope = rope,
+                           .n_heads = n_heads,
+                           .n_kv_heads = n_kv_heads};
+  if (rope->head_dim > LM_CPU_MAX_HEAD_DIM || rope->head_dim % 2) return;
+  lm_cpu_rows(st, b->n_tokens, (int64_t)(n_heads + n_kv_heads) * rope->head_dim * 4, lm_rope_rows,
+              &a);
+}
+
+/* ---- kv_write ---------------------------------------------------------- */
+
+struct lm_kvw_args {
+  float *kbase, *vbase; /* this layer's K and V: [n_blocks, n_kv_heads, block_size, head_dim] */
+  const float *k, *v;   /* [T, n_kv_heads, head_dim] */
+  const struct lm_kv_shape *s;
+  const int32_t *slots;
+};
+
+static void lm_kvw_rows(const void *argp, int64_t r0, int64_t r1) {
+  const struct lm_kvw_args *a = argp;
+  const struct lm_kv_shape *s = a->s;
+  size_t row = (size_t)s->n_kv_heads * s->head_dim, hd_bytes = (size_t)s->head_dim * sizeof(float);
+  for (int64_t t = r0; t < r1; t++) {
+    int32_t slot = a->slots[t];
+    if (slot < 0) continue; /* padding token: nothing to store */
+    int blk = slot / s->block_size, off = slot % s->block_size;
+    if (blk >= s->n_blocks) continue;
+    for (int h = 0; h < s->n_kv_heads; h++) {
+      size_t dst = (((size_t)blk * s->n_kv_heads + h) * s->block_size + off) * s->head_dim;
+      memcpy(a->kbase + dst, a->k + (size_t)t * row + (size_t)h * s->head_dim, hd_bytes);
+      memcpy(a->vbase + dst, a->v + (size_t)t * row + (size_t)h * s->head_dim, hd_bytes);
+    }
+  }
+}
+
+static void lm_cpu_kv_write(void *st, void *kv, const struct lm_kv_shape *shape, int layer,
+                            const void *k, const void *v, const struct lm_batch *b) {
+  size_t layer_elems =
+      (size_t)shape->n_blocks * shape->n_kv_heads * shape->block_size * shape->head_dim;
+  struct lm_kvw_args a = {.kbase = (float *)kv + (size_t)layer * 2 * layer_elems,
+                          .vbase = (float *)kv + ((size_t)layer * 2 + 1) * layer_elems,
+                          .k = k,
+                          .v = v,
+                          .s = shape,
+                          .slots = b->slot_mapping};
+  lm_cpu_rows(st, b->n_tokens, (int64_t)shape->n_kv_heads * shape->head_dim * 2, lm_kvw_rows, &a);
+}
+
+/* ---- swiglu ------------------------------------------------------------ */
+
+struct lm_swiglu_args {
+  float *out;             /* [rows, dim] */
+  const float *gate, *up; /* [rows, dim] */
+  int64_t dim;
+  int avx512;
+};
+
+LM_AVX512_TARGET static void lm_swiglu_avx512(float *out, const float *g, const float *u,
+                                              int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512 gv = _mm512_loadu_ps(g + i);
+    __m512 e = lm_exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+    __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    _mm512_storeu_ps(out + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
+  }
+  for (; i < n; i++)
+    out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void lm_swiglu_rows(const void *argp, int64_t r0, int64_t r1) {
+  const struct lm_swiglu_args *a = argp;
+  size_t o = (size_t)r0 * a->dim, n = (size_t)(r1 - r0) * a->dim;
+  if (a->avx512) {
+    lm_swiglu_avx512(a->out + o, a->gate + o, a->up + o, (int64_t)n);
+    return;
+  }
+  for (size_t i = o; i < o + n; i++)
+    a->out[i] = a->gate[i] / (1.0f + expf(-a->gate[i])) * a->up[i];
+}
+
+static void lm_cpu_swiglu(void *st, void *out, const void *gate, const void *up, int rows,
+                          int dim) {
+  struct lm_cpu *cpu = st;
+  struct lm_swiglu_args a = {.out = out, .gate = gate, .up = up, .dim = dim, .avx512 = cpu->avx512};
+  lm_cpu_rows(cpu, rows, dim, lm_swiglu_rows, &a);
+}
+
+/* ---- sample ------------------------------------------------------------ */
+
+struct lm_sample_job {
+  const float *logits; /* [n, vocab] */
+  int vocab;
+  const struct lm_sample_row *rows;
+  struct lm_sample_result *out;
+  float *scratch; /* [n_threads, LM_SAMPLER_SCRATCH_FLOATS(vocab)] */
+};
+
+static void lm_sample_item(void *argp, int64_t i, int tid) {
+  const struct lm_sample_job *j = argp;
+  j->out[i] = lm_sampler_sample(j->logits + (size_t)i * j->vocab, j->vocab, &j->rows[i],
+                                j->scratch + (size_t)tid * LM_SAMPLER_SCRATCH_FLOATS(j->vocab));
+}
+
+static int lm_cpu_sample(void *st, const void *logits, int n, int vocab,
+                         const struct lm_sample_row *rows, struct lm_sample_result *out,
+                         char *err) {
+  struct lm_cpu *cpu = st;
+  struct lm_sample_job j = {.logits = logits, .vocab = vocab, .rows = rows, .out = out};
+  size_t want = (size_t)cpu->n_threads * LM_SAMPLER_SCRATCH_FLOATS(vocab) * sizeof(float);
+  if (n <= 0) return LM_OK;
+  if (vocab <= 0) return lm_errf(err, LM_EINVAL, "sample: vocab %d", vocab);
+  if (lm_cpu_grow((void **)&cpu->sample_scratch, &cpu->sample_scratch_bytes, want) != 0)
+    return lm_errf(err, LM_ENOMEM, "sample: cannot allocate %zu bytes of scratch", want);
+  j.scratch = cpu->sample_scratch;
+  lm_pool_for(cpu->pool, n, lm_sample_item, &j);
+  return LM_OK;
+}
+
+const struct lm_backend_ops lm_backend_cpu_ops = {
+    .name = "cpu",
+    .create = lm_cpu_create,
+    .destroy = lm_cpu_destroy,
+    .load_weights = lm_cpu_load_weights,
+    .act_elem_bytes = sizeof(float),
+    .act_alloc = lm_cpu_act_alloc,
+    .act_free = lm_cpu_act_free,
+    .act_read = lm_cpu_act_read,
+    .kv_create = lm_cpu_kv_create,
+    .kv_free = lm_cpu_kv_free,
+    .embed = lm_cpu_embed,
+    .rmsnorm = lm_cpu_rmsnorm,
+    .add_rmsnorm = lm_cpu_add_rmsnorm,
+    .matmul = lm_cpu_matmul,
+    .rope = lm_cpu_rope,
+    .kv_write = lm_cpu_kv_write,
+    .attention = lm_cpu_attention,
+    .swiglu = lm_cpu_swiglu,
+    .gather_rows = lm_cpu_gather_rows,
+    .sample = lm_cpu_sample,
+};

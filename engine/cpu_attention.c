@@ -1,0 +1,244 @@
+/* cpu_attention.c - causal attention over the paged KV cache.
+ *
+ * One work item is (sequence, kv head, tile of up to LM_ATTN_ROWS / group
+ * query tokens): the tile's query heads that share the kv head walk the
+ * sequence's blocks together, so each K/V block is loaded once into L1 and
+ * used by every row. Each (token, head) row keeps its own online-softmax
+ * state and visits its keys block by block in position order, so its
+ * result depends only on its own query and context length: not on the
+ * tile it shares, the other sequences in the batch or the thread that
+ * runs it. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "engine/cpu_internal.h"
+
+#define LM_ATTN_ROWS       32  /* (token, head) rows per work item */
+#define LM_ATTN_MAX_HD     256 /* head_dim limit of the stack buffers */
+#define LM_ATTN_MAX_BS     256 /* block_size limit of the stack buffers */
+#define LM_ATTN_STACK_SEQS 256
+
+struct lm_attn_job {
+  float *out;     /* [T, n_heads, head_dim] */
+  const float *q; /* [T, n_heads, head_dim] */
+  const float *k; /* this layer's K: [n_blocks, n_kv_heads, block_size, head_dim] */
+  const float *v; /* this layer's V: same */
+  const struct lm_batch *b;
+  int n_heads, n_kv, hd, bs, group, q_tile;
+  float scale;
+  const int64_t *item_off; /* [S+1] first item of each sequence, or NULL */
+  int seq;                 /* the one sequence when item_off is NULL */
+  int avx512;
+};
+
+struct lm_attn_tile {
+  int s, g, t0, t1;
+};
+
+/* ---- AVX-512 ---------------------------------------------------------- */
+
+LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
+                                                 const struct lm_attn_tile *tl) {
+  const struct lm_batch *b = j->b;
+  const int hd = j->hd, bs = j->bs, nv = hd / 16;
+  int n_rows = (tl->t1 - tl->t0) * j->group;
+  int pos[LM_ATTN_ROWS];
+  float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS];
+  float sc[LM_ATTN_MAX_BS] __attribute__((aligned(64)));
+  /* o: [n_rows, head_dim] running weighted sum of V */
+  __m512 o[LM_ATTN_ROWS][LM_ATTN_MAX_HD / 16];
+  int pmax = -1, ctx = b->ctx_len[tl->s];
+  for (int r = 0; r < n_rows; r++) {
+    int p = b->positions[tl->t0 + r / j->group];
+    pos[r] = p < ctx - 1 ? p : ctx - 1;
+    if (pos[r] > pmax) pmax = pos[r];
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+    for (int d = 0; d < nv; d++)
+      o[r][d] = _mm512_setzero_ps();
+  }
+  const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
+  for (int bi = 0; bi * bs <= pmax && bi < b->max_blocks; bi++) {
+    size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * (size_t)bs * hd;
+    const float *kb = j->k + off, *vb = j->v + off; /* [block_size, head_dim] */
+    for (int r = 0; r < n_rows; r++) {
+      int t = tl->t0 + r / j->group, h = tl->g * j->group + r % j->group;
+      int n_valid = pos[r] + 1 - bi * bs;
+      if (n_valid <= 0) continue;
+      if (n_valid > bs) n_valid = bs;
+      const float *q = j->q + ((size_t)t * j->n_heads + h) * hd;
+      float bmax = -INFINITY;
+      for (int i = 0; i < n_valid; i++) {
+        const float *k = kb + (size_t)i * hd;
+        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k));
+        for (int d = 1; d < nv; d++)
+          acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * d), _mm512_loadu_ps(k + 16 * d), acc);
+        sc[i] = lm_hsum16(acc) * j->scale;
+        bmax = sc[i] > bmax ? sc[i] : bmax;
+      }
+      float m_new = m[r] > bmax ? m[r] : bmax;
+      float alpha = expf(m[r] - m_new);
+      __m512 psum = _mm512_setzero_ps();
+      for (int i = 0; i < n_valid; i += 16) {
+        __mmask16 mk =
+            n_valid - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n_valid - i)) - 1);
+        __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, sc + i);
+        __m512 p = _mm512_maskz_mov_ps(mk, lm_exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
+        _mm512_store_ps(sc + i, p);
+        psum = _mm512_add_ps(psum, p);
+      }
+      l[r] = l[r] * alpha + lm_hsum16(psum);
+      m[r] = m_new;
+      __m512 va = _mm512_set1_ps(alpha);
+      for (int d = 0; d < nv; d++)
+        o[r][d] = _mm512_mul_ps(o[r][d], va);
+      for (int i = 0; i < n_valid; i++) {
+        const float *v = vb + (size_t)i * hd;
+        __m512 p = _mm512_set1_ps(sc[i]);
+        for (int d = 0; d < nv; d++)
+          o[r][d] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * d), o[r][d]);
+      }
+    }
+  }
+  for (int r = 0; r < n_rows; r++) {
+    int t = tl->t0 + r / j->group, h = tl->g * j->group + r % j->group;
+    float *dst = j->out + ((size_t)t * j->n_heads + h) * hd;
+    __m512 inv = _mm512_set1_ps(l[r] > 0.0f ? 1.0f / l[r] : 0.0f);
+    for (int d = 0; d < nv; d++)
+      _mm512_storeu_ps(dst + 16 * d, _mm512_mul_ps(o[r][d], inv));
+  }
+}
+
+/* ---- portable fallback (same algorithm, scalar) ------------------------ */
+
+static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_attn_tile *tl) {
+  const struct lm_batch *b = j->b;
+  const int hd = j->hd, bs = j->bs;
+  int n_rows = (tl->t1 - tl->t0) * j->group;
+  int pos[LM_ATTN_ROWS];
+  float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS], sc[LM_ATTN_MAX_BS];
+  float o[LM_ATTN_ROWS][LM_ATTN_MAX_HD]; /* [n_rows, head_dim] */
+  int pmax = -1, ctx = b->ctx_len[tl->s];
+  for (int r = 0; r < n_rows; r++) {
+    int p = b->positions[tl->t0 + r / j->group];
+    pos[r] = p < ctx - 1 ? p : ctx - 1;
+    if (pos[r] > pmax) pmax = pos[r];
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+    for (int d = 0; d < hd; d++)
+      o[r][d] = 0.0f;
+  }
+  const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
+  for (int bi = 0; bi * bs <= pmax && bi < b->max_blocks; bi++) {
+    size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * (size_t)bs * hd;
+    const float *kb = j->k + off, *vb = j->v + off;
+    for (int r = 0; r < n_rows; r++) {
+      int t = tl->t0 + r / j->group, h = tl->g * j->group + r % j->group;
+      int n_valid = pos[r] + 1 - bi * bs;
+      if (n_valid <= 0) continue;
+      if (n_valid > bs) n_valid = bs;
+      const float *q = j->q + ((size_t)t * j->n_heads + h) * hd;
+      float bmax = -INFINITY, psum = 0.0f;
+      for (int i = 0; i < n_valid; i++) {
+        float acc = 0.0f;
+        for (int d = 0; d < hd; d++)
+          acc += q[d] * kb[(size_t)i * hd + d];
+        sc[i] = acc * j->scale;
+        bmax = sc[i] > bmax ? sc[i] : bmax;
+      }
+      float m_new = m[r] > bmax ? m[r] : bmax;
+      float alpha = expf(m[r] - m_new);
+      for (int i = 0; i < n_valid; i++) {
+        sc[i] = expf(sc[i] - m_new);
+        psum += sc[i];
+      }
+      l[r] = l[r] * alpha + psum;
+      m[r] = m_new;
+      for (int d = 0; d < hd; d++)
+        o[r][d] *= alpha;
+      for (int i = 0; i < n_valid; i++)
+        for (int d = 0; d < hd; d++)
+          o[r][d] += sc[i] * vb[(size_t)i * hd + d];
+    }
+  }
+  for (int r = 0; r < n_rows; r++) {
+    int t = tl->t0 + r / j->group, h = tl->g * j->group + r % j->group;
+    float *dst = j->out + ((size_t)t * j->n_heads + h) * hd;
+    float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    for (int d = 0; d < hd; d++)
+      dst[d] = o[r][d] * inv;
+  }
+}
+
+static int lm_attn_seq_items(const struct lm_attn_job *j, int s) {
+  int n_q = j->b->q_start[s + 1] - j->b->q_start[s];
+  return j->n_kv * ((n_q + j->q_tile - 1) / j->q_tile);
+}
+
+static void lm_attn_item(void *argp, int64_t item, int tid) {
+  const struct lm_attn_job *j = argp;
+  struct lm_attn_tile tl;
+  int s = j->seq;
+  (void)tid;
+  if (j->item_off) {
+    /* binary search: the last sequence whose first item is <= item */
+    int lo = 0, hi = j->b->n_seqs - 1;
+    while (lo < hi) {
+      int mid = (lo + hi + 1) / 2;
+      if (j->item_off[mid] <= item)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    s = lo;
+    item -= j->item_off[s];
+  }
+  int tiles = (j->b->q_start[s + 1] - j->b->q_start[s] + j->q_tile - 1) / j->q_tile;
+  tl.s = s;
+  tl.g = (int)(item / tiles);
+  tl.t0 = j->b->q_start[s] + (int)(item % tiles) * j->q_tile;
+  tl.t1 = tl.t0 + j->q_tile < j->b->q_start[s + 1] ? tl.t0 + j->q_tile : j->b->q_start[s + 1];
+  if (j->avx512)
+    lm_attn_tile_avx512(j, &tl);
+  else
+    lm_attn_tile_scalar(j, &tl);
+}
+
+void lm_cpu_attention(void *st, void *out, const void *q, const void *kv,
+                      const struct lm_kv_shape *shape, int layer, const struct lm_batch *b,
+                      int n_heads, float scale) {
+  struct lm_cpu *cpu = st;
+  size_t layer_elems =
+      (size_t)shape->n_blocks * shape->n_kv_heads * shape->block_size * shape->head_dim;
+  int64_t stack_off[LM_ATTN_STACK_SEQS + 1], *off = stack_off;
+  struct lm_attn_job j = {.out = out,
+                          .q = q,
+                          .k = (const float *)kv + (size_t)layer * 2 * layer_elems,
+                          .v = (const float *)kv + ((size_t)layer * 2 + 1) * layer_elems,
+                          .b = b,
+                          .n_heads = n_heads,
+                          .n_kv = shape->n_kv_heads,
+                          .hd = shape->head_dim,
+                          .bs = shape->block_size,
+                          .group = n_heads / shape->n_kv_heads,
+                          .scale = scale,
+                          .avx512 = cpu->avx512 && shape->head_dim % 16 == 0};
+  if (b->n_seqs <= 0 || j.group <= 0) return;
+  j.q_tile = LM_ATTN_ROWS / j.group > 0 ? LM_ATTN_ROWS / j.group : 1;
+  if (b->n_seqs > LM_ATTN_STACK_SEQS) off = malloc(((size_t)b->n_seqs + 1) * sizeof(*off));
+  if (!off) {
+    /* out of memory for the item index: one parallel loop per sequence */
+    for (int s = 0; s < b->n_seqs; s++) {
+      j.seq = s;
+      lm_pool_for(cpu->pool, lm_attn_seq_items(&j, s), lm_attn_item, &j);
+    }
+    return;
+  }
+  off[0] = 0;
+  for (int s = 0; s < b->n_seqs; s++)
+    off[s + 1] = off[s] + lm_attn_seq_items(&j, s);
+  j.item_off = off;
+  lm_pool_for(cpu->pool, off[b->n_seqs], lm_attn_item, &j);
+  if (off != stack_off) free(off);
+}

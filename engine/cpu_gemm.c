@@ -1,0 +1,292 @@
+/* cpu_gemm.c - y: [M, N] = x: [M, K] @ W^T (W: [N, K] bf16/f16/f32) + bias.
+ *
+ * Batch invariance: every y[m, n] is a dot product accumulated in one
+ * 16-lane f32 vector over k in chunks of 32 (two FMAs per chunk, in a fixed
+ * lane assignment), then reduced by one fixed tree (lm_hsum16). Tiling over
+ * M and N only decides which accumulators live in registers together, never
+ * the order of any element's additions, so M = 1 and M = 512 give the same
+ * bits for a row, and so does any split of N across threads.
+ *
+ * bf16 weights are widened without a shuffle: in a 32-bit lane holding two
+ * bf16 values, (lane << 16) is the even element and (lane & 0xffff0000) the
+ * odd one, both exactly. x is therefore prepared once per call with each
+ * chunk of 32 laid out as [16 even k, 16 odd k] (f16/f32: natural order),
+ * zero padded to a multiple of 32 so the kernel never masks x. */
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/cpu_internal.h"
+
+#define LM_GEMM_MB               64 /* x rows kept in L2 while a thread walks its W rows */
+#define LM_GEMM_SERIAL_PREP_ROWS 4
+
+static size_t lm_kpad(int k) {
+  return ((size_t)k + 31) & ~(size_t)31;
+}
+
+/* Prepared x row: [Kpad], chunked as described above. */
+static void lm_gemm_prep_row(float *dst, const float *x, int k, enum lm_dtype dt) {
+  size_t kp = lm_kpad(k);
+  if (dt != LM_DTYPE_BF16) {
+    memcpy(dst, x, (size_t)k * sizeof(float));
+    memset(dst + k, 0, (kp - (size_t)k) * sizeof(float));
+    return;
+  }
+  for (size_t c = 0; c < kp; c += 32) {
+    for (int i = 0; i < 16; i++) {
+      size_t ke = c + 2 * (size_t)i, ko = ke + 1;
+      dst[c + (size_t)i] = ke < (size_t)k ? x[ke] : 0.0f;
+      dst[c + 16 + (size_t)i] = ko < (size_t)k ? x[ko] : 0.0f;
+    }
+  }
+}
+
+struct lm_gemm_job {
+  float *y;        /* [M, N] */
+  const float *x;  /* [M, K] */
+  const float *xp; /* [M, Kpad] prepared */
+  const void *w;   /* [N, K] */
+  enum lm_dtype dt;
+  const struct lm_tensor *bias;
+  int m, n, k;
+  int avx512;
+  int64_t chunk; /* columns (W rows) per work item, a multiple of 16 */
+};
+
+static void lm_gemm_prep_item(void *argp, int64_t m, int tid) {
+  struct lm_gemm_job *j = argp;
+  (void)tid;
+  lm_gemm_prep_row((float *)j->xp + (size_t)m * lm_kpad(j->k), j->x + (size_t)m * j->k, j->k,
+                   j->dt);
+}
+
+/* ---- AVX-512 ---------------------------------------------------------- */
+
+/* The two f32 vectors of W chunk c of one row; mask covers the valid
+ * elements of a partial last chunk (all ones otherwise). */
+LM_AVX512_TARGET static inline __attribute__((always_inline)) void
+lm_gemm_load_w(int dt, const void *row, size_t c, __mmask32 mask, int partial, __m512 *w0,
+               __m512 *w1) {
+  if (dt == LM_DTYPE_BF16) {
+    const uint16_t *p = (const uint16_t *)row + c;
+    __m512i r = partial ? _mm512_maskz_loadu_epi16(mask, p) : _mm512_loadu_si512(p);
+    *w0 = _mm512_castsi512_ps(_mm512_slli_epi32(r, 16));
+    *w1 = _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u)));
+  } else if (dt == LM_DTYPE_F16) {
+    const uint16_t *p = (const uint16_t *)row + c;
+    __m256i r0 = partial ? _mm256_maskz_loadu_epi16((__mmask16)mask, p)
+                         : _mm256_loadu_si256((const __m256i *)p);
+    __m256i r1 = partial ? _mm256_maskz_loadu_epi16((__mmask16)(mask >> 16), p + 16)
+                         : _mm256_loadu_si256((const __m256i *)(p + 16));
+    *w0 = _mm512_cvtph_ps(r0);
+    *w1 = _mm512_cvtph_ps(r1);
+  } else {
+    const float *p = (const float *)row + c;
+    *w0 = partial ? _mm512_maskz_loadu_ps((__mmask16)mask, p) : _mm512_loadu_ps(p);
+    *w1 =
+        partial ? _mm512_maskz_loadu_ps((__mmask16)(mask >> 16), p + 16) : _mm512_loadu_ps(p + 16);
+  }
+}
+
+struct lm_tile {
+  const float *xp; /* first prepared x row of the tile */
+  size_t ldx;      /* Kpad */
+  const char *w;   /* first W row of the tile */
+  size_t ldw;      /* bytes per W row */
+  float *y;        /* y[m0, n0] */
+  size_t ldy;      /* N */
+  int k;
+};
+
+/* MR x-rows by NR W-rows of accumulators; MR, NR and DT are constants at
+ * every call site, so the arrays below live in registers. */
+LM_AVX512_TARGET static inline __attribute__((always_inline)) void
+lm_gemm_tile(int DT, int MR, int NR, const struct lm_tile *t, float *out) {
+  __m512 acc[4][8];
+  const size_t esz = DT == LM_DTYPE_F32 ? 4 : 2;
+  size_t kfull = (size_t)t->k & ~(size_t)31;
+  int rem = t->k & 31;
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++)
+      acc[i][j] = _mm512_setzero_ps();
+  for (size_t c = 0; c <= kfull; c += 32) {
+    int partial = c == kfull;
+    __mmask32 mask = partial ? (__mmask32)((1ull << rem) - 1) : (__mmask32)~0u;
+    __m512 x0[4], x1[4];
+    if (partial && rem == 0) break;
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++) {
+      x0[i] = _mm512_loadu_ps(t->xp + (size_t)i * t->ldx + c);
+      x1[i] = _mm512_loadu_ps(t->xp + (size_t)i * t->ldx + c + 16);
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++) {
+      __m512 w0, w1;
+      /* Decode streams W from DRAM and is bound by how many misses are in
+       * flight: pull the next tile's rows into L2 while this tile runs
+       * (past the last row this touches nothing: prefetches never fault). */
+      if (MR == 1) _mm_prefetch(t->w + (size_t)(j + NR) * t->ldw + c * esz, _MM_HINT_T1);
+      lm_gemm_load_w(DT, t->w + (size_t)j * t->ldw, c, mask, partial, &w0, &w1);
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; i++)
+        acc[i][j] = _mm512_fmadd_ps(x0[i], w0, acc[i][j]);
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; i++)
+        acc[i][j] = _mm512_fmadd_ps(x1[i], w1, acc[i][j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++)
+      out[i * 8 + j] = lm_hsum16(acc[i][j]);
+}
+
+typedef void (*lm_tile_fn)(const struct lm_tile *t, float *out);
+
+#define LM_DEF_TILE(DT, MR, NR)                                                                    \
+  LM_AVX512_TARGET static void lm_tile_##DT##_##MR##_##NR(const struct lm_tile *t, float *out) {   \
+    lm_gemm_tile(DT, MR, NR, t, out);                                                              \
+  }
+#define LM_DEF_TILES_MR(DT, MR)                                                                    \
+  LM_DEF_TILE(DT, MR, 1)                                                                           \
+  LM_DEF_TILE(DT, MR, 2)                                                                           \
+  LM_DEF_TILE(DT, MR, 3)                                                                           \
+  LM_DEF_TILE(DT, MR, 4)                                                                           \
+  LM_DEF_TILE(DT, MR, 5)                                                                           \
+  LM_DEF_TILE(DT, MR, 6)                                                                           \
+  LM_DEF_TILE(DT, MR, 7)                                                                           \
+  LM_DEF_TILE(DT, MR, 8)
+#define LM_DEF_TILES(DT)                                                                           \
+  LM_DEF_TILES_MR(DT, 1) LM_DEF_TILES_MR(DT, 2) LM_DEF_TILES_MR(DT, 3) LM_DEF_TILES_MR(DT, 4)
+#define LM_TILE_ROW(DT, MR)                                                                        \
+  {                                                                                                \
+    lm_tile_##DT##_##MR##_1, lm_tile_##DT##_##MR##_2, lm_tile_##DT##_##MR##_3,                     \
+        lm_tile_##DT##_##MR##_4, lm_tile_##DT##_##MR##_5, lm_tile_##DT##_##MR##_6,                 \
+        lm_tile_##DT##_##MR##_7, lm_tile_##DT##_##MR##_8                                           \
+  }
+#define LM_TILE_TABLE(DT)                                                                          \
+  { LM_TILE_ROW(DT, 1), LM_TILE_ROW(DT, 2), LM_TILE_ROW(DT, 3), LM_TILE_ROW(DT, 4) }
+
+/* LM_DTYPE_F32 = 0, F16 = 1, BF16 = 2 */
+LM_DEF_TILES(0)
+LM_DEF_TILES(1)
+LM_DEF_TILES(2)
+
+static const lm_tile_fn lm_tiles[3][4][8] = {LM_TILE_TABLE(0), LM_TILE_TABLE(1), LM_TILE_TABLE(2)};
+
+/* Widest NR that fits the 32 vector registers next to MR rows of x. */
+static const int lm_tile_nr[5] = {0, 8, 8, 6, 5};
+
+static float lm_gemm_bias(const struct lm_tensor *bias, int64_t n) {
+  return bias ? lm_cpu_elem(bias->data, bias->dtype, (size_t)n) : 0.0f;
+}
+
+static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t n0, int64_t n1) {
+  size_t esz = lm_dtype_size(j->dt), kp = lm_kpad(j->k);
+  float out[4 * 8];
+  for (int64_t mb = 0; mb < j->m; mb += LM_GEMM_MB) {
+    int64_t mb_end = mb + LM_GEMM_MB < j->m ? mb + LM_GEMM_MB : j->m;
+    int nr_step = lm_tile_nr[mb_end - mb < 4 ? mb_end - mb : 4];
+    for (int64_t n = n0; n < n1; n += nr_step) {
+      int nr = (int)(n1 - n < nr_step ? n1 - n : nr_step);
+      for (int64_t m = mb; m < mb_end; m += 4) {
+        int mr = (int)(mb_end - m < 4 ? mb_end - m : 4);
+        struct lm_tile t = {.xp = j->xp + (size_t)m * kp,
+                            .ldx = kp,
+                            .w = (const char *)j->w + (size_t)n * (size_t)j->k * esz,
+                            .ldw = (size_t)j->k * esz,
+                            .k = j->k};
+        lm_tiles[j->dt][mr - 1][nr - 1](&t, out);
+        for (int i = 0; i < mr; i++)
+          for (int c = 0; c < nr; c++)
+            j->y[(size_t)(m + i) * j->n + n + c] = out[i * 8 + c] + lm_gemm_bias(j->bias, n + c);
+      }
+    }
+  }
+}
+
+/* ---- portable fallback ------------------------------------------------- */
+
+/* Sequential over k per element: batch invariant by construction. */
+static void lm_gemm_scalar_range(const struct lm_gemm_job *j, int64_t n0, int64_t n1) {
+  size_t esz = lm_dtype_size(j->dt);
+  for (int64_t n = n0; n < n1; n++) {
+    const char *w = (const char *)j->w + (size_t)n * (size_t)j->k * esz;
+    for (int64_t m = 0; m < j->m; m++) {
+      const float *x = j->x + (size_t)m * j->k;
+      float acc = 0.0f;
+      for (int k = 0; k < j->k; k++)
+        acc += x[k] * lm_cpu_elem(w, j->dt, (size_t)k);
+      j->y[(size_t)m * j->n + n] = acc + lm_gemm_bias(j->bias, n);
+    }
+  }
+}
+
+/* One contiguous range of columns; which thread takes it changes nothing
+ * in the result. */
+static void lm_gemm_item(void *argp, int64_t item, int tid) {
+  const struct lm_gemm_job *j = argp;
+  int64_t n0 = item * j->chunk, n1 = n0 + j->chunk < j->n ? n0 + j->chunk : j->n;
+  (void)tid;
+  if (j->avx512)
+    lm_gemm_avx512_range(j, n0, n1);
+  else
+    lm_gemm_scalar_range(j, n0, n1);
+}
+
+static int64_t lm_gemm_items(struct lm_gemm_job *j, int n_threads) {
+  /* a few items per thread, so a thread whose core is taken by another
+   * process leaves its share to the others */
+  int64_t per = (j->n + 4 * n_threads - 1) / (4 * n_threads);
+  j->chunk = (per + 15) & ~(int64_t)15;
+  return (j->n + j->chunk - 1) / j->chunk;
+}
+
+void lm_cpu_matmul(void *st, void *y, const void *x, const struct lm_tensor *w,
+                   const struct lm_tensor *bias, int rows) {
+  struct lm_cpu *cpu = st;
+  struct lm_gemm_job j = {.y = y,
+                          .x = x,
+                          .w = w->dev ? w->dev : w->data,
+                          .dt = w->dtype,
+                          .bias = bias,
+                          .m = rows,
+                          .n = (int)w->shape[0],
+                          .k = (int)w->shape[1],
+                          .avx512 = cpu->avx512};
+  if (rows <= 0 || j.n <= 0) return;
+  if (j.avx512) {
+    /* One prepared copy of x for the whole call. The runner sizes its
+     * activations up front, so failing here means the machine is out of
+     * memory; process x in slices that fit what we already have. */
+    size_t row_bytes = lm_kpad(j.k) * sizeof(float);
+    int64_t slice = rows;
+    if (lm_cpu_grow((void **)&cpu->xprep, &cpu->xprep_bytes, row_bytes * (size_t)rows) != 0)
+      slice = (int64_t)(cpu->xprep_bytes / row_bytes);
+    if (slice <= 0) {
+      for (size_t i = 0; i < (size_t)rows * (size_t)j.n; i++)
+        ((float *)y)[i] = NAN;
+      return;
+    }
+    for (int64_t m0 = 0; m0 < rows; m0 += slice) {
+      struct lm_gemm_job s = j;
+      s.m = (int)(rows - m0 < slice ? rows - m0 : slice);
+      s.x = (const float *)x + (size_t)m0 * j.k;
+      s.y = (float *)y + (size_t)m0 * j.n;
+      s.xp = cpu->xprep;
+      if (s.m <= LM_GEMM_SERIAL_PREP_ROWS)
+        for (int m = 0; m < s.m; m++)
+          lm_gemm_prep_item(&s, m, 0);
+      else
+        lm_pool_for(cpu->pool, s.m, lm_gemm_prep_item, &s);
+      lm_pool_for(cpu->pool, lm_gemm_items(&s, cpu->n_threads), lm_gemm_item, &s);
+    }
+    return;
+  }
+  lm_pool_for(cpu->pool, lm_gemm_items(&j, cpu->n_threads), lm_gemm_item, &j);
+}

@@ -1,0 +1,89 @@
+/* cpu_internal.h - what the CPU backend's files share: the backend state,
+ * the instruction-set switch and the ops split out into their own files.
+ * Not a public header: only engine/backend_cpu.c and engine/cpu_*.c
+ * include it. */
+#ifndef LM_CPU_INTERNAL_H
+#define LM_CPU_INTERNAL_H
+
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/backend.h"
+#include "engine/threadpool.h"
+
+/* AVX-512 code is compiled per function with this target attribute and
+ * chosen at run time, so the binary still runs (on the scalar path) on CPUs
+ * without AVX-512. */
+#define LM_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+
+#define LM_AVX512_INLINE LM_AVX512_TARGET static inline __attribute__((always_inline))
+
+/* The one horizontal-sum tree every reduction uses (lanes 0-7 + 8-15, then
+ * halves again): fixed, so a row's sum never depends on its neighbours. */
+LM_AVX512_INLINE float lm_hsum16(__m512 v) {
+  __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+  b = _mm_add_ss(b, _mm_movehdup_ps(b));
+  return _mm_cvtss_f32(b);
+}
+
+/* exp(x) to about 2 ulp (Cephes polynomial on [-ln2/2, ln2/2], scaled by
+ * 2^n with scalef); -inf and very negative x give 0. */
+LM_AVX512_INLINE __m512 lm_exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72f)), _mm512_set1_ps(-104.0f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+struct lm_cpu {
+  lm_pool *pool;
+  int n_threads;
+  int avx512;         /* 1: AVX-512 kernels; 0: portable scalar code */
+  int mapped_weights; /* compute from the file mapping, no copy */
+  void *weights;      /* huge-page copy of the matmul weights, as stored */
+  size_t weights_bytes;
+  struct lm_tensor **copied; /* [n_copied] tensors whose dev points into weights */
+  int n_copied;
+  /* matmul's prepared copy of x (engine thread only) */
+  float *xprep; /* [rows, K rounded up to 32] */
+  size_t xprep_bytes;
+  float *sample_scratch; /* [n_threads, LM_SAMPLER_SCRATCH_FLOATS(vocab)] */
+  size_t sample_scratch_bytes;
+};
+
+/* Grows a 64-byte aligned scratch buffer; returns 0 or LM_ENOMEM (the old
+ * buffer is kept on failure). */
+int lm_cpu_grow(void **buf, size_t *have_bytes, size_t want_bytes);
+
+/* One element of a stored tensor as f32. */
+static inline float lm_cpu_elem(const void *data, enum lm_dtype dt, size_t i) {
+  switch (dt) {
+  case LM_DTYPE_BF16: return lm_bf16_to_f32(((const uint16_t *)data)[i]);
+  case LM_DTYPE_F16: return lm_f16_to_f32(((const uint16_t *)data)[i]);
+  case LM_DTYPE_F32: break;
+  }
+  return ((const float *)data)[i];
+}
+
+/* Converts n stored elements to f32. */
+void lm_cpu_convert_row(float *dst, const void *src, enum lm_dtype dt, size_t n);
+
+void lm_cpu_matmul(void *st, void *y, const void *x, const struct lm_tensor *w,
+                   const struct lm_tensor *bias, int rows);
+void lm_cpu_attention(void *st, void *out, const void *q, const void *kv,
+                      const struct lm_kv_shape *shape, int layer, const struct lm_batch *b,
+                      int n_heads, float scale);
+
+#endif

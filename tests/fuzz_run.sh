@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# fuzz_run.sh - builds the libFuzzer targets and runs each on a copy of its
+# committed corpus (the repo is never written). Fails on any finding.
+#   tests/fuzz_run.sh [seconds per target, default 30]
+set -euo pipefail
+
+secs="${1:-30}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cc="${CC:-clang-14}"
+work="$(mktemp -d "${TMPDIR:-/tmp}/lm_fuzz.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+srcs=(engine/safetensors.c engine/model.c engine/json.c engine/lm.c)
+status=0
+for target in safetensors config; do
+  bin="$work/fuzz_$target"
+  (cd "$root" && "$cc" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+    -I"$root" "tests/fuzz_$target.c" "${srcs[@]}" -lm -o "$bin")
+  mkdir -p "$work/corpus_$target" "$work/artifacts_$target"
+  cp "$root/tests/fuzz/corpus/$target/"* "$work/corpus_$target/"
+  log="$work/$target.log"
+  if (cd "$work" && ASAN_OPTIONS=detect_leaks=1 "$bin" -max_total_time="$secs" -max_len=4096 \
+      -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      -artifact_prefix="$work/artifacts_$target/" "$work/corpus_$target" >"$log" 2>&1); then
+    execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")"
+    cov="$(grep -Eo 'cov: [0-9]+' "$log" | tail -1 || true)"
+    echo "fuzz_$target: ok, ${execs:-?} execs in ${secs}s, ${cov:-cov: ?}"
+  else
+    status=1
+    echo "fuzz_$target: FAILED (see below)"
+    grep -E 'ERROR|SUMMARY|runtime error|Test unit written' "$log" | head -20 || true
+    tail -40 "$log"
+    # keep the crashing inputs where CI can pick them up
+    mkdir -p "${FUZZ_ARTIFACTS:-/tmp}/lm_fuzz_artifacts_$target"
+    cp "$work/artifacts_$target/"* "${FUZZ_ARTIFACTS:-/tmp}/lm_fuzz_artifacts_$target/" 2>/dev/null || true
+  fi
+done
+exit "$status"
