@@ -80,7 +80,10 @@ struct lm_backend_ops {
   const char *name;
   int (*create)(const struct lm_backend_config *cfg, void **st, char *err);
   void (*destroy)(void *st);
-  /* Makes the weights usable (the CPU uses the mapping as is). */
+  /* Makes one model's weights usable: a backend may keep its own copy of a
+   * tensor in lm_tensor.dev (the GPU in device memory, the CPU on huge
+   * pages). The model must outlive the backend: destroy sets dev back to
+   * NULL. */
   int (*load_weights)(void *st, lm_model *m, char *err);
 
   size_t act_elem_bytes; /* element size of activation buffers */

@@ -110,7 +110,8 @@ static void lm_cpu_destroy(void *st) {
   struct lm_cpu *cpu = st;
   if (!cpu) return;
   lm_pool_destroy(cpu->pool);
-  /* the model may outlive the backend: point its tensors back at the file */
+  /* the model outlives the backend (backend.h): point its tensors back at
+   * the file */
   for (int i = 0; i < cpu->n_copied; i++)
     cpu->copied[i]->dev = NULL;
   free(cpu->copied);
@@ -129,7 +130,11 @@ static int lm_cpu_load_weights(void *st, lm_model *m, char *err) {
   struct lm_cpu *cpu = st;
   const size_t huge = (size_t)2 << 20;
   int n = 0, per_layer = 7;
-  if (cpu->mapped_weights || cpu->weights) return LM_OK;
+  if (cpu->model)
+    return cpu->model == m ? LM_OK
+                           : lm_errf(err, LM_EINVAL, "cpu backend: already serving another model");
+  cpu->model = m;
+  if (cpu->mapped_weights) return LM_OK;
   cpu->copied = calloc((size_t)m->cfg.n_layers * (size_t)per_layer + 1, sizeof(*cpu->copied));
   if (!cpu->copied) return lm_errf(err, LM_ENOMEM, "cpu backend: out of memory");
   for (int l = 0; l < m->cfg.n_layers; l++) {
@@ -143,23 +148,24 @@ static int lm_cpu_load_weights(void *st, lm_model *m, char *err) {
   size_t total = 0;
   for (int i = 0; i < n; i++)
     total += (lm_cpu_tensor_bytes(cpu->copied[i]) + 63) & ~(size_t)63;
-  total = (total + huge - 1) & ~(huge - 1);
-  void *arena = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (arena == MAP_FAILED) {
+  /* one spare huge page so the copy can start on a 2 MiB boundary */
+  size_t mapped = ((total + huge - 1) & ~(huge - 1)) + huge;
+  void *base = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) {
     free(cpu->copied);
     cpu->copied = NULL;
     return lm_errf(err, LM_ENOMEM, "cpu backend: cannot allocate %zu bytes for the weights", total);
   }
-  madvise(arena, total, MADV_HUGEPAGE);
-  char *at = arena;
+  char *at = (char *)(((uintptr_t)base + huge - 1) & ~(uintptr_t)(huge - 1));
+  madvise(at, mapped - (size_t)(at - (char *)base), MADV_HUGEPAGE);
   for (int i = 0; i < n; i++) {
     size_t bytes = lm_cpu_tensor_bytes(cpu->copied[i]);
     memcpy(at, cpu->copied[i]->data, bytes);
     cpu->copied[i]->dev = at;
     at += (bytes + 63) & ~(size_t)63;
   }
-  cpu->weights = arena;
-  cpu->weights_bytes = total;
+  cpu->weights = base;
+  cpu->weights_bytes = mapped;
   cpu->n_copied = n;
   return LM_OK;
 }

@@ -1,13 +1,15 @@
 /* cpu_attention.c - causal attention over the paged KV cache.
  *
- * One work item is (sequence, kv head, tile of up to LM_ATTN_ROWS / group
- * query tokens): the tile's query heads that share the kv head walk the
- * sequence's blocks together, so each K/V block is loaded once into L1 and
- * used by every row. Each (token, head) row keeps its own online-softmax
- * state and visits its keys block by block in position order, so its
- * result depends only on its own query and context length: not on the
- * tile it shares, the other sequences in the batch or the thread that
- * runs it. */
+ * One work item is (sequence, kv head, tile of query heads, tile of query
+ * tokens), at most LM_ATTN_ROWS (token, head) rows: the tile's query heads
+ * that share the kv head walk the sequence's blocks together, so each K/V
+ * block is loaded once into L1 and used by every row. A group of up to
+ * LM_ATTN_ROWS heads is one head tile; a larger one (multi-query attention)
+ * is split into near-equal head tiles of one token each. Each (token, head)
+ * row keeps its own online-softmax state and visits its keys block by block
+ * in position order, so its result depends only on its own query and
+ * context length: not on the tile it shares, the other sequences in the
+ * batch or the thread that runs it. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -25,15 +27,19 @@ struct lm_attn_job {
   const float *k; /* this layer's K: [n_blocks, n_kv_heads, block_size, head_dim] */
   const float *v; /* this layer's V: same */
   const struct lm_batch *b;
-  int n_heads, n_kv, hd, bs, group, q_tile;
+  int n_heads, n_kv, hd, bs, group;
+  int h_tile;  /* most query heads in a tile: group, or a share of it when larger */
+  int n_htile; /* head tiles per kv head */
+  int q_tile;  /* query tokens per tile: LM_ATTN_ROWS / h_tile */
   float scale;
   const int64_t *item_off; /* [S+1] first item of each sequence, or NULL */
   int seq;                 /* the one sequence when item_off is NULL */
   int avx512;
 };
 
+/* Rows r of a tile are (token t0 + r / nh, head g * group + h0 + r % nh). */
 struct lm_attn_tile {
-  int s, g, t0, t1;
+  int s, g, t0, t1, h0, nh;
 };
 
 /* ---- AVX-512 ---------------------------------------------------------- */
@@ -42,7 +48,7 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
                                                  const struct lm_attn_tile *tl) {
   const struct lm_batch *b = j->b;
   const int hd = j->hd, bs = j->bs, nv = hd / 16;
-  int n_rows = (tl->t1 - tl->t0) * j->group;
+  int n_rows = (tl->t1 - tl->t0) * tl->nh;
   int pos[LM_ATTN_ROWS];
   float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS];
   float sc[LM_ATTN_MAX_BS] __attribute__((aligned(64)));
@@ -50,7 +56,7 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
   __m512 o[LM_ATTN_ROWS][LM_ATTN_MAX_HD / 16];
   int pmax = -1, ctx = b->ctx_len[tl->s];
   for (int r = 0; r < n_rows; r++) {
-    int p = b->positions[tl->t0 + r / j->group];
+    int p = b->positions[tl->t0 + r / tl->nh];
     pos[r] = p < ctx - 1 ? p : ctx - 1;
     if (pos[r] > pmax) pmax = pos[r];
     m[r] = -INFINITY;
@@ -63,7 +69,7 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
     size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * (size_t)bs * hd;
     const float *kb = j->k + off, *vb = j->v + off; /* [block_size, head_dim] */
     for (int r = 0; r < n_rows; r++) {
-      int t = tl->t0 + r / j->group, h = tl->g * j->group + r % j->group;
+      int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
       int n_valid = pos[r] + 1 - bi * bs;
       if (n_valid <= 0) continue;
       if (n_valid > bs) n_valid = bs;
@@ -102,7 +108,7 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
     }
   }
   for (int r = 0; r < n_rows; r++) {
-    int t = tl->t0 + r / j->group, h = tl->g * j->group + r % j->group;
+    int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
     float *dst = j->out + ((size_t)t * j->n_heads + h) * hd;
     __m512 inv = _mm512_set1_ps(l[r] > 0.0f ? 1.0f / l[r] : 0.0f);
     for (int d = 0; d < nv; d++)
@@ -115,13 +121,13 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
 static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_attn_tile *tl) {
   const struct lm_batch *b = j->b;
   const int hd = j->hd, bs = j->bs;
-  int n_rows = (tl->t1 - tl->t0) * j->group;
+  int n_rows = (tl->t1 - tl->t0) * tl->nh;
   int pos[LM_ATTN_ROWS];
   float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS], sc[LM_ATTN_MAX_BS];
   float o[LM_ATTN_ROWS][LM_ATTN_MAX_HD]; /* [n_rows, head_dim] */
   int pmax = -1, ctx = b->ctx_len[tl->s];
   for (int r = 0; r < n_rows; r++) {
-    int p = b->positions[tl->t0 + r / j->group];
+    int p = b->positions[tl->t0 + r / tl->nh];
     pos[r] = p < ctx - 1 ? p : ctx - 1;
     if (pos[r] > pmax) pmax = pos[r];
     m[r] = -INFINITY;
@@ -134,7 +140,7 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
     size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * (size_t)bs * hd;
     const float *kb = j->k + off, *vb = j->v + off;
     for (int r = 0; r < n_rows; r++) {
-      int t = tl->t0 + r / j->group, h = tl->g * j->group + r % j->group;
+      int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
       int n_valid = pos[r] + 1 - bi * bs;
       if (n_valid <= 0) continue;
       if (n_valid > bs) n_valid = bs;
@@ -163,7 +169,7 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
     }
   }
   for (int r = 0; r < n_rows; r++) {
-    int t = tl->t0 + r / j->group, h = tl->g * j->group + r % j->group;
+    int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
     float *dst = j->out + ((size_t)t * j->n_heads + h) * hd;
     float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     for (int d = 0; d < hd; d++)
@@ -173,7 +179,7 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
 
 static int lm_attn_seq_items(const struct lm_attn_job *j, int s) {
   int n_q = j->b->q_start[s + 1] - j->b->q_start[s];
-  return j->n_kv * ((n_q + j->q_tile - 1) / j->q_tile);
+  return j->n_kv * j->n_htile * ((n_q + j->q_tile - 1) / j->q_tile);
 }
 
 static void lm_attn_item(void *argp, int64_t item, int tid) {
@@ -195,8 +201,11 @@ static void lm_attn_item(void *argp, int64_t item, int tid) {
     item -= j->item_off[s];
   }
   int tiles = (j->b->q_start[s + 1] - j->b->q_start[s] + j->q_tile - 1) / j->q_tile;
+  int ht = (int)(item / tiles);
   tl.s = s;
-  tl.g = (int)(item / tiles);
+  tl.g = ht / j->n_htile;
+  tl.h0 = ht % j->n_htile * j->group / j->n_htile;
+  tl.nh = (ht % j->n_htile + 1) * j->group / j->n_htile - tl.h0;
   tl.t0 = j->b->q_start[s] + (int)(item % tiles) * j->q_tile;
   tl.t1 = tl.t0 + j->q_tile < j->b->q_start[s + 1] ? tl.t0 + j->q_tile : j->b->q_start[s + 1];
   if (j->avx512)
@@ -225,7 +234,9 @@ void lm_cpu_attention(void *st, void *out, const void *q, const void *kv,
                           .scale = scale,
                           .avx512 = cpu->avx512 && shape->head_dim % 16 == 0};
   if (b->n_seqs <= 0 || j.group <= 0) return;
-  j.q_tile = LM_ATTN_ROWS / j.group > 0 ? LM_ATTN_ROWS / j.group : 1;
+  j.n_htile = (j.group + LM_ATTN_ROWS - 1) / LM_ATTN_ROWS;
+  j.h_tile = (j.group + j.n_htile - 1) / j.n_htile;
+  j.q_tile = LM_ATTN_ROWS / j.h_tile;
   if (b->n_seqs > LM_ATTN_STACK_SEQS) off = malloc(((size_t)b->n_seqs + 1) * sizeof(*off));
   if (!off) {
     /* out of memory for the item index: one parallel loop per sequence */

@@ -50,9 +50,10 @@ LM_AVX512_INLINE __m512 lm_exp16(__m512 x) {
 struct lm_cpu {
   lm_pool *pool;
   int n_threads;
-  int avx512;         /* 1: AVX-512 kernels; 0: portable scalar code */
-  int mapped_weights; /* compute from the file mapping, no copy */
-  void *weights;      /* huge-page copy of the matmul weights, as stored */
+  int avx512;            /* 1: AVX-512 kernels; 0: portable scalar code */
+  int mapped_weights;    /* compute from the file mapping, no copy */
+  const lm_model *model; /* the one model load_weights was given */
+  void *weights;         /* huge-page copy of the matmul weights, as stored */
   size_t weights_bytes;
   struct lm_tensor **copied; /* [n_copied] tensors whose dev points into weights */
   int n_copied;

@@ -81,29 +81,6 @@ static int hex4(const char *s, unsigned *out) {
   return 0;
 }
 
-static size_t put_utf8(char *o, unsigned cp) {
-  if (cp < 0x80) {
-    o[0] = (char)cp;
-    return 1;
-  }
-  if (cp < 0x800) {
-    o[0] = (char)(0xc0 | (cp >> 6));
-    o[1] = (char)(0x80 | (cp & 0x3f));
-    return 2;
-  }
-  if (cp < 0x10000) {
-    o[0] = (char)(0xe0 | (cp >> 12));
-    o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    o[2] = (char)(0x80 | (cp & 0x3f));
-    return 3;
-  }
-  o[0] = (char)(0xf0 | (cp >> 18));
-  o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-  o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-  o[3] = (char)(0x80 | (cp & 0x3f));
-  return 4;
-}
-
 /* Parses a string at ps->p (on the opening quote) into the arena. */
 static int parse_string(struct parser *ps, const char **out, size_t *out_len) {
   const char *s = ++ps->p;
@@ -167,7 +144,7 @@ static int parse_string(struct parser *ps, const char **out, size_t *out_len) {
       } else if (cp >= 0xd800 && cp < 0xe000) {
         cp = 0xfffd; /* lone surrogate: replacement character */
       }
-      n += put_utf8(o + n, cp);
+      n += lm_utf8_put(o + n, cp);
       break;
     }
     default: ps->p = q; return fail(ps, "bad escape in string");

@@ -58,30 +58,34 @@ int lm_kv_alloc_blocks(lm_kv_pool *pool, int n, int32_t *ids) {
 }
 
 void lm_kv_free_blocks(lm_kv_pool *pool, const int32_t *ids, int n) {
-  for (int i = 0; i < n; i++)
+  /* more frees than blocks means a block was freed twice: keep the stack
+   * inside its array rather than corrupt the heap */
+  for (int i = 0; i < n && pool->n_free < pool->n_blocks; i++)
     pool->free_ids[pool->n_free++] = ids[i];
 }
 
-int lm_kv_seq_reserve(lm_kv_seq *s, lm_kv_pool *pool, int n_tokens) {
-  int need = (n_tokens + pool->block_size - 1) / pool->block_size;
+int lm_kv_seq_reserve(lm_kv_seq *s, lm_kv_pool *pool, int n_tokens, char *err) {
+  if (n_tokens < 0) return lm_errf(err, LM_EINVAL, "kv cache: cannot reserve %d tokens", n_tokens);
+  /* in 64 bits: n_tokens near INT_MAX must not wrap */
+  int64_t need = ((int64_t)n_tokens + pool->block_size - 1) / pool->block_size;
   if (need <= s->n_blocks) return LM_OK;
+  if (need - s->n_blocks > pool->n_free)
+    return lm_errf(err, LM_EFULL, "kv cache: %d tokens need %lld more blocks, %d are free",
+                   n_tokens, (long long)(need - s->n_blocks), pool->n_free);
+  /* from here need <= the pool's n_blocks, an int */
   if (need > s->cap_blocks) {
-    int cap = s->cap_blocks ? s->cap_blocks : 8;
-    while (cap < need)
-      cap *= 2;
-    int32_t *b = realloc(s->blocks, (size_t)cap * sizeof(*b));
-    if (!b) return LM_ENOMEM;
+    int32_t *b = realloc(s->blocks, (size_t)need * sizeof(*b));
+    if (!b) return lm_errf(err, LM_ENOMEM, "kv cache: out of memory for a block table");
     s->blocks = b;
-    s->cap_blocks = cap;
+    s->cap_blocks = (int)need;
   }
-  int rc = lm_kv_alloc_blocks(pool, need - s->n_blocks, s->blocks + s->n_blocks);
-  if (rc != LM_OK) return rc;
-  s->n_blocks = need;
+  lm_kv_alloc_blocks(pool, (int)need - s->n_blocks, s->blocks + s->n_blocks);
+  s->n_blocks = (int)need;
   return LM_OK;
 }
 
 void lm_kv_seq_release(lm_kv_seq *s, lm_kv_pool *pool) {
-  lm_kv_free_blocks(pool, s->blocks, s->n_blocks);
+  if (s->n_blocks) lm_kv_free_blocks(pool, s->blocks, s->n_blocks);
   free(s->blocks);
   s->blocks = NULL;
   s->n_blocks = s->cap_blocks = 0;

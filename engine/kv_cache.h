@@ -16,6 +16,7 @@ int lm_kv_pool_num_blocks(const lm_kv_pool *pool);
 
 /* Takes n blocks (all or none); LM_EFULL when fewer are free. */
 int lm_kv_alloc_blocks(lm_kv_pool *pool, int n, int32_t *ids);
+/* Returns blocks taken with lm_kv_alloc_blocks; each exactly once. */
 void lm_kv_free_blocks(lm_kv_pool *pool, const int32_t *ids, int n);
 
 /* A sequence's view of the cache: its block table and how many of its
@@ -26,9 +27,11 @@ typedef struct lm_kv_seq {
   int n_cached_tokens;
 } lm_kv_seq;
 
-/* Grows the block table to cover n_tokens positions. */
-int lm_kv_seq_reserve(lm_kv_seq *s, lm_kv_pool *pool, int n_tokens);
-/* Returns every block to the pool and empties the table. */
+/* Grows the block table to cover n_tokens positions (all or nothing):
+ * LM_EFULL when the pool has too few free blocks. */
+int lm_kv_seq_reserve(lm_kv_seq *s, lm_kv_pool *pool, int n_tokens, char *err);
+/* Returns every block to the pool and empties the table; a sequence that
+ * holds no blocks needs no pool (NULL). */
 void lm_kv_seq_release(lm_kv_seq *s, lm_kv_pool *pool);
 
 #endif

@@ -60,6 +60,10 @@ static inline uint16_t lm_f32_to_bf16(float f) {
 float lm_f16_to_f32(uint16_t h);
 uint16_t lm_f32_to_f16(float f);
 
+/* Writes cp (at most 0x10ffff) as 1 to 4 bytes of UTF-8 at out and returns
+ * how many. */
+size_t lm_utf8_put(char *out, uint32_t cp);
+
 /* Reads a whole file into a malloc'd buffer with a NUL byte appended (not
  * counted in *len). */
 int lm_read_file(const char *path, char **data, size_t *len, char *err);

@@ -159,6 +159,15 @@ static int get_bos(const char *file, const lm_json *obj, int vocab, int32_t *bos
   return LM_OK;
 }
 
+/* bos_token_id (replacing cfg's) and eos_token_id (merged into cfg's). */
+static int get_special_ids(const char *file, const lm_json *obj, struct lm_config *cfg, char *err) {
+  int rc;
+  if ((rc = get_bos(file, obj, cfg->vocab_size, &cfg->bos_token_id, err))) return rc;
+  const lm_json *eos = field(obj, "eos_token_id");
+  if (!eos) return LM_OK;
+  return add_ids(file, "eos_token_id", eos, cfg->vocab_size, cfg->eos_token_ids, &cfg->n_eos, err);
+}
+
 /* ---- config.json ---- */
 
 struct int_field {
@@ -344,17 +353,23 @@ static int config_parse(const char *json, size_t len, struct lm_config *cfg, cha
     goto err;
   }
 
+  /* Sliding-window attention (Mistral v0.1, Qwen2 with use_sliding_window)
+   * equals full attention while a sequence fits in the window, so lmserve
+   * serves such a model with its context capped at the window. */
+  int64_t window = 0;
+  int use_window = 1;
+  if ((rc = get_int(CFG, root, "sliding_window", 1, INT32_MAX, 0, &window, err))) goto err;
+  if ((rc = get_bool(CFG, root, "use_sliding_window", &use_window, err))) goto err;
+  if (window && use_window && window < cfg->max_position_embeddings)
+    cfg->max_position_embeddings = (int)window;
+
   /* informational: the tensors decide */
   const lm_json *dt = lm_json_get_type(root, "torch_dtype", LM_JSON_STRING);
   if (!dt) dt = lm_json_get_type(root, "dtype", LM_JSON_STRING);
   for (size_t i = 0; dt && i < sizeof(torch_dtypes) / sizeof(torch_dtypes[0]); i++)
     if (strcmp(dt->str, torch_dtypes[i].name) == 0) cfg->dtype = torch_dtypes[i].dtype;
 
-  if ((rc = get_bos(CFG, root, cfg->vocab_size, &cfg->bos_token_id, err))) goto err;
-  const lm_json *eos = field(root, "eos_token_id");
-  if (eos && (rc = add_ids(CFG, "eos_token_id", eos, cfg->vocab_size, cfg->eos_token_ids,
-                           &cfg->n_eos, err)))
-    goto err;
+  if ((rc = get_special_ids(CFG, root, cfg, err))) goto err;
   rc = LM_OK;
 
 err:
@@ -397,11 +412,7 @@ static int gen_config_parse(const char *json, size_t len, struct lm_config *cfg,
     goto err;
 
   /* the generation config is what generate() uses, so its bos wins */
-  if ((rc = get_bos(GEN, root, cfg->vocab_size, &cfg->bos_token_id, err))) goto err;
-  const lm_json *eos = field(root, "eos_token_id");
-  if (eos && (rc = add_ids(GEN, "eos_token_id", eos, cfg->vocab_size, cfg->eos_token_ids,
-                           &cfg->n_eos, err)))
-    goto err;
+  if ((rc = get_special_ids(GEN, root, cfg, err))) goto err;
   rc = LM_OK;
 
 err:
@@ -782,6 +793,12 @@ size_t lm_model_decode_bytes(const lm_model *m) {
   if (m->w.lm_head.data == m->w.embed.data) return m->weight_bytes;
   return m->weight_bytes -
          (size_t)(m->w.embed.shape[0] * m->w.embed.shape[1]) * lm_dtype_size(m->w.embed.dtype);
+}
+
+int lm_config_is_eos(const struct lm_config *cfg, int32_t id) {
+  for (int i = 0; i < cfg->n_eos; i++)
+    if (cfg->eos_token_ids[i] == id) return 1;
+  return 0;
 }
 
 int lm_config_parse(const char *json, size_t len, struct lm_config *cfg, char *err) {

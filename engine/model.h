@@ -63,7 +63,7 @@ struct lm_gen_defaults {
  * [out_features, in_features], row-major. */
 struct lm_tensor {
   const void *data; /* host pointer into the mmapped file */
-  void *dev;        /* a backend's own copy (NULL on the CPU backend) */
+  void *dev;        /* a backend's own copy of data, or NULL (backend.h load_weights) */
   enum lm_dtype dtype;
   int n_dims;
   int64_t shape[LM_MAX_DIMS];
@@ -117,5 +117,8 @@ int lm_gen_config_parse(const char *json, size_t len, struct lm_config *cfg,
 /* Bytes of the weights read per decoded token: everything but the
  * embedding table (still counted when tied, as it is the lm_head). */
 size_t lm_model_decode_bytes(const lm_model *m);
+
+/* 1 when id is one of cfg->eos_token_ids, else 0. */
+int lm_config_is_eos(const struct lm_config *cfg, int32_t id);
 
 #endif

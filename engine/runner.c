@@ -38,7 +38,7 @@ struct lm_runner {
   int max_blocks;
 };
 
-void lm_rope_inv_freq(const struct lm_config *c, float *inv_freq) {
+void lm_runner_rope_inv_freq(const struct lm_config *c, float *inv_freq) {
   int half = c->head_dim / 2;
   for (int i = 0; i < half; i++) {
     double f = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim);
@@ -105,7 +105,7 @@ int lm_runner_create(lm_model *m, lm_backend *be, const struct lm_runner_config 
 
   r->inv_freq = malloc((size_t)(c->head_dim / 2) * sizeof(float));
   if (!r->inv_freq) goto nomem;
-  lm_rope_inv_freq(c, r->inv_freq);
+  lm_runner_rope_inv_freq(c, r->inv_freq);
   r->rope = (struct lm_rope){c->head_dim, r->inv_freq};
 
   size_t T = (size_t)cfg->max_batch_tokens, S = (size_t)cfg->max_seqs;
@@ -155,9 +155,6 @@ err:
 lm_kv_pool *lm_runner_kv_pool(lm_runner *r) {
   return r->pool;
 }
-const struct lm_runner_config *lm_runner_config(const lm_runner *r) {
-  return &r->cfg;
-}
 
 /* Fills the batch description from the chunks. */
 static int build_batch(lm_runner *r, const struct lm_seq_chunk *chunks, int n, struct lm_batch *b,
@@ -173,12 +170,18 @@ static int build_batch(lm_runner *r, const struct lm_seq_chunk *chunks, int n, s
     if (end > r->cfg.max_model_len || end > c->kv->n_blocks * bs)
       return lm_errf(err, LM_EINVAL, "runner: sequence %d needs %d tokens of cache, has %d", s, end,
                      c->kv->n_blocks * bs);
+    /* a table reserved past max_model_len holds blocks no position can
+     * reach: the row keeps only the reachable ones */
+    int n_blocks = c->kv->n_blocks < r->max_blocks ? c->kv->n_blocks : r->max_blocks;
     r->q_start[s] = t;
     r->ctx_len[s] = end;
     memcpy(r->block_tables + (size_t)s * r->max_blocks, c->kv->blocks,
-           (size_t)c->kv->n_blocks * sizeof(int32_t));
+           (size_t)n_blocks * sizeof(int32_t));
     for (int i = 0; i < c->n_tokens; i++, t++) {
       int pos = start + i;
+      if (c->tokens[i] < 0 || c->tokens[i] >= r->m->cfg.vocab_size)
+        return lm_errf(err, LM_EINVAL, "runner: token id %d outside the vocabulary (%d)",
+                       c->tokens[i], r->m->cfg.vocab_size);
       r->token_ids[t] = c->tokens[i];
       r->positions[t] = pos;
       r->slot_mapping[t] = c->kv->blocks[pos / bs] * bs + pos % bs;

@@ -36,7 +36,6 @@ int lm_runner_create(lm_model *m, lm_backend *be, const struct lm_runner_config 
 void lm_runner_free(lm_runner *r);
 
 lm_kv_pool *lm_runner_kv_pool(lm_runner *r);
-const struct lm_runner_config *lm_runner_config(const lm_runner *r);
 
 /* Runs one forward step. On success *logits points at a backend buffer
  * [n_logits, vocab] (one row per chunk with want_logits, in chunk order),
@@ -47,6 +46,6 @@ int lm_runner_step(lm_runner *r, const struct lm_seq_chunk *chunks, int n_chunks
 
 /* Computes RoPE inverse frequencies [head_dim / 2] from the config,
  * including llama3 scaling. */
-void lm_rope_inv_freq(const struct lm_config *cfg, float *inv_freq);
+void lm_runner_rope_inv_freq(const struct lm_config *cfg, float *inv_freq);
 
 #endif

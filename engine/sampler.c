@@ -48,11 +48,11 @@ float lm_sampler_uniform(uint64_t seed, uint64_t position) {
   return (float)(r[0] >> 8) * (1.0f / 16777216.0f); /* 24 bits: exact in f32, < 1 */
 }
 
-static int argmax(const float *x, int n) {
-  int best = 0;
-  for (int i = 1; i < n; i++)
-    if (x[i] > x[best]) best = i;
-  return best;
+int lm_sampler_argmax(const float *x, int n) {
+  int best = -1;
+  for (int i = 0; i < n; i++)
+    if (x[i] == x[i] && (best < 0 || x[i] > x[best])) best = i; /* x == x: not NaN */
+  return best < 0 ? 0 : best;
 }
 
 /* log(sum(exp(x))) with the max taken out, in double for a stable logprob. */
@@ -103,7 +103,7 @@ struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
   const struct lm_sampling *p = row->params;
   struct lm_sample_result res;
   float *l = scratch; /* [vocab] working logits */
-  int raw_max = argmax(logits, vocab);
+  int raw_max = lm_sampler_argmax(logits, vocab);
   double raw_lse = log_sum_exp(logits, vocab, logits[raw_max]);
 
   /* The candidates (and the penalty counts before them) use the rest of
@@ -112,14 +112,9 @@ struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
   memcpy(l, logits, (size_t)vocab * sizeof(float));
   apply_penalties(l, vocab, p, row, (int32_t *)c);
 
-  if (p->temperature <= 0) {
-    res.id = argmax(l, vocab);
-    res.logprob = (float)((double)logits[res.id] - raw_lse);
-    return res;
-  }
-
-  float inv_t = 1.0f / p->temperature;
-  float max = l[argmax(l, vocab)];
+  float inv_t = p->temperature > 0 ? 1.0f / p->temperature : 0.0f;
+  if (!(inv_t > 0) || isinf(inv_t)) goto greedy; /* temperature 0, or so small 1/t overflows */
+  float max = l[lm_sampler_argmax(l, vocab)];
   int n = 0;
   for (int i = 0; i < vocab; i++) {
     float e = expf((l[i] - max) * inv_t);
@@ -129,6 +124,7 @@ struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
       n++;
     }
   }
+  if (n == 0) goto greedy; /* no finite logit to sample from */
   qsort(c, (size_t)n, sizeof(*c), cand_cmp);
   if (p->top_k > 0 && p->top_k < n) n = p->top_k;
   double total = 0;
@@ -166,6 +162,10 @@ struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
     }
   }
   res.id = c[pick].id;
+  res.logprob = (float)((double)logits[res.id] - raw_lse);
+  return res;
+greedy:
+  res.id = lm_sampler_argmax(l, vocab);
   res.logprob = (float)((double)logits[res.id] - raw_lse);
   return res;
 }

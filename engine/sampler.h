@@ -36,6 +36,10 @@ void lm_philox4x32(uint64_t key, uint64_t counter_hi, uint64_t counter_lo, uint3
 /* A uniform float in [0, 1) from the seed and output position. */
 float lm_sampler_uniform(uint64_t seed, uint64_t position);
 
+/* Index of the largest element, the lowest one on ties; NaNs are skipped
+ * (0 when all are NaN). */
+int lm_sampler_argmax(const float *x, int n);
+
 /* Floats of scratch lm_sampler_sample needs for a vocabulary. */
 #define LM_SAMPLER_SCRATCH_FLOATS(vocab) (3 * (size_t)(vocab))
 

@@ -38,16 +38,10 @@ struct lm_pool {
    * skips it. */
   _Atomic uint64_t ticket;
   _Atomic int n_done; /* joined workers that have finished */
-  int dynamic;
   _Atomic int stop;
   _Atomic int busy; /* a job is running: nested calls go serial */
   lm_pool_fn fn;
   void *arg;
-};
-
-struct lm_pool_worker {
-  lm_pool *pool;
-  int tid;
 };
 
 static void lm_futex_wait(_Atomic uint32_t *addr, uint32_t val) {
@@ -59,10 +53,8 @@ static void lm_futex_wake_all(_Atomic uint32_t *addr) {
 }
 
 static void *lm_pool_main(void *argp) {
-  struct lm_pool_worker *w = argp;
-  lm_pool *p = w->pool;
+  lm_pool *p = argp;
   uint32_t seen = 0;
-  free(w);
   for (;;) {
     uint32_t g;
     int spins = 0;
@@ -110,14 +102,7 @@ lm_pool *lm_pool_create(int n_threads) {
     if (!p->threads) goto err;
   }
   for (int i = 1; i < n_threads; i++) {
-    struct lm_pool_worker *w = malloc(sizeof(*w));
-    if (!w) goto err;
-    w->pool = p;
-    w->tid = i;
-    if (pthread_create(&p->threads[i], NULL, lm_pool_main, w) != 0) {
-      free(w);
-      goto err;
-    }
+    if (pthread_create(&p->threads[i], NULL, lm_pool_main, p) != 0) goto err;
     p->n_threads = i + 1;
   }
   return p;
@@ -150,7 +135,6 @@ static void lm_pool_dispatch(lm_pool *p, lm_pool_fn fn, void *arg, int dynamic) 
   uint32_t g = atomic_load_explicit(&p->gen, memory_order_relaxed) + 1;
   p->fn = fn;
   p->arg = arg;
-  p->dynamic = dynamic;
   atomic_store_explicit(&p->n_done, 0, memory_order_relaxed);
   atomic_store(&p->ticket, (uint64_t)g << 32);
   atomic_store(&p->gen, g);

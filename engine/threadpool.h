@@ -24,14 +24,19 @@ lm_pool *lm_pool_create(int n_threads);
 void lm_pool_destroy(lm_pool *p);
 int lm_pool_size(const lm_pool *p);
 
-/* Runs fn(arg, tid, n) on every thread and waits for all of them. Calls
- * made from inside a job run serially on the calling thread. */
+/* Runs fn(arg, tid, n) on every thread and waits for all of them.
+ *
+ * A job must not call lm_pool_run or lm_pool_for itself: such a nested call
+ * runs serially on the calling thread as tid 0, so per-thread scratch
+ * indexed by tid would be shared with the real thread 0 (and any other
+ * thread nesting at the same time). */
 void lm_pool_run(lm_pool *p, lm_pool_fn fn, void *arg);
 
 /* Runs fn for item = 0 .. n_items-1, handing items out one at a time from
  * a shared counter. Prefer it to lm_pool_run: workers that are late (their
  * core is busy with another process) are not waited for, the caller and the
- * others take their items. tid is unique among the threads running items. */
+ * others take their items. tid is unique among the threads running items.
+ * The same rule on nesting as for lm_pool_run applies. */
 void lm_pool_for(lm_pool *p, int64_t n_items, lm_pool_item_fn fn, void *arg);
 
 /* The contiguous share [*begin, *end) of n items for thread tid of n_threads,

@@ -55,18 +55,9 @@ struct lm_tok_bpe {
   struct cache_shard *cache;
 };
 
-static uint64_t mix64(uint64_t x) {
-  x ^= x >> 31;
-  x *= 0x7fb5d329728ea185ull;
-  x ^= x >> 27;
-  x *= 0x81dadef4bc2dd44dull;
-  x ^= x >> 33;
-  return x;
-}
-
 static const struct merge_slot *merge_get(const lm_tok_bpe *m, int32_t a, int32_t b) {
   uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-  size_t j = mix64(key) & m->merge_mask;
+  size_t j = lm_tok_mix64(key) & m->merge_mask;
   for (;;) {
     const struct merge_slot *s = &m->merges[j];
     if (s->key == key) return s;
@@ -77,7 +68,7 @@ static const struct merge_slot *merge_get(const lm_tok_bpe *m, int32_t a, int32_
 
 static void merge_put(lm_tok_bpe *m, int32_t a, int32_t b, uint32_t rank, int32_t new_id) {
   uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-  size_t j = mix64(key) & m->merge_mask;
+  size_t j = lm_tok_mix64(key) & m->merge_mask;
   while (m->merges[j].key != UINT64_MAX && m->merges[j].key != key)
     j = (j + 1) & m->merge_mask;
   /* a repeated pair keeps the later rank, as the library's HashMap does */
@@ -249,7 +240,7 @@ int lm_tok_bpe_parse(const lm_json *j, lm_tok_bpe **out, char *err) {
     if (!m->small_ids) goto oom;
     for (uint32_t c = 0; c < 0x800; c++) {
       char tmp[4];
-      size_t n = lm_tok_utf8_put(tmp, c);
+      size_t n = lm_utf8_put(tmp, c);
       m->small_ids[c] = lm_strmap_get(&m->vocab, tmp, n);
     }
   }
@@ -380,7 +371,8 @@ static int32_t char_id(const lm_tok_bpe *m, const char *c, size_t cl, int first,
                        lm_buf *tmp) {
   if (m->small_ids && cl <= 2) {
     size_t adv;
-    return m->small_ids[lm_tok_utf8_next(c, cl, &adv)];
+    uint32_t cp = lm_tok_utf8_next(c, cl, &adv);
+    if (cp < 0x800) return m->small_ids[cp];
   }
   if ((first || !m->prefix_len) && (!last || !m->suffix_len))
     return lm_strmap_get(&m->vocab, c, cl);

@@ -31,30 +31,26 @@ extern const size_t lm_tok_letter_n, lm_tok_number_n, lm_tok_space_n, lm_tok_nfc
 #define LM_CC_OPAQUE 8 /* see tok_norm.c */
 uint8_t lm_tok_cclass(uint32_t cp);
 
-/* Decodes one code point of valid UTF-8 at s (n >= 1 bytes available);
- * *adv gets its length. */
-static inline uint32_t lm_tok_utf8_next(const char *s, size_t n, size_t *adv) {
-  const unsigned char *u = (const unsigned char *)s;
-  if (u[0] < 0x80 || n < 2) {
-    *adv = 1;
-    return u[0];
-  }
-  if (u[0] < 0xe0) {
-    *adv = 2;
-    return ((uint32_t)(u[0] & 0x1f) << 6) | (u[1] & 0x3f);
-  }
-  if (u[0] < 0xf0 || n < 4) {
-    *adv = 3;
-    return ((uint32_t)(u[0] & 0x0f) << 12) | ((uint32_t)(u[1] & 0x3f) << 6) | (u[2] & 0x3f);
-  }
-  *adv = 4;
-  return ((uint32_t)(u[0] & 0x07) << 18) | ((uint32_t)(u[1] & 0x3f) << 12) |
-         ((uint32_t)(u[2] & 0x3f) << 6) | (u[3] & 0x3f);
-}
 static inline size_t lm_tok_utf8_len(unsigned char lead) {
   return lead < 0x80 ? 1 : lead < 0xe0 ? 2 : lead < 0xf0 ? 3 : 4;
 }
-size_t lm_tok_utf8_put(char *o, uint32_t cp);
+/* Decodes one code point of valid UTF-8 at s (n >= 1 bytes available);
+ * *adv gets its length. Never reads past s[n - 1]: a sequence cut short
+ * by n decodes as its lead byte alone (*adv = 1). */
+static inline uint32_t lm_tok_utf8_next(const char *s, size_t n, size_t *adv) {
+  const unsigned char *u = (const unsigned char *)s;
+  size_t len = lm_tok_utf8_len(u[0]);
+  if (len > n) len = 1;
+  *adv = len;
+  switch (len) {
+  case 1: return u[0];
+  case 2: return ((uint32_t)(u[0] & 0x1f) << 6) | (u[1] & 0x3f);
+  case 3: return ((uint32_t)(u[0] & 0x0f) << 12) | ((uint32_t)(u[1] & 0x3f) << 6) | (u[2] & 0x3f);
+  default:
+    return ((uint32_t)(u[0] & 0x07) << 18) | ((uint32_t)(u[1] & 0x3f) << 12) |
+           ((uint32_t)(u[2] & 0x3f) << 6) | (u[3] & 0x3f);
+  }
+}
 /* Length of the longest prefix of s that is valid UTF-8. */
 size_t lm_tok_utf8_valid_prefix(const char *s, size_t n);
 
@@ -83,6 +79,8 @@ int lm_spans_push(lm_spans *s, size_t start, size_t end);
 void lm_spans_free(lm_spans *s);
 
 uint64_t lm_tok_hash(const void *s, size_t n);
+/* A 64-bit bit mixer (every input bit affects every output bit). */
+uint64_t lm_tok_mix64(uint64_t x);
 
 /* String -> int32 map; keys are copied into the map. */
 typedef struct {
@@ -102,7 +100,7 @@ int lm_strmap_put(lm_strmap *m, const char *k, size_t n, int32_t val);
 int32_t lm_strmap_get(const lm_strmap *m, const char *k, size_t n); /* -1 if absent */
 void lm_strmap_free(lm_strmap *m);
 
-/* Incremental string builder for error paths in nested JSON. */
+/* The type name of j for error messages ("missing" when j is NULL). */
 const char *lm_tok_jtype(const lm_json *j);
 
 /* ---- regex ------------------------------------------------------------ */

@@ -178,7 +178,7 @@ static int lowercase(const char *s, size_t len, lm_buf *out) {
       memcpy(tmp, "i\xcc\x87", 3);
       k = 3;
     } else {
-      k = lm_tok_utf8_put(tmp, (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp));
+      k = lm_utf8_put(tmp, (uint32_t)utf8proc_tolower((utf8proc_int32_t)cp));
     }
     if (lm_buf_put(out, tmp, k)) return LM_ENOMEM;
     i += adv;

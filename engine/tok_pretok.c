@@ -44,7 +44,7 @@ static void bl_init(void) {
   for (int b = 0; b < 256; b++) {
     int keep = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
     uint32_t cp = keep ? (uint32_t)b : next++;
-    bl_len[b] = (uint8_t)lm_tok_utf8_put(bl_chr[b], cp);
+    bl_len[b] = (uint8_t)lm_utf8_put(bl_chr[b], cp);
   }
 }
 

@@ -52,29 +52,6 @@ uint8_t lm_tok_cclass(uint32_t cp) {
 
 /* ---- UTF-8 ------------------------------------------------------------- */
 
-size_t lm_tok_utf8_put(char *o, uint32_t cp) {
-  if (cp < 0x80) {
-    o[0] = (char)cp;
-    return 1;
-  }
-  if (cp < 0x800) {
-    o[0] = (char)(0xc0 | (cp >> 6));
-    o[1] = (char)(0x80 | (cp & 0x3f));
-    return 2;
-  }
-  if (cp < 0x10000) {
-    o[0] = (char)(0xe0 | (cp >> 12));
-    o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-    o[2] = (char)(0x80 | (cp & 0x3f));
-    return 3;
-  }
-  o[0] = (char)(0xf0 | (cp >> 18));
-  o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-  o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-  o[3] = (char)(0x80 | (cp & 0x3f));
-  return 4;
-}
-
 /* Length of the valid sequence at s[0..n) (0 if invalid or truncated) and,
  * through *bad, how many bytes form the maximal invalid subpart. */
 static size_t seq_len(const unsigned char *s, size_t n, size_t *bad) {
@@ -207,7 +184,7 @@ void lm_tokens_free(lm_tokens *t) {
 
 /* ---- hashing ----------------------------------------------------------- */
 
-static inline uint64_t mix(uint64_t x) {
+uint64_t lm_tok_mix64(uint64_t x) {
   x ^= x >> 32;
   x *= 0xd6e8feb86659fd93ull;
   x ^= x >> 32;
@@ -222,15 +199,15 @@ uint64_t lm_tok_hash(const void *s, size_t n) {
   while (n >= 8) {
     uint64_t w;
     memcpy(&w, p, 8);
-    h = (h ^ mix(w)) * 0x9fb21c651e98df25ull;
+    h = (h ^ lm_tok_mix64(w)) * 0x9fb21c651e98df25ull;
     p += 8;
     n -= 8;
   }
   uint64_t w = 0;
   for (size_t i = 0; i < n; i++)
     w |= (uint64_t)p[i] << (8 * i);
-  h = (h ^ mix(w ^ 0xa0761d6478bd642full)) * 0x9fb21c651e98df25ull;
-  return mix(h);
+  h = (h ^ lm_tok_mix64(w ^ 0xa0761d6478bd642full)) * 0x9fb21c651e98df25ull;
+  return lm_tok_mix64(h);
 }
 
 /* ---- string map -------------------------------------------------------- */

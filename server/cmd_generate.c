@@ -18,90 +18,97 @@
 static const char usage[] =
     "usage: lmserve generate [--model DIR] --prompt TEXT [--max-tokens N]\n"
     "                        [--temperature T] [--top-p P] [--top-k K] [--min-p P]\n"
-    "                        [--seed S] [--ignore-eos] [--json] [--threads N]\n"
-    "                        [--backend cpu|auto]\n"
-    "  streams the completion of TEXT to stdout. Sampling defaults come from the\n"
-    "  model's generation_config.json (temperature 0 = greedy); --json prints one\n"
-    "  JSON object per token: {\"id\": ID, \"text\": \"...\"}.\n";
+    "                        [--repetition-penalty R] [--seed S] [--ignore-eos]\n"
+    "                        [--json] [--threads N] [--backend cpu|auto]\n"
+    "                        [--cpu-mapped-weights]\n"
+    "  streams the completion of TEXT to stdout. Sampling values not given come\n"
+    "  from the model's generation_config.json, then greedy (temperature 0);\n"
+    "  --json prints one JSON object per token: {\"id\": ID, \"text\": \"...\"}.\n"
+    "  --cpu-mapped-weights computes from the file mapping (less memory, slower).\n";
 
 struct gen_opts {
   const char *model, *prompt, *backend;
   long max_tokens, threads;
-  int json, ignore_eos, seed_set;
-  struct lm_sampling sampling;
+  int json, ignore_eos, mapped_weights, seed_set;
+  uint64_t seed;
+  struct lm_gen_defaults flags; /* sampling values given on the command line */
 };
 
 static int parse_opts(int argc, char **argv, struct gen_opts *o) {
-  double d;
-  long l;
+  struct lm_gen_defaults *f = &o->flags;
+  double d = 0;
+  long l = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "--json"))
+    int bad = 0;
+    if (!strcmp(a, "--json")) {
       o->json = 1;
-    else if (!strcmp(a, "--ignore-eos"))
+      continue;
+    } else if (!strcmp(a, "--ignore-eos")) {
       o->ignore_eos = 1;
-    else if (!v) {
+      continue;
+    } else if (!strcmp(a, "--cpu-mapped-weights")) {
+      o->mapped_weights = 1;
+      continue;
+    } else if (!v) {
       fprintf(stderr, "lmserve generate: unknown or incomplete flag '%s'\n%s", a, usage);
       return -1;
-    } else if (!strcmp(a, "--model"))
-      o->model = v, i++;
-    else if (!strcmp(a, "--prompt"))
-      o->prompt = v, i++;
-    else if (!strcmp(a, "--backend"))
-      o->backend = v, i++;
-    else if (!strcmp(a, "--max-tokens")) {
-      if (lm_cli_int(a, v, 1, 1 << 24, &o->max_tokens)) return -1;
-      i++;
+    } else if (!strcmp(a, "--model")) {
+      o->model = v;
+    } else if (!strcmp(a, "--prompt")) {
+      o->prompt = v;
+    } else if (!strcmp(a, "--backend")) {
+      o->backend = v;
+    } else if (!strcmp(a, "--max-tokens")) {
+      bad = lm_cli_int(a, v, 1, 1 << 24, &o->max_tokens);
     } else if (!strcmp(a, "--threads")) {
-      if (lm_cli_int(a, v, 0, 1024, &o->threads)) return -1;
-      i++;
+      bad = lm_cli_int(a, v, 0, 1024, &o->threads);
     } else if (!strcmp(a, "--temperature")) {
-      if (lm_cli_float(a, v, 0, 100, &d)) return -1;
-      o->sampling.temperature = (float)d, i++;
+      bad = lm_cli_float(a, v, 0, 100, &d);
+      f->temperature = (float)d, f->has_temperature = 1;
     } else if (!strcmp(a, "--top-p")) {
-      if (lm_cli_float(a, v, 0, 1, &d)) return -1;
-      o->sampling.top_p = (float)d, i++;
+      bad = lm_cli_float(a, v, 0, 1, &d);
+      f->top_p = (float)d, f->has_top_p = 1;
     } else if (!strcmp(a, "--min-p")) {
-      if (lm_cli_float(a, v, 0, 1, &d)) return -1;
-      o->sampling.min_p = (float)d, i++;
+      bad = lm_cli_float(a, v, 0, 1, &d);
+      f->min_p = (float)d, f->has_min_p = 1;
+    } else if (!strcmp(a, "--repetition-penalty")) {
+      bad = lm_cli_float(a, v, 0.01, 100, &d);
+      f->repetition_penalty = (float)d, f->has_repetition_penalty = 1;
     } else if (!strcmp(a, "--top-k")) {
-      if (lm_cli_int(a, v, 0, 1 << 24, &l)) return -1;
-      o->sampling.top_k = (int)l, i++;
+      bad = lm_cli_int(a, v, 0, 1 << 24, &l);
+      f->top_k = (int)l, f->has_top_k = 1;
     } else if (!strcmp(a, "--seed")) {
-      if (lm_cli_int(a, v, 0, 0x7fffffffffffffffL, &l)) return -1;
-      o->sampling.seed = (uint64_t)l, o->seed_set = 1, i++;
+      bad = lm_cli_int(a, v, 0, 0x7fffffffffffffffL, &l);
+      o->seed = (uint64_t)l, o->seed_set = 1;
     } else {
       fprintf(stderr, "lmserve generate: unknown flag '%s'\n%s", a, usage);
       return -1;
     }
+    if (bad) return -1;
+    i++;
   }
   return 0;
 }
 
-/* Flags given on the command line win; the rest come from
- * generation_config.json, then greedy. */
-static void apply_defaults(int argc, char **argv, struct gen_opts *o,
-                           const struct lm_gen_defaults *g) {
-  int has_t = 0, has_p = 0, has_k = 0, has_minp = 0;
-  for (int i = 1; i < argc; i++) {
-    has_t |= !strcmp(argv[i], "--temperature");
-    has_p |= !strcmp(argv[i], "--top-p");
-    has_k |= !strcmp(argv[i], "--top-k");
-    has_minp |= !strcmp(argv[i], "--min-p");
-  }
+/* Each sampling value: the command line's, else generation_config.json's
+ * (when it allows sampling), else off. */
+static struct lm_sampling sampling_params(const struct gen_opts *o,
+                                          const struct lm_gen_defaults *g) {
+  const struct lm_gen_defaults *f = &o->flags;
   int sample = g->do_sample != 0; /* absent (-1) counts as allowed */
-  if (!has_t && g->has_temperature && sample) o->sampling.temperature = g->temperature;
-  if (!has_p && g->has_top_p && sample) o->sampling.top_p = g->top_p;
-  if (!has_k && g->has_top_k && sample) o->sampling.top_k = g->top_k;
-  if (!has_minp && g->has_min_p && sample) o->sampling.min_p = g->min_p;
-  if (g->has_repetition_penalty) o->sampling.repetition_penalty = g->repetition_penalty;
-  if (!o->seed_set) o->sampling.seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-}
-
-static int is_eos(const struct lm_config *c, int32_t id) {
-  for (int i = 0; i < c->n_eos; i++)
-    if (c->eos_token_ids[i] == id) return 1;
-  return 0;
+  struct lm_sampling s = {0};
+  s.temperature = f->has_temperature             ? f->temperature
+                  : g->has_temperature && sample ? g->temperature
+                                                 : 0.0f;
+  s.top_p = f->has_top_p ? f->top_p : g->has_top_p && sample ? g->top_p : 0.0f;
+  s.top_k = f->has_top_k ? f->top_k : g->has_top_k && sample ? g->top_k : 0;
+  s.min_p = f->has_min_p ? f->min_p : g->has_min_p && sample ? g->min_p : 0.0f;
+  s.repetition_penalty = f->has_repetition_penalty   ? f->repetition_penalty
+                         : g->has_repetition_penalty ? g->repetition_penalty
+                                                     : 0.0f;
+  s.seed = o->seed_set ? o->seed : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+  return s;
 }
 
 static void emit(const struct gen_opts *o, int32_t id, const char *text, size_t len) {
@@ -142,7 +149,7 @@ int lm_cmd_generate(int argc, char **argv) {
     lm_cli_load_error(dir, err);
     goto out;
   }
-  apply_defaults(argc, argv, &o, &m->gen);
+  struct lm_sampling sampling = sampling_params(&o, &m->gen);
   const struct lm_config *c = &m->cfg;
 
   if (lm_tokenizer_encode(tok, o.prompt, strlen(o.prompt), 1, &prompt, err) != LM_OK) {
@@ -162,7 +169,8 @@ int lm_cmd_generate(int argc, char **argv) {
     goto out;
   }
 
-  struct lm_backend_config bcfg = {.n_threads = (int)o.threads};
+  struct lm_backend_config bcfg = {.n_threads = (int)o.threads,
+                                   .cpu_mapped_weights = o.mapped_weights};
   if (lm_backend_create(o.backend, &bcfg, &be, err) != LM_OK ||
       be->ops->load_weights(be->st, m, err) != LM_OK) {
     fprintf(stderr, "lmserve: %s\n", err);
@@ -177,7 +185,7 @@ int lm_cmd_generate(int argc, char **argv) {
       .max_model_len = (int)total,
   };
   if (lm_runner_create(m, be, &rcfg, &r, err) != LM_OK ||
-      lm_kv_seq_reserve(&seq, lm_runner_kv_pool(r), (int)total) != LM_OK) {
+      lm_kv_seq_reserve(&seq, lm_runner_kv_pool(r), (int)total, err) != LM_OK) {
     fprintf(stderr, "lmserve: %s\n", err);
     goto out;
   }
@@ -211,7 +219,7 @@ int lm_cmd_generate(int argc, char **argv) {
       goto free_history;
     }
     if (!ch.want_logits) continue;
-    struct lm_sample_row row = {&o.sampling, (uint64_t)produced, history, prompt.n + produced};
+    struct lm_sample_row row = {&sampling, (uint64_t)produced, history, prompt.n + produced};
     struct lm_sample_result res;
     if (be->ops->sample(be->st, logits, 1, c->vocab_size, &row, &res, err) != LM_OK) {
       fprintf(stderr, "lmserve: %s\n", err);
@@ -219,7 +227,7 @@ int lm_cmd_generate(int argc, char **argv) {
     }
     next = res.id;
     history[prompt.n + produced++] = next;
-    if (!o.ignore_eos && is_eos(c, next)) break;
+    if (!o.ignore_eos && lm_config_is_eos(c, next)) break;
     const char *delta;
     size_t delta_len;
     if (lm_detok_push(dt, next, &delta, &delta_len, err) != LM_OK) {
@@ -230,14 +238,18 @@ int lm_cmd_generate(int argc, char **argv) {
   }
   const char *tail;
   size_t tail_len;
-  if (lm_detok_flush(dt, &tail, &tail_len, err) == LM_OK && tail_len) emit(&o, -1, tail, tail_len);
+  if (lm_detok_flush(dt, &tail, &tail_len, err) != LM_OK) {
+    fprintf(stderr, "lmserve: %s\n", err);
+    goto free_history;
+  }
+  if (tail_len) emit(&o, -1, tail, tail_len);
   if (!o.json) putchar('\n');
   rc = 0;
 free_history:
   free(history);
 out:
   lm_detok_free(dt);
-  if (r) lm_kv_seq_release(&seq, lm_runner_kv_pool(r));
+  lm_kv_seq_release(&seq, r ? lm_runner_kv_pool(r) : NULL);
   lm_runner_free(r);
   lm_backend_destroy(be);
   lm_tokens_free(&prompt);

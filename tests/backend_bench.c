@@ -10,53 +10,9 @@
 
 #include "engine/backend.h"
 #include "engine/cpu_internal.h"
+#include "tests/roofline.h"
 
 static const struct lm_backend_ops *ops = &lm_backend_cpu_ops;
-
-/* ---- (1) read bandwidth ------------------------------------------------ */
-
-struct bw_job {
-  const float *buf; /* [n] */
-  size_t n;
-  double sums[64];
-};
-
-LM_AVX512_TARGET static void bw_body(void *argp, int tid, int nt) {
-  struct bw_job *j = argp;
-  int64_t b, e;
-  lm_pool_split((int64_t)(j->n / 64), 1, tid, nt, &b, &e);
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t i = b * 64; i < e * 64; i += 64) {
-    a0 = _mm512_add_ps(a0, _mm512_load_ps(j->buf + i));
-    a1 = _mm512_add_ps(a1, _mm512_load_ps(j->buf + i + 16));
-    a2 = _mm512_add_ps(a2, _mm512_load_ps(j->buf + i + 32));
-    a3 = _mm512_add_ps(a3, _mm512_load_ps(j->buf + i + 48));
-  }
-  j->sums[tid] = lm_hsum16(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-}
-
-/* ---- FMA peak ---------------------------------------------------------- */
-
-struct fma_job {
-  long iters;
-  float sums[64];
-};
-
-LM_AVX512_TARGET static void fma_body(void *argp, int tid, int nt) {
-  struct fma_job *j = argp;
-  __m512 a[12], x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
-  (void)nt;
-  for (int i = 0; i < 12; i++)
-    a[i] = _mm512_set1_ps((float)i);
-  for (long it = 0; it < j->iters; it++)
-#pragma GCC unroll 12
-    for (int i = 0; i < 12; i++)
-      a[i] = _mm512_fmadd_ps(a[i], x, y);
-  __m512 s = a[0];
-  for (int i = 1; i < 12; i++)
-    s = _mm512_add_ps(s, a[i]);
-  j->sums[tid] = lm_hsum16(s);
-}
 
 static void noop_body(void *arg, int tid, int nt) {
   (void)arg;
@@ -100,34 +56,16 @@ int main(int argc, char **argv) {
     printf("pool: empty parallel region %.2f us\n", (lm_now_s() - t0) / reps * 1e6);
   }
 
-  /* (1) read bandwidth over 1 GiB */
-  double bw = 0;
-  {
-    size_t bytes = (size_t)1 << 30;
-    struct bw_job j = {.n = bytes / 4};
-    float *buf;
-    if (posix_memalign((void **)&buf, 64, bytes) != 0) return 1;
-    memset(buf, 0, bytes);
-    j.buf = buf;
-    for (int r = 0; r < 5; r++) {
-      double t0 = lm_now_s();
-      lm_pool_run(cpu->pool, bw_body, &j);
-      double gbs = bytes / (lm_now_s() - t0) / 1e9;
-      if (gbs > bw) bw = gbs;
-    }
-    printf("(1) read bandwidth, 1 GiB, AVX-512 loads: %.1f GB/s (best of 5)\n", bw);
-    free(buf);
-  }
-
-  /* FMA peak */
-  double peak = 0;
-  {
-    struct fma_job j = {.iters = 20000000};
-    double t0 = lm_now_s();
-    lm_pool_run(cpu->pool, fma_body, &j);
-    double dt = lm_now_s() - t0;
-    peak = (double)j.iters * 12 * 16 * 2 * cpu->n_threads / dt / 1e9;
-    printf("    AVX-512 FMA peak: %.0f GFLOP/s\n", peak);
+  /* (1) read bandwidth over 1 GiB, FMA peak */
+  double bw = NAN, peak = NAN;
+  if (__builtin_cpu_supports("avx512f")) {
+    bw = lm_bench_read_gbs(cpu->pool, (size_t)1 << 30);
+    peak = lm_bench_fma_gflops(cpu->pool);
+    printf("(1) read bandwidth, 1 GiB, AVX-512 loads: %.1f GB/s (best of %d)\n", bw,
+           LM_BENCH_READ_PASSES);
+    printf("    AVX-512 FMA peak: %.0f GFLOP/s (best of %d)\n", peak, LM_BENCH_FMA_PASSES);
+  } else {
+    printf("(1) read bandwidth and FMA peak: skipped, the probes need AVX-512\n");
   }
 
   /* (2) GEMV on Qwen3-0.6B-shaped layers (q, k, v, o, gate, up, down) */

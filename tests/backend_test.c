@@ -505,8 +505,15 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
 
 static void test_attention(struct ctx *c) {
   static const struct attn_case cases[] = {
-      {64, 16, 2, 1}, {128, 16, 2, 2}, {128, 32, 2, 4},
-      {64, 32, 1, 4}, {128, 16, 8, 2}, {64, 16, 4, 8},
+      {64, 16, 2, 1},
+      {128, 16, 2, 2},
+      {128, 32, 2, 4},
+      {64, 32, 1, 4},
+      {128, 16, 8, 2},
+      {64, 16, 4, 8},
+      /* groups above the 32-row tile: split into head tiles */
+      {64, 16, 1, 64},
+      {64, 16, 2, 40},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
     test_attention_case(c, &cases[i]);

@@ -28,6 +28,11 @@ cd "$tmp"
 check "generate runs on the demo model from any directory" test $? -eq 0 -a -s g1.txt
 "$lmserve" generate --prompt "The capital of France is" --max-tokens 12 --temperature 0 >g2.txt 2>&1
 check "greedy generation is deterministic" cmp -s g1.txt g2.txt
+"$lmserve" generate --prompt "The capital of France is" --max-tokens 12 --temperature 1e-40 >t1.txt
+check "a temperature too small to invert is greedy" cmp -s g1.txt t1.txt
+"$lmserve" generate --prompt "The capital of France is" --max-tokens 12 --temperature 0 \
+  --cpu-mapped-weights >m1.txt
+check "weights from the file mapping give the same tokens" cmp -s g1.txt m1.txt
 "$lmserve" generate --prompt "Hello" --max-tokens 16 --temperature 0.8 --top-p 0.9 --seed 7 >s1.txt
 "$lmserve" generate --prompt "Hello" --max-tokens 16 --temperature 0.8 --top-p 0.9 --seed 7 >s2.txt
 check "a seed makes sampling repeatable" cmp -s s1.txt s2.txt

@@ -10,7 +10,6 @@
  *                    tok/s / read bandwidth
  *
  * usage: decode_bench --model DIR [--prompt N] [--decode N] [--threads N] */
-#include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,88 +20,7 @@
 #include "engine/runner.h"
 #include "engine/sampler.h"
 #include "engine/threadpool.h"
-
-#define AVX512 __attribute__((target("avx512f")))
-
-struct read_job {
-  const float *buf; /* [n] */
-  size_t n;
-  float sums[256];
-};
-
-AVX512 static void read_avx512(void *arg, int tid, int n_threads) {
-  struct read_job *j = arg;
-  int64_t b, e;
-  lm_pool_split((int64_t)j->n, 64, tid, n_threads, &b, &e);
-  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-  for (int64_t i = b; i < e; i += 64) {
-    s0 = _mm512_add_ps(s0, _mm512_load_ps(j->buf + i));
-    s1 = _mm512_add_ps(s1, _mm512_load_ps(j->buf + i + 16));
-    s2 = _mm512_add_ps(s2, _mm512_load_ps(j->buf + i + 32));
-    s3 = _mm512_add_ps(s3, _mm512_load_ps(j->buf + i + 48));
-  }
-  j->sums[tid] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-}
-
-struct fma_job {
-  long iters;
-  float sums[256];
-};
-
-/* Ten independent chains hide the FMA latency on two FMA ports. */
-AVX512 static void fma_avx512(void *arg, int tid, int n_threads) {
-  struct fma_job *j = arg;
-  (void)n_threads;
-  __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-  __m512 a0 = _mm512_set1_ps((float)tid), a1 = a0, a2 = a0, a3 = a0, a4 = a0;
-  __m512 a5 = a0, a6 = a0, a7 = a0, a8 = a0, a9 = a0;
-  for (long i = 0; i < j->iters; i++) {
-    a0 = _mm512_fmadd_ps(a0, m, c);
-    a1 = _mm512_fmadd_ps(a1, m, c);
-    a2 = _mm512_fmadd_ps(a2, m, c);
-    a3 = _mm512_fmadd_ps(a3, m, c);
-    a4 = _mm512_fmadd_ps(a4, m, c);
-    a5 = _mm512_fmadd_ps(a5, m, c);
-    a6 = _mm512_fmadd_ps(a6, m, c);
-    a7 = _mm512_fmadd_ps(a7, m, c);
-    a8 = _mm512_fmadd_ps(a8, m, c);
-    a9 = _mm512_fmadd_ps(a9, m, c);
-  }
-  __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                           _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-  j->sums[tid] = _mm512_reduce_add_ps(_mm512_add_ps(s, _mm512_add_ps(a8, a9)));
-}
-
-/* Best of several passes, in GB/s. */
-static double read_bandwidth(lm_pool *pool, size_t bytes) {
-  struct read_job j = {.n = bytes / sizeof(float)};
-  float *buf = aligned_alloc(64, bytes);
-  double best = 0;
-  if (!buf) return 0;
-  memset(buf, 1, bytes);
-  j.buf = buf;
-  for (int rep = 0; rep < 6; rep++) {
-    double t = lm_now_s();
-    lm_pool_run(pool, read_avx512, &j);
-    double gbs = (double)bytes / (lm_now_s() - t) / 1e9;
-    if (gbs > best) best = gbs;
-  }
-  free(buf);
-  return best;
-}
-
-static double fma_peak_gflops(lm_pool *pool) {
-  struct fma_job j = {.iters = 20 * 1000 * 1000};
-  double best = 0;
-  for (int rep = 0; rep < 3; rep++) {
-    double t = lm_now_s();
-    lm_pool_run(pool, fma_avx512, &j);
-    double flops = 2.0 * 16 * 10 * (double)j.iters * lm_pool_size(pool);
-    double g = flops / (lm_now_s() - t) / 1e9;
-    if (g > best) best = g;
-  }
-  return best;
-}
+#include "tests/roofline.h"
 
 /* Prefill then greedy decode of one sequence; prints the figures and
  * returns the decode roofline fraction (negative on failure). */
@@ -122,7 +40,7 @@ static double bench(const char *dir, int mapped, int prompt_len, int n_decode, i
                                   .max_model_len = total};
   if (lm_model_load(dir, &m, err) || lm_backend_create("cpu", &bcfg, &be, err) ||
       be->ops->load_weights(be->st, m, err) || lm_runner_create(m, be, &rcfg, &r, err) ||
-      lm_kv_seq_reserve(&kv, lm_runner_kv_pool(r), total)) {
+      lm_kv_seq_reserve(&kv, lm_runner_kv_pool(r), total, err)) {
     fprintf(stderr, "decode_bench: %s\n", err);
     return -1;
   }
@@ -211,8 +129,8 @@ int main(int argc, char **argv) {
 
   lm_pool *pool = lm_pool_create(threads);
   int n_threads = lm_pool_size(pool);
-  double bw = read_bandwidth(pool, (size_t)1 << 30);
-  double peak = fma_peak_gflops(pool);
+  double bw = lm_bench_read_gbs(pool, (size_t)1 << 30);
+  double peak = lm_bench_fma_gflops(pool);
   lm_pool_destroy(pool);
   printf("threads %d: read bandwidth %.1f GB/s (1 GiB), FMA peak %.0f GFLOP/s\n", n_threads, bw,
          peak);

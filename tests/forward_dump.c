@@ -18,6 +18,7 @@
 #include "engine/lm.h"
 #include "engine/model.h"
 #include "engine/runner.h"
+#include "engine/sampler.h"
 
 struct seq {
   int32_t *ids; /* [n_prompt + greedy] prompt then continuation */
@@ -26,10 +27,14 @@ struct seq {
   float *last_logits; /* [vocab] */
 };
 
-static int load_prompts(const char *path, struct seq **out, int *n_out, int greedy, char *err) {
+/* Reads {"prompts": [[ids...], ...]}: non-empty lists of ids in [0, vocab). */
+static int load_prompts(const char *path, int vocab, int greedy, struct seq **out, int *n_out,
+                        char *err) {
   char *text;
   size_t len;
   lm_json_doc *doc = NULL;
+  struct seq *seqs = NULL;
+  size_t n = 0;
   int rc = lm_read_file(path, &text, &len, err);
   if (rc != LM_OK) return rc;
   if ((rc = lm_json_parse(text, len, &doc, err)) != LM_OK) goto out;
@@ -38,31 +43,41 @@ static int load_prompts(const char *path, struct seq **out, int *n_out, int gree
     rc = lm_errf(err, LM_EFORMAT, "%s: needs a non-empty \"prompts\" array", path);
     goto out;
   }
-  struct seq *seqs = calloc(ps->n_kids, sizeof(*seqs));
-  if (!seqs) {
-    rc = LM_ENOMEM;
-    goto out;
+  if (!(seqs = calloc(ps->n_kids, sizeof(*seqs)))) goto nomem;
+  for (n = 0; n < ps->n_kids; n++) {
+    const lm_json *p = &ps->kids[n];
+    if (p->type != LM_JSON_ARRAY || !p->n_kids) {
+      rc = lm_errf(err, LM_EFORMAT, "%s: prompts[%zu] is not a non-empty array", path, n);
+      goto out;
+    }
+    if (!(seqs[n].ids = malloc((p->n_kids + (size_t)greedy) * sizeof(int32_t)))) goto nomem;
+    seqs[n].n_prompt = (int)p->n_kids;
+    for (size_t j = 0; j < p->n_kids; j++) {
+      const lm_json *id = &p->kids[j];
+      if (id->type != LM_JSON_NUMBER || !id->is_int || id->integer < 0 || id->integer >= vocab) {
+        rc = lm_errf(err, LM_EFORMAT, "%s: prompts[%zu][%zu] is not a token id below %d", path, n,
+                     j, vocab);
+        goto out;
+      }
+      seqs[n].ids[j] = (int32_t)id->integer;
+    }
   }
-  for (size_t i = 0; i < ps->n_kids; i++) {
-    const lm_json *p = &ps->kids[i];
-    seqs[i].ids = malloc((p->n_kids + (size_t)greedy + 1) * sizeof(int32_t));
-    seqs[i].n_prompt = (int)p->n_kids;
-    for (size_t j = 0; j < p->n_kids; j++)
-      seqs[i].ids[j] = (int32_t)p->kids[j].integer;
+  rc = LM_OK;
+  goto out;
+nomem:
+  rc = lm_errf(err, LM_ENOMEM, "%s: out of memory", path);
+out:
+  if (rc != LM_OK && seqs) {
+    for (size_t i = 0; i <= n && i < ps->n_kids; i++)
+      free(seqs[i].ids);
+    free(seqs);
+    seqs = NULL;
   }
   *out = seqs;
-  *n_out = (int)ps->n_kids;
-out:
+  *n_out = seqs ? (int)n : 0;
   lm_json_free(doc);
   free(text);
   return rc;
-}
-
-static int argmax(const float *x, int n) {
-  int best = 0;
-  for (int i = 1; i < n; i++)
-    if (x[i] > x[best]) best = i;
-  return best;
 }
 
 int main(int argc, char **argv) {
@@ -99,7 +114,7 @@ int main(int argc, char **argv) {
   float *logits = NULL;
   int n_seqs = 0, rc = 1;
   if (lm_model_load(model_dir, &m, err) != LM_OK ||
-      load_prompts(prompts, &seqs, &n_seqs, greedy, err) != LM_OK) {
+      load_prompts(prompts, m->cfg.vocab_size, greedy, &seqs, &n_seqs, err) != LM_OK) {
     fprintf(stderr, "forward_dump: %s\n", err);
     goto out;
   }
@@ -120,12 +135,17 @@ int main(int argc, char **argv) {
   chunks = calloc((size_t)n_seqs, sizeof(*chunks));
   owner = calloc((size_t)n_seqs, sizeof(int));
   logits = malloc((size_t)n_seqs * (size_t)vocab * sizeof(float));
-  if (!chunks || !owner || !logits) goto out;
+  if (!chunks || !owner || !logits) {
+    fprintf(stderr, "forward_dump: out of memory\n");
+    goto out;
+  }
   for (int s = 0; s < n_seqs; s++) {
     seqs[s].last_logits = malloc((size_t)vocab * sizeof(float));
     if (!seqs[s].last_logits ||
-        lm_kv_seq_reserve(&seqs[s].kv, lm_runner_kv_pool(r), seqs[s].n_prompt + greedy) != LM_OK)
+        lm_kv_seq_reserve(&seqs[s].kv, lm_runner_kv_pool(r), seqs[s].n_prompt + greedy, err)) {
+      fprintf(stderr, "forward_dump: %s\n", seqs[s].last_logits ? err : "out of memory");
       goto out;
+    }
   }
   for (;;) {
     /* decodes first, then prefill chunks from what is left of the budget */
@@ -159,7 +179,7 @@ int main(int argc, char **argv) {
       struct seq *q = &seqs[owner[i]];
       const float *l = logits + (size_t)row++ * (size_t)vocab;
       if (q->n_out == 0) memcpy(q->last_logits, l, (size_t)vocab * sizeof(float));
-      if (q->n_out < greedy) q->ids[q->n_prompt + q->n_out++] = argmax(l, vocab);
+      if (q->n_out < greedy) q->ids[q->n_prompt + q->n_out++] = lm_sampler_argmax(l, vocab);
     }
     if (greedy == 0) {
       int pending = 0;
@@ -195,7 +215,7 @@ out:
   free(owner);
   free(logits);
   for (int s = 0; s < n_seqs; s++) {
-    if (r) lm_kv_seq_release(&seqs[s].kv, lm_runner_kv_pool(r));
+    lm_kv_seq_release(&seqs[s].kv, r ? lm_runner_kv_pool(r) : NULL);
     free(seqs[s].ids);
     free(seqs[s].last_logits);
   }

@@ -44,7 +44,7 @@ static void test_seqs(void) {
       continue;
     }
     int want = s->n_blocks * BS + rand() % 40;
-    int before = s->n_blocks, rc = lm_kv_seq_reserve(s, pool, want);
+    int before = s->n_blocks, rc = lm_kv_seq_reserve(s, pool, want, NULL);
     if (rc == LM_EFULL) {
       full++;
       ok &= s->n_blocks == before;

@@ -417,6 +417,20 @@ static int test_config_eos_list(void) {
   return 0;
 }
 
+static int test_config_sliding_window(void) {
+  struct lm_config c;
+  char err[LM_ERR_LEN] = "";
+  CHECK_OK(CFG_PARSE(&c, err, "sliding_window", "16"), err);
+  CHECK(c.max_position_embeddings == 16);
+  CHECK_OK(CFG_PARSE(&c, err, "sliding_window", "16", "use_sliding_window", "false"), err);
+  CHECK(c.max_position_embeddings == 64);
+  CHECK_OK(CFG_PARSE(&c, err, "sliding_window", "null"), err);
+  CHECK(c.max_position_embeddings == 64);
+  CHECK_OK(CFG_PARSE(&c, err, "sliding_window", "4096"), err);
+  CHECK(c.max_position_embeddings == 64);
+  return 0;
+}
+
 static int test_config_rope(void) {
   struct lm_config c;
   char err[LM_ERR_LEN] = "";
@@ -909,6 +923,7 @@ int main(void) {
   run("arch table has the four architectures and their flags", test_arch_table);
   run("config.json: fields, defaults, head_dim, model_type", test_config_good);
   run("config.json: eos_token_id int or list, deduplicated", test_config_eos_list);
+  run("config.json: a sliding window caps the context", test_config_sliding_window);
   run("config.json: rope_scaling llama3, rope_parameters, others refused", test_config_rope);
   run("config.json: out-of-range and malformed values named", test_config_ranges);
   run("generation_config.json: defaults and eos merge", test_gen_config);

@@ -26,8 +26,11 @@ struct rig {
 static int rig_open(struct rig *g, const char *dir, int block_size, int threads) {
   char err[LM_ERR_LEN];
   struct lm_backend_config bcfg = {.n_threads = threads};
-  struct lm_runner_config rcfg = {
-      .block_size = block_size, .n_blocks = 256, .max_batch_tokens = 512, .max_seqs = 8};
+  struct lm_runner_config rcfg = {.block_size = block_size,
+                                  .n_blocks = 256,
+                                  .max_batch_tokens = 512,
+                                  .max_seqs = 8,
+                                  .max_model_len = 1024};
   memset(g, 0, sizeof(*g));
   if (lm_model_load(dir, &g->m, err) != LM_OK || lm_backend_create("cpu", &bcfg, &g->be, err) ||
       g->be->ops->load_weights(g->be->st, g->m, err) ||
@@ -55,7 +58,7 @@ static int run(struct rig *g, const int32_t *const *prompts, const int *lens, in
   int idx[8], rc = 0;
   memset(kv, 0, sizeof(kv));
   for (int s = 0; s < n; s++)
-    lm_kv_seq_reserve(&kv[s], lm_runner_kv_pool(g->r), lens[s] + 1);
+    lm_kv_seq_reserve(&kv[s], lm_runner_kv_pool(g->r), lens[s] + 1, NULL);
   for (;;) {
     int k = 0;
     for (int s = 0; s < n; s++) {
@@ -128,7 +131,7 @@ static void test_model(const char *root, const char *name) {
   {
     char err[LM_ERR_LEN];
     lm_kv_seq kv = {0};
-    lm_kv_seq_reserve(&kv, lm_runner_kv_pool(g.r), LA);
+    lm_kv_seq_reserve(&kv, lm_runner_kv_pool(g.r), LA, NULL);
     struct lm_seq_chunk pre = {&kv, a, LA - 1, 0}, one = {&kv, a + LA - 1, 1, 1};
     const void *l;
     int nl;
@@ -139,6 +142,25 @@ static void test_model(const char *root, const char *name) {
   }
   lm_check(!memcmp(ref, dec, (size_t)V * sizeof(float)),
            "%s: decoding the last token == prefilling it (bit-exact)", name);
+
+  {
+    /* bad input is refused before anything runs; a table reserved past
+     * max_model_len is cut to what positions can reach */
+    char err[LM_ERR_LEN];
+    lm_kv_seq kv = {0};
+    lm_kv_seq_reserve(&kv, lm_runner_kv_pool(g.r), 200 * 16, NULL);
+    int32_t bad[2] = {a[0], V};
+    struct lm_seq_chunk ch = {&kv, bad, 2, 1};
+    const void *l;
+    int nl;
+    int rc = lm_runner_step(g.r, &ch, 1, &l, &nl, err);
+    lm_check(rc == LM_EINVAL && strstr(err, "vocabulary") && kv.n_cached_tokens == 0,
+             "%s: a token id outside the vocabulary is refused: %s", name, err);
+    ch.n_tokens = 1;
+    lm_check(lm_runner_step(g.r, &ch, 1, &l, &nl, err) == LM_OK,
+             "%s: a step with a block table longer than max_model_len runs", name);
+    lm_kv_seq_release(&kv, lm_runner_kv_pool(g.r));
+  }
 
   if (rig_open(&g32, dir, 32, 2) == 0) {
     run(&g32, alone, len_alone, 1, 512, out);

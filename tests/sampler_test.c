@@ -119,6 +119,25 @@ static void test_penalties(void) {
   lm_check(draw(l, &pr, 0, hist, 3).id == 1, "presence penalty counts an id once");
 }
 
+static void test_degenerate(void) {
+  float l[VOCAB];
+  for (int i = 0; i < VOCAB; i++)
+    l[i] = (float)(i % 5);
+  struct lm_sampling tiny = {.temperature = 1e-40f, .seed = 1};
+  lm_check(draw(l, &tiny, 0, NULL, 0).id == 4, "a temperature so small 1/t overflows is greedy");
+  float nan[VOCAB];
+  for (int i = 0; i < VOCAB; i++)
+    nan[i] = __builtin_nanf("");
+  nan[9] = 1.0f;
+  struct lm_sampling t1 = {.temperature = 1.0f, .seed = 1};
+  struct lm_sample_result r = draw(nan, &t1, 0, NULL, 0);
+  lm_check(r.id == 9, "NaN logits are never chosen (got %d)", r.id);
+  for (int i = 0; i < VOCAB; i++)
+    nan[i] = __builtin_nanf("");
+  r = draw(nan, &t1, 0, NULL, 0);
+  lm_check(r.id >= 0 && r.id < VOCAB, "all-NaN logits still give an id in range (%d)", r.id);
+}
+
 static void test_uniform(void) {
   float lo = 1, hi = 0;
   for (uint64_t i = 0; i < 100000; i++) {
@@ -134,6 +153,7 @@ int main(void) {
   test_greedy();
   test_distribution();
   test_penalties();
+  test_degenerate();
   test_uniform();
   return lm_check_done();
 }

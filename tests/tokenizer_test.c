@@ -98,6 +98,28 @@ static int decode_is(const lm_tokenizer *tok, const int32_t *ids, size_t n, int 
 
 /* ---- regex and pre-tokenizers ------------------------------------------- */
 
+/* lm_utf8_put and lm_tok_utf8_next round-trip, and a sequence cut short by
+ * n is read no further than n (ASan checks the bound: each case decodes
+ * from an exact-size heap copy). */
+static void test_utf8(void) {
+  static const uint32_t cps[] = {0x24,  0x7f,   0x80,   0xe9,    0x7ff,
+                                 0x800, 0x20ac, 0xffff, 0x10000, 0x10ffff};
+  int ok = 1;
+  for (size_t i = 0; i < sizeof(cps) / sizeof(cps[0]); i++) {
+    char b[4];
+    size_t n = lm_utf8_put(b, cps[i]), adv = 0;
+    ok &= n == (cps[i] < 0x80 ? 1u : cps[i] < 0x800 ? 2u : cps[i] < 0x10000 ? 3u : 4u);
+    ok &= lm_tok_utf8_next(b, n, &adv) == cps[i] && adv == n;
+    for (size_t cut = 1; cut < n; cut++) {
+      char *h = malloc(cut);
+      memcpy(h, b, cut);
+      ok &= lm_tok_utf8_next(h, cut, &adv) == (unsigned char)b[0] && adv == 1;
+      free(h);
+    }
+  }
+  check(ok, "utf8: put/next round-trip; a truncated sequence decodes as its lead byte alone");
+}
+
 static void test_regex(void) {
   static const char *pats[] = {
       "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
@@ -582,6 +604,7 @@ int main(int argc, char **argv) {
     perror("mkdtemp");
     return 1;
   }
+  test_utf8();
   test_regex();
   test_pretok();
   test_norm();

@@ -15,7 +15,7 @@ packages. Tensors are generated and written one at a time in chunks, so even
 the 8B shape never needs more than a few hundred MB of RAM.
 
 Usage (from the repository root):
-  /usr/bin/python3 tools/make_model.py --all /tmp/fixtures     # 12 test fixtures
+  /usr/bin/python3 tools/make_model.py --all /tmp/fixtures     # 13 test fixtures
   /usr/bin/python3 tools/make_model.py --demo models/demo      # Qwen3 CLI demo model
   /usr/bin/python3 tools/make_model.py --out DIR --arch qwen3 --dtype bf16 [--size tiny|bench|8b]
       [--seed N] [--tokenizer-dir PATH] [--shards N] [--layers N]
@@ -332,6 +332,8 @@ def main():
                 shards = 2 if (arch, dtype) == ("llama3", "f32") else 1
                 timed(os.path.join(a.all, f"{arch}-{dtype}"), arch, dtype, seed=a.seed,
                       shards=shards)
+        # f16 checkpoints exist too (older Llama 2 and Mistral exports)
+        timed(os.path.join(a.all, "mistral-f16"), "mistral", "f16", seed=a.seed)
     elif a.demo:
         timed(a.demo, "qwen3", "bf16", size="demo", seed=a.seed)
     else:
