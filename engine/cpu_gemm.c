@@ -113,7 +113,37 @@ lm_gemm_tile(int DT, int MR, int NR, const struct lm_tile *t, float *out) {
 #pragma GCC unroll 8
     for (int j = 0; j < NR; j++)
       acc[i][j] = _mm512_setzero_ps();
-  for (size_t c = 0; c <= kfull; c += 32) {
+  size_t c0 = 0;
+  if (MR == 1) {
+    /* Decode is bound by how many cache misses are in flight: read 4
+     * consecutive chunks (256 bytes of bf16) of a row before moving to the
+     * next row, and pull the same span of the next tile's rows into L2.
+     * Each accumulator still takes the chunks in k order, so the sums are
+     * the bits the generic loop below would give. */
+    for (; c0 + 128 <= kfull; c0 += 128) {
+      __m512 xa[4], xb[4];
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; u++) {
+        xa[u] = _mm512_loadu_ps(t->xp + c0 + 32 * (size_t)u);
+        xb[u] = _mm512_loadu_ps(t->xp + c0 + 32 * (size_t)u + 16);
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; j++) {
+        const char *next = t->w + (size_t)(j + NR) * t->ldw + c0 * esz;
+        for (size_t b = 0; b < 128 * esz; b += 64)
+          _mm_prefetch(next + b, _MM_HINT_T1);
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++) {
+          __m512 w0, w1;
+          lm_gemm_load_w(DT, t->w + (size_t)j * t->ldw, c0 + 32 * (size_t)u, (__mmask32)~0u, 0, &w0,
+                         &w1);
+          acc[0][j] = _mm512_fmadd_ps(xa[u], w0, acc[0][j]);
+          acc[0][j] = _mm512_fmadd_ps(xb[u], w1, acc[0][j]);
+        }
+      }
+    }
+  }
+  for (size_t c = c0; c <= kfull; c += 32) {
     int partial = c == kfull;
     __mmask32 mask = partial ? (__mmask32)((1ull << rem) - 1) : (__mmask32)~0u;
     __m512 x0[4], x1[4];

@@ -4,7 +4,7 @@
  *   logprob of every id from the raw logits (what is reported)
  *   logit bias, repetition / presence / frequency penalties
  *   greedy argmax when temperature is 0
- *   temperature, then top-k, top-p and min-p over the distribution
+ *   temperature, then min-p, top-k and top-p over the distribution
  *   inverse CDF walk over the kept ids, sorted by (probability desc, id asc),
  *   at u = uniform(seed, output position). */
 #include "engine/sampler.h"
@@ -98,6 +98,40 @@ static int cand_cmp(const void *a, const void *b) {
   return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* Reorders c[0, n) so its first k entries are the k best by cand_cmp (a
+ * total order, so the set is unique), in O(n): quickselect. */
+static void select_top(struct cand *c, int n, int k) {
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    struct cand pivot = c[lo + (hi - lo) / 2];
+    int i = lo, j = hi;
+    while (i <= j) {
+      while (cand_cmp(&c[i], &pivot) < 0)
+        i++;
+      while (cand_cmp(&c[j], &pivot) > 0)
+        j--;
+      if (i <= j) {
+        struct cand t = c[i];
+        c[i++] = c[j];
+        c[j--] = t;
+      }
+    }
+    if (k - 1 <= j)
+      hi = j;
+    else if (k - 1 >= i)
+      lo = i;
+    else
+      break;
+  }
+}
+
+static double sum_p(const struct cand *c, int n) {
+  double s = 0;
+  for (int i = 0; i < n; i++)
+    s += c[i].p;
+  return s;
+}
+
 struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
                                           const struct lm_sample_row *row, float *scratch) {
   const struct lm_sampling *p = row->params;
@@ -115,42 +149,45 @@ struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
   float inv_t = p->temperature > 0 ? 1.0f / p->temperature : 0.0f;
   if (!(inv_t > 0) || isinf(inv_t)) goto greedy; /* temperature 0, or so small 1/t overflows */
   float max = l[lm_sampler_argmax(l, vocab)];
+  /* weights relative to the most likely id, whose weight is 1: min_p is a
+   * floor on the weight itself */
+  float floor_e = p->min_p > 0 ? p->min_p : 0.0f;
   int n = 0;
   for (int i = 0; i < vocab; i++) {
     float e = expf((l[i] - max) * inv_t);
-    if (e > 0) {
+    if (e > 0 && e >= floor_e) {
       c[n].p = e;
       c[n].id = i;
       n++;
     }
   }
   if (n == 0) goto greedy; /* no finite logit to sample from */
-  qsort(c, (size_t)n, sizeof(*c), cand_cmp);
-  if (p->top_k > 0 && p->top_k < n) n = p->top_k;
-  double total = 0;
-  for (int i = 0; i < n; i++)
-    total += c[i].p;
-  if (p->min_p > 0) {
-    /* c[0] is the most likely; drop what falls under min_p of it */
-    float floor_p = p->min_p * c[0].p;
-    int keep = 1;
-    while (keep < n && c[keep].p >= floor_p)
-      keep++;
-    n = keep;
-    total = 0;
-    for (int i = 0; i < n; i++)
-      total += c[i].p;
+  if (p->top_k > 0 && p->top_k < n) {
+    select_top(c, n, p->top_k);
+    n = p->top_k;
   }
+  double total = sum_p(c, n);
   if (p->top_p > 0 && p->top_p < 1) {
-    double target = (double)p->top_p * total, acc = 0;
+    /* the nucleus is a prefix of the sorted order: sort only as much of
+     * the candidates as it can span */
+    double target = (double)p->top_p * total;
+    int m = n < 256 ? n : 256;
+    for (;;) {
+      select_top(c, n, m);
+      if (m == n || sum_p(c, m) >= target) break;
+      m = m > n / 4 ? n : m * 4;
+    }
+    qsort(c, (size_t)m, sizeof(*c), cand_cmp);
+    double acc = 0;
     int keep = 0;
-    while (keep < n) {
-      acc += c[keep].p;
-      keep++;
+    while (keep < m) {
+      acc += c[keep++].p;
       if (acc >= target) break;
     }
     n = keep;
     total = acc;
+  } else {
+    qsort(c, (size_t)n, sizeof(*c), cand_cmp);
   }
   double u = (double)lm_sampler_uniform(p->seed, row->position) * total, acc = 0;
   int pick = n - 1;

@@ -138,6 +138,80 @@ static void test_degenerate(void) {
   lm_check(r.id >= 0 && r.id < VOCAB, "all-NaN logits still give an id in range (%d)", r.id);
 }
 
+/* Reference for the truncation steps: sort everything, then cut. */
+struct ref_cand {
+  double p;
+  int id;
+};
+
+static int ref_cmp(const void *a, const void *b) {
+  const struct ref_cand *x = a, *y = b;
+  if (x->p != y->p) return x->p > y->p ? -1 : 1;
+  return x->id - y->id;
+}
+
+static int ref_sample(const float *l, int V, const struct lm_sampling *p, uint64_t pos) {
+  struct ref_cand *c = malloc((size_t)V * sizeof(*c));
+  float max = l[0];
+  for (int i = 1; i < V; i++)
+    if (l[i] > max) max = l[i];
+  int n = 0;
+  for (int i = 0; i < V; i++) {
+    float e = expf((l[i] - max) * (1.0f / p->temperature));
+    if (e > 0 && e >= p->min_p) c[n++] = (struct ref_cand){e, i};
+  }
+  qsort(c, (size_t)n, sizeof(*c), ref_cmp);
+  if (p->top_k > 0 && p->top_k < n) n = p->top_k;
+  double total = 0;
+  for (int i = 0; i < n; i++)
+    total += c[i].p;
+  if (p->top_p > 0 && p->top_p < 1) {
+    double target = p->top_p * total, acc = 0;
+    int keep = 0;
+    while (keep < n) {
+      acc += c[keep++].p;
+      if (acc >= target) break;
+    }
+    n = keep;
+    total = acc;
+  }
+  double u = (double)lm_sampler_uniform(p->seed, pos) * total, acc = 0;
+  int pick = c[n - 1].id;
+  for (int i = 0; i < n; i++) {
+    acc += c[i].p;
+    if (u < acc) {
+      pick = c[i].id;
+      break;
+    }
+  }
+  free(c);
+  return pick;
+}
+
+static void test_against_full_sort(void) {
+  enum { V = 3000 };
+  float *l = malloc(V * sizeof(float)), *scratch = malloc(LM_SAMPLER_SCRATCH_FLOATS(V) * 4);
+  int same = 0, n = 0;
+  srand(11);
+  for (int trial = 0; trial < 300; trial++) {
+    float spread = (float)(rand() % 20 + 1);
+    for (int i = 0; i < V; i++)
+      l[i] = spread * (float)rand() / (float)RAND_MAX;
+    struct lm_sampling p = {.temperature = 0.3f + (float)(rand() % 10) / 5.0f,
+                            .top_k = rand() % 3 ? 0 : rand() % 2000,
+                            .top_p = rand() % 2 ? 0 : (float)(rand() % 100) / 100.0f,
+                            .min_p = rand() % 3 ? 0 : (float)(rand() % 50) / 100.0f,
+                            .seed = (uint64_t)trial};
+    struct lm_sample_row row = {&p, (uint64_t)trial, NULL, 0};
+    same += lm_sampler_sample(l, V, &row, scratch).id == ref_sample(l, V, &p, (uint64_t)trial);
+    n++;
+  }
+  lm_check(same == n, "top-k/top-p/min-p by selection == by sorting everything (%d of %d)", same,
+           n);
+  free(l);
+  free(scratch);
+}
+
 static void test_uniform(void) {
   float lo = 1, hi = 0;
   for (uint64_t i = 0; i < 100000; i++) {
@@ -154,6 +228,7 @@ int main(void) {
   test_distribution();
   test_penalties();
   test_degenerate();
+  test_against_full_sort();
   test_uniform();
   return lm_check_done();
 }
