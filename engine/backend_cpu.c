@@ -205,11 +205,16 @@ static int lm_cpu_kv_create(void *st, const struct lm_kv_shape *s, void **kv, ch
       return lm_errf(err, LM_ERANGE, "cpu kv cache: size overflows");
     n *= (size_t)dims[i];
   }
-  /* Left uninitialised: attention reads only slots that kv_write filled,
-   * and untouched pages of a large cache then cost no memory. */
-  *kv = lm_cpu_aligned(n * sizeof(float));
-  if (!*kv)
-    return lm_errf(err, LM_ENOMEM, "cpu kv cache: cannot allocate %zu bytes", n * sizeof(float));
+  /* The pool is as large as the caller wants resident: commit it now, on
+   * huge pages, so decode steps never stop for first-touch page faults
+   * (each fresh 4 KiB page cost more than the token's K/V copy itself). */
+  size_t bytes = n * sizeof(float), huge = (size_t)2 << 20;
+  if (posix_memalign(kv, huge, (bytes + huge - 1) & ~(huge - 1)) != 0) {
+    *kv = NULL;
+    return lm_errf(err, LM_ENOMEM, "cpu kv cache: cannot allocate %zu bytes", bytes);
+  }
+  madvise(*kv, (bytes + huge - 1) & ~(huge - 1), MADV_HUGEPAGE);
+  memset(*kv, 0, bytes);
   return LM_OK;
 }
 
