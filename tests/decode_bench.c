@@ -1,13 +1,17 @@
 /* decode_bench.c - single-sequence speed of the CPU backend against the
  * machine's own limits, measured side by side in one run:
  *
- *   read bandwidth   a read-only AVX-512 loop over >= 1 GiB, same threads
+ *   read bandwidth   a read-only AVX-512 loop over 1 GiB, same threads
  *   FMA peak         independent AVX-512 FMA chains in registers, same threads
  *   prefill          one prompt of --prompt tokens in one step: tok/s, GFLOP/s
  *   decode           --decode greedy tokens after it: tok/s and the fraction
  *                    of the memory roofline, i.e. (weight bytes as stored,
  *                    embedding table excluded, + KV bytes read) per token x
  *                    tok/s / read bandwidth
+ *
+ * A shared machine's bandwidth moves by 2x within minutes, so the decode
+ * runs in rounds with the bandwidth measured right before each, and the
+ * fraction reported is the median of the rounds' ratios.
  *
  * usage: decode_bench --model DIR [--prompt N] [--decode N] [--threads N] */
 #include <stdio.h>
@@ -24,8 +28,21 @@
 
 /* Prefill then greedy decode of one sequence; prints the figures and
  * returns the decode roofline fraction (negative on failure). */
-static double bench(const char *dir, int mapped, int prompt_len, int n_decode, int threads,
-                    double bw, double peak) {
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+#define ROUNDS 8
+
+/* Sorts v: [ROUNDS] and returns its median. */
+static double median(double *v) {
+  qsort(v, ROUNDS, sizeof(double), cmp_double);
+  return (v[ROUNDS / 2 - 1] + v[ROUNDS / 2]) / 2;
+}
+
+static double bench(const char *dir, int mapped, int prompt_len, int n_decode, lm_pool *probe,
+                    int threads) {
   char err[LM_ERR_LEN];
   lm_model *m = NULL;
   lm_backend *be = NULL;
@@ -55,6 +72,7 @@ static double bench(const char *dir, int mapped, int prompt_len, int n_decode, i
   struct lm_sample_row row = {&greedy, 0, NULL, 0};
   struct lm_sample_result res;
   struct lm_seq_chunk ch = {&kv, ids, prompt_len, 1};
+  double peak = lm_bench_fma_gflops(probe);
   double t0 = lm_now_s();
   lm_runner_step(r, &ch, 1, &logits, &n_logits, err);
   be->ops->sample(be->st, logits, 1, c->vocab_size, &row, &res, err);
@@ -62,25 +80,29 @@ static double bench(const char *dir, int mapped, int prompt_len, int n_decode, i
   ids[prompt_len] = res.id;
 
   /* decode: weights as stored once per token, plus the KV read so far */
-  double kv_bytes = 0;
+  double weight_bytes = (double)lm_model_decode_bytes(m);
   size_t kv_token_bytes = (size_t)c->n_layers * 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim *
                           be->ops->act_elem_bytes;
-  t0 = lm_now_s();
-  for (int i = 0; i < n_decode - 1; i++) {
-    int pos = prompt_len + i;
-    ch = (struct lm_seq_chunk){&kv, ids + pos, 1, 1};
-    lm_runner_step(r, &ch, 1, &logits, &n_logits, err);
-    row.position = (uint64_t)i + 1;
-    be->ops->sample(be->st, logits, 1, c->vocab_size, &row, &res, err);
-    ids[pos + 1] = res.id;
-    kv_bytes += (double)(pos + 1) * (double)kv_token_bytes;
+  double ratio[ROUNDS], rate[ROUNDS], gbs[ROUNDS], bws[ROUNDS];
+  int per_round = (n_decode - 1) / ROUNDS, pos = prompt_len;
+  for (int round = 0; round < ROUNDS; round++) {
+    double bw = lm_bench_read_gbs(probe, (size_t)1 << 30), bytes = 0;
+    t0 = lm_now_s();
+    for (int i = 0; i < per_round; i++, pos++) {
+      ch = (struct lm_seq_chunk){&kv, ids + pos, 1, 1};
+      lm_runner_step(r, &ch, 1, &logits, &n_logits, err);
+      row.position = (uint64_t)(pos - prompt_len + 1);
+      be->ops->sample(be->st, logits, 1, c->vocab_size, &row, &res, err);
+      ids[pos + 1] = res.id;
+      bytes += weight_bytes + (double)(pos + 1) * (double)kv_token_bytes;
+    }
+    double s = lm_now_s() - t0;
+    rate[round] = per_round / s;
+    gbs[round] = bytes / s / 1e9;
+    bws[round] = bw;
+    ratio[round] = gbs[round] / bw;
   }
-  double decode_s = lm_now_s() - t0;
-  int steps = n_decode - 1;
-  double tok_s = steps / decode_s;
-  double weight_bytes = (double)lm_model_decode_bytes(m);
-  double bytes_per_tok = weight_bytes + kv_bytes / steps;
-  double frac = bytes_per_tok * tok_s / 1e9 / bw;
+  double frac = median(ratio), tok_s = median(rate), gbs_med = median(gbs), bw_med = median(bws);
 
   /* prefill FLOPs: 2 per weight per token, plus QK^T and PV over the
    * causal triangle */
@@ -94,8 +116,10 @@ static double bench(const char *dir, int mapped, int prompt_len, int n_decode, i
          lm_dtype_name(c->dtype), c->n_layers, c->hidden_size, weight_bytes / 1e6);
   printf("prefill %d tokens: %.3f s, %.1f tok/s, %.1f GFLOP/s = %.1f%% of FMA peak\n", prompt_len,
          prefill_s, prompt_len / prefill_s, prefill_gflops, 100 * prefill_gflops / peak);
-  printf("decode %d tokens: %.2f tok/s, %.1f ms/token, %.2f GB/s = %.1f%% of read bandwidth\n",
-         steps, tok_s, 1e3 / tok_s, bytes_per_tok * tok_s / 1e9, 100 * frac);
+  printf("decode %d x %d tokens: median %.2f tok/s (%.1f ms/token), %.1f GB/s (%.1f-%.1f) against "
+         "read bandwidth %.1f GB/s (%.1f-%.1f): median %.1f%% (rounds %.1f-%.1f%%)\n",
+         ROUNDS, per_round, tok_s, 1e3 / tok_s, gbs_med, gbs[0], gbs[ROUNDS - 1], bw_med, bws[0],
+         bws[ROUNDS - 1], 100 * frac, 100 * ratio[0], 100 * ratio[ROUNDS - 1]);
 
   free(ids);
   lm_kv_seq_release(&kv, lm_runner_kv_pool(r));
@@ -118,7 +142,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--threads"))
       threads = atoi(argv[i + 1]);
   }
-  if (!dir || prompt_len <= 0 || n_decode <= 0) {
+  if (!dir || prompt_len <= 0 || n_decode < 2 * ROUNDS) {
     fprintf(stderr, "usage: decode_bench --model DIR [--prompt N] [--decode N] [--threads N]\n");
     return 2;
   }
@@ -127,17 +151,12 @@ int main(int argc, char **argv) {
     return 0;
   }
 
-  lm_pool *pool = lm_pool_create(threads);
-  int n_threads = lm_pool_size(pool);
-  double bw = lm_bench_read_gbs(pool, (size_t)1 << 30);
-  double peak = lm_bench_fma_gflops(pool);
-  lm_pool_destroy(pool);
-  printf("threads %d: read bandwidth %.1f GB/s (1 GiB), FMA peak %.0f GFLOP/s\n", n_threads, bw,
-         peak);
-
-  printf("model %s\n", dir);
-  double copied = bench(dir, 0, prompt_len, n_decode, threads, bw, peak);
-  double mapped = bench(dir, 1, prompt_len, n_decode, threads, bw, peak);
+  /* the probes run on their own pool of the same size, asleep meanwhile */
+  lm_pool *probe = lm_pool_create(threads);
+  printf("model %s, %d threads\n", dir, lm_pool_size(probe));
+  double copied = bench(dir, 0, prompt_len, n_decode, probe, threads);
+  double mapped = bench(dir, 1, prompt_len, n_decode, probe, threads);
+  lm_pool_destroy(probe);
   if (copied < 0 || mapped < 0) return 1;
   printf("decode roofline fraction %.3f (gate 0.70); from the file mapping %.3f\n", copied, mapped);
   return 0;
