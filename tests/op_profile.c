@@ -1,0 +1,133 @@
+/* op_profile.c - where a decode step's time goes: wraps each backend op
+ * of the CPU backend with a timer (the CPU ops are synchronous), prefills
+ * --prompt tokens, decodes --decode greedily and prints milliseconds per
+ * token for each op and for sampling.
+ *
+ * usage: op_profile --model DIR [--prompt N] [--decode N] [--threads N] */
+#include "engine/backend.h"
+#include "engine/model.h"
+#include "engine/runner.h"
+#include "engine/sampler.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct lm_backend_ops real, wrapped;
+/* per op: seconds and calls */
+static double T[16];
+static long N[16];
+#define W(idx, name, args, call)                                                                   \
+  static void w_##name args {                                                                      \
+    double t = lm_now_s();                                                                         \
+    real.name call;                                                                                \
+    T[idx] += lm_now_s() - t;                                                                      \
+    N[idx]++;                                                                                      \
+  }
+W(0, embed, (void *st, void *x, const struct lm_tensor *tb, const struct lm_batch *b),
+  (st, x, tb, b))
+W(1, rmsnorm, (void *st, void *o, const void *x, const struct lm_tensor *w, int r, int d, float e),
+  (st, o, x, w, r, d, e))
+W(2, add_rmsnorm,
+  (void *st, void *o, void *res, const void *dl, const struct lm_tensor *w, int r, int d, float e),
+  (st, o, res, dl, w, r, d, e))
+W(3, matmul,
+  (void *st, void *y, const void *x, const struct lm_tensor *w, const struct lm_tensor *b, int r),
+  (st, y, x, w, b, r))
+W(4, rope,
+  (void *st, void *q, void *k, const struct lm_batch *b, const struct lm_rope *rp, int h, int kh),
+  (st, q, k, b, rp, h, kh))
+W(5, kv_write,
+  (void *st, void *kv, const struct lm_kv_shape *s, int l, const void *k, const void *v,
+   const struct lm_batch *b),
+  (st, kv, s, l, k, v, b))
+W(6, attention,
+  (void *st, void *o, const void *q, const void *kv, const struct lm_kv_shape *s, int l,
+   const struct lm_batch *b, int h, float sc),
+  (st, o, q, kv, s, l, b, h, sc))
+W(7, swiglu, (void *st, void *o, const void *g, const void *u, int r, int d), (st, o, g, u, r, d))
+W(8, gather_rows, (void *st, void *o, const void *x, const int32_t *rows, int n, int d),
+  (st, o, x, rows, n, d))
+static const char *names[] = {"embed",    "rmsnorm",   "add_rmsnorm", "matmul", "rope",
+                              "kv_write", "attention", "swiglu",      "gather"};
+int main(int argc, char **argv) {
+  char err[LM_ERR_LEN];
+  lm_model *m = NULL;
+  lm_backend *be = NULL;
+  lm_runner *r = NULL;
+  const char *dir = NULL;
+  int P = 128, D = 64, threads = 0;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!strcmp(argv[i], "--model"))
+      dir = argv[i + 1];
+    else if (!strcmp(argv[i], "--prompt"))
+      P = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--decode"))
+      D = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--threads"))
+      threads = atoi(argv[i + 1]);
+  }
+  if (!dir || P <= 0 || D <= 0) {
+    fprintf(stderr, "usage: op_profile --model DIR [--prompt N] [--decode N] [--threads N]\n");
+    return 2;
+  }
+  struct lm_backend_config c = {.n_threads = threads};
+  lm_kv_seq kv = {0};
+  if (lm_model_load(dir, &m, err) || lm_backend_create("cpu", &c, &be, err) ||
+      be->ops->load_weights(be->st, m, err)) {
+    fprintf(stderr, "op_profile: %s\n", err);
+    return 1;
+  }
+  real = *be->ops;
+  wrapped = real;
+  wrapped.embed = w_embed;
+  wrapped.rmsnorm = w_rmsnorm;
+  wrapped.add_rmsnorm = w_add_rmsnorm;
+  wrapped.matmul = w_matmul;
+  wrapped.rope = w_rope;
+  wrapped.kv_write = w_kv_write;
+  wrapped.attention = w_attention;
+  wrapped.swiglu = w_swiglu;
+  wrapped.gather_rows = w_gather_rows;
+  be->ops = &wrapped;
+  struct lm_runner_config rc = {16, (P + D) / 16 + 2, P, 1, P + D};
+  if (lm_runner_create(m, be, &rc, &r, err) ||
+      lm_kv_seq_reserve(&kv, lm_runner_kv_pool(r), P + D, err)) {
+    fprintf(stderr, "op_profile: %s\n", err);
+    return 1;
+  }
+  int32_t *ids = malloc((size_t)(P + D) * sizeof(int32_t));
+  for (int i = 0; i < P + D; i++)
+    ids[i] = 1000 + i % 30000;
+  const void *l;
+  int nl;
+  struct lm_seq_chunk ch = {&kv, ids, P, 1};
+  lm_runner_step(r, &ch, 1, &l, &nl, err);
+  memset(T, 0, sizeof(T));
+  memset(N, 0, sizeof(N));
+  struct lm_sampling sp = {0};
+  struct lm_sample_row row = {&sp, 0, NULL, 0};
+  struct lm_sample_result res;
+  double ts = 0, t0 = lm_now_s();
+  for (int i = 0; i < D; i++) {
+    ch = (struct lm_seq_chunk){&kv, ids + P + i, 1, 1};
+    lm_runner_step(r, &ch, 1, &l, &nl, err);
+    double t = lm_now_s();
+    be->ops->sample(be->st, l, 1, m->cfg.vocab_size, &row, &res, err);
+    ts += lm_now_s() - t;
+  }
+  double tot = lm_now_s() - t0;
+  printf("per token %.2f ms; sample %.2f ms\n", tot / D * 1e3, ts / D * 1e3);
+  double sum = 0;
+  for (int i = 0; i < 9; i++) {
+    printf("%-12s %7.3f ms/token  (%ld calls/token)\n", names[i], T[i] / D * 1e3, N[i] / D);
+    sum += T[i];
+  }
+  printf("ops total %.2f ms, unaccounted %.2f ms\n", sum / D * 1e3, (tot - sum - ts) / D * 1e3);
+  free(ids);
+  lm_kv_seq_release(&kv, lm_runner_kv_pool(r));
+  lm_runner_free(r);
+  be->ops = &real;
+  lm_backend_destroy(be);
+  lm_model_free(m);
+  return 0;
+}
