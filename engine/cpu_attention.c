@@ -42,6 +42,21 @@ struct lm_attn_tile {
   int s, g, t0, t1, h0, nh;
 };
 
+/* Sets each row's query position (clamped to the context), and an empty
+ * softmax state; returns the largest position, the last key any row reads. */
+static int lm_attn_rows_init(const struct lm_attn_job *j, const struct lm_attn_tile *tl, int n_rows,
+                             int *pos, float *m, float *l) {
+  int pmax = -1, ctx = j->b->ctx_len[tl->s];
+  for (int r = 0; r < n_rows; r++) {
+    int p = j->b->positions[tl->t0 + r / tl->nh];
+    pos[r] = p < ctx - 1 ? p : ctx - 1;
+    if (pos[r] > pmax) pmax = pos[r];
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+  }
+  return pmax;
+}
+
 /* ---- AVX-512 ---------------------------------------------------------- */
 
 LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
@@ -54,16 +69,10 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
   float sc[LM_ATTN_MAX_BS] __attribute__((aligned(64)));
   /* o: [n_rows, head_dim] running weighted sum of V */
   __m512 o[LM_ATTN_ROWS][LM_ATTN_MAX_HD / 16];
-  int pmax = -1, ctx = b->ctx_len[tl->s];
-  for (int r = 0; r < n_rows; r++) {
-    int p = b->positions[tl->t0 + r / tl->nh];
-    pos[r] = p < ctx - 1 ? p : ctx - 1;
-    if (pos[r] > pmax) pmax = pos[r];
-    m[r] = -INFINITY;
-    l[r] = 0.0f;
+  int pmax = lm_attn_rows_init(j, tl, n_rows, pos, m, l);
+  for (int r = 0; r < n_rows; r++)
     for (int d = 0; d < nv; d++)
       o[r][d] = _mm512_setzero_ps();
-  }
   const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
   for (int bi = 0; bi * bs <= pmax && bi < b->max_blocks; bi++) {
     size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * (size_t)bs * hd;
@@ -125,16 +134,10 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
   int pos[LM_ATTN_ROWS];
   float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS], sc[LM_ATTN_MAX_BS];
   float o[LM_ATTN_ROWS][LM_ATTN_MAX_HD]; /* [n_rows, head_dim] */
-  int pmax = -1, ctx = b->ctx_len[tl->s];
-  for (int r = 0; r < n_rows; r++) {
-    int p = b->positions[tl->t0 + r / tl->nh];
-    pos[r] = p < ctx - 1 ? p : ctx - 1;
-    if (pos[r] > pmax) pmax = pos[r];
-    m[r] = -INFINITY;
-    l[r] = 0.0f;
+  int pmax = lm_attn_rows_init(j, tl, n_rows, pos, m, l);
+  for (int r = 0; r < n_rows; r++)
     for (int d = 0; d < hd; d++)
       o[r][d] = 0.0f;
-  }
   const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
   for (int bi = 0; bi * bs <= pmax && bi < b->max_blocks; bi++) {
     size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * (size_t)bs * hd;
