@@ -57,6 +57,17 @@ static int lm_attn_rows_init(const struct lm_attn_job *j, const struct lm_attn_t
   return pmax;
 }
 
+/* Row r's query and, in *n_valid, how many keys of the current block it
+ * reads; n_upto counts the keys from the block's first position through
+ * the row's own (<= 0: the block is past the row, NULL). */
+static inline const float *lm_attn_row_q(const struct lm_attn_job *j, const struct lm_attn_tile *tl,
+                                         int r, int n_upto, int *n_valid) {
+  int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
+  if (n_upto <= 0) return NULL;
+  *n_valid = n_upto < j->bs ? n_upto : j->bs;
+  return j->q + ((size_t)t * j->n_heads + h) * (size_t)j->hd;
+}
+
 /* ---- AVX-512 ---------------------------------------------------------- */
 
 LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
@@ -78,11 +89,9 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
     size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * (size_t)bs * hd;
     const float *kb = j->k + off, *vb = j->v + off; /* [block_size, head_dim] */
     for (int r = 0; r < n_rows; r++) {
-      int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
-      int n_valid = pos[r] + 1 - bi * bs;
-      if (n_valid <= 0) continue;
-      if (n_valid > bs) n_valid = bs;
-      const float *q = j->q + ((size_t)t * j->n_heads + h) * hd;
+      int n_valid;
+      const float *q = lm_attn_row_q(j, tl, r, pos[r] + 1 - bi * bs, &n_valid);
+      if (!q) continue;
       float bmax = -INFINITY;
       for (int i = 0; i < n_valid; i++) {
         const float *k = kb + (size_t)i * hd;
@@ -143,11 +152,9 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
     size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * (size_t)bs * hd;
     const float *kb = j->k + off, *vb = j->v + off;
     for (int r = 0; r < n_rows; r++) {
-      int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
-      int n_valid = pos[r] + 1 - bi * bs;
-      if (n_valid <= 0) continue;
-      if (n_valid > bs) n_valid = bs;
-      const float *q = j->q + ((size_t)t * j->n_heads + h) * hd;
+      int n_valid;
+      const float *q = lm_attn_row_q(j, tl, r, pos[r] + 1 - bi * bs, &n_valid);
+      if (!q) continue;
       float bmax = -INFINITY, psum = 0.0f;
       for (int i = 0; i < n_valid; i++) {
         float acc = 0.0f;
