@@ -8,13 +8,16 @@
 
 /* Status codes: 0 is success, failures are negative. */
 #define LM_OK      0
-#define LM_EINVAL  (-1) /* bad argument or bad input from a caller */
-#define LM_ENOMEM  (-2) /* allocation failed */
-#define LM_EIO     (-3) /* file missing, unreadable or truncated */
-#define LM_EFORMAT (-4) /* file readable but its contents are wrong */
-#define LM_EUNSUP  (-5) /* valid but not supported by lmserve */
-#define LM_ERANGE  (-6) /* a value outside its allowed range */
-#define LM_EFULL   (-7) /* out of capacity (KV blocks, queue slots) */
+#define LM_EINVAL  (-1)  /* bad argument or bad input from a caller */
+#define LM_ENOMEM  (-2)  /* allocation failed */
+#define LM_EIO     (-3)  /* file missing, unreadable or truncated */
+#define LM_EFORMAT (-4)  /* file readable but its contents are wrong */
+#define LM_EUNSUP  (-5)  /* valid but not supported by lmserve */
+#define LM_ERANGE  (-6)  /* a value outside its allowed range */
+#define LM_EFULL   (-7)  /* out of capacity (KV blocks, queue slots) */
+#define LM_EEXIST  (-8)  /* a name already in use (a live request id) */
+#define LM_ENOENT  (-9)  /* no such thing (an unknown request id) */
+#define LM_ECLOSED (-10) /* the engine no longer accepts work (draining) */
 
 /* Every function that can fail with a reason takes a caller-owned buffer of
  * LM_ERR_LEN bytes and writes one line there (no trailing newline). */
