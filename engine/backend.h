@@ -58,12 +58,19 @@ struct lm_rope {
 
 struct lm_sampling; /* engine/sampler.h */
 
+struct lm_token_logprob {
+  int32_t id;
+  float logprob;
+};
+
 /* One row to sample, with what the sampler needs to know about it. */
 struct lm_sample_row {
   const struct lm_sampling *params;
   uint64_t position;      /* output position: the Philox counter */
   const int32_t *history; /* tokens seen so far (for penalties), or NULL */
   size_t n_history;
+  int n_top_logprobs;           /* 0..20: most likely ids to report */
+  struct lm_token_logprob *top; /* [n_top_logprobs] filled best first */
 };
 
 struct lm_sample_result {

@@ -134,11 +134,6 @@ void lm_request_abort(lm_request *r);
 /* Drops the caller's reference; a request still running is aborted. */
 void lm_request_release(lm_request *r);
 
-struct lm_token_logprob {
-  int32_t id;
-  float logprob;
-};
-
 struct lm_usage {
   int prompt_tokens; /* after truncation */
   int completion_tokens;
