@@ -219,7 +219,10 @@ int lm_cmd_generate(int argc, char **argv) {
       goto free_history;
     }
     if (!ch.want_logits) continue;
-    struct lm_sample_row row = {&sampling, (uint64_t)produced, history, prompt.n + produced};
+    struct lm_sample_row row = {.params = &sampling,
+                                .position = (uint64_t)produced,
+                                .history = history,
+                                .n_history = prompt.n + produced};
     struct lm_sample_result res;
     if (be->ops->sample(be->st, logits, 1, c->vocab_size, &row, &res, err) != LM_OK) {
       fprintf(stderr, "lmserve: %s\n", err);

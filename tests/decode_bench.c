@@ -69,7 +69,7 @@ static double bench(const char *dir, int mapped, int prompt_len, int n_decode, l
   const void *logits;
   int n_logits;
   struct lm_sampling greedy = {0};
-  struct lm_sample_row row = {&greedy, 0, NULL, 0};
+  struct lm_sample_row row = {.params = &greedy};
   struct lm_sample_result res;
   struct lm_seq_chunk ch = {&kv, ids, prompt_len, 1};
   double peak = lm_bench_fma_gflops(probe);

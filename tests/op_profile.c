@@ -105,7 +105,7 @@ int main(int argc, char **argv) {
   memset(T, 0, sizeof(T));
   memset(N, 0, sizeof(N));
   struct lm_sampling sp = {0};
-  struct lm_sample_row row = {&sp, 0, NULL, 0};
+  struct lm_sample_row row = {.params = &sp};
   struct lm_sample_result res;
   double ts = 0, t0 = lm_now_s();
   for (int i = 0; i < D; i++) {

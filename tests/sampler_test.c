@@ -35,7 +35,7 @@ static void test_philox_kat(void) {
 static struct lm_sample_result draw(const float *logits, const struct lm_sampling *p, uint64_t pos,
                                     const int32_t *hist, size_t n_hist) {
   static float scratch[3 * VOCAB];
-  struct lm_sample_row row = {p, pos, hist, n_hist};
+  struct lm_sample_row row = {.params = p, .position = pos, .history = hist, .n_history = n_hist};
   return lm_sampler_sample(logits, VOCAB, &row, scratch);
 }
 
@@ -202,7 +202,7 @@ static void test_against_full_sort(void) {
                             .top_p = rand() % 2 ? 0 : (float)(rand() % 100) / 100.0f,
                             .min_p = rand() % 3 ? 0 : (float)(rand() % 50) / 100.0f,
                             .seed = (uint64_t)trial};
-    struct lm_sample_row row = {&p, (uint64_t)trial, NULL, 0};
+    struct lm_sample_row row = {.params = &p, .position = (uint64_t)trial};
     same += lm_sampler_sample(l, V, &row, scratch).id == ref_sample(l, V, &p, (uint64_t)trial);
     n++;
   }
