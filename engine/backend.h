@@ -71,6 +71,12 @@ struct lm_sample_row {
   size_t n_history;
   int n_top_logprobs;           /* 0..20: most likely ids to report */
   struct lm_token_logprob *top; /* [n_top_logprobs] filled best first */
+  /* The first n_prompt of history are the prompt: the repetition penalty
+   * covers prompt and output, presence and frequency only the output (as
+   * in vLLM). */
+  size_t n_prompt;
+  const int32_t *banned; /* [n_banned] ids that cannot be drawn (min_tokens) */
+  int n_banned;
 };
 
 struct lm_sample_result {

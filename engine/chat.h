@@ -21,6 +21,13 @@ typedef struct lm_chat lm_chat;
 int lm_chat_load(const lm_tokenizer *tok, lm_chat **out, char *err);
 void lm_chat_free(lm_chat *c);
 
+/* Compiles n named templates (names[i] such as "default" or "tool_use")
+ * given as text, with the special tokens the templates see as bos_token and
+ * eos_token (either may be NULL). lm_chat_load is this with the tokenizer's
+ * templates and tokens. */
+int lm_chat_create(const char *const *names, const char *const *templates, size_t n,
+                   const char *bos_token, const char *eos_token, lm_chat **out, char *err);
+
 /* Renders a chat request, the JSON value Transformers' apply_chat_template
  * takes:
  *   {"messages": [...], "tools": [...], "add_generation_prompt": true,

@@ -166,8 +166,9 @@ struct lm_output {
 };
 
 /* Moves pending output into out (replacing its previous contents). Returns
- * 1 when out holds anything new (tokens, text or the finish), 0 otherwise.
- * Draining also releases backpressure on the request. */
+ * 1 when out holds anything new (tokens, text or the finish), 0 otherwise,
+ * LM_ENOMEM when out cannot grow (the output stays queued). Draining also
+ * releases backpressure on the request. */
 int lm_request_drain(lm_request *r, struct lm_output *out);
 void lm_output_free(struct lm_output *out);
 
@@ -209,6 +210,8 @@ struct lm_engine_stats {
   int max_decodes_with_prefill; /* most decodes in one step that also ran a prefill chunk */
   int max_prefill_steps;        /* most steps any one prompt's prefill took */
   int busy;                     /* has requests */
+  int num_held;                 /* requests not scheduled for backpressure */
+  uint64_t stall_aborts;        /* requests aborted for stalling past stall_timeout_s */
   double last_step_end_s;       /* lm_now_s() at the end of the last step */
 };
 void lm_engine_get_stats(lm_engine *e, struct lm_engine_stats *s);

@@ -49,6 +49,12 @@ enum lm_finish_reason lm_outproc_push(lm_outproc *o, int32_t id, struct lm_strbu
  * full): appends whatever text was held back. */
 void lm_outproc_flush(lm_outproc *o, struct lm_strbuf *text);
 
+/* The ids the next token must not be (sampled with
+ * lm_sample_row.banned): while fewer than min_tokens tokens have been
+ * generated, the EOS ids (unless ignore_eos) and the stop ids, as vLLM
+ * masks them; none afterwards. Returns how many; *ids is owned by o. */
+int lm_outproc_banned(const lm_outproc *o, const int32_t **ids);
+
 /* After LM_FINISH_STOP_STRING: the matched stop string (owned by o). After
  * LM_FINISH_EOS or LM_FINISH_STOP_TOKEN: the id via lm_outproc_stop_token
  * (-1 otherwise). */

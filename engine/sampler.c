@@ -48,6 +48,37 @@ float lm_sampler_uniform(uint64_t seed, uint64_t position) {
   return (float)(r[0] >> 8) * (1.0f / 16777216.0f); /* 24 bits: exact in f32, < 1 */
 }
 
+int lm_sampling_check(const struct lm_sampling *s, int vocab_size, char *err) {
+  if (!isfinite(s->temperature) || s->temperature < 0)
+    return lm_errf(err, LM_EINVAL, "temperature must be >= 0, got %g", (double)s->temperature);
+  if (!(s->top_p >= 0 && s->top_p <= 1))
+    return lm_errf(err, LM_EINVAL, "top_p must be in (0, 1] (0: off), got %g", (double)s->top_p);
+  if (s->top_k < 0) return lm_errf(err, LM_EINVAL, "top_k must be >= 0 (0: off), got %d", s->top_k);
+  if (!(s->min_p >= 0 && s->min_p <= 1))
+    return lm_errf(err, LM_EINVAL, "min_p must be in [0, 1], got %g", (double)s->min_p);
+  if (!isfinite(s->repetition_penalty) || s->repetition_penalty < 0)
+    return lm_errf(err, LM_EINVAL, "repetition_penalty must be > 0 (0: off), got %g",
+                   (double)s->repetition_penalty);
+  if (!isfinite(s->presence_penalty))
+    return lm_errf(err, LM_EINVAL, "presence_penalty must be finite, got %g",
+                   (double)s->presence_penalty);
+  if (!isfinite(s->frequency_penalty))
+    return lm_errf(err, LM_EINVAL, "frequency_penalty must be finite, got %g",
+                   (double)s->frequency_penalty);
+  if (s->n_logit_bias && !s->logit_bias)
+    return lm_errf(err, LM_EINVAL, "logit_bias: %zu entries without a list", s->n_logit_bias);
+  for (size_t i = 0; i < s->n_logit_bias; i++) {
+    const struct lm_logit_bias *b = &s->logit_bias[i];
+    if (b->id < 0 || b->id >= vocab_size)
+      return lm_errf(err, LM_EINVAL, "logit_bias: token id %d is outside the vocabulary (0..%d)",
+                     (int)b->id, vocab_size - 1);
+    if (!isfinite(b->bias))
+      return lm_errf(err, LM_EINVAL, "logit_bias: the bias of token %d must be finite, got %g",
+                     (int)b->id, (double)b->bias);
+  }
+  return LM_OK;
+}
+
 int lm_sampler_argmax(const float *x, int n) {
   int best = -1;
   for (int i = 0; i < n; i++)
@@ -55,35 +86,72 @@ int lm_sampler_argmax(const float *x, int n) {
   return best < 0 ? 0 : best;
 }
 
-/* log(sum(exp(x))) with the max taken out, in double for a stable logprob. */
+/* log(sum(exp(x))) with the max taken out, in double for a stable logprob;
+ * NaNs are left out, as argmax leaves them out. */
 static double log_sum_exp(const float *x, int n, float max) {
   double s = 0;
   for (int i = 0; i < n; i++)
-    s += exp((double)x[i] - max);
+    if (x[i] == x[i]) s += exp((double)x[i] - max);
   return (double)max + log(s);
 }
 
-/* counts: [vocab] int32 scratch. Repetition and presence penalties apply
- * once per distinct id seen, frequency once per occurrence. */
+#define SEEN_IN_PROMPT 0x40000000 /* a flag beside the output count */
+
+/* counts: [vocab] int32 scratch. As in vLLM: the repetition penalty applies
+ * once to every distinct id of prompt and output, presence once to every
+ * distinct id of the output, frequency once per occurrence in the output. */
 static void apply_penalties(float *l, int vocab, const struct lm_sampling *p,
                             const struct lm_sample_row *row, int32_t *counts) {
   for (size_t i = 0; i < p->n_logit_bias; i++) {
     int32_t id = p->logit_bias[i].id;
     if (id >= 0 && id < vocab) l[id] += p->logit_bias[i].bias;
   }
+  for (int i = 0; i < row->n_banned; i++)
+    if (row->banned[i] >= 0 && row->banned[i] < vocab) l[row->banned[i]] = -INFINITY;
   int rep = p->repetition_penalty > 0 && p->repetition_penalty != 1.0f;
   if (!row->history || (!rep && p->presence_penalty == 0 && p->frequency_penalty == 0)) return;
+  size_t n_prompt = row->n_prompt < row->n_history ? row->n_prompt : row->n_history;
   memset(counts, 0, (size_t)vocab * sizeof(*counts));
   for (size_t i = 0; i < row->n_history; i++) {
     int32_t id = row->history[i];
-    if (id >= 0 && id < vocab) counts[id]++;
+    if (id < 0 || id >= vocab) continue;
+    if (i < n_prompt)
+      counts[id] |= SEEN_IN_PROMPT;
+    else
+      counts[id]++;
   }
   for (size_t i = 0; i < row->n_history; i++) {
     int32_t id = row->history[i];
     if (id < 0 || id >= vocab || counts[id] == 0) continue;
+    int32_t out = counts[id] & ~SEEN_IN_PROMPT;
     if (rep) l[id] = l[id] > 0 ? l[id] / p->repetition_penalty : l[id] * p->repetition_penalty;
-    l[id] -= p->presence_penalty + p->frequency_penalty * (float)counts[id];
+    if (out > 0) l[id] -= p->presence_penalty + p->frequency_penalty * (float)out;
     counts[id] = 0; /* once per distinct id */
+  }
+}
+
+/* top: [n] the n largest logits, best first, lower id first on ties, as
+ * logprobs (logit - lse); NaNs never qualify. Insertion into a sorted run of
+ * at most LM_SAMPLER_MAX_TOP: O(vocab) with rare inserts. */
+static void top_logprobs(const float *logits, int vocab, double lse, struct lm_token_logprob *top,
+                         int n) {
+  int have = 0;
+  for (int i = 0; i < vocab; i++) {
+    float x = logits[i];
+    if (x != x || (have == n && !(x > top[n - 1].logprob))) continue;
+    int j = have < n ? have++ : n - 1;
+    while (j > 0 && x > top[j - 1].logprob) {
+      top[j] = top[j - 1];
+      j--;
+    }
+    top[j].id = i;
+    top[j].logprob = x;
+  }
+  for (int j = 0; j < have; j++)
+    top[j].logprob = (float)((double)top[j].logprob - lse);
+  for (int j = have; j < n; j++) {
+    top[j].id = -1;
+    top[j].logprob = -INFINITY;
   }
 }
 
@@ -139,6 +207,10 @@ struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
   float *l = scratch; /* [vocab] working logits */
   int raw_max = lm_sampler_argmax(logits, vocab);
   double raw_lse = log_sum_exp(logits, vocab, logits[raw_max]);
+  if (row->n_top_logprobs > 0 && row->top) {
+    int n = row->n_top_logprobs < LM_SAMPLER_MAX_TOP ? row->n_top_logprobs : LM_SAMPLER_MAX_TOP;
+    top_logprobs(logits, vocab, raw_lse, row->top, n);
+  }
 
   /* The candidates (and the penalty counts before them) use the rest of
    * scratch: vocab entries of 8 bytes = 2 * vocab floats after l. */

@@ -31,6 +31,14 @@ struct lm_sampling {
   size_t n_logit_bias;
 };
 
+/* Checks s for a vocabulary of vocab_size ids; LM_EINVAL with a message
+ * naming the field ("top_p must be in (0, 1], got 1.5") when a value is
+ * out of range: temperature negative or not finite, top_p outside [0, 1]
+ * (0 is off, as above), top_k < 0, min_p outside [0, 1], a penalty not
+ * finite, repetition_penalty < 0 (0 is off), a logit_bias id outside the
+ * vocabulary or a bias not finite. Thread-safe. */
+int lm_sampling_check(const struct lm_sampling *s, int vocab_size, char *err);
+
 /* Philox4x32-10: four 32-bit outputs for (key, counter). */
 void lm_philox4x32(uint64_t key, uint64_t counter_hi, uint64_t counter_lo, uint32_t out[4]);
 /* A uniform float in [0, 1) from the seed and output position. */
@@ -40,11 +48,19 @@ float lm_sampler_uniform(uint64_t seed, uint64_t position);
  * (0 when all are NaN). */
 int lm_sampler_argmax(const float *x, int n);
 
+/* Most top logprobs one row can report. */
+#define LM_SAMPLER_MAX_TOP 20
+
 /* Floats of scratch lm_sampler_sample needs for a vocabulary. */
 #define LM_SAMPLER_SCRATCH_FLOATS(vocab) (3 * (size_t)(vocab))
 
 /* Samples one id from logits: [vocab] (f32, left unchanged), using
- * LM_SAMPLER_SCRATCH_FLOATS(vocab) floats of scratch. */
+ * LM_SAMPLER_SCRATCH_FLOATS(vocab) floats of scratch. The reported logprobs
+ * (the chosen id's, and row->top when row->n_top_logprobs > 0: the most
+ * likely ids, best first, lower id first on ties, at most
+ * LM_SAMPLER_MAX_TOP) are of the model's distribution: the log-softmax of
+ * the raw logits, before bias, penalties, bans and temperature. Thread-safe
+ * with separate scratch. */
 struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
                                           const struct lm_sample_row *row, float *scratch);
 

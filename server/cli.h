@@ -19,5 +19,7 @@ void lm_cli_load_error(const char *dir, const char *err);
 
 int lm_cmd_generate(int argc, char **argv);
 int lm_cmd_tokenize(int argc, char **argv);
+int lm_cmd_serve(int argc, char **argv);
+int lm_cmd_bench(int argc, char **argv);
 
 #endif

@@ -1,37 +1,47 @@
 /* cmd_generate.c - `lmserve generate`: one prompt, streamed to stdout as it
- * is produced. A single sequence through the same runner, sampler and
- * detokenizer the server uses. */
+ * is produced. The request goes through the engine like any served
+ * request (one code path): submitted to an lm_engine, its output drained
+ * as the engine's notify callback signals it. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "engine/backend.h"
+#include "engine/chat.h"
+#include "engine/engine.h"
 #include "engine/json.h"
 #include "engine/lm.h"
-#include "engine/model.h"
-#include "engine/runner.h"
-#include "engine/sampler.h"
-#include "engine/tokenizer.h"
 #include "server/cli.h"
 
 static const char usage[] =
-    "usage: lmserve generate [--model DIR] --prompt TEXT [--max-tokens N]\n"
+    "usage: lmserve generate [--model DIR] (--prompt TEXT | --chat) [--max-tokens N]\n"
     "                        [--temperature T] [--top-p P] [--top-k K] [--min-p P]\n"
     "                        [--repetition-penalty R] [--seed S] [--ignore-eos]\n"
+    "                        [--stop STR]... [--stop-token-id ID]... [--min-tokens N]\n"
     "                        [--json] [--threads N] [--backend cpu|auto]\n"
     "                        [--cpu-mapped-weights]\n"
     "  streams the completion of TEXT to stdout. Sampling values not given come\n"
     "  from the model's generation_config.json, then greedy (temperature 0);\n"
     "  --json prints one JSON object per token: {\"id\": ID, \"text\": \"...\"}.\n"
+    "  --chat reads a chat request from stdin ({\"messages\": [...]} or a messages\n"
+    "  array) and renders it with the model's chat template.\n"
+    "  --stop ends the completion before STR (repeatable); --stop-token-id at ID;\n"
+    "  --min-tokens N: neither (nor EOS) ends it within the first N tokens.\n"
     "  --cpu-mapped-weights computes from the file mapping (less memory, slower).\n";
+
+#define MAX_STOPS 16
 
 struct gen_opts {
   const char *model, *prompt, *backend;
-  long max_tokens, threads;
-  int json, ignore_eos, mapped_weights, seed_set;
+  long max_tokens, threads, min_tokens;
+  int json, ignore_eos, mapped_weights, seed_set, chat;
   uint64_t seed;
   struct lm_gen_defaults flags; /* sampling values given on the command line */
+  const char *stop[MAX_STOPS];
+  int n_stop;
+  int32_t stop_ids[MAX_STOPS];
+  int n_stop_ids;
 };
 
 static int parse_opts(int argc, char **argv, struct gen_opts *o) {
@@ -50,6 +60,9 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o) {
     } else if (!strcmp(a, "--cpu-mapped-weights")) {
       o->mapped_weights = 1;
       continue;
+    } else if (!strcmp(a, "--chat")) {
+      o->chat = 1;
+      continue;
     } else if (!v) {
       fprintf(stderr, "lmserve generate: unknown or incomplete flag '%s'\n%s", a, usage);
       return -1;
@@ -61,8 +74,25 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o) {
       o->backend = v;
     } else if (!strcmp(a, "--max-tokens")) {
       bad = lm_cli_int(a, v, 1, 1 << 24, &o->max_tokens);
+    } else if (!strcmp(a, "--min-tokens")) {
+      bad = lm_cli_int(a, v, 0, 1 << 24, &o->min_tokens);
     } else if (!strcmp(a, "--threads")) {
       bad = lm_cli_int(a, v, 0, 1024, &o->threads);
+    } else if (!strcmp(a, "--stop") || !strcmp(a, "--stop-token-id")) {
+      int is_id = a[6] == '-';
+      if ((is_id ? o->n_stop_ids : o->n_stop) == MAX_STOPS) {
+        fprintf(stderr, "lmserve generate: at most %d %s flags\n", MAX_STOPS, a);
+        return -1;
+      }
+      if (is_id) {
+        bad = lm_cli_int(a, v, 0, 0x7fffffff, &l);
+        o->stop_ids[o->n_stop_ids++] = (int32_t)l;
+      } else if (!*v) {
+        fprintf(stderr, "lmserve generate: --stop needs a non-empty string\n");
+        return -1;
+      } else {
+        o->stop[o->n_stop++] = v;
+      }
     } else if (!strcmp(a, "--temperature")) {
       bad = lm_cli_float(a, v, 0, 100, &d);
       f->temperature = (float)d, f->has_temperature = 1;
@@ -91,24 +121,51 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o) {
   return 0;
 }
 
-/* Each sampling value: the command line's, else generation_config.json's
- * (when it allows sampling), else off. */
-static struct lm_sampling sampling_params(const struct gen_opts *o,
-                                          const struct lm_gen_defaults *g) {
+/* The request: generation_config.json's sampling values (from
+ * lm_request_params_init), each replaced by the command line's when given. */
+static void request_params(const lm_engine *e, const struct gen_opts *o, const lm_tokens *prompt,
+                           struct lm_request_params *p) {
   const struct lm_gen_defaults *f = &o->flags;
-  int sample = g->do_sample != 0; /* absent (-1) counts as allowed */
-  struct lm_sampling s = {0};
-  s.temperature = f->has_temperature             ? f->temperature
-                  : g->has_temperature && sample ? g->temperature
-                                                 : 0.0f;
-  s.top_p = f->has_top_p ? f->top_p : g->has_top_p && sample ? g->top_p : 0.0f;
-  s.top_k = f->has_top_k ? f->top_k : g->has_top_k && sample ? g->top_k : 0;
-  s.min_p = f->has_min_p ? f->min_p : g->has_min_p && sample ? g->min_p : 0.0f;
-  s.repetition_penalty = f->has_repetition_penalty   ? f->repetition_penalty
-                         : g->has_repetition_penalty ? g->repetition_penalty
-                                                     : 0.0f;
-  s.seed = o->seed_set ? o->seed : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
-  return s;
+  lm_request_params_init(e, p);
+  struct lm_sampling *s = &p->sampling;
+  if (f->has_temperature) s->temperature = f->temperature;
+  if (f->has_top_p) s->top_p = f->top_p;
+  if (f->has_top_k) s->top_k = f->top_k;
+  if (f->has_min_p) s->min_p = f->min_p;
+  if (f->has_repetition_penalty) s->repetition_penalty = f->repetition_penalty;
+  s->seed = o->seed_set ? o->seed : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+  p->prompt = prompt->ids;
+  p->n_prompt = (int)prompt->n;
+  p->max_tokens = (int)o->max_tokens;
+  p->min_tokens = (int)o->min_tokens;
+  p->ignore_eos = o->ignore_eos;
+  p->stop = o->stop;
+  p->n_stop = o->n_stop;
+  p->stop_token_ids = o->stop_ids;
+  p->n_stop_token_ids = o->n_stop_ids;
+}
+
+/* The notify callback's side: a flag and a condition variable. */
+struct waiter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int ready;
+};
+
+static void wake(void *arg) {
+  struct waiter *w = arg;
+  pthread_mutex_lock(&w->mu);
+  w->ready = 1;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void wait_ready(struct waiter *w) {
+  pthread_mutex_lock(&w->mu);
+  while (!w->ready)
+    pthread_cond_wait(&w->cv, &w->mu);
+  w->ready = 0;
+  pthread_mutex_unlock(&w->mu);
 }
 
 static void emit(const struct gen_opts *o, int32_t id, const char *text, size_t len) {
@@ -119,19 +176,72 @@ static void emit(const struct gen_opts *o, int32_t id, const char *text, size_t 
   } else {
     fwrite(text, 1, len, stdout);
   }
+}
+
+/* Prints one drain. In --json, a drain's text belongs to its last token
+ * (the others get ""), text with no token gets id -1, and the EOS or stop
+ * id that ended the request is not printed (it adds no text). */
+static void emit_output(const struct gen_opts *o, const struct lm_output *out) {
+  int n = out->n_tokens;
+  if (out->finished && n > 0 && out->stop_token_id >= 0 &&
+      out->token_ids[n - 1] == out->stop_token_id)
+    n--;
+  if (!o->json) {
+    emit(o, -1, out->text, out->text_len);
+  } else {
+    for (int i = 0; i < n; i++)
+      emit(o, out->token_ids[i], i == n - 1 ? out->text : "", i == n - 1 ? out->text_len : 0);
+    if (n == 0 && out->text_len) emit(o, -1, out->text, out->text_len);
+  }
   fflush(stdout);
+}
+
+/* --chat: the request on stdin, rendered with the model's chat template. */
+static int chat_prompt(const lm_tokenizer *tok, lm_tokens *prompt, char *err) {
+  lm_chat *chat = NULL;
+  lm_json_doc *doc = NULL;
+  char *text = NULL;
+  size_t len = 0, cap = 0;
+  int rc;
+  for (;;) {
+    if (len + 4096 > cap) {
+      char *t = realloc(text, cap = cap ? cap * 2 : 65536);
+      if (!t) {
+        rc = lm_errf(err, LM_ENOMEM, "out of memory reading stdin");
+        goto out;
+      }
+      text = t;
+    }
+    size_t got = fread(text + len, 1, cap - len - 1, stdin);
+    len += got;
+    if (got == 0) break;
+  }
+  if (ferror(stdin)) {
+    rc = lm_errf(err, LM_EIO, "cannot read the chat request from stdin");
+    goto out;
+  }
+  if ((rc = lm_chat_load(tok, &chat, err)) != LM_OK) goto out;
+  if (!chat) {
+    rc = lm_errf(err, LM_EUNSUP, "the model has no chat template: use --prompt");
+    goto out;
+  }
+  if ((rc = lm_json_parse(text, len, &doc, err)) != LM_OK) goto out;
+  rc = lm_chat_encode(chat, tok, lm_json_root(doc), prompt, err);
+out:
+  lm_json_free(doc);
+  lm_chat_free(chat);
+  free(text);
+  return rc;
 }
 
 int lm_cmd_generate(int argc, char **argv) {
   struct gen_opts o = {.backend = "auto", .max_tokens = 256};
   char dir_buf[4096], err[LM_ERR_LEN];
-  lm_model *m = NULL;
-  lm_tokenizer *tok = NULL;
-  lm_backend *be = NULL;
-  lm_runner *r = NULL;
-  lm_detok *dt = NULL;
+  lm_engine *e = NULL;
+  lm_request *req = NULL;
   lm_tokens prompt = {0};
-  lm_kv_seq seq = {0};
+  struct lm_output out = {0};
+  struct waiter w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
   int rc = 1;
 
   for (int i = 1; i < argc; i++)
@@ -140,123 +250,78 @@ int lm_cmd_generate(int argc, char **argv) {
       return 0;
     }
   if (parse_opts(argc, argv, &o) != 0) return 2;
-  if (!o.prompt) {
-    fprintf(stderr, "lmserve generate: --prompt is required\n%s", usage);
+  if (!o.prompt == !o.chat) {
+    fprintf(stderr, "lmserve generate: give one of --prompt and --chat\n%s", usage);
     return 2;
   }
   const char *dir = lm_cli_model_dir(o.model, dir_buf, sizeof(dir_buf));
-  if (lm_model_load(dir, &m, err) != LM_OK || lm_tokenizer_load(dir, &tok, err) != LM_OK) {
+  struct lm_engine_config cfg;
+  lm_engine_config_init(&cfg);
+  cfg.model_dir = dir;
+  cfg.backend = o.backend;
+  cfg.backend_cfg.n_threads = (int)o.threads;
+  cfg.backend_cfg.cpu_mapped_weights = o.mapped_weights;
+  cfg.max_num_seqs = 1;
+  if (o.prompt) {
+    /* a prompt has at most one token per byte, plus a few added (BOS): a
+     * KV pool this size always holds the request */
+    cfg.n_kv_blocks =
+        (int)((strlen(o.prompt) + 8 + (size_t)o.max_tokens + cfg.block_size - 1) / cfg.block_size);
+  }
+  if (lm_engine_create(&cfg, &e, err) != LM_OK) {
     lm_cli_load_error(dir, err);
     goto out;
   }
-  struct lm_sampling sampling = sampling_params(&o, &m->gen);
-  const struct lm_config *c = &m->cfg;
-
-  if (lm_tokenizer_encode(tok, o.prompt, strlen(o.prompt), 1, &prompt, err) != LM_OK) {
-    fprintf(stderr, "lmserve: prompt: %s\n", err);
+  const lm_tokenizer *tok = lm_engine_tokenizer(e);
+  if (o.chat ? chat_prompt(tok, &prompt, err) != LM_OK
+             : lm_tokenizer_encode(tok, o.prompt, strlen(o.prompt), 1, &prompt, err) != LM_OK) {
+    fprintf(stderr, "lmserve: %s: %s\n", o.chat ? "chat request" : "prompt", err);
     goto out;
   }
   if (prompt.n == 0) {
     fprintf(stderr, "lmserve: the prompt is empty: give some text with --prompt\n");
     goto out;
   }
+  struct lm_engine_info info;
+  lm_engine_get_info(e, &info);
   long total = (long)prompt.n + o.max_tokens;
-  if (total > c->max_position_embeddings) {
+  if (total > info.max_model_len) {
     fprintf(stderr,
             "lmserve: prompt (%zu tokens) + --max-tokens %ld exceeds the model's context of %d "
             "tokens: shorten the prompt or lower --max-tokens\n",
-            prompt.n, o.max_tokens, c->max_position_embeddings);
+            prompt.n, o.max_tokens, info.max_model_len);
     goto out;
   }
-
-  struct lm_backend_config bcfg = {.n_threads = (int)o.threads,
-                                   .cpu_mapped_weights = o.mapped_weights};
-  if (lm_backend_create(o.backend, &bcfg, &be, err) != LM_OK ||
-      be->ops->load_weights(be->st, m, err) != LM_OK) {
+  struct lm_request_params p;
+  request_params(e, &o, &prompt, &p);
+  p.notify = wake;
+  p.notify_arg = &w;
+  if (lm_engine_submit(e, &p, &req, err) != LM_OK) {
     fprintf(stderr, "lmserve: %s\n", err);
     goto out;
   }
-  const int block_size = 16, chunk = 512;
-  struct lm_runner_config rcfg = {
-      .block_size = block_size,
-      .n_blocks = (int)((total + block_size - 1) / block_size),
-      .max_batch_tokens = chunk,
-      .max_seqs = 1,
-      .max_model_len = (int)total,
-  };
-  if (lm_runner_create(m, be, &rcfg, &r, err) != LM_OK ||
-      lm_kv_seq_reserve(&seq, lm_runner_kv_pool(r), (int)total, err) != LM_OK) {
-    fprintf(stderr, "lmserve: %s\n", err);
+  for (;;) {
+    wait_ready(&w);
+    int got = lm_request_drain(req, &out);
+    if (got < 0) {
+      fprintf(stderr, "lmserve: out of memory draining the output\n");
+      goto out;
+    }
+    if (got == 0) continue;
+    emit_output(&o, &out);
+    if (out.finished) break;
+  }
+  if (out.finish_reason == LM_FINISH_ERROR || out.finish_reason == LM_FINISH_ABORT) {
+    fprintf(stderr, "lmserve: generation stopped: %s\n",
+            out.finish_reason == LM_FINISH_ERROR ? out.error : "aborted");
     goto out;
   }
-  int32_t *history = malloc((size_t)total * sizeof(int32_t));
-  if (!history || lm_detok_create(tok, 1, &dt) != LM_OK) {
-    free(history);
-    fprintf(stderr, "lmserve: out of memory\n");
-    goto out;
-  }
-  memcpy(history, prompt.ids, prompt.n * sizeof(int32_t));
-
-  /* prefill in chunks, then one token per step */
-  size_t done = 0;
-  int32_t next = 0;
-  long produced = 0;
-  const void *logits;
-  int n_logits;
-  while (produced < o.max_tokens) {
-    struct lm_seq_chunk ch = {.kv = &seq, .want_logits = 1};
-    if (done < prompt.n) {
-      ch.tokens = prompt.ids + done;
-      ch.n_tokens = (int)(prompt.n - done < (size_t)chunk ? prompt.n - done : (size_t)chunk);
-      ch.want_logits = done + (size_t)ch.n_tokens == prompt.n;
-      done += (size_t)ch.n_tokens;
-    } else {
-      ch.tokens = &next;
-      ch.n_tokens = 1;
-    }
-    if (lm_runner_step(r, &ch, 1, &logits, &n_logits, err) != LM_OK) {
-      fprintf(stderr, "lmserve: %s\n", err);
-      goto free_history;
-    }
-    if (!ch.want_logits) continue;
-    struct lm_sample_row row = {.params = &sampling,
-                                .position = (uint64_t)produced,
-                                .history = history,
-                                .n_history = prompt.n + produced};
-    struct lm_sample_result res;
-    if (be->ops->sample(be->st, logits, 1, c->vocab_size, &row, &res, err) != LM_OK) {
-      fprintf(stderr, "lmserve: %s\n", err);
-      goto free_history;
-    }
-    next = res.id;
-    history[prompt.n + produced++] = next;
-    if (!o.ignore_eos && lm_config_is_eos(c, next)) break;
-    const char *delta;
-    size_t delta_len;
-    if (lm_detok_push(dt, next, &delta, &delta_len, err) != LM_OK) {
-      fprintf(stderr, "lmserve: %s\n", err);
-      goto free_history;
-    }
-    if (delta_len || o.json) emit(&o, next, delta, delta_len);
-  }
-  const char *tail;
-  size_t tail_len;
-  if (lm_detok_flush(dt, &tail, &tail_len, err) != LM_OK) {
-    fprintf(stderr, "lmserve: %s\n", err);
-    goto free_history;
-  }
-  if (tail_len) emit(&o, -1, tail, tail_len);
   if (!o.json) putchar('\n');
   rc = 0;
-free_history:
-  free(history);
 out:
-  lm_detok_free(dt);
-  lm_kv_seq_release(&seq, r ? lm_runner_kv_pool(r) : NULL);
-  lm_runner_free(r);
-  lm_backend_destroy(be);
+  lm_request_release(req);
+  lm_engine_destroy(e);
+  lm_output_free(&out);
   lm_tokens_free(&prompt);
-  lm_tokenizer_free(tok);
-  lm_model_free(m);
   return rc;
 }

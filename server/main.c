@@ -12,8 +12,10 @@ static const char usage[] =
     "usage: lmserve <command> [flags]\n"
     "\n"
     "commands:\n"
+    "  serve      serve the model over gRPC (lmserve.v1.Generation) on --port\n"
     "  generate   stream a completion of --prompt to stdout\n"
     "  tokenize   text on stdin -> JSON array of token ids (--decode reverses)\n"
+    "  bench      the engine's serving benchmark, in process (throughput, latency, gates)\n"
     "\n"
     "Run 'lmserve <command> --help' for its flags. Without --model, lmserve\n"
     "uses $LMSERVE_MODEL or the demo model installed beside the binary.\n";
@@ -76,6 +78,8 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(argv[1], "generate")) return lm_cmd_generate(argc - 1, argv + 1);
   if (!strcmp(argv[1], "tokenize")) return lm_cmd_tokenize(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "serve")) return lm_cmd_serve(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "bench")) return lm_cmd_bench(argc - 1, argv + 1);
   fprintf(stderr, "lmserve: unknown command '%s'\n%s", argv[1], usage);
   return 2;
 }

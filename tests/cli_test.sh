@@ -56,6 +56,40 @@ assert len(ids) == 20, len(ids)
 dec = subprocess.run(['$lmserve', 'tokenize', '--decode'], input=json.dumps(ids).encode(), capture_output=True, check=True).stdout.decode()
 assert dec == text, (dec, text)
 "
+"$lmserve" generate --prompt "Hello" --max-tokens 20 --temperature 0 --ignore-eos \
+  --stop "$($py -c "print(open('p2.txt', encoding='utf-8').read()[6:9], end='')")" >stop.txt
+check "--stop ends the text before the first match of the stop string" $py -c "
+full = open('p2.txt', encoding='utf-8').read()
+got = open('stop.txt', encoding='utf-8').read()
+assert got == full[:full.index(full[6:9])] + '\n', (got, full)
+"
+first=$($py -c "import json; print(json.loads(open('j2.txt').readline())['id'])")
+"$lmserve" generate --prompt "Hello" --max-tokens 20 --temperature 0 --ignore-eos --json \
+  --stop-token-id "$first" >sid.txt
+"$lmserve" generate --prompt "Hello" --max-tokens 20 --temperature 0 --ignore-eos --json \
+  --stop-token-id "$first" --min-tokens 5 >sidmin.txt
+check "--stop-token-id stops at the id; --min-tokens 5 not before 5 tokens" $py -c "
+import json
+ids = lambda f: [json.loads(l)['id'] for l in open(f).read().splitlines()]
+assert ids('sid.txt') == [], ids('sid.txt')
+m = ids('sidmin.txt')
+assert len(m) >= 5 and $first not in m[5:], m
+"
+if [ -n "${LMSERVE_NODE_MODULES:-}" ]; then
+  chat='{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]}'
+  rendered=$(NODE_PATH="$LMSERVE_NODE_MODULES" node -e '
+const fs = require("fs"), { Template } = require("@huggingface/jinja");
+const cfg = JSON.parse(fs.readFileSync(process.argv[1] + "/tokenizer_config.json", "utf8"));
+const req = JSON.parse(process.argv[2]);
+process.stdout.write(new Template(cfg.chat_template).render({ ...req, add_generation_prompt: true,
+  bos_token: cfg.bos_token, eos_token: cfg.eos_token }) + "#");
+' "$(dirname "$lmserve")/../models/demo" "$chat")
+  echo "$chat" | "$lmserve" generate --chat --max-tokens 12 --temperature 0 --ignore-eos --json >chat.txt
+  "$lmserve" generate --prompt "${rendered%#}" --max-tokens 12 --temperature 0 --ignore-eos \
+    --json >chat_ref.txt
+  check "--chat renders as @huggingface/jinja does: same tokens as the rendered prompt" \
+    bash -c '[ -s chat.txt ] && cmp -s chat.txt chat_ref.txt'
+fi
 
 # --- tokenize ---
 printf 'Grüße, 世界! 👩‍👩‍👧 x=42\n' >t.txt

@@ -11,13 +11,25 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/lm_fuzz.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 srcs=(engine/safetensors.c engine/model.c engine/json.c engine/lm.c)
+# the request decoder needs the protobuf-c code of the API
+gen="$work/gen"
+mkdir -p "$gen"
+protoc-c --c_out="$gen" -I"$root/proto" -I/usr/include "$root/proto/lmserve/v1/lmserve.proto" \
+  google/protobuf/struct.proto
 status=0
-for target in safetensors config; do
+for target in safetensors config request; do
   bin="$work/fuzz_$target"
+  extra=()
+  corpus="$root/tests/fuzz/corpus/$target"
+  if [ "$target" = request ]; then
+    extra=(server/codec.c "$gen/lmserve/v1/lmserve.pb-c.c" "$gen/google/protobuf/struct.pb-c.c"
+      -I"$gen" -lprotobuf-c)
+    corpus="$root/tests/corpus/request"
+  fi
   (cd "$root" && "$cc" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -I"$root" "tests/fuzz_$target.c" "${srcs[@]}" -lm -o "$bin")
+    -I"$root" "tests/fuzz_$target.c" "${srcs[@]}" "${extra[@]}" -lm -o "$bin")
   mkdir -p "$work/corpus_$target" "$work/artifacts_$target"
-  cp "$root/tests/fuzz/corpus/$target/"* "$work/corpus_$target/"
+  cp "$corpus/"* "$work/corpus_$target/"
   log="$work/$target.log"
   if (cd "$work" && ASAN_OPTIONS=detect_leaks=1 "$bin" -max_total_time="$secs" -max_len=4096 \
       -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \

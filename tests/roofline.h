@@ -1,25 +1,9 @@
-/* roofline.h - the machine's own limits, measured for the benchmarks to
- * compare against: read bandwidth and FMA peak, on the pool's threads.
- *
- * Both probes use AVX-512: call them only when
- * __builtin_cpu_supports("avx512f"). */
-#ifndef LM_ROOFLINE_H
-#define LM_ROOFLINE_H
+/* roofline.h - the machine's limits for the benchmark programs; the probes
+ * live in the engine library (engine/roofline.h) so `lmserve bench` can
+ * measure them too. */
+#ifndef LM_TESTS_ROOFLINE_H
+#define LM_TESTS_ROOFLINE_H
 
-#include <stddef.h>
-
-#include "engine/threadpool.h"
-
-#define LM_BENCH_READ_PASSES 6
-#define LM_BENCH_FMA_PASSES  3
-
-/* Read bandwidth in GB/s: best of LM_BENCH_READ_PASSES read-only passes
- * over a buffer of `bytes` (make it >= 1 GiB so no cache holds it); 0 when
- * the buffer cannot be allocated. */
-double lm_bench_read_gbs(lm_pool *pool, size_t bytes);
-
-/* FMA peak in GFLOP/s: best of LM_BENCH_FMA_PASSES runs of independent
- * FMA chains held in registers. */
-double lm_bench_fma_gflops(lm_pool *pool);
+#include "engine/roofline.h"
 
 #endif

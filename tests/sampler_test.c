@@ -1,9 +1,12 @@
-/* sampler_test.c - Philox against the published known-answer vectors, and
- * each sampling step's effect on which ids can be drawn and how often. */
+/* sampler_test.c - Philox against the published known-answer vectors,
+ * each sampling step's effect on which ids can be drawn and how often, top
+ * logprobs against sorting everything, penalties against vLLM's formula,
+ * and the checks on sampling parameters. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/lm.h"
 #include "engine/sampler.h"
 #include "tests/check.h"
 
@@ -212,6 +215,194 @@ static void test_against_full_sort(void) {
   free(scratch);
 }
 
+/* Reference top-n: sort every (logit, id), best first, lower id on ties. */
+struct ref_top {
+  float x;
+  int id;
+};
+
+static int ref_top_cmp(const void *a, const void *b) {
+  const struct ref_top *p = a, *q = b;
+  if (p->x != q->x) return p->x > q->x ? -1 : 1;
+  return p->id - q->id;
+}
+
+static void test_top_logprobs(void) {
+  enum { V = 5000 };
+  float *l = malloc(V * sizeof(float)), *scratch = malloc(LM_SAMPLER_SCRATCH_FLOATS(V) * 4);
+  struct ref_top *ref = malloc(V * sizeof(*ref));
+  int ids_ok = 1, lp_ok = 1, chosen_ok = 1;
+  double worst = 0;
+  srand(7);
+  for (int trial = 0; trial < 200; trial++) {
+    /* few distinct values: many ties; a NaN now and then */
+    int levels = 2 + rand() % 200;
+    int nv = 0;
+    for (int i = 0; i < V; i++) {
+      l[i] = (float)(rand() % levels) * 0.37f - 20.0f;
+      if (rand() % 1000 == 0) l[i] = __builtin_nanf("");
+      if (l[i] == l[i]) ref[nv++] = (struct ref_top){l[i], i};
+    }
+    qsort(ref, (size_t)nv, sizeof(*ref), ref_top_cmp);
+    double m = ref[0].x, s = 0;
+    for (int i = 0; i < nv; i++)
+      s += exp((double)ref[i].x - m);
+    double lse = m + log(s);
+    struct lm_token_logprob top[LM_SAMPLER_MAX_TOP];
+    struct lm_sampling p = {.temperature = trial % 2 ? 0.8f : 0.0f,
+                            .seed = (uint64_t)trial,
+                            .repetition_penalty = 1.3f};
+    int32_t hist[] = {ref[0].id, ref[1].id};
+    struct lm_sample_row row = {.params = &p,
+                                .position = (uint64_t)trial,
+                                .history = hist,
+                                .n_history = 2,
+                                .n_top_logprobs = 1 + trial % LM_SAMPLER_MAX_TOP,
+                                .top = top};
+    struct lm_sample_result r = lm_sampler_sample(l, V, &row, scratch);
+    for (int j = 0; j < row.n_top_logprobs; j++) {
+      ids_ok &= top[j].id == ref[j].id;
+      double err = fabs(top[j].logprob - ((double)ref[j].x - lse));
+      if (!(err <= worst)) worst = err; /* NaN counts as worst */
+    }
+    chosen_ok &= fabs(r.logprob - ((double)l[r.id] - lse)) < 1e-4;
+  }
+  lp_ok = worst < 1e-4; /* false for NaN */
+  lm_check(ids_ok, "top logprobs: the same ids, in the same order (ties: lower id), as sorting "
+                   "everything, penalties and temperature notwithstanding");
+  lm_check(lp_ok, "top logprobs are log-softmax of the raw logits (worst error %.2g)", worst);
+  lm_check(chosen_ok, "the chosen id's logprob is of the raw logits");
+  free(l);
+  free(scratch);
+  free(ref);
+}
+
+/* vLLM's apply_penalties on one row: repetition over prompt and output
+ * (divide positive logits, multiply the rest), then frequency and presence
+ * over the output. */
+static void ref_penalties(float *l, int V, const struct lm_sampling *p, const int32_t *h,
+                          int n_prompt, int n) {
+  int *in_prompt = calloc((size_t)V, sizeof(int)), *out = calloc((size_t)V, sizeof(int));
+  for (int i = 0; i < n; i++)
+    (i < n_prompt ? in_prompt : out)[h[i]] += 1;
+  for (int i = 0; i < V; i++) {
+    float rep = (in_prompt[i] || out[i]) && p->repetition_penalty > 0 ? p->repetition_penalty : 1;
+    l[i] = l[i] > 0 ? l[i] / rep : l[i] * rep;
+    l[i] -= p->frequency_penalty * (float)out[i];
+    l[i] -= p->presence_penalty * (float)(out[i] > 0);
+  }
+  free(in_prompt);
+  free(out);
+}
+
+static void test_penalties_vllm(void) {
+  float l[VOCAB] = {0};
+  l[1] = 2.0f;
+  l[2] = 1.9f;
+  int32_t prompt_only[] = {1};
+  struct lm_sample_row row = {.history = prompt_only, .n_history = 1, .n_prompt = 1};
+  static float scratch[3 * VOCAB];
+  struct lm_sampling pr = {.presence_penalty = 1.0f}, rep = {.repetition_penalty = 1.2f};
+  row.params = &pr;
+  lm_check(lm_sampler_sample(l, VOCAB, &row, scratch).id == 1,
+           "presence penalty ignores ids seen only in the prompt");
+  row.params = &rep;
+  lm_check(lm_sampler_sample(l, VOCAB, &row, scratch).id == 2,
+           "repetition penalty covers ids seen in the prompt");
+  struct lm_sampling fr = {.frequency_penalty = 1.0f};
+  row.params = &fr;
+  lm_check(lm_sampler_sample(l, VOCAB, &row, scratch).id == 1,
+           "frequency penalty ignores ids seen only in the prompt");
+
+  enum { V = 400 };
+  float *x = malloc(V * sizeof(float)), *y = malloc(V * sizeof(float));
+  float *big = malloc(LM_SAMPLER_SCRATCH_FLOATS(V) * sizeof(float));
+  int32_t h[64];
+  int same = 0, trials = 500;
+  srand(3);
+  for (int t = 0; t < trials; t++) {
+    for (int i = 0; i < V; i++)
+      x[i] = (float)(rand() % 2001 - 1000) / 250.0f;
+    int n = rand() % 64, n_prompt = n ? rand() % (n + 1) : 0;
+    for (int i = 0; i < n; i++)
+      h[i] = rand() % 40; /* a small range: repeats */
+    struct lm_sampling p = {.repetition_penalty = rand() % 2 ? 0 : 0.5f + (float)(rand() % 30) / 10,
+                            .presence_penalty = (float)(rand() % 21 - 10) / 5,
+                            .frequency_penalty = (float)(rand() % 21 - 10) / 5};
+    memcpy(y, x, V * sizeof(float));
+    ref_penalties(y, V, &p, h, n_prompt, n);
+    struct lm_sample_row r = {
+        .params = &p, .history = h, .n_history = (size_t)n, .n_prompt = (size_t)n_prompt};
+    same += lm_sampler_sample(x, V, &r, big).id == lm_sampler_argmax(y, V);
+  }
+  lm_check(same == trials, "greedy after penalties == argmax of vLLM's formula (%d of %d)", same,
+           trials);
+  free(x);
+  free(y);
+  free(big);
+}
+
+static void test_banned(void) {
+  float l[VOCAB];
+  for (int i = 0; i < VOCAB; i++)
+    l[i] = i < 4 ? (float)i : -30.0f;
+  int32_t banned[] = {3, 2};
+  static float scratch[3 * VOCAB];
+  struct lm_sampling t1 = {.temperature = 1.0f, .seed = 9}, g = {0};
+  struct lm_sample_row row = {.params = &t1, .banned = banned, .n_banned = 2};
+  int never = 1;
+  for (uint64_t i = 0; i < 500; i++) {
+    row.position = i;
+    int id = lm_sampler_sample(l, VOCAB, &row, scratch).id;
+    never &= id != 3 && id != 2;
+  }
+  row.params = &g;
+  struct lm_sample_result r = lm_sampler_sample(l, VOCAB, &row, scratch);
+  lm_check(never && r.id == 1, "banned ids are never drawn, greedy or sampled (greedy: %d)", r.id);
+}
+
+static void test_check(void) {
+  static const struct {
+    struct lm_sampling s;
+    const char *field; /* NULL: valid */
+  } cases[] = {
+      {{.temperature = 0.7f, .top_p = 0.9f, .top_k = 50, .min_p = 0.1f}, NULL},
+      {{.top_p = 1.0f, .repetition_penalty = 1.1f, .presence_penalty = -2}, NULL},
+      {{.temperature = -0.1f}, "temperature"},
+      {{.temperature = __builtin_nanf("")}, "temperature"},
+      {{.temperature = __builtin_inff()}, "temperature"},
+      {{.top_p = 1.5f}, "top_p must be in (0, 1]"},
+      {{.top_p = -0.5f}, "top_p"},
+      {{.top_p = __builtin_nanf("")}, "top_p"},
+      {{.top_k = -1}, "top_k"},
+      {{.min_p = 1.5f}, "min_p"},
+      {{.min_p = __builtin_nanf("")}, "min_p"},
+      {{.repetition_penalty = -1}, "repetition_penalty"},
+      {{.repetition_penalty = __builtin_nanf("")}, "repetition_penalty"},
+      {{.presence_penalty = __builtin_inff()}, "presence_penalty"},
+      {{.frequency_penalty = __builtin_nanf("")}, "frequency_penalty"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    char err[LM_ERR_LEN] = "";
+    int rc = lm_sampling_check(&cases[i].s, VOCAB, err);
+    if (!cases[i].field)
+      lm_check(rc == LM_OK, "sampling check: valid case %zu accepted (%s)", i, err);
+    else
+      lm_check(rc == LM_EINVAL && strstr(err, cases[i].field), "sampling check names %s: \"%s\"",
+               cases[i].field, err);
+  }
+  struct lm_logit_bias bad_id = {VOCAB, 1}, neg = {-1, 1}, nan = {3, __builtin_nanf("")},
+                       ok = {VOCAB - 1, -100};
+  const struct lm_logit_bias *biases[] = {&bad_id, &neg, &nan, &ok};
+  for (int i = 0; i < 4; i++) {
+    char err[LM_ERR_LEN] = "";
+    struct lm_sampling s = {.logit_bias = biases[i], .n_logit_bias = 1};
+    int rc = lm_sampling_check(&s, VOCAB, err);
+    lm_check(i == 3 ? rc == LM_OK : rc == LM_EINVAL && strstr(err, "logit_bias"),
+             "sampling check: logit_bias case %d (%s)", i, i == 3 ? "valid" : err);
+  }
+}
+
 static void test_uniform(void) {
   float lo = 1, hi = 0;
   for (uint64_t i = 0; i < 100000; i++) {
@@ -230,5 +421,9 @@ int main(void) {
   test_degenerate();
   test_against_full_sort();
   test_uniform();
+  test_top_logprobs();
+  test_penalties_vllm();
+  test_banned();
+  test_check();
   return lm_check_done();
 }

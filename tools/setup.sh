@@ -51,6 +51,8 @@ build() {
   for t in bazel-bin/tests/*; do
     [ -f "$t" ] && [ -x "$t" ] && cp -f "$t" "build/$dir/"
   done
+  # the server and the client, for the end-to-end tests of each build
+  cp -f bazel-bin/server/lmserve bazel-bin/clients/lmserve-client "build/$dir/"
   return 0
 }
 if [ "${LMSERVE_SKIP_ASAN:-0}" != 1 ]; then
@@ -60,6 +62,7 @@ fi
 build opt
 mkdir -p bin
 cp -f bazel-bin/server/lmserve bin/lmserve
+cp -f bazel-bin/clients/lmserve-client bin/lmserve-client
 
 # Fixture models: random weights (fixed seeds) with real tokenizers. Made
 # again only when the generator changes.

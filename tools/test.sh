@@ -52,10 +52,13 @@ run() {
 }
 
 for build in opt asan; do
-  for t in json_test sampler_test kv_cache_test model_test tokenizer_test backend_test; do
+  for t in json_test sampler_test kv_cache_test model_test tokenizer_test backend_test \
+    client_stats_test; do
     run "$build/$t" "build/$build/$t"
   done
   run "$build/runner_test" "build/$build/runner_test" "$fixtures"
+  run "$build/engine_test" "build/$build/engine_test" "$fixtures"
+  run "$build/output_test" "build/$build/output_test" "$fixtures"
 done
 
 # every tokenizer package against the official library: a varied corpus
@@ -71,6 +74,10 @@ run forward-vs-pytorch tests/forward_compare.sh build/opt/forward_dump "$fixture
 run forward-vs-pytorch-asan tests/forward_compare.sh build/asan/forward_dump "$asan_fixtures" 8
 run fuzz tests/fuzz_run.sh
 run cli tests/cli_test.sh bin/lmserve "$fixtures"
+# the gRPC server from Python, Node and the C client; under the sanitizers
+# fewer prompts and streams, and no leaks at exit
+run e2e tests/e2e_run.sh build/opt "$fixtures/qwen3-bf16"
+run e2e-asan tests/e2e_run.sh build/asan "$fixtures/qwen3-bf16" --quick
 
 if [ ${#failures[@]} -gt 0 ]; then
   echo "failed: ${failures[*]} (logs in $logs/)"

@@ -1,5 +1,5 @@
 /* roofline.c - read-bandwidth and FMA-peak probes shared by the benchmarks. */
-#include "tests/roofline.h"
+#include "engine/roofline.h"
 
 #include <immintrin.h>
 #include <stdlib.h>

@@ -1,0 +1,340 @@
+/* sched.c - the engine step: schedule, run, sample, hand out tokens.
+ *
+ * There is no separate prefill phase. A request has n_tokens (prompt plus
+ * generated) and num_computed_tokens (kv.n_cached_tokens); each step hands
+ * out a token budget, first to running requests in arrival order (a decode
+ * is the one token its last sample added; a prompt not yet computed gets a
+ * chunk), then to waiting requests by priority and arrival, so a long
+ * prompt is split across steps and never stalls the others' decodes.
+ *
+ * When the pool has no block for a running request, the newest running
+ * request is preempted: its blocks go back (their hashes stay, so the
+ * prefix cache makes the recomputation cheap), its tokens stay, and it
+ * waits at the front of its priority to be computed again. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine_internal.h"
+
+static void list_remove(lm_request **list, int *n, lm_request *r) {
+  for (int i = 0; i < *n; i++)
+    if (list[i] == r) {
+      memmove(list + i, list + i + 1, (size_t)(*n - i - 1) * sizeof(*list));
+      (*n)--;
+      return;
+    }
+}
+
+static int grow_list(lm_request ***list, int *cap, int need) {
+  if (need <= *cap) return LM_OK;
+  int cap2 = *cap ? *cap : 64;
+  while (cap2 < need)
+    cap2 *= 2;
+  lm_request **l = realloc(*list, (size_t)cap2 * sizeof(*l));
+  if (!l) return LM_ENOMEM;
+  *list = l;
+  *cap = cap2;
+  return LM_OK;
+}
+
+int lm_sched_add_waiting(lm_engine *e, lm_request *r) {
+  if (grow_list(&e->waiting, &e->cap_waiting, e->n_waiting + 1) != LM_OK) return LM_ENOMEM;
+  int i = e->n_waiting;
+  while (i > 0 &&
+         (e->waiting[i - 1]->priority > r->priority ||
+          (e->waiting[i - 1]->priority == r->priority && e->waiting[i - 1]->arrival > r->arrival)))
+    i--;
+  memmove(e->waiting + i + 1, e->waiting + i, (size_t)(e->n_waiting - i) * sizeof(*e->waiting));
+  e->waiting[i] = r;
+  e->n_waiting++;
+  r->state = LM_REQ_WAITING;
+  return LM_OK;
+}
+
+static struct lm_usage usage_of(const lm_request *r, double now) {
+  struct lm_usage u = {
+      .prompt_tokens = r->n_prompt,
+      .completion_tokens = r->n_generated,
+      .cached_tokens = r->cached_tokens,
+      .queue_time_s = (r->started ? r->first_sched_s : now) - r->submit_s,
+      .ttft_s = r->first_token_s > 0 ? r->first_token_s - r->submit_s : 0,
+      .total_s = now - r->submit_s,
+  };
+  return u;
+}
+
+void lm_sched_finish(lm_engine *e, lm_request *r, enum lm_finish_reason why, int error_code,
+                     const char *error) {
+  double now = lm_now_s();
+  const char *stop_str = NULL;
+  int32_t stop_id = -1;
+  if (r->state == LM_REQ_RUNNING)
+    list_remove(e->running, &e->n_running, r);
+  else if (r->state == LM_REQ_WAITING)
+    list_remove(e->waiting, &e->n_waiting, r);
+  r->state = LM_REQ_FINISHED;
+  e->text.len = 0;
+  if (r->op) {
+    if (why == LM_FINISH_ABORT || why == LM_FINISH_ERROR) lm_outproc_flush(r->op, &e->text);
+    stop_str = why == LM_FINISH_STOP_STRING ? lm_outproc_stop_str(r->op) : NULL;
+    if (why == LM_FINISH_EOS || why == LM_FINISH_STOP_TOKEN) stop_id = lm_outproc_stop_token(r->op);
+  }
+  lm_kv_seq_release(&r->kv, e->pool);
+  /* the id is free again before anyone can see the finish */
+  lm_engine_registry_remove(e, r);
+  struct lm_usage u = usage_of(r, now);
+  lm_request_publish_finish(r, why, stop_id, stop_str, e->text.data, e->text.len, &u, error_code,
+                            error);
+  lm_outproc_free(r->op);
+  r->op = NULL;
+  free(r->tokens);
+  r->tokens = NULL;
+  free(r->logit_bias);
+  r->logit_bias = NULL;
+  atomic_store(&r->held, 0);
+  e->st.requests_finished++;
+  lm_request_unref(r);
+}
+
+static void preempt(lm_engine *e, lm_request *r) {
+  list_remove(e->running, &e->n_running, r);
+  lm_kv_seq_release(&r->kv, e->pool);
+  /* cannot fail: the step made room for every request */
+  lm_sched_add_waiting(e, r);
+  e->st.preemptions++;
+}
+
+/* Backpressure: a request whose caller has not drained enough output is
+ * skipped (it keeps its blocks) and its hold time starts. */
+static int held_back(lm_engine *e, lm_request *r, double now) {
+  if (lm_request_check_held(r, e->cfg.max_undrained_tokens)) {
+    if (r->held_since_s == 0) r->held_since_s = now;
+    return 1;
+  }
+  r->held_since_s = 0;
+  return 0;
+}
+
+static void add_chunk(lm_engine *e, int i, lm_request *r, int n) {
+  int done = r->kv.n_cached_tokens;
+  e->chunks[i] = (struct lm_seq_chunk){
+      .kv = &r->kv,
+      .tokens = r->tokens + done,
+      .n_tokens = n,
+      .want_logits = done + n == r->n_tokens,
+  };
+  e->chunk_req[i] = r;
+}
+
+/* Aborted and stalled requests end before anything is scheduled, so their
+ * blocks are free for this step. */
+static void reap(lm_engine *e, double now) {
+  for (int l = 0; l < 2; l++)
+    for (int i = (l == 0 ? e->n_running : e->n_waiting) - 1; i >= 0; i--) {
+      lm_request *r = (l == 0 ? e->running : e->waiting)[i];
+      if (atomic_load(&r->abort_flag))
+        lm_sched_finish(e, r, LM_FINISH_ABORT, 0, NULL);
+      else if (r->held_since_s > 0 && now - r->held_since_s > e->cfg.stall_timeout_s) {
+        e->st.stall_aborts++;
+        lm_sched_finish(e, r, LM_FINISH_ABORT, 0, NULL);
+      }
+    }
+}
+
+double lm_sched_next_deadline(lm_engine *e, double now) {
+  double best = -1;
+  for (int l = 0; l < 2; l++) {
+    lm_request **list = l == 0 ? e->running : e->waiting;
+    int n = l == 0 ? e->n_running : e->n_waiting;
+    for (int i = 0; i < n; i++)
+      if (list[i]->held_since_s > 0) {
+        double d = list[i]->held_since_s + e->cfg.stall_timeout_s - now;
+        if (d < 0) d = 0;
+        if (best < 0 || d < best) best = d;
+      }
+  }
+  return best;
+}
+
+/* Running requests first: decodes and unfinished prompts, oldest first. */
+static int schedule_running(lm_engine *e, double now, int *budget, int *preempted) {
+  int n = 0;
+  for (int i = 0; *budget > 0 && i < e->n_running;) {
+    lm_request *r = e->running[i];
+    if (held_back(e, r, now)) {
+      i++;
+      continue;
+    }
+    int want = r->n_tokens - r->kv.n_cached_tokens;
+    if (want > *budget) want = *budget;
+    int rc, fits = 1;
+    while ((rc = lm_kv_seq_reserve(&r->kv, e->pool, r->kv.n_cached_tokens + want, NULL)) ==
+           LM_EFULL) {
+      lm_request *victim = e->running[e->n_running - 1];
+      if (victim == r && e->n_running == 1) {
+        fits = 0;
+        break;
+      }
+      preempt(e, victim);
+      *preempted = 1;
+      if (victim == r) {
+        fits = 0;
+        break;
+      }
+    }
+    if (rc == LM_ENOMEM) {
+      lm_sched_finish(e, r, LM_FINISH_ERROR, LM_ENOMEM, "out of memory for a block table");
+      continue;
+    }
+    if (!fits) {
+      if (r->state == LM_REQ_RUNNING) i++;
+      continue;
+    }
+    add_chunk(e, n++, r, want);
+    *budget -= want;
+    i++;
+  }
+  return n;
+}
+
+/* Then waiting requests, by priority and arrival, while blocks, budget
+ * and sequence slots last; the first that does not fit stops the rest. */
+static int schedule_waiting(lm_engine *e, double now, int *budget, int n) {
+  for (int i = 0; *budget > 0 && i < e->n_waiting && e->n_running < e->cfg.max_num_seqs;) {
+    lm_request *r = e->waiting[i];
+    if (held_back(e, r, now)) {
+      i++;
+      continue;
+    }
+    /* never the last token: its logits are needed */
+    int hit = lm_kv_seq_match_prefix(&r->kv, e->pool, r->tokens, r->n_tokens - 1);
+    if (hit < 0) {
+      lm_sched_finish(e, r, LM_FINISH_ERROR, LM_ENOMEM, "out of memory for a block table");
+      continue;
+    }
+    int want = r->n_tokens - hit;
+    if (want > *budget) want = *budget;
+    int rc = lm_kv_seq_reserve(&r->kv, e->pool, hit + want, NULL);
+    if (rc != LM_OK) {
+      lm_kv_seq_release(&r->kv, e->pool);
+      if (rc == LM_ENOMEM) {
+        lm_sched_finish(e, r, LM_FINISH_ERROR, LM_ENOMEM, "out of memory for a block table");
+        continue;
+      }
+      break;
+    }
+    if (e->cfg.enable_prefix_caching) {
+      e->st.prefix_cache_queries += (uint64_t)r->n_tokens;
+      e->st.prefix_cache_hits += (uint64_t)hit;
+    }
+    list_remove(e->waiting, &e->n_waiting, r);
+    e->running[e->n_running++] = r;
+    r->state = LM_REQ_RUNNING;
+    if (!r->started) {
+      r->started = 1;
+      r->first_sched_s = now;
+      r->cached_tokens = hit < r->n_prompt ? hit : r->n_prompt;
+    }
+    add_chunk(e, n++, r, want);
+    *budget -= want;
+  }
+  return n;
+}
+
+/* The chunk's prompt tokens count as computed; a chunk that reaches into
+ * the prompt is one more step of that prompt's prefill. */
+static void count_chunks(lm_engine *e, int n) {
+  int decodes = 0, prefills = 0;
+  for (int i = 0; i < n; i++) {
+    lm_request *r = e->chunk_req[i];
+    int start = r->kv.n_cached_tokens, end = start + e->chunks[i].n_tokens;
+    if (start < r->n_prompt) {
+      prefills++;
+      e->st.prompt_tokens += (uint64_t)((end < r->n_prompt ? end : r->n_prompt) - start);
+      if (++r->prefill_steps > e->st.max_prefill_steps) e->st.max_prefill_steps = r->prefill_steps;
+    } else if (e->chunks[i].n_tokens == 1 && r->n_generated > 0) {
+      decodes++;
+    }
+  }
+  if (prefills && decodes > e->st.max_decodes_with_prefill)
+    e->st.max_decodes_with_prefill = decodes;
+}
+
+static void finish_all(lm_engine *e, int n, int code, const char *msg) {
+  for (int i = 0; i < n; i++)
+    lm_sched_finish(e, e->chunk_req[i], LM_FINISH_ERROR, code, msg);
+}
+
+/* One sampled token: the request's next id, its text and maybe its end. */
+static void take_token(lm_engine *e, lm_request *r, const struct lm_sample_result *res,
+                       const struct lm_token_logprob *top, double now) {
+  r->tokens[r->n_tokens++] = res->id;
+  r->n_generated++;
+  if (r->first_token_s == 0) r->first_token_s = now;
+  e->st.generation_tokens++;
+  e->text.len = 0;
+  enum lm_finish_reason why = lm_outproc_push(r->op, res->id, &e->text);
+  struct lm_usage u = usage_of(r, now);
+  if (lm_request_push_output(r, res->id, res, top, e->text.data, e->text.len, &u) != LM_OK) {
+    lm_sched_finish(e, r, LM_FINISH_ERROR, LM_ENOMEM, "out of memory for the output queue");
+    return;
+  }
+  if (why == LM_FINISH_ERROR)
+    lm_sched_finish(e, r, why, LM_ENOMEM, "out of memory while detokenizing");
+  else if (why != LM_FINISH_NONE)
+    lm_sched_finish(e, r, why, 0, NULL);
+  else if (r->n_generated >= r->max_tokens) /* the token array ends here */
+    lm_sched_finish(e, r, LM_FINISH_LENGTH, 0, NULL);
+}
+
+int lm_sched_step(lm_engine *e) {
+  char err[LM_ERR_LEN];
+  double now = lm_now_s();
+  int budget = e->cfg.max_num_batched_tokens, preempted = 0, n;
+  reap(e, now);
+  /* preempted requests move to waiting: make room for all of them now */
+  if (grow_list(&e->waiting, &e->cap_waiting, e->n_waiting + e->n_running) != LM_OK) return 0;
+  n = schedule_running(e, now, &budget, &preempted);
+  /* after a preemption the pool is short: let running requests catch up */
+  if (!preempted) n = schedule_waiting(e, now, &budget, n);
+  if (n == 0) return 0;
+  count_chunks(e, n);
+
+  const void *logits;
+  int n_logits;
+  int rc = lm_runner_step(e->runner, e->chunks, n, &logits, &n_logits, err);
+  if (rc != LM_OK) {
+    finish_all(e, n, rc, err);
+    return 1;
+  }
+  e->st.steps++;
+  int n_rows = 0;
+  for (int i = 0; i < n; i++) {
+    lm_request *r = e->chunk_req[i];
+    lm_kv_seq_commit(&r->kv, e->pool, r->tokens);
+    if (!e->chunks[i].want_logits) continue;
+    struct lm_token_logprob *top = e->top + (size_t)n_rows * LM_MAX_TOP_LOGPROBS;
+    memset(top, 0, LM_MAX_TOP_LOGPROBS * sizeof(*top));
+    e->rows[n_rows] = (struct lm_sample_row){
+        .params = &r->sampling,
+        .position = (uint64_t)r->n_generated,
+        .history = r->tokens,
+        .n_history = (size_t)r->n_tokens,
+        .n_top_logprobs = r->n_top,
+        .top = top,
+    };
+    e->row_req[n_rows++] = r;
+  }
+  if (n_rows == 0) return 1;
+  const struct lm_backend_ops *ops = e->be->ops;
+  rc = ops->sample(e->be->st, logits, n_rows, e->info.vocab_size, e->rows, e->results, err);
+  if (rc != LM_OK) {
+    for (int j = 0; j < n_rows; j++)
+      lm_sched_finish(e, e->row_req[j], LM_FINISH_ERROR, rc, err);
+    return 1;
+  }
+  now = lm_now_s();
+  for (int j = 0; j < n_rows; j++)
+    take_token(e, e->row_req[j], &e->results[j], e->top + (size_t)j * LM_MAX_TOP_LOGPROBS, now);
+  return 1;
+}

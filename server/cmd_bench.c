@@ -1,0 +1,612 @@
+/* cmd_bench.c - `lmserve bench`: the engine's serving benchmark, in
+ * process (no network). One engine runs every workload; one thread submits
+ * requests and drains them as the engine's notify callback signals, timing
+ * every token as it arrives.
+ *
+ * Workloads (prompts are random token ids, seeded; ignore_eos and greedy,
+ * so the output token totals of two runs are comparable):
+ *   fixed     prompt/output lengths at concurrency 1, 8, 32, 64
+ *   prefix    a shared 2k-token prefix with distinct suffixes: TTFT with the
+ *             prefix cached against prompts never seen
+ *   long      an 8k-token prompt arriving while decodes run: their
+ *             inter-token latency, and the prompt's prefill speed, against
+ *             each alone
+ * Gates, measured in the same run: decode at concurrency 32 >= 50 % of
+ * the compute roofline (2 x parameters x tok/s / the FMA peak measured
+ * here), cached-prefix TTFT p50 >= 10x lower than cold, p99 ITL during
+ * the 8k prefill <= 2.5x the median before it, and that prefill at >= 50 %
+ * of its speed alone. */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "engine/lm.h"
+#include "engine/roofline.h"
+#include "engine/threadpool.h"
+#include "server/cli.h"
+
+static const char usage[] =
+    "usage: lmserve bench [--model DIR] [--threads N] [--json] [--only fixed|prefix|long]\n"
+    "                     [--prompt-len N] [--output-len N] [--prefix-len N] [--long-len N]\n"
+    "                     [--max-batched-tokens N] [--long-decodes N] [--seed S]\n"
+    "  runs the engine's serving workloads in process and prints throughput,\n"
+    "  TTFT and inter-token latency percentiles, prefix-cache hit rate, KV use\n"
+    "  and the benchmark gates. Defaults: prompt 128, output 64, prefix 2048,\n"
+    "  long 8192 tokens, 32 decodes beside the long prompt.\n";
+
+struct bench_opts {
+  const char *model, *only;
+  long threads, prompt_len, output_len, prefix_len, long_len, budget, long_decodes, seed;
+  int json;
+};
+
+/* ---- samples and percentiles -------------------------------------------- */
+
+struct samples {
+  double *v;
+  size_t n, cap;
+};
+
+static int samples_add(struct samples *s, double x) {
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 256;
+    double *v = realloc(s->v, cap * sizeof(*v));
+    if (!v) return LM_ENOMEM;
+    s->v = v;
+    s->cap = cap;
+  }
+  s->v[s->n++] = x;
+  return LM_OK;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile (sorts s); 0 when empty. */
+static double pct(struct samples *s, double p) {
+  if (!s->n) return 0;
+  qsort(s->v, s->n, sizeof(double), cmp_double);
+  size_t k = (size_t)ceil(p / 100.0 * (double)s->n);
+  return s->v[k ? k - 1 : 0];
+}
+
+/* ---- running requests ------------------------------------------------------ */
+
+struct waiter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int ready;
+};
+
+static void wake(void *arg) {
+  struct waiter *w = arg;
+  pthread_mutex_lock(&w->mu);
+  w->ready = 1;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void wait_ready(struct waiter *w) {
+  pthread_mutex_lock(&w->mu);
+  while (!w->ready)
+    pthread_cond_wait(&w->cv, &w->mu);
+  w->ready = 0;
+  pthread_mutex_unlock(&w->mu);
+}
+
+struct job {
+  lm_request *r;
+  int32_t *prompt; /* [n_prompt] */
+  int n_prompt, max_tokens;
+  double submit_s, first_s, last_s, done_s;
+  int n_out, finished;
+};
+
+struct bench {
+  lm_engine *e;
+  struct waiter w;
+  struct lm_output out;
+  uint64_t rng;
+  int vocab;
+  struct samples ttft, itl; /* seconds */
+  int kv_peak;              /* most KV blocks held by live requests */
+  int itl_on;               /* record inter-token latencies */
+  char err[LM_ERR_LEN];
+};
+
+static uint32_t rnd(struct bench *b) {
+  b->rng ^= b->rng << 13;
+  b->rng ^= b->rng >> 7;
+  b->rng ^= b->rng << 17;
+  return (uint32_t)b->rng;
+}
+
+/* Random ids in the middle of the vocabulary (no special tokens there). */
+static void fill_random(struct bench *b, int32_t *ids, int n) {
+  int lo = b->vocab / 16, span = b->vocab / 2;
+  for (int i = 0; i < n; i++)
+    ids[i] = lo + (int32_t)(rnd(b) % (uint32_t)span);
+}
+
+static int job_submit(struct bench *b, struct job *j) {
+  struct lm_request_params p;
+  lm_request_params_init(NULL, &p);
+  p.prompt = j->prompt;
+  p.n_prompt = j->n_prompt;
+  p.max_tokens = j->max_tokens;
+  p.ignore_eos = 1;
+  p.notify = wake;
+  p.notify_arg = &b->w;
+  j->submit_s = lm_now_s();
+  j->first_s = j->last_s = j->done_s = 0;
+  j->n_out = j->finished = 0;
+  return lm_engine_submit(b->e, &p, &j->r, b->err);
+}
+
+/* Drains every unfinished job once; returns LM_OK or an error. */
+static int drain_all(struct bench *b, struct job *jobs, int n) {
+  struct lm_engine_stats st;
+  lm_engine_get_stats(b->e, &st);
+  if (st.kv_blocks_used > b->kv_peak) b->kv_peak = st.kv_blocks_used;
+  for (int i = 0; i < n; i++) {
+    struct job *j = &jobs[i];
+    if (j->finished || !j->r) continue;
+    int got = lm_request_drain(j->r, &b->out);
+    if (got < 0) return lm_errf(b->err, got, "bench: out of memory draining");
+    if (got == 0) continue;
+    double now = lm_now_s();
+    int k = b->out.n_tokens;
+    if (k > 0) {
+      if (!j->n_out) {
+        j->first_s = now;
+        if (samples_add(&b->ttft, now - j->submit_s)) return LM_ENOMEM;
+        k--; /* the first token has no inter-token gap */
+      }
+      /* tokens that arrived together share the gap since the last one */
+      for (int t = 0; t < k && b->itl_on && j->last_s > 0; t++)
+        if (samples_add(&b->itl, (now - j->last_s) / k)) return LM_ENOMEM;
+      j->last_s = now;
+      j->n_out += b->out.n_tokens;
+    }
+    if (b->out.finished) {
+      j->finished = 1;
+      j->done_s = now;
+      if (b->out.finish_reason == LM_FINISH_ERROR)
+        return lm_errf(b->err, LM_EINVAL, "bench: a request failed: %s", b->out.error);
+    }
+  }
+  return LM_OK;
+}
+
+static int all_done(const struct job *jobs, int n) {
+  for (int i = 0; i < n; i++)
+    if (!jobs[i].finished) return 0;
+  return 1;
+}
+
+static void jobs_release(struct job *jobs, int n) {
+  for (int i = 0; i < n; i++) {
+    lm_request_release(jobs[i].r);
+    jobs[i].r = NULL;
+    free(jobs[i].prompt);
+    jobs[i].prompt = NULL;
+  }
+}
+
+static int jobs_make(struct bench *b, struct job *jobs, int n, int prompt_len, int max_tokens) {
+  for (int i = 0; i < n; i++) {
+    jobs[i] = (struct job){.n_prompt = prompt_len, .max_tokens = max_tokens};
+    if (!(jobs[i].prompt = malloc((size_t)prompt_len * sizeof(int32_t))))
+      return lm_errf(b->err, LM_ENOMEM, "bench: out of memory");
+    fill_random(b, jobs[i].prompt, prompt_len);
+  }
+  return LM_OK;
+}
+
+/* Runs jobs[0, n) submitted together until all finish. */
+static int run_together(struct bench *b, struct job *jobs, int n) {
+  int rc;
+  for (int i = 0; i < n; i++)
+    if ((rc = job_submit(b, &jobs[i])) != LM_OK) return rc;
+  while (!all_done(jobs, n)) {
+    wait_ready(&b->w);
+    if ((rc = drain_all(b, jobs, n)) != LM_OK) return rc;
+  }
+  return LM_OK;
+}
+
+/* ---- reporting ------------------------------------------------------------ */
+
+struct result {
+  char name[32];
+  int concurrency, n_requests;
+  long prompt_tokens, output_tokens;
+  double wall_s, out_tps, total_tps, decode_tps;
+  double ttft[3], itl[3]; /* p50, p90, p99 in ms */
+  double hit_rate, kv_peak;
+};
+
+static void summarize(struct bench *b, const struct job *jobs, int n, double t0, double t1,
+                      const struct lm_engine_stats *s0, const struct lm_engine_stats *s1,
+                      struct result *r) {
+  r->n_requests = n;
+  r->prompt_tokens = r->output_tokens = 0;
+  double last_first = 0;
+  for (int i = 0; i < n; i++) {
+    r->prompt_tokens += jobs[i].n_prompt;
+    r->output_tokens += jobs[i].n_out;
+    if (jobs[i].first_s > last_first) last_first = jobs[i].first_s;
+  }
+  r->wall_s = t1 - t0;
+  r->out_tps = (double)r->output_tokens / r->wall_s;
+  r->total_tps = (double)(r->output_tokens + r->prompt_tokens) / r->wall_s;
+  /* decode: tokens after every request's first, over the time after it */
+  r->decode_tps = t1 > last_first ? (double)(r->output_tokens - n) / (t1 - last_first) : 0;
+  double q[3] = {50, 90, 99};
+  for (int i = 0; i < 3; i++) {
+    r->ttft[i] = pct(&b->ttft, q[i]) * 1e3;
+    r->itl[i] = pct(&b->itl, q[i]) * 1e3;
+  }
+  uint64_t qs = s1->prefix_cache_queries - s0->prefix_cache_queries;
+  r->hit_rate = qs ? (double)(s1->prefix_cache_hits - s0->prefix_cache_hits) / (double)qs : 0;
+  r->kv_peak = s1->kv_blocks_total ? (double)b->kv_peak / s1->kv_blocks_total : 0;
+}
+
+static void print_result(const struct bench_opts *o, const struct result *r) {
+  if (o->json) {
+    printf("{\"workload\": \"%s\", \"concurrency\": %d, \"requests\": %d, \"prompt_tokens\": %ld, "
+           "\"output_tokens\": %ld, \"wall_s\": %.3f, \"output_tok_s\": %.2f, "
+           "\"total_tok_s\": %.2f, \"decode_tok_s\": %.2f, \"ttft_ms\": [%.1f, %.1f, %.1f], "
+           "\"itl_ms\": [%.2f, %.2f, %.2f], \"prefix_hit_rate\": %.3f, \"kv_peak\": %.3f}\n",
+           r->name, r->concurrency, r->n_requests, r->prompt_tokens, r->output_tokens, r->wall_s,
+           r->out_tps, r->total_tps, r->decode_tps, r->ttft[0], r->ttft[1], r->ttft[2], r->itl[0],
+           r->itl[1], r->itl[2], r->hit_rate, r->kv_peak);
+  } else {
+    printf("%-12s c=%-3d n=%-3d out %6ld tok  %7.1f out tok/s  %7.1f total tok/s  decode %7.1f "
+           "tok/s | TTFT ms p50 %8.1f p90 %8.1f p99 %8.1f | ITL ms p50 %7.1f p90 %7.1f p99 %7.1f "
+           "| hit %.2f  KV peak %.2f\n",
+           r->name, r->concurrency, r->n_requests, r->output_tokens, r->out_tps, r->total_tps,
+           r->decode_tps, r->ttft[0], r->ttft[1], r->ttft[2], r->itl[0], r->itl[1], r->itl[2],
+           r->hit_rate, r->kv_peak);
+  }
+  fflush(stdout);
+}
+
+static void reset(struct bench *b) {
+  b->ttft.n = b->itl.n = 0;
+  b->kv_peak = 0;
+}
+
+/* ---- workloads ------------------------------------------------------------- */
+
+static int fixed(struct bench *b, const struct bench_opts *o, int conc, struct result *r) {
+  struct job *jobs = calloc((size_t)conc, sizeof(*jobs));
+  struct lm_engine_stats s0, s1;
+  int rc = LM_ENOMEM;
+  if (!jobs) return lm_errf(b->err, rc, "bench: out of memory");
+  reset(b);
+  b->itl_on = 1;
+  if ((rc = jobs_make(b, jobs, conc, (int)o->prompt_len, (int)o->output_len)) != LM_OK) goto out;
+  lm_engine_get_stats(b->e, &s0);
+  double t0 = lm_now_s();
+  if ((rc = run_together(b, jobs, conc)) != LM_OK) goto out;
+  double t1 = lm_now_s();
+  lm_engine_get_stats(b->e, &s1);
+  snprintf(r->name, sizeof(r->name), "fixed");
+  r->concurrency = conc;
+  summarize(b, jobs, conc, t0, t1, &s0, &s1, r);
+out:
+  jobs_release(jobs, conc);
+  free(jobs);
+  return rc;
+}
+
+/* TTFT p50 of prompts never seen, then of prompts sharing a cached
+ * prefix, one request at a time. */
+static int prefix(struct bench *b, const struct bench_opts *o, struct result *cold,
+                  struct result *warm) {
+  enum { N_COLD = 3, N_WARM = 8 };
+  int plen = (int)o->prefix_len, slen = 64, out_len = 8;
+  struct job jobs[N_COLD + N_WARM] = {{.n_out = 0}};
+  struct lm_engine_stats s0, s1;
+  int rc = jobs_make(b, jobs, N_COLD + N_WARM, plen + slen, out_len);
+  if (rc != LM_OK) goto out;
+  for (int i = N_COLD + 1; i < N_COLD + N_WARM; i++) /* the shared prefix: job N_COLD's */
+    memcpy(jobs[i].prompt, jobs[N_COLD].prompt, (size_t)plen * sizeof(int32_t));
+  for (int phase = 0; phase < 2; phase++) {
+    int first = phase ? N_COLD + 1 : 0, n = phase ? N_WARM - 1 : N_COLD + 1;
+    struct result *r = phase ? warm : cold;
+    reset(b);
+    b->itl_on = 0;
+    lm_engine_get_stats(b->e, &s0);
+    double t0 = lm_now_s();
+    for (int i = first; i < first + n; i++)
+      if ((rc = run_together(b, &jobs[i], 1)) != LM_OK) goto out;
+    double t1 = lm_now_s();
+    lm_engine_get_stats(b->e, &s1);
+    snprintf(r->name, sizeof(r->name), phase ? "prefix-warm" : "prefix-cold");
+    r->concurrency = 1;
+    summarize(b, &jobs[first], n, t0, t1, &s0, &s1, r);
+  }
+out:
+  jobs_release(jobs, N_COLD + N_WARM);
+  return rc;
+}
+
+/* Output tokens of each decode beside the long prompt: enough to outlast
+ * its prefill at the budget left over by the decodes, twice over. */
+static int long_decode_tokens(const struct bench_opts *o) {
+  long per_step = o->budget - o->long_decodes > 16 ? o->budget - o->long_decodes : 16;
+  return (int)(64 + 2 * (o->long_len / per_step));
+}
+
+/* The long prompt alone, then arriving while decodes run. ITLs of the
+ * decodes before it arrives go to before->itl, those while it prefills to
+ * during->itl; each result's ttft[0] is the long prompt's TTFT. */
+static int long_prefill(struct bench *b, const struct bench_opts *o, struct result *alone,
+                        struct result *during, double *itl_before_p50) {
+  int nd = (int)o->long_decodes, llen = (int)o->long_len;
+  struct job *jobs = calloc((size_t)nd + 2, sizeof(*jobs)); /* [decodes..., long alone, long] */
+  struct lm_engine_stats s0, s1;
+  struct samples before = {0};
+  int rc = LM_ENOMEM;
+  if (!jobs) return lm_errf(b->err, rc, "bench: out of memory");
+  if ((rc = jobs_make(b, jobs, nd, 64, long_decode_tokens(o))) != LM_OK ||
+      (rc = jobs_make(b, &jobs[nd], 2, llen, 1)) != LM_OK)
+    goto out;
+  struct job *la = &jobs[nd], *ld = &jobs[nd + 1];
+
+  reset(b);
+  b->itl_on = 0;
+  lm_engine_get_stats(b->e, &s0);
+  double t0 = lm_now_s();
+  if ((rc = run_together(b, la, 1)) != LM_OK) goto out;
+  lm_engine_get_stats(b->e, &s1);
+  snprintf(alone->name, sizeof(alone->name), "long-alone");
+  alone->concurrency = 1;
+  summarize(b, la, 1, t0, lm_now_s(), &s0, &s1, alone);
+
+  /* the decodes run until each has 16 tokens, then the long prompt comes */
+  reset(b);
+  b->itl_on = 1;
+  for (int i = 0; i < nd; i++)
+    if ((rc = job_submit(b, &jobs[i])) != LM_OK) goto out;
+  for (;;) {
+    int ready = 1;
+    for (int i = 0; i < nd; i++)
+      ready &= jobs[i].n_out >= 16;
+    if (ready) break;
+    wait_ready(&b->w);
+    if ((rc = drain_all(b, jobs, nd)) != LM_OK) goto out;
+  }
+  for (size_t i = 0; i < b->itl.n; i++)
+    if ((rc = samples_add(&before, b->itl.v[i])) != LM_OK) goto out;
+  *itl_before_p50 = pct(&before, 50) * 1e3;
+  reset(b);
+  lm_engine_get_stats(b->e, &s0);
+  t0 = lm_now_s();
+  if ((rc = job_submit(b, ld)) != LM_OK) goto out;
+  while (!ld->finished) {
+    int unfinished = 0;
+    for (int i = 0; i < nd; i++)
+      unfinished += !jobs[i].finished;
+    if (!unfinished) {
+      rc = lm_errf(b->err, LM_ERANGE, "bench: the decodes ended before the long prompt's prefill");
+      goto out;
+    }
+    wait_ready(&b->w);
+    if ((rc = drain_all(b, jobs, nd + 2)) != LM_OK) goto out;
+  }
+  double t1 = lm_now_s();
+  lm_engine_get_stats(b->e, &s1);
+  /* only the long prompt's TTFT: drop the decodes' from the summary */
+  double ttft = ld->first_s - ld->submit_s;
+  b->ttft.n = 0;
+  samples_add(&b->ttft, ttft);
+  snprintf(during->name, sizeof(during->name), "long-during");
+  during->concurrency = nd + 1;
+  summarize(b, ld, 1, t0, t1, &s0, &s1, during);
+out:
+  for (int i = 0; i < nd; i++)
+    if (jobs[i].r) lm_request_abort(jobs[i].r);
+  jobs_release(jobs, nd + 2);
+  free(jobs);
+  free(before.v);
+  return rc;
+}
+
+/* ---- the command ----------------------------------------------------------- */
+
+static int parse_opts(int argc, char **argv, struct bench_opts *o) {
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    int bad = 0;
+    if (!strcmp(a, "--json")) {
+      o->json = 1;
+      continue;
+    } else if (!v) {
+      fprintf(stderr, "lmserve bench: unknown or incomplete flag '%s'\n%s", a, usage);
+      return -1;
+    } else if (!strcmp(a, "--model")) {
+      o->model = v;
+    } else if (!strcmp(a, "--only")) {
+      o->only = v;
+    } else if (!strcmp(a, "--threads")) {
+      bad = lm_cli_int(a, v, 0, 1024, &o->threads);
+    } else if (!strcmp(a, "--prompt-len")) {
+      bad = lm_cli_int(a, v, 1, 1 << 20, &o->prompt_len);
+    } else if (!strcmp(a, "--output-len")) {
+      bad = lm_cli_int(a, v, 2, 1 << 20, &o->output_len);
+    } else if (!strcmp(a, "--prefix-len")) {
+      bad = lm_cli_int(a, v, 16, 1 << 20, &o->prefix_len);
+    } else if (!strcmp(a, "--long-len")) {
+      bad = lm_cli_int(a, v, 16, 1 << 20, &o->long_len);
+    } else if (!strcmp(a, "--long-decodes")) {
+      bad = lm_cli_int(a, v, 1, 256, &o->long_decodes);
+    } else if (!strcmp(a, "--max-batched-tokens")) {
+      bad = lm_cli_int(a, v, 1, 1 << 20, &o->budget);
+    } else if (!strcmp(a, "--seed")) {
+      bad = lm_cli_int(a, v, 0, 0x7fffffffL, &o->seed);
+    } else {
+      fprintf(stderr, "lmserve bench: unknown flag '%s'\n%s", a, usage);
+      return -1;
+    }
+    if (bad) return -1;
+    i++;
+  }
+  return 0;
+}
+
+/* Multiply-adds per generated token: every matmul weight, the lm_head
+ * included (the embedding lookup is no matmul). */
+static double model_params(const struct lm_config *c) {
+  double h = c->hidden_size, q = (double)c->n_heads * c->head_dim,
+         kv = (double)c->n_kv_heads * c->head_dim;
+  double layer = h * q * 2 + h * kv * 2 + 3 * h * c->intermediate_size;
+  return layer * c->n_layers + h * c->vocab_size;
+}
+
+static void gate(const struct bench_opts *o, const char *name, double value, double limit,
+                 int at_least, int *all) {
+  int pass = at_least ? value >= limit : value <= limit;
+  *all &= pass;
+  if (o->json)
+    printf("{\"gate\": \"%s\", \"value\": %.3f, \"limit\": %.3f, \"pass\": %s}\n", name, value,
+           limit, pass ? "true" : "false");
+  else
+    printf("gate %-44s %8.3f %s %6.3f  %s\n", name, value, at_least ? ">=" : "<=", limit,
+           pass ? "PASS" : "FAIL");
+}
+
+static int want(const struct bench_opts *o, const char *w) {
+  return !o->only || !strcmp(o->only, w);
+}
+
+int lm_cmd_bench(int argc, char **argv) {
+  struct bench_opts o = {.prompt_len = 128,
+                         .output_len = 64,
+                         .prefix_len = 2048,
+                         .long_len = 8192,
+                         .long_decodes = 32,
+                         .budget = 96,
+                         .seed = 1};
+  char dir_buf[4096], err[LM_ERR_LEN];
+  struct bench b = {.w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER}};
+  int rc = 1, all = 1;
+  for (int i = 1; i < argc; i++)
+    if (!strcmp(argv[i], "--help")) {
+      fputs(usage, stdout);
+      return 0;
+    }
+  if (parse_opts(argc, argv, &o) != 0) return 2;
+  if (o.only && !want(&o, "fixed") && !want(&o, "prefix") && !want(&o, "long")) {
+    fprintf(stderr, "lmserve bench: --only takes fixed, prefix or long\n");
+    return 2;
+  }
+  b.rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)o.seed;
+
+  /* the FMA peak first, before the engine's threads start */
+  double peak_gflops = 0;
+  if (__builtin_cpu_supports("avx512f")) {
+    lm_pool *pool = lm_pool_create((int)o.threads);
+    if (pool) peak_gflops = lm_bench_fma_gflops(pool);
+    lm_pool_destroy(pool);
+  }
+
+  const char *dir = lm_cli_model_dir(o.model, dir_buf, sizeof(dir_buf));
+  struct lm_engine_config cfg;
+  lm_engine_config_init(&cfg);
+  cfg.model_dir = dir;
+  cfg.backend = "cpu";
+  cfg.backend_cfg.n_threads = (int)o.threads;
+  cfg.max_num_batched_tokens = (int)o.budget;
+  cfg.max_model_len =
+      (int)(o.long_len + 64 > o.prefix_len + 128 ? o.long_len + 64 : o.prefix_len + 128);
+  cfg.max_undrained_tokens = 1 << 20;
+  /* KV for the largest workload at once (f32 on the CPU: keep it tight):
+   * 64 fixed requests, or the long prompt twice (alone, then cached while
+   * the second one runs) beside its decodes; then room for the prefix
+   * workload's cached prefixes */
+  long fixed_tokens = 64 * (o.prompt_len + o.output_len + cfg.block_size);
+  long long_tokens =
+      2 * o.long_len + o.long_decodes * (64 + long_decode_tokens(&o) + cfg.block_size);
+  long tokens = (fixed_tokens > long_tokens ? fixed_tokens : long_tokens) + 4 * o.prefix_len;
+  cfg.n_kv_blocks = (int)((tokens + cfg.block_size - 1) / cfg.block_size);
+  if (lm_engine_create(&cfg, &b.e, err) != LM_OK) {
+    lm_cli_load_error(dir, err);
+    goto out;
+  }
+  struct lm_engine_info info;
+  lm_engine_get_info(b.e, &info);
+  b.vocab = info.vocab_size;
+  double params = model_params(lm_engine_model_config(b.e));
+  if (o.json)
+    printf("{\"model\": \"%s\", \"dtype\": \"%s\", \"parameters\": %.0f, \"fma_peak_gflops\": "
+           "%.1f, \"max_num_batched_tokens\": %d, \"kv_blocks\": %d}\n",
+           dir, info.dtype, params, peak_gflops, info.max_num_batched_tokens, info.n_kv_blocks);
+  else
+    printf("model %s (%s, %.0f M matmul parameters), FMA peak %.1f GFLOP/s, "
+           "max_num_batched_tokens %d, %d KV blocks of %d\n",
+           dir, info.dtype, params / 1e6, peak_gflops, info.max_num_batched_tokens,
+           info.n_kv_blocks, info.block_size);
+  fflush(stdout);
+
+  struct result r;
+  long total_out = 0;
+  double decode32 = -1;
+  if (want(&o, "fixed")) {
+    static const int concs[] = {1, 8, 32, 64};
+    for (int i = 0; i < 4; i++) {
+      if (fixed(&b, &o, concs[i], &r) != LM_OK) goto fail;
+      print_result(&o, &r);
+      total_out += r.output_tokens;
+      if (concs[i] == 32) decode32 = r.decode_tps;
+    }
+  }
+  struct result cold = {.n_requests = 0}, warm = {.n_requests = 0};
+  if (want(&o, "prefix")) {
+    if (prefix(&b, &o, &cold, &warm) != LM_OK) goto fail;
+    print_result(&o, &cold);
+    print_result(&o, &warm);
+    total_out += cold.output_tokens + warm.output_tokens;
+  }
+  struct result alone = {.n_requests = 0}, during = {.n_requests = 0};
+  double itl_before = 0;
+  if (want(&o, "long")) {
+    if (long_prefill(&b, &o, &alone, &during, &itl_before) != LM_OK) goto fail;
+    print_result(&o, &alone);
+    print_result(&o, &during);
+    total_out += alone.output_tokens + during.output_tokens;
+  }
+  if (o.json)
+    printf("{\"output_tokens_total\": %ld}\n", total_out);
+  else
+    printf("output tokens in all: %ld\n", total_out);
+
+  if (decode32 >= 0)
+    gate(&o, "decode c=32 fraction of compute roofline",
+         2 * params * decode32 / (peak_gflops * 1e9), 0.5, 1, &all);
+  if (want(&o, "prefix"))
+    gate(&o, "TTFT p50 cold / cached prefix", cold.ttft[0] / warm.ttft[0], 10, 1, &all);
+  if (want(&o, "long")) {
+    gate(&o, "ITL p99 during long prefill / p50 before", during.itl[2] / itl_before, 2.5, 0, &all);
+    gate(&o, "long prefill speed with decodes / alone", alone.ttft[0] / during.ttft[0], 0.5, 1,
+         &all);
+  }
+  if (!o.json) printf("gates: %s\n", all ? "all pass" : "some fail");
+  rc = 0;
+  goto out;
+fail:
+  fprintf(stderr, "lmserve bench: %s\n", b.err);
+out:
+  lm_engine_destroy(b.e);
+  lm_output_free(&b.out);
+  free(b.ttft.v);
+  free(b.itl.v);
+  return rc;
+}

@@ -1,0 +1,603 @@
+/* engine_test.c - the engine end to end on a tiny fixture model (CPU):
+ * continuous batching with chunked prefill gives every request the same
+ * tokens as running it alone (greedy and seeded), with the prefix cache on
+ * or off and through preemptions; aborts, releases and thousands of random
+ * submits leave the KV pool as it started; submit-time checks name the
+ * field; backpressure holds a request until it is drained and a stalled one
+ * is aborted; destroy with requests in flight leaks nothing. Each scenario
+ * proves from the engine's counters that it happened.
+ *
+ * usage: engine_test FIXTURES_DIR [RANDOM_SUBMITS] */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "engine/lm.h"
+#include "tests/check.h"
+
+static char model_dir[4096];
+
+/* ---- a request and everything it produced ------------------------------ */
+
+struct job {
+  int32_t prompt[256];
+  int n_prompt, max_tokens;
+  struct lm_sampling sampling;
+  int arrive_step;
+  int priority;
+  atomic_int notified; /* calls of the notify callback */
+  lm_request *r;
+  struct lm_output out;
+  int32_t got[128];
+  int n_got;
+  char text[4096];
+  size_t text_len;
+  int finished;
+  enum lm_finish_reason reason;
+  struct lm_usage usage;
+};
+
+static void on_output(void *arg) {
+  struct job *j = arg;
+  atomic_fetch_add(&j->notified, 1);
+}
+
+static int job_submit(lm_engine *e, struct job *j, char *err) {
+  struct lm_request_params p;
+  lm_request_params_init(NULL, &p);
+  p.prompt = j->prompt;
+  p.n_prompt = j->n_prompt;
+  p.max_tokens = j->max_tokens;
+  p.sampling = j->sampling;
+  p.ignore_eos = 1;
+  p.priority = j->priority;
+  p.notify = on_output;
+  p.notify_arg = j;
+  atomic_store(&j->notified, 0);
+  j->n_got = 0;
+  j->text_len = 0;
+  j->finished = 0;
+  memset(&j->out, 0, sizeof(j->out));
+  return lm_engine_submit(e, &p, &j->r, err);
+}
+
+/* Drains what is ready; returns 1 once the job has finished. */
+static int job_poll(struct job *j) {
+  if (j->finished) return 1;
+  if (lm_request_drain(j->r, &j->out) <= 0) return 0;
+  for (int i = 0; i < j->out.n_tokens && j->n_got < 128; i++)
+    j->got[j->n_got++] = j->out.token_ids[i];
+  if (j->text_len + j->out.text_len < sizeof(j->text)) {
+    memcpy(j->text + j->text_len, j->out.text, j->out.text_len);
+    j->text_len += j->out.text_len;
+  }
+  if (j->out.finished) {
+    j->finished = 1;
+    j->reason = j->out.finish_reason;
+    j->usage = j->out.usage;
+    lm_output_free(&j->out);
+    lm_request_release(j->r);
+    j->r = NULL;
+  }
+  return j->finished;
+}
+
+static void nap(void) {
+  struct timespec ts = {0, 200 * 1000};
+  nanosleep(&ts, NULL);
+}
+
+static int job_wait(struct job *j) {
+  double t0 = lm_now_s();
+  while (!job_poll(j)) {
+    if (lm_now_s() - t0 > 120) return 0;
+    nap();
+  }
+  return 1;
+}
+
+/* Waits until the engine has nothing left and returns its counters. */
+static struct lm_engine_stats settle(lm_engine *e) {
+  struct lm_engine_stats s;
+  double t0 = lm_now_s();
+  do {
+    nap();
+    lm_engine_get_stats(e, &s);
+  } while ((s.busy || s.kv_blocks_used) && lm_now_s() - t0 < 60);
+  return s;
+}
+
+static int same_output(const struct job *a, const struct job *b) {
+  return a->n_got == b->n_got && !memcmp(a->got, b->got, (size_t)a->n_got * sizeof(int32_t)) &&
+         a->text_len == b->text_len && !memcmp(a->text, b->text, a->text_len);
+}
+
+/* ---- the workload ------------------------------------------------------- */
+
+enum { N_JOBS = 32 };
+static struct job ref[N_JOBS]; /* each run alone */
+
+/* 32 requests: three shared system prefixes (so the prefix cache has
+ * something to find), short and long prompts, greedy and seeded. */
+static void make_jobs(struct job *jobs) {
+  int32_t prefix[3][48];
+  int prefix_len[3] = {48, 32, 20};
+  srand(12345);
+  for (int k = 0; k < 3; k++)
+    for (int i = 0; i < 48; i++)
+      prefix[k][i] = rand() % 150000;
+  for (int i = 0; i < N_JOBS; i++) {
+    struct job *j = &jobs[i];
+    memset(j, 0, sizeof(*j));
+    int n = 0;
+    if (i % 4 != 3) {
+      memcpy(j->prompt, prefix[i % 3], (size_t)prefix_len[i % 3] * sizeof(int32_t));
+      n = prefix_len[i % 3];
+    }
+    int tail = i % 5 == 4 ? 80 + rand() % 60 : 3 + rand() % 30;
+    for (int t = 0; t < tail; t++)
+      j->prompt[n++] = rand() % 150000;
+    j->n_prompt = n;
+    j->max_tokens = i < 12 ? 40 : 8 + rand() % 30;
+    if (i % 2) {
+      j->sampling.temperature = 0.8f;
+      j->sampling.top_k = 50;
+      j->sampling.top_p = 0.9f;
+      j->sampling.seed = 1000 + (uint64_t)i;
+      if (i % 3 == 0) j->sampling.repetition_penalty = 1.3f;
+    }
+    j->arrive_step = i < 12 ? i : 12 + (i - 12) * 2 + rand() % 3;
+  }
+}
+
+static lm_engine *open_engine(int prefix_caching, int batched_tokens, int n_blocks,
+                              void (*tweak)(struct lm_engine_config *)) {
+  char err[LM_ERR_LEN];
+  struct lm_engine_config c;
+  lm_engine *e = NULL;
+  lm_engine_config_init(&c);
+  c.model_dir = model_dir;
+  c.backend = "cpu";
+  c.backend_cfg.n_threads = 2;
+  c.enable_prefix_caching = prefix_caching;
+  c.max_num_batched_tokens = batched_tokens;
+  c.max_num_seqs = 40;
+  c.max_model_len = 1024;
+  c.n_kv_blocks = n_blocks;
+  if (tweak) tweak(&c);
+  if (lm_engine_create(&c, &e, err) != LM_OK) printf("# engine: %s\n", err);
+  return e;
+}
+
+/* Submits the jobs as the engine's step counter passes their arrival
+ * step (all at once with by_step 0) and drains them all to the end. */
+static int run_batch(lm_engine *e, struct job *jobs, int by_step) {
+  char err[LM_ERR_LEN];
+  int next = 0, done = 0;
+  double t0 = lm_now_s();
+  while (done < N_JOBS && lm_now_s() - t0 < 300) {
+    struct lm_engine_stats s;
+    lm_engine_get_stats(e, &s);
+    while (next < N_JOBS && (!by_step || (uint64_t)jobs[next].arrive_step <= s.steps)) {
+      if (job_submit(e, &jobs[next], err) != LM_OK) {
+        printf("# submit %d: %s\n", next, err);
+        return -1;
+      }
+      next++;
+    }
+    done = 0;
+    for (int i = 0; i < next; i++)
+      done += job_poll(&jobs[i]);
+    if (done < N_JOBS) nap();
+  }
+  return done == N_JOBS ? 0 : -1;
+}
+
+static int count_same(const struct job *jobs) {
+  int same = 0;
+  for (int i = 0; i < N_JOBS; i++) {
+    if (same_output(&jobs[i], &ref[i]))
+      same++;
+    else
+      printf("# request %d: %d tokens vs %d alone\n", i, jobs[i].n_got, ref[i].n_got);
+  }
+  return same;
+}
+
+static void test_batch_invariance(void) {
+  char err[LM_ERR_LEN];
+  lm_engine *e = open_engine(0, 32, 0, NULL);
+  if (!lm_check(e != NULL, "engine opens on %s", model_dir)) return;
+  make_jobs(ref);
+  int ok = 1;
+  for (int i = 0; i < N_JOBS && ok; i++)
+    ok = job_submit(e, &ref[i], err) == LM_OK && job_wait(&ref[i]) &&
+         ref[i].reason == LM_FINISH_LENGTH && ref[i].n_got == ref[i].max_tokens;
+  lm_check(ok, "32 requests run alone, each to max_tokens");
+  static struct job jobs[N_JOBS];
+  make_jobs(jobs);
+  lm_check(run_batch(e, jobs, 1) == 0, "32 requests arriving at random steps all finish");
+  lm_check(count_same(jobs) == N_JOBS,
+           "every request's tokens and text batched equal those it got alone");
+  int notified = 0;
+  for (int i = 0; i < N_JOBS; i++)
+    notified += atomic_load(&jobs[i].notified) > 0;
+  lm_check(notified == N_JOBS, "every request's notify callback was called");
+  struct lm_engine_stats s = settle(e);
+  lm_check(s.max_decodes_with_prefill >= 8, "a step mixed %d decodes with a prefill chunk (>= 8)",
+           s.max_decodes_with_prefill);
+  lm_check(s.max_prefill_steps >= 3, "a prompt was split over %d steps (>= 3)",
+           s.max_prefill_steps);
+  lm_check(s.prefix_cache_queries == 0 && s.kv_blocks_cached == 0,
+           "with prefix caching off nothing is looked up or cached");
+  lm_check(s.kv_blocks_used == 0 && s.kv_blocks_free == s.kv_blocks_total,
+           "all %d blocks are free at the end", s.kv_blocks_total);
+  lm_check(s.requests_finished == 2 * N_JOBS, "%llu requests finished",
+           (unsigned long long)s.requests_finished);
+  lm_engine_destroy(e);
+}
+
+static void test_prefix_cache(void) {
+  lm_engine *e = open_engine(1, 64, 0, NULL);
+  if (!lm_check(e != NULL, "engine with the prefix cache opens")) return;
+  static struct job jobs[N_JOBS];
+  make_jobs(jobs);
+  lm_check(run_batch(e, jobs, 0) == 0, "32 requests submitted at once all finish");
+  lm_check(count_same(jobs) == N_JOBS,
+           "with the prefix cache on, every output equals the one alone");
+  int cached = 0;
+  for (int i = 0; i < N_JOBS; i++)
+    cached += jobs[i].usage.cached_tokens;
+  /* the same prompt again: everything but its last block is cached */
+  char err[LM_ERR_LEN];
+  struct job again = jobs[0];
+  int ok = job_submit(e, &again, err) == LM_OK && job_wait(&again);
+  lm_check(ok && same_output(&again, &ref[0]) && again.usage.cached_tokens >= again.n_prompt - 16,
+           "a repeated prompt finds %d of its %d tokens cached and gives the same output",
+           again.usage.cached_tokens, again.n_prompt);
+  struct lm_engine_stats s = settle(e);
+  lm_check(cached > 0 && s.prefix_cache_hits > 0 && s.prefix_cache_hits <= s.prefix_cache_queries,
+           "cached tokens %d in usage, %llu of %llu looked-up tokens hit", cached,
+           (unsigned long long)s.prefix_cache_hits, (unsigned long long)s.prefix_cache_queries);
+  lm_check(s.kv_blocks_used == 0 && s.kv_blocks_cached > 0 &&
+               s.kv_blocks_cached + s.kv_blocks_free == s.kv_blocks_total,
+           "at the end no block is used, %d stay cached, %d free", s.kv_blocks_cached,
+           s.kv_blocks_free);
+  lm_engine_destroy(e);
+}
+
+static void test_preemption(void) {
+  char err[LM_ERR_LEN];
+  lm_engine *e = open_engine(1, 64, 20, NULL);
+  if (!lm_check(e != NULL, "engine with a 20-block pool opens")) return;
+  static struct job jobs[N_JOBS];
+  make_jobs(jobs);
+  lm_check(run_batch(e, jobs, 0) == 0, "32 requests on a 20-block pool all finish");
+  lm_check(count_same(jobs) == N_JOBS, "through preemptions every output equals the one alone");
+  struct lm_engine_stats s = settle(e);
+  lm_check(s.preemptions >= 5, "%llu preemptions happened (>= 5)",
+           (unsigned long long)s.preemptions);
+  lm_check(s.kv_blocks_used == 0, "no block is held at the end");
+  struct job big = ref[0];
+  big.max_tokens = 20 * 16 - big.n_prompt + 1;
+  lm_check(job_submit(e, &big, err) == LM_ERANGE && strstr(err, "blocks"),
+           "a request needing more blocks than the pool is refused: %s", err);
+  lm_engine_destroy(e);
+}
+
+static void small_queue(struct lm_engine_config *c) {
+  c->max_num_seqs = 1;
+  c->max_waiting = 3;
+}
+
+static void held_back(struct lm_engine_config *c) {
+  c->max_undrained_tokens = 4;
+  c->stall_timeout_s = 2;
+}
+
+static struct job simple_job(int n_prompt, int max_tokens, int salt) {
+  struct job j;
+  memset(&j, 0, sizeof(j));
+  for (int i = 0; i < n_prompt; i++)
+    j.prompt[i] = (i * 7919 + salt * 104729) % 150000;
+  j.n_prompt = n_prompt;
+  j.max_tokens = max_tokens;
+  return j;
+}
+
+/* Waits until the job has produced at least n tokens (draining them). */
+static int wait_tokens(struct job *j, int n) {
+  double t0 = lm_now_s();
+  while (j->n_got < n && !j->finished && lm_now_s() - t0 < 60) {
+    job_poll(j);
+    nap();
+  }
+  return j->n_got >= n;
+}
+
+static void test_invalid(lm_engine *e) {
+  char err[LM_ERR_LEN];
+  struct lm_request_params p;
+  lm_request *r = NULL;
+  int32_t prompt[4] = {1, 2, 3, 4}, bad_prompt[2] = {5, 999999999}, bad_stop = -3;
+  const char *empty_stop[1] = {""};
+  struct {
+    const char *field;
+    int code;
+  } cases[] = {
+      {"prompt", LM_EINVAL},       {"prompt", LM_EINVAL},     {"temperature", LM_EINVAL},
+      {"temperature", LM_EINVAL},  {"top_p", LM_EINVAL},      {"top_k", LM_EINVAL},
+      {"top_logprobs", LM_EINVAL}, {"min_p", LM_EINVAL},      {"stop_token_ids", LM_EINVAL},
+      {"stop", LM_EINVAL},         {"max_tokens", LM_EINVAL}, {"min_tokens", LM_EINVAL},
+      {"max_tokens", LM_ERANGE},   {"request_id", LM_EINVAL}, {"repetition_penalty", LM_EINVAL},
+  };
+  char long_id[400];
+  memset(long_id, 'x', sizeof(long_id) - 1);
+  long_id[sizeof(long_id) - 1] = '\0';
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    lm_request_params_init(e, &p);
+    p.prompt = prompt;
+    p.n_prompt = 4;
+    p.max_tokens = 4;
+    switch (i) {
+    case 0: p.n_prompt = 0; break;
+    case 1: p.prompt = bad_prompt, p.n_prompt = 2; break;
+    case 2: p.sampling.temperature = -1; break;
+    case 3: p.sampling.temperature = NAN; break;
+    case 4: p.sampling.top_p = 1.5f; break;
+    case 5: p.sampling.top_k = -1; break;
+    case 6: p.top_logprobs = LM_MAX_TOP_LOGPROBS + 1; break;
+    case 7: p.sampling.min_p = NAN; break;
+    case 8: p.stop_token_ids = &bad_stop, p.n_stop_token_ids = 1; break;
+    case 9: p.stop = empty_stop, p.n_stop = 1; break;
+    case 10: p.max_tokens = -1; break;
+    case 11: p.min_tokens = 5; break;
+    case 12: p.max_tokens = 1021; break;
+    case 13: p.request_id = long_id; break;
+    case 14: p.sampling.repetition_penalty = -2; break;
+    }
+    err[0] = '\0';
+    int rc = lm_engine_submit(e, &p, &r, err);
+    lm_check(rc == cases[i].code && r == NULL && strstr(err, cases[i].field),
+             "case %zu is refused naming %s: %s", i, cases[i].field, err);
+  }
+}
+
+static void test_abort_release_ids(lm_engine *e) {
+  char err[LM_ERR_LEN];
+  struct lm_request_params p;
+  struct job a = simple_job(40, 100, 1), b = simple_job(30, 100, 2);
+  lm_check(job_submit(e, &a, err) == LM_OK && wait_tokens(&a, 3), "a request streams tokens");
+  lm_request_abort(a.r);
+  int ended = job_wait(&a);
+  lm_check(ended && a.reason == LM_FINISH_ABORT && a.n_got < 100,
+           "lm_request_abort ends it mid-stream as \"%s\" after %d tokens",
+           lm_finish_reason_name(a.reason), a.n_got);
+  struct lm_engine_stats s = settle(e);
+  lm_check(s.kv_blocks_used == 0, "the aborted request's blocks are free");
+
+  lm_check(job_submit(e, &b, err) == LM_OK && wait_tokens(&b, 2), "another request streams");
+  lm_request_release(b.r);
+  lm_output_free(&b.out);
+  b.r = NULL;
+  s = settle(e);
+  lm_check(s.kv_blocks_used == 0 && s.num_running == 0,
+           "releasing a running request aborts it and frees its blocks");
+
+  /* ids: a live one cannot be reused, an unknown one cannot be aborted */
+  lm_request *r1 = NULL, *r2 = NULL;
+  int rc;
+  int32_t prompt[8] = {11, 12, 13, 14, 15, 16, 17, 18};
+  lm_request_params_init(e, &p);
+  p.prompt = prompt;
+  p.n_prompt = 8;
+  p.max_tokens = 200;
+  p.request_id = "same-id";
+  lm_check(lm_engine_submit(e, &p, &r1, err) == LM_OK && !strcmp(lm_request_id(r1), "same-id"),
+           "a request takes the id it was given");
+  lm_check(lm_engine_submit(e, &p, &r2, err) == LM_EEXIST && r2 == NULL && strstr(err, "same-id"),
+           "a second live request with that id is refused: %s", err);
+  lm_check(lm_engine_abort(e, "no-such-id") == LM_ENOENT, "aborting an unknown id: LM_ENOENT");
+  lm_check(lm_engine_abort(e, "same-id") == LM_OK, "lm_engine_abort finds the live id");
+  struct job j1 = {0};
+  j1.r = r1;
+  lm_check(job_wait(&j1) && j1.reason == LM_FINISH_ABORT, "aborted by id, it ends as abort");
+  lm_check(lm_engine_submit(e, &p, &r2, err) == LM_OK, "the id is free again once it finished");
+  p.request_id = NULL;
+  lm_request *r3 = NULL;
+  rc = lm_engine_submit(e, &p, &r3, err);
+  lm_check(rc == LM_OK && r3 && lm_request_id(r3)[0] &&
+               strcmp(lm_request_id(r3), lm_request_id(r2)),
+           "a request without an id gets a fresh one (%s)", r3 ? lm_request_id(r3) : "");
+  lm_request_release(r2);
+  lm_request_release(r3);
+  s = settle(e);
+  lm_check(s.kv_blocks_used == 0, "released requests leave no block used");
+}
+
+static void test_backpressure(lm_engine *e) {
+  char err[LM_ERR_LEN];
+  struct job j = simple_job(20, 30, 3);
+  struct lm_engine_stats s;
+  int ended;
+  if (!lm_check(job_submit(e, &j, err) == LM_OK, "submit a 30-token request")) return;
+  /* not drained: the engine stops once more than 4 tokens wait */
+  double t0 = lm_now_s();
+  do {
+    nap();
+    lm_engine_get_stats(e, &s);
+  } while (s.num_held == 0 && lm_now_s() - t0 < 30);
+  uint64_t produced = s.generation_tokens;
+  struct timespec ts = {0, 100 * 1000 * 1000};
+  nanosleep(&ts, NULL);
+  lm_engine_get_stats(e, &s);
+  lm_check(s.num_held == 1 && s.generation_tokens == produced && s.kv_blocks_used > 0,
+           "an undrained request is held back after 5 tokens and keeps its blocks");
+  lm_check(job_wait(&j) && j.reason == LM_FINISH_LENGTH && j.n_got == 30,
+           "draining resumes it and it finishes all 30 tokens");
+
+  struct job k = simple_job(20, 30, 4);
+  lm_check(job_submit(e, &k, err) == LM_OK, "submit another and never drain it");
+  t0 = lm_now_s();
+  do {
+    nap();
+    lm_engine_get_stats(e, &s);
+  } while (s.stall_aborts == 0 && lm_now_s() - t0 < 30);
+  lm_check(s.stall_aborts == 1, "held past stall_timeout_s it is aborted after %.1f s",
+           lm_now_s() - t0);
+  ended = job_wait(&k);
+  lm_check(ended && k.reason == LM_FINISH_ABORT && k.usage.total_s >= 2,
+           "its caller sees \"abort\" and what was made before (%d tokens)", k.n_got);
+  s = settle(e);
+  lm_check(s.kv_blocks_used == 0, "its blocks are free");
+}
+
+/* Thousands of random submits, drains, aborts and releases: the pool ends
+ * as it started and every request is accounted for. */
+static void test_random_traffic(lm_engine *e, int n_submits) {
+  char err[LM_ERR_LEN];
+  enum { LIVE = 48 };
+  static struct job live[LIVE];
+  int used[LIVE] = {0}, accepted = 0, aborted = 0;
+  struct lm_engine_stats s0, s;
+  lm_engine_get_stats(e, &s0);
+  srand(99);
+  for (int op = 0; accepted < n_submits; op++) {
+    int k = rand() % LIVE, what = rand() % 8;
+    struct job *j = &live[k];
+    if (used[k] && job_poll(j)) used[k] = 0;
+    if (!used[k]) {
+      *j = simple_job(1 + rand() % 60, 1 + rand() % 6, op);
+      if (job_submit(e, j, err) == LM_OK) used[k] = 1, accepted++;
+    } else if (what == 0) {
+      lm_request_abort(j->r), aborted++;
+    } else if (what == 1) {
+      /* LM_ENOENT when it has just finished */
+      lm_engine_abort(e, lm_request_id(j->r));
+      aborted++;
+    } else if (what == 2) {
+      lm_output_free(&j->out);
+      lm_request_release(j->r);
+      used[k] = 0;
+    }
+    if (op % 16 == 0) nap();
+  }
+  for (int k = 0; k < LIVE; k++)
+    if (used[k]) {
+      lm_request_abort(live[k].r);
+      job_wait(&live[k]);
+    }
+  s = settle(e);
+  lm_check(aborted > n_submits / 4, "%d requests submitted, %d aborts sent", accepted, aborted);
+  lm_check(s.requests_finished - s0.requests_finished == (uint64_t)accepted,
+           "every one of them finished");
+  lm_check(s.kv_blocks_used == 0 && s.kv_blocks_cached + s.kv_blocks_free == s.kv_blocks_total &&
+               s0.kv_blocks_used == 0,
+           "pool accounting is back where it started: 0 used, %d cached + %d free of %d",
+           s.kv_blocks_cached, s.kv_blocks_free, s.kv_blocks_total);
+}
+
+/* Greedy with logprobs and 5 alternatives: each token is its own best
+ * alternative, with the same logprob, and the alternatives come best
+ * first. */
+static void test_logprobs(lm_engine *e) {
+  char err[LM_ERR_LEN];
+  struct lm_request_params p;
+  struct lm_output out = {0};
+  lm_request *r = NULL;
+  int32_t prompt[6] = {101, 202, 303, 404, 505, 606};
+  lm_request_params_init(NULL, &p);
+  p.prompt = prompt;
+  p.n_prompt = 6;
+  p.max_tokens = 6;
+  p.logprobs = 1;
+  p.top_logprobs = 5;
+  if (!lm_check(lm_engine_submit(e, &p, &r, err) == LM_OK, "submit with top_logprobs 5")) return;
+  int n = 0, ok = 1, finished = 0;
+  double t0 = lm_now_s();
+  while (!finished && lm_now_s() - t0 < 60) {
+    if (lm_request_drain(r, &out) <= 0) {
+      nap();
+      continue;
+    }
+    ok &= out.n_top == 5;
+    for (int i = 0; i < out.n_tokens; i++, n++) {
+      const struct lm_token_logprob *t = out.top_logprobs + (size_t)i * 5;
+      ok &= out.logprobs[i] <= 0 && t[0].id == out.token_ids[i] && t[0].logprob == out.logprobs[i];
+      for (int k = 1; k < 5; k++)
+        ok &= t[k].logprob <= t[k - 1].logprob && t[k].id != t[0].id;
+    }
+    finished = out.finished;
+  }
+  lm_check(finished && n == 6 && ok,
+           "6 greedy tokens each come with its logprob and 5 alternatives, itself first");
+  lm_output_free(&out);
+  lm_request_release(r);
+}
+
+static void test_misc(int n_submits) {
+  lm_engine *e = open_engine(1, 64, 64, held_back);
+  if (!lm_check(e != NULL, "engine with backpressure at 4 tokens opens")) return;
+  test_invalid(e);
+  test_logprobs(e);
+  test_abort_release_ids(e);
+  test_backpressure(e);
+  test_random_traffic(e, n_submits);
+  char err[LM_ERR_LEN];
+  struct job j = simple_job(5, 5, 5);
+  lm_engine_close(e);
+  lm_check(job_submit(e, &j, err) == LM_ECLOSED, "a closed engine refuses: %s", err);
+  lm_engine_destroy(e);
+}
+
+/* One sequence slot and room for 3 waiting: the queue fills, then destroy
+ * ends everything in flight. */
+static void test_full_and_destroy(void) {
+  char err[LM_ERR_LEN];
+  lm_engine *e = open_engine(1, 64, 0, small_queue);
+  if (!lm_check(e != NULL, "engine with 1 slot and 3 waiting places opens")) return;
+  /* one slot: of two requests waiting behind a running one, the lower
+   * priority value runs first although it came second */
+  struct job first = simple_job(10, 20, 1), low = simple_job(10, 2, 2), high = simple_job(10, 2, 3);
+  low.priority = 5;
+  int ok = job_submit(e, &first, err) == LM_OK && job_submit(e, &low, err) == LM_OK &&
+           job_submit(e, &high, err) == LM_OK && job_wait(&first) && job_wait(&low) &&
+           job_wait(&high);
+  lm_check(ok && high.usage.queue_time_s < low.usage.queue_time_s,
+           "priority 0 waited %.3f s, priority 5 (submitted earlier) %.3f s",
+           high.usage.queue_time_s, low.usage.queue_time_s);
+  struct job jobs[8];
+  int accepted = 0, rc = LM_OK;
+  for (int i = 0; i < 8 && rc == LM_OK; i++) {
+    jobs[i] = simple_job(10, 500, i);
+    if ((rc = job_submit(e, &jobs[i], err)) == LM_OK) accepted++;
+  }
+  lm_check(rc == LM_EFULL && accepted >= 3 && accepted <= 4,
+           "after %d requests the full waiting queue says retry later: %s", accepted, err);
+  lm_engine_destroy(e);
+  ok = 1;
+  for (int i = 0; i < accepted; i++)
+    ok &= job_poll(&jobs[i]) && jobs[i].reason == LM_FINISH_ABORT;
+  lm_check(ok, "destroy ends every request in flight as aborted; handles stay usable");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: engine_test FIXTURES_DIR\n");
+    return 2;
+  }
+  setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in the log as it happens */
+  snprintf(model_dir, sizeof(model_dir), "%s/qwen3-bf16", argv[1]);
+  test_batch_invariance();
+  test_prefix_cache();
+  test_preemption();
+  test_misc(argc > 2 ? atoi(argv[2]) : 2000);
+  test_full_and_destroy();
+  return lm_check_done();
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# tools/bench_server.sh - the gRPC server end to end against the engine in
+# process, on the same workload: `lmserve-client load` streaming from
+# `lmserve serve` and `lmserve bench` (no gRPC), random token-id prompts,
+# greedy, ignore_eos (so both produce exactly requests x output tokens), at
+# concurrency 1, 8 and 64, on the tiny fixture model and the benchmark
+# model. Prints output tok/s of both, their ratio, the client's CPU use
+# (it shares this machine's cores with the server) and the server's CPU
+# per streamed token outside the engine thread.
+#
+#   tools/bench_server.sh [tiny|bench]...    (default: both)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x bin/lmserve-client ] || tools/setup.sh
+py=/usr/bin/python3
+what=${*:-tiny bench}
+tmp=$(mktemp -d)
+server_pid=
+trap '[ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+free_port() { $py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# CPU seconds of the server's threads: "engine_s other_s" (threads whose
+# name contains "engine" are the engine; everything else is serving cost).
+thread_cpu() {
+  local tck
+  tck=$(getconf CLK_TCK)
+  for t in /proc/"$1"/task/*; do
+    printf '%s %s\n' "$(cat "$t/comm")" "$(cut -d')' -f2 "$t/stat" | awk '{print $12 + $13}')"
+  done | awk -v tck="$tck" '/engine/ {e += $NF; next} {o += $NF} END {printf "%.3f %.3f\n", e / tck, o / tck}'
+}
+
+echo "# $(date -u +%Y-%m-%dT%H:%MZ) commit $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)"
+echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs"
+printf '%-6s %5s %5s %5s %6s %10s %10s %6s %9s %10s %10s\n' model conc reqs in out \
+  "e2e tok/s" "inproc" ratio "client%" "srv us/tok" "srv us/req"
+for m in $what; do
+  case $m in
+  tiny) model=models/fixtures/qwen3-bf16 in=128 out=64 ;;
+  bench)
+    model=models/bench in=128 out=32
+    [ -f models/bench/model.safetensors ] || $py tools/make_model.py --out models/bench --size bench
+    ;;
+  *)
+    echo "unknown model '$m' (tiny, bench)" >&2
+    exit 2
+    ;;
+  esac
+  port=$(free_port)
+  bin/lmserve serve --model "$model" --port "$port" --metrics-port "$(free_port)" \
+    --log-level warn >"$tmp/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 600); do
+    bin/lmserve-client generate --server "127.0.0.1:$port" --prompt hi --max-tokens 1 \
+      >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  for c in 1 8 64; do
+    n=$((c * 4))
+    [ "$m" = bench ] && n=$((c * 2))
+    before=$(thread_cpu "$server_pid")
+    bin/lmserve-client load --server "127.0.0.1:$port" --concurrency "$c" --requests "$n" \
+      --input-tokens "$in" --output-tokens "$out" --progress 0 --json >"$tmp/load.json"
+    after=$(thread_cpu "$server_pid")
+    bin/lmserve bench --model "$model" --concurrency "$c" --requests "$n" \
+      --input-tokens "$in" --output-tokens "$out" --json >"$tmp/bench.json" 2>"$tmp/bench.err" ||
+      echo '{}' >"$tmp/bench.json"
+    $py - "$m" "$c" "$n" "$in" "$out" "$tmp/load.json" "$tmp/bench.json" "$before" "$after" <<'PY'
+import json, sys
+m, c, n, i, o, lf, bf, before, after = sys.argv[1:]
+load, bench = json.load(open(lf)), json.load(open(bf))
+e2e = load["output_tok_per_s"]
+inproc = bench.get("output_tok_per_s") or bench.get("output_tokens_per_s") or 0
+ratio = "%.3f" % (e2e / inproc) if inproc else "-"
+other = float(after.split()[1]) - float(before.split()[1])
+toks, reqs = max(load["output_tokens"], 1), max(load["requests"], 1)
+client = 100 * load["client_cpu_s"] / load["duration_s"]
+print("%-6s %5s %5s %5s %6s %10.1f %10s %6s %8.1f%% %10.1f %10.1f" % (
+    m, c, n, i, o, e2e, "%.1f" % inproc if inproc else "-", ratio, client,
+    other / toks * 1e6, other / reqs * 1e6))
+if bench and bench.get("output_tokens") not in (None, load["output_tokens"]):
+    print("  note: token totals differ: server %d, in-process %s" % (
+        load["output_tokens"], bench.get("output_tokens")))
+PY
+  done
+  kill -TERM "$server_pid"
+  wait "$server_pid" || true
+  server_pid=
+done
