@@ -125,9 +125,12 @@ static int parse_or(parser *P, jj_node **out);
 /* Statements until one of the names (as {% name ... %}) comes. */
 static int parse_block_until(parser *P, const char *const *names, jj_node ***body, size_t *n) {
   nlist l = {0};
+  size_t n_names = 0;
+  while (names[n_names])
+    n_names++;
   for (;;) {
     if (is(P, TK_EOF))
-      return fail(P, "expected {%% %s %%} before the end of the template", names[0]);
+      return fail(P, "expected {%% %s %%} before the end of the template", names[n_names - 1]);
     int stop = 0;
     for (const char *const *s = names; *s; s++)
       stop |= is_stmt(P, *s);
@@ -637,7 +640,7 @@ static int parse_statement(parser *P, jj_node **out) {
     return parse_end(P, "endif");
   }
   if (tok_eq(name, "for")) {
-    static const char *const stops[] = {"endfor", "else", NULL};
+    static const char *const stops[] = {"else", "endfor", NULL};
     static const char *const end[] = {"endfor", NULL};
     jj_node *nd = node(P, N_FOR, line);
     if (!nd) return OOM(P);

@@ -4,6 +4,12 @@
 // conversations. Prints the seed; any difference fails with both outputs.
 //
 //   node tests/chat_parity.js --harness build/opt/chat_harness [--n 300] [--seed S] [--only a,b]
+//   node tests/chat_parity.js --cli bin/lmserve --fixtures models/fixtures [--n 5]
+//
+// With --cli, `lmserve tokenize --chat` on every fixture model that has a
+// chat template must print the reference's rendering byte for byte, and
+// with --ids the official tokenizer's (npm tokenizers) ids of that text,
+// special tokens recognised and none added.
 //
 // The reference's str.strip/lstrip/rstrip ignore their argument; lmserve
 // strips the given characters as Python (and so Transformers) does. The
@@ -19,13 +25,14 @@ const opt = (name, dflt) => {
   return i >= 0 ? args[i + 1] : dflt;
 };
 const harness = opt('harness');
+const cli = opt('cli');
 const perTemplate = parseInt(opt('n', '300'), 10);
 const seed = parseInt(opt('seed', String(Date.now() % 1000000)), 10);
 const only = opt('only') ? opt('only').split(',') : null;
 const modules = process.env.LMSERVE_NODE_MODULES || path.join(__dirname, '..', 'node_modules');
 const { Template, Interpreter, Environment, parse, tokenize } = require(path.join(modules, '@huggingface/jinja'));
-if (!harness) {
-  console.error('usage: chat_parity.js --harness PATH [--n N] [--seed S] [--only names]');
+if (!harness && !cli) {
+  console.error('usage: chat_parity.js (--harness PATH | --cli LMSERVE --fixtures DIR) [--n N] [--seed S] [--only names]');
   process.exit(2);
 }
 console.log(`seed ${seed}`);
@@ -186,7 +193,53 @@ for (const f of fs.readdirSync(tdir).filter((f) => f.endsWith('.jinja')).sort())
                 bos: '<s>', eos: '</s>' });
 }
 
+async function cliMain() {
+  const { execFileSync } = require('child_process');
+  const { Tokenizer } = require(path.join(modules, 'tokenizers'));
+  const fixtures = opt('fixtures', 'models/fixtures');
+  let failed = 0, total = 0, models = 0;
+  for (const m of fs.readdirSync(fixtures).sort()) {
+    const dir = path.join(fixtures, m);
+    const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8'));
+    if (!cfg.chat_template || Array.isArray(cfg.chat_template)) continue;
+    models++;
+    const tok = Tokenizer.fromFile(path.join(dir, 'tokenizer.json'));
+    const tpl = cfg.chat_template;
+    const caps = { tools: /tool/.test(tpl), think: /think/.test(tpl), badRoles: false };
+    for (let i = 0; i < perTemplate; i++) {
+      const req = conversation(caps);
+      delete req.tools; // one template per fixture
+      const input = i % 2 ? JSON.stringify(req) : JSON.stringify(req.messages);
+      if (i % 2 === 0) delete req.add_generation_prompt, delete req.chat_template_kwargs;
+      const want = reference(tpl, tokenText(cfg.bos_token), tokenText(cfg.eos_token), req);
+      const run = (extra) => execFileSync(cli, ['tokenize', '--chat', ...extra, '--tokenizer', dir], { input });
+      const text = run([]).toString('utf8');
+      const ids = JSON.parse(run(['--ids']).toString('utf8'));
+      const wantIds = Array.from((await tok.encode(want.text, null, { addSpecialTokens: false })).getIds());
+      total++;
+      const ok = want.ok && text === want.text && JSON.stringify(ids) === JSON.stringify(wantIds);
+      if (!ok) {
+        failed++;
+        console.log(`not ok - ${m} case ${i}: ${input}\n  want ${JSON.stringify(want)} ${JSON.stringify(wantIds)}` +
+                    `\n  got  ${JSON.stringify(text)} ${JSON.stringify(ids)}`);
+      }
+    }
+    console.log(`ok - ${m}: lmserve tokenize --chat [--ids] on ${perTemplate} conversations`);
+  }
+  let refused = false;
+  try {
+    execFileSync(cli, ['tokenize', '--chat', '--tokenizer', path.join(fixtures, 'qwen3-f32')],
+                 { input: '{"messages": "hello"}', stdio: ['pipe', 'pipe', 'pipe'] });
+  } catch (e) {
+    refused = e.status === 1 && /"messages" must be a list/.test(e.stderr.toString());
+  }
+  console.log(`${refused ? 'ok' : 'not ok'} - messages that are not a list: exit 1 with the reason`);
+  console.log(`${total} CLI renders on ${models} models, ${failed} different`);
+  process.exit(failed || !refused || models === 0 ? 1 : 0);
+}
+
 async function main() {
+  if (cli) return cliMain();
   const child = spawn(harness, [], { stdio: ['pipe', 'pipe', 'inherit'] });
   let buf = '';
   const waiting = [];
