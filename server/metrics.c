@@ -65,31 +65,29 @@ static void put_hist(FILE *f, const char *model, struct lm_hist *h) {
 /* CPU seconds of every thread but the engine's: the engine thread is
  * "lm-engine" and its compute workers keep the process name ("lmserve",
  * as the main thread renames itself once they exist), so what remains is
- * the queue threads, gRPC's own threads, metrics and main. */
+ * the queue threads, gRPC's own threads, metrics and main. schedstat's
+ * first field is the thread's run time in nanoseconds (stat's utime and
+ * stime count 10 ms ticks). */
 double lm_server_cpu_s(void) {
   DIR *d = opendir("/proc/self/task");
   if (!d) return 0;
-  long ticks = sysconf(_SC_CLK_TCK);
   double total = 0;
   struct dirent *de;
   while ((de = readdir(d))) {
     if (de->d_name[0] == '.') continue;
-    char path[64], buf[1024];
-    snprintf(path, sizeof(path), "/proc/self/task/%.20s/stat", de->d_name);
+    char path[64], comm[32] = "";
+    unsigned long long ns = 0;
+    snprintf(path, sizeof(path), "/proc/self/task/%.20s/comm", de->d_name);
     FILE *f = fopen(path, "r");
     if (!f) continue;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    if (!fgets(comm, sizeof(comm), f)) comm[0] = '\0';
     fclose(f);
-    buf[n] = '\0';
-    char *l = strchr(buf, '('), *r = strrchr(buf, ')');
-    if (!l || !r) continue;
-    *r = '\0';
-    if (!strcmp(l + 1, "lm-engine") || !strcmp(l + 1, "lmserve")) continue;
-    unsigned long ut = 0, st = 0;
-    /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-     */
-    if (sscanf(r + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
-      total += (double)(ut + st) / (double)ticks;
+    comm[strcspn(comm, "\n")] = '\0';
+    if (!strcmp(comm, "lm-engine") || !strcmp(comm, "lmserve")) continue;
+    snprintf(path, sizeof(path), "/proc/self/task/%.20s/schedstat", de->d_name);
+    if (!(f = fopen(path, "r"))) continue;
+    if (fscanf(f, "%llu", &ns) == 1) total += (double)ns / 1e9;
+    fclose(f);
   }
   closedir(d);
   return total;

@@ -17,7 +17,7 @@ static const char usage[] =
     "  --served-model-name NAME      name in GetModelInfo and metrics (default: dir name)\n"
     "  --host ADDR                   listen address (127.0.0.1; 0.0.0.0 for all)\n"
     "  --port N                      gRPC port (50051; 0 picks a free one, printed)\n"
-    "  --grpc-threads N              completion queues, one thread each (2)\n"
+    "  --grpc-threads N              completion queues, one thread each (1)\n"
     "  --cpu-threads N               CPU backend compute threads (0: all cores)\n"
     "  --backend auto|cpu|cuda       (auto)\n"
     "  --max-num-seqs N              requests in one step (256)\n"
@@ -131,7 +131,7 @@ int lm_cmd_serve(int argc, char **argv) {
   *o = (struct lm_serve_opts){.host = "127.0.0.1",
                               .port = 50051,
                               .metrics_port = -1,
-                              .grpc_threads = 2,
+                              .grpc_threads = 1,
                               .max_request_bytes = 4 << 20,
                               .drain_s = 30,
                               .health_stall_s = 30,
@@ -142,6 +142,11 @@ int lm_cmd_serve(int argc, char **argv) {
   if (p) {
     free(s);
     return p > 0 ? 0 : 2;
+  }
+  if (!o->tls_cert != !o->tls_key) {
+    fprintf(stderr, "lmserve serve: --tls-cert and --tls-key go together\n");
+    free(s);
+    return 2;
   }
   o->model_dir = lm_cli_model_dir(o->model_dir, dirbuf, sizeof(dirbuf));
   ec.model_dir = o->model_dir;
@@ -208,6 +213,8 @@ int lm_cmd_serve(int argc, char **argv) {
       s->chat ? "" : "; no chat template: Chat is refused");
   if (o->metrics_port >= 0)
     lm_srv_log(s, LM_LOG_INFO, "metrics on http://%s:%d/metrics", o->host, o->metrics_port);
+  if (o->metrics_port >= 0)
+    printf("lmserve: metrics on http://%s:%d/metrics\n", o->host, o->metrics_port);
   printf("lmserve: listening on %s:%d\n", o->host, s->bound_port);
   fflush(stdout);
 

@@ -133,9 +133,21 @@ int lm_call_batch(struct lm_call *c, const grpc_op *ops, size_t n, enum lm_tag_k
 
 void lm_call_wake(struct lm_call *c) {
   if (atomic_exchange(&c->notify_pending, 1)) return;
-  lm_call_ref(c);
+  struct lm_doorbell *b = &c->srv->bells[c->cq];
+  lm_call_ref(c); /* the list's reference */
+  pthread_mutex_lock(&b->mu);
+  c->wake_next = b->head;
+  b->head = c;
+  int arm = !b->armed;
+  b->armed = 1;
+  pthread_mutex_unlock(&b->mu);
+  if (!arm) return;
+  lm_call_ref(c); /* the batch's reference */
   if (grpc_call_start_batch(c->call, NULL, 0, &c->t_notify, NULL) != GRPC_CALL_OK) {
-    atomic_store(&c->notify_pending, 0);
+    /* cannot happen for a zero-op batch; leave the list to the next ring */
+    pthread_mutex_lock(&b->mu);
+    b->armed = 0;
+    pthread_mutex_unlock(&b->mu);
     call_unref(c);
   }
 }
@@ -209,7 +221,6 @@ static void call_begin(struct lm_call *c) {
 }
 
 static void call_event(struct lm_call *c, enum lm_tag_kind k, int ok) {
-  if (k == LM_TAG_NOTIFY) atomic_store(&c->notify_pending, 0);
   if (k == LM_TAG_CLOSE) c->close_done = 1;
   if (k == LM_TAG_STATUS) c->status_done = 1;
   if (k == LM_TAG_SEND || k == LM_TAG_STATUS) c->send_busy = 0;
@@ -241,6 +252,31 @@ static void call_maybe_done(struct lm_call *c) {
   call_unref(c); /* the call's own reference */
 }
 
+/* The doorbell's batch completed: run every call queued on it, oldest
+ * first. */
+static void ring(struct lm_srv *s, int cq) {
+  struct lm_doorbell *b = &s->bells[cq];
+  pthread_mutex_lock(&b->mu);
+  struct lm_call *list = b->head, *fifo = NULL;
+  b->head = NULL;
+  b->armed = 0;
+  pthread_mutex_unlock(&b->mu);
+  while (list) {
+    struct lm_call *next = list->wake_next;
+    list->wake_next = fifo;
+    fifo = list;
+    list = next;
+  }
+  while (fifo) {
+    struct lm_call *c = fifo;
+    fifo = c->wake_next;
+    atomic_store(&c->notify_pending, 0);
+    call_event(c, LM_TAG_NOTIFY, 1);
+    call_maybe_done(c);
+    call_unref(c); /* the list's reference */
+  }
+}
+
 static void handle(struct lm_srv *s, int cq, struct lm_tag *t, int ok) {
   struct lm_call *c = t->call;
   if (t->kind == LM_TAG_NEW) {
@@ -253,8 +289,12 @@ static void handle(struct lm_srv *s, int cq, struct lm_tag *t, int ok) {
     call_maybe_done(c);
     return;
   }
-  call_event(c, t->kind, ok);
-  call_maybe_done(c);
+  if (t->kind == LM_TAG_NOTIFY) {
+    ring(s, cq);
+  } else {
+    call_event(c, t->kind, ok);
+    call_maybe_done(c);
+  }
   call_unref(c); /* the batch's reference */
 }
 
@@ -382,7 +422,10 @@ int lm_srv_start(struct lm_srv *s, char *err) {
   }
   s->cqs = calloc((size_t)s->n_cq, sizeof(*s->cqs));
   s->cq_threads = calloc((size_t)s->n_cq, sizeof(*s->cq_threads));
-  if (!s->cqs || !s->cq_threads) return lm_errf(err, LM_ENOMEM, "out of memory");
+  s->bells = calloc((size_t)s->n_cq, sizeof(*s->bells));
+  if (!s->cqs || !s->cq_threads || !s->bells) return lm_errf(err, LM_ENOMEM, "out of memory");
+  for (int i = 0; i < s->n_cq; i++)
+    pthread_mutex_init(&s->bells[i].mu, NULL);
   for (int i = 0; i < s->n_cq; i++) {
     s->cqs[i] = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(s->server, s->cqs[i], NULL);
@@ -407,6 +450,8 @@ int lm_srv_start(struct lm_srv *s, char *err) {
     }
     free(s->cqs);
     free(s->cq_threads);
+    free(s->bells);
+    s->bells = NULL;
     s->cqs = NULL;
     s->cq_threads = NULL;
     return LM_EIO;
@@ -456,6 +501,10 @@ void lm_srv_shutdown(struct lm_srv *s) {
   }
   free(s->cqs);
   free(s->cq_threads);
+  for (int i = 0; i < s->n_cq; i++)
+    pthread_mutex_destroy(&s->bells[i].mu);
+  free(s->bells);
+  s->bells = NULL;
   s->cqs = NULL;
   s->cq_threads = NULL;
 }

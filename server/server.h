@@ -69,6 +69,16 @@ struct lm_metrics {
 struct lm_reflection;
 struct lm_call;
 
+/* Wake-ups for one queue's calls. The first wake-up while none is pending
+ * posts one zero-op batch (on the call being woken); its completion runs
+ * every call queued meanwhile, so a step that feeds 64 streams costs the
+ * queue thread one event, not 64. */
+struct lm_doorbell {
+  pthread_mutex_t mu;
+  struct lm_call *head; /* calls to run, each holding a reference */
+  int armed;            /* a zero-op batch is in flight */
+};
+
 struct lm_srv {
   struct lm_serve_opts opts;
   lm_engine *engine;
@@ -85,8 +95,9 @@ struct lm_srv {
   int n_cq;
   grpc_completion_queue **cqs;
   pthread_t *cq_threads;
-  atomic_ullong cq_cpu_ns; /* CPU time of queue threads that have exited */
-  double cpu_base_s;       /* lm_server_cpu_s() once serving (loading excluded) */
+  struct lm_doorbell *bells; /* [n_cq] */
+  atomic_ullong cq_cpu_ns;   /* CPU time of queue threads that have exited */
+  double cpu_base_s;         /* lm_server_cpu_s() once serving (loading excluded) */
 
   atomic_int draining;
   atomic_int live_streams; /* Generate and Chat calls not yet finished */
@@ -151,7 +162,8 @@ struct lm_call {
 
   /* Health.Watch */
   struct lm_call *watch_next;
-  int watch_sent; /* the status last sent, -1 before the first */
+  struct lm_call *wake_next; /* on its queue's doorbell list */
+  int watch_sent;            /* the status last sent, -1 before the first */
   int watch_service_known;
 
   grpc_status_code code; /* the status sent (for the log and metrics) */
@@ -169,8 +181,8 @@ void lm_srv_log(const struct lm_srv *s, enum lm_log_level lvl, const char *fmt, 
 void lm_call_ref(struct lm_call *c);
 /* Starts ops with tag kind k (one ref per batch); 0 or -1. */
 int lm_call_batch(struct lm_call *c, const grpc_op *ops, size_t n, enum lm_tag_kind k);
-/* Posts a zero-op batch: a wake-up on the call's queue. Any thread; at
- * most one outstanding. */
+/* Queues a wake-up for the call on its queue's doorbell (see struct
+ * lm_doorbell). Any thread; a call is queued at most once at a time. */
 void lm_call_wake(struct lm_call *c);
 /* Replies (initial metadata, optional message, status) and ends the call. */
 void lm_call_reply(struct lm_call *c, const ProtobufCMessage *msg, grpc_status_code code,

@@ -137,6 +137,13 @@ else
   bad "lmserve-client load: exit $rc: $(cat "$tmp/load.err") $(head -c 600 "$tmp/load.json")"
 fi
 
+if cat "$tmp"/*.err | grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:"; then
+  bad "no sanitizer reports from lmserve-client"
+  cat "$tmp"/*.err | grep -A 20 -E "ERROR: (Address|Leak)Sanitizer|runtime error:" | head -40
+else
+  ok "no sanitizer reports (leaks at exit included) from lmserve-client"
+fi
+
 echo "# SIGTERM"
 kill -TERM "$server_pid"
 rc=0

@@ -9,9 +9,11 @@
 # per streamed token outside the engine thread.
 #
 #   tools/bench_server.sh [tiny|bench]...    (default: both)
+#   LMSERVE_BIN_DIR=build/opt ...            binaries from elsewhere than bin/
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x bin/lmserve-client ] || tools/setup.sh
+bindir=${LMSERVE_BIN_DIR:-bin}
+[ -x "$bindir"/lmserve-client ] || tools/setup.sh
 py=/usr/bin/python3
 what=${*:-tiny bench}
 tmp=$(mktemp -d)
@@ -19,14 +21,16 @@ server_pid=
 trap '[ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
 free_port() { $py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# CPU seconds of the server's threads: "engine_s other_s" (threads whose
-# name contains "engine" are the engine; everything else is serving cost).
+# CPU seconds of the server's threads: "engine_s serving_s". The engine is
+# lm-engine and its compute workers (still named after the process); the
+# serving cost is everything else: queue threads (lm-cq-N), gRPC's own
+# threads, metrics and main.
 thread_cpu() {
   local tck
   tck=$(getconf CLK_TCK)
   for t in /proc/"$1"/task/*; do
     printf '%s %s\n' "$(cat "$t/comm")" "$(cut -d')' -f2 "$t/stat" | awk '{print $12 + $13}')"
-  done | awk -v tck="$tck" '/engine/ {e += $NF; next} {o += $NF} END {printf "%.3f %.3f\n", e / tck, o / tck}'
+  done | awk -v tck="$tck" '/^(lm-engine|lmserve) / {e += $NF; next} {o += $NF} END {printf "%.3f %.3f\n", e / tck, o / tck}'
 }
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) commit $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)"
@@ -46,38 +50,45 @@ for m in $what; do
     ;;
   esac
   port=$(free_port)
-  bin/lmserve serve --model "$model" --port "$port" --metrics-port "$(free_port)" \
+  "$bindir"/lmserve serve --model "$model" --port "$port" --metrics-port "$(free_port)" \
     --log-level warn >"$tmp/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do
-    bin/lmserve-client generate --server "127.0.0.1:$port" --prompt hi --max-tokens 1 \
+    "$bindir"/lmserve-client generate --server "127.0.0.1:$port" --prompt hi --max-tokens 1 \
       >/dev/null 2>&1 && break
     sleep 0.2
   done
+  # in process first (the server is idle): `lmserve bench --only fixed`
+  # runs c requests started together at c = 1, 8, 32, 64
+  "$bindir"/lmserve bench --model "$model" --only fixed --prompt-len "$in" --output-len "$out" \
+    --long-len 2048 --prefix-len 1024 --json >"$tmp/bench.json" 2>"$tmp/bench.err" || cat "$tmp/bench.err" >&2
   for c in 1 8 64; do
-    n=$((c * 4))
-    [ "$m" = bench ] && n=$((c * 2))
     before=$(thread_cpu "$server_pid")
-    bin/lmserve-client load --server "127.0.0.1:$port" --concurrency "$c" --requests "$n" \
+    "$bindir"/lmserve-client load --server "127.0.0.1:$port" --concurrency "$c" --requests "$c" \
       --input-tokens "$in" --output-tokens "$out" --progress 0 --json >"$tmp/load.json"
     after=$(thread_cpu "$server_pid")
-    bin/lmserve bench --model "$model" --concurrency "$c" --requests "$n" \
-      --input-tokens "$in" --output-tokens "$out" --json >"$tmp/bench.json" 2>"$tmp/bench.err" ||
-      echo '{}' >"$tmp/bench.json"
-    $py - "$m" "$c" "$n" "$in" "$out" "$tmp/load.json" "$tmp/bench.json" "$before" "$after" <<'PY'
+    $py - "$m" "$c" "$in" "$out" "$tmp/load.json" "$tmp/bench.json" "$before" "$after" <<'PY'
 import json, sys
-m, c, n, i, o, lf, bf, before, after = sys.argv[1:]
-load, bench = json.load(open(lf)), json.load(open(bf))
+m, c, i, o, lf, bf, before, after = sys.argv[1:]
+load = json.load(open(lf))
+bench = {}
+for line in open(bf):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        continue
+    if r.get("workload") == "fixed" and r.get("concurrency") == int(c):
+        bench = r
 e2e = load["output_tok_per_s"]
-inproc = bench.get("output_tok_per_s") or bench.get("output_tokens_per_s") or 0
+inproc = bench.get("output_tok_s", 0)
 ratio = "%.3f" % (e2e / inproc) if inproc else "-"
 other = float(after.split()[1]) - float(before.split()[1])
 toks, reqs = max(load["output_tokens"], 1), max(load["requests"], 1)
 client = 100 * load["client_cpu_s"] / load["duration_s"]
 print("%-6s %5s %5s %5s %6s %10.1f %10s %6s %8.1f%% %10.1f %10.1f" % (
-    m, c, n, i, o, e2e, "%.1f" % inproc if inproc else "-", ratio, client,
+    m, c, load["requests"], i, o, e2e, "%.1f" % inproc if inproc else "-", ratio, client,
     other / toks * 1e6, other / reqs * 1e6))
-if bench and bench.get("output_tokens") not in (None, load["output_tokens"]):
+if bench and bench.get("output_tokens") != load["output_tokens"]:
     print("  note: token totals differ: server %d, in-process %s" % (
         load["output_tokens"], bench.get("output_tokens")))
 PY
