@@ -420,10 +420,18 @@ int lm_engine_submit(lm_engine *e, const struct lm_request_params *p, lm_request
   if (p->truncate_prompt_tokens > 0 && p->truncate_prompt_tokens < n_prompt)
     n_prompt = p->truncate_prompt_tokens;
   int64_t max_tokens = p->max_tokens ? p->max_tokens : (int64_t)len - n_prompt;
-  if (max_tokens <= 0 || n_prompt + max_tokens > len)
+  if (!p->max_tokens && max_tokens <= 0)
+    return lm_errf(err, LM_ERANGE, "prompt: %d tokens leave no room for output in max_model_len %d",
+                   n_prompt, len);
+  if (n_prompt + max_tokens > len)
     return lm_errf(err, LM_ERANGE,
                    "max_tokens: the prompt (%d tokens) + max_tokens (%d) exceeds max_model_len %d",
                    n_prompt, p->max_tokens, len);
+  /* with max_tokens 0 the limit is only known here */
+  if (p->min_tokens > max_tokens)
+    return lm_errf(err, LM_EINVAL,
+                   "min_tokens: %d is more than the %lld tokens max_model_len %d leaves",
+                   p->min_tokens, (long long)max_tokens, len);
   int64_t blocks = (n_prompt + max_tokens + e->cfg.block_size - 1) / e->cfg.block_size;
   if (blocks > e->info.n_kv_blocks)
     return lm_errf(err, LM_ERANGE,

@@ -45,6 +45,7 @@ void lm_strbuf_free(struct lm_strbuf *b) {
 }
 
 struct lm_outproc {
+  const lm_tokenizer *tok;
   const struct lm_config *cfg;
   lm_detok *dt;
   char **stop; /* [n_stop] NUL-terminated copies */
@@ -78,6 +79,7 @@ int lm_outproc_create(const lm_tokenizer *tok, const struct lm_config *cfg,
 
   lm_outproc *o = calloc(1, sizeof(*o));
   if (!o) goto nomem;
+  o->tok = tok;
   o->cfg = cfg;
   o->ignore_eos = p->ignore_eos;
   o->include_stop = p->include_stop_str_in_output;
@@ -230,11 +232,13 @@ enum lm_finish_reason lm_outproc_push(lm_outproc *o, int32_t id, struct lm_strbu
     why = LM_FINISH_EOS;
   } else if (counts && is_stop_id(o, id)) {
     why = LM_FINISH_STOP_TOKEN;
-  } else {
+  } else if (lm_tokenizer_id_token(o->tok, id, NULL)) {
+    /* ids past the tokenizer's vocabulary (padding rows of the model's
+     * embedding) have no text */
     if (lm_detok_push(o->dt, id, &d, &dn, err) != LM_OK) goto fail;
     if (dn && lm_strbuf_append(&o->held, d, dn) != LM_OK) goto fail;
-    if (o->n_generated >= o->max_tokens) why = LM_FINISH_LENGTH;
   }
+  if (why == LM_FINISH_NONE && o->n_generated >= o->max_tokens) why = LM_FINISH_LENGTH;
   if (why != LM_FINISH_NONE) {
     if (why != LM_FINISH_LENGTH) o->stop_id = id;
     if (lm_detok_flush(o->dt, &d, &dn, err) != LM_OK) goto fail;

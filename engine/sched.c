@@ -132,9 +132,16 @@ static void reap(lm_engine *e, double now) {
   for (int l = 0; l < 2; l++)
     for (int i = (l == 0 ? e->n_running : e->n_waiting) - 1; i >= 0; i--) {
       lm_request *r = (l == 0 ? e->running : e->waiting)[i];
-      if (atomic_load(&r->abort_flag))
+      if (atomic_load(&r->abort_flag)) {
         lm_sched_finish(e, r, LM_FINISH_ABORT, 0, NULL);
-      else if (r->held_since_s > 0 && now - r->held_since_s > e->cfg.stall_timeout_s) {
+        continue;
+      }
+      /* held_since_s is only refreshed when the scheduler reaches the
+       * request; one whose caller has drained since (but that the budget or
+       * the sequence limit kept from being looked at) is not stalled */
+      if (r->held_since_s > 0 && !lm_request_check_held(r, e->cfg.max_undrained_tokens))
+        r->held_since_s = 0;
+      if (r->held_since_s > 0 && now - r->held_since_s > e->cfg.stall_timeout_s) {
         e->st.stall_aborts++;
         lm_sched_finish(e, r, LM_FINISH_ABORT, 0, NULL);
       }
@@ -315,6 +322,8 @@ int lm_sched_step(lm_engine *e) {
     if (!e->chunks[i].want_logits) continue;
     struct lm_token_logprob *top = e->top + (size_t)n_rows * LM_MAX_TOP_LOGPROBS;
     memset(top, 0, LM_MAX_TOP_LOGPROBS * sizeof(*top));
+    const int32_t *banned;
+    int n_banned = lm_outproc_banned(r->op, &banned);
     e->rows[n_rows] = (struct lm_sample_row){
         .params = &r->sampling,
         .position = (uint64_t)r->n_generated,
@@ -322,6 +331,11 @@ int lm_sched_step(lm_engine *e) {
         .n_history = (size_t)r->n_tokens,
         .n_top_logprobs = r->n_top,
         .top = top,
+        /* presence and frequency penalties count the output only */
+        .n_prompt = (size_t)r->n_prompt,
+        /* before min_tokens, EOS and stop ids cannot be drawn */
+        .banned = banned,
+        .n_banned = n_banned,
     };
     e->row_req[n_rows++] = r;
   }

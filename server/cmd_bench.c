@@ -34,8 +34,8 @@ static const char usage[] =
     "                     [--max-batched-tokens N] [--long-decodes N] [--seed S]\n"
     "  runs the engine's serving workloads in process and prints throughput,\n"
     "  TTFT and inter-token latency percentiles, prefix-cache hit rate, KV use\n"
-    "  and the benchmark gates. Defaults: prompt 128, output 64, prefix 2048,\n"
-    "  long 8192 tokens, 32 decodes beside the long prompt.\n";
+    "  and the benchmark gates. Defaults: prompt 128, output 192, prefix 2048,\n"
+    "  long 8192 tokens, 32 decodes beside the long prompt, 96 tokens a step.\n";
 
 struct bench_opts {
   const char *model, *only;
@@ -114,6 +114,7 @@ struct bench {
   uint64_t rng;
   int vocab;
   struct samples ttft, itl; /* seconds */
+  struct samples arrivals;  /* lm_now_s() of every token received */
   int kv_peak;              /* most KV blocks held by live requests */
   int itl_on;               /* record inter-token latencies */
   char err[LM_ERR_LEN];
@@ -172,6 +173,8 @@ static int drain_all(struct bench *b, struct job *jobs, int n) {
         if (samples_add(&b->itl, (now - j->last_s) / k)) return LM_ENOMEM;
       j->last_s = now;
       j->n_out += b->out.n_tokens;
+      for (int t = 0; t < b->out.n_tokens; t++)
+        if (samples_add(&b->arrivals, now)) return LM_ENOMEM;
     }
     if (b->out.finished) {
       j->finished = 1;
@@ -236,17 +239,22 @@ static void summarize(struct bench *b, const struct job *jobs, int n, double t0,
                       struct result *r) {
   r->n_requests = n;
   r->prompt_tokens = r->output_tokens = 0;
-  double last_first = 0;
+  double last_first = 0, first_done = t1;
   for (int i = 0; i < n; i++) {
     r->prompt_tokens += jobs[i].n_prompt;
     r->output_tokens += jobs[i].n_out;
     if (jobs[i].first_s > last_first) last_first = jobs[i].first_s;
+    if (jobs[i].done_s > 0 && jobs[i].done_s < first_done) first_done = jobs[i].done_s;
   }
   r->wall_s = t1 - t0;
   r->out_tps = (double)r->output_tokens / r->wall_s;
   r->total_tps = (double)(r->output_tokens + r->prompt_tokens) / r->wall_s;
-  /* decode: tokens after every request's first, over the time after it */
-  r->decode_tps = t1 > last_first ? (double)(r->output_tokens - n) / (t1 - last_first) : 0;
+  /* decode: tokens received while every request was decoding (after the
+   * last first token, up to the first finish) */
+  long in_window = 0;
+  for (size_t i = 0; i < b->arrivals.n; i++)
+    in_window += b->arrivals.v[i] > last_first && b->arrivals.v[i] <= first_done;
+  r->decode_tps = first_done > last_first ? (double)in_window / (first_done - last_first) : 0;
   double q[3] = {50, 90, 99};
   for (int i = 0; i < 3; i++) {
     r->ttft[i] = pct(&b->ttft, q[i]) * 1e3;
@@ -278,7 +286,7 @@ static void print_result(const struct bench_opts *o, const struct result *r) {
 }
 
 static void reset(struct bench *b) {
-  b->ttft.n = b->itl.n = 0;
+  b->ttft.n = b->itl.n = b->arrivals.n = 0;
   b->kv_peak = 0;
 }
 
@@ -489,7 +497,7 @@ static int want(const struct bench_opts *o, const char *w) {
 
 int lm_cmd_bench(int argc, char **argv) {
   struct bench_opts o = {.prompt_len = 128,
-                         .output_len = 64,
+                         .output_len = 192,
                          .prefix_len = 2048,
                          .long_len = 8192,
                          .long_decodes = 32,
@@ -608,5 +616,6 @@ out:
   lm_output_free(&b.out);
   free(b.ttft.v);
   free(b.itl.v);
+  free(b.arrivals.v);
   return rc;
 }

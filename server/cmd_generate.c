@@ -12,6 +12,7 @@
 #include "engine/engine.h"
 #include "engine/json.h"
 #include "engine/lm.h"
+#include "engine/output.h"
 #include "server/cli.h"
 
 static const char usage[] =
@@ -178,22 +179,52 @@ static void emit(const struct gen_opts *o, int32_t id, const char *text, size_t 
   }
 }
 
-/* Prints one drain. In --json, a drain's text belongs to its last token
- * (the others get ""), text with no token gets id -1, and the EOS or stop
- * id that ended the request is not printed (it adds no text). */
-static void emit_output(const struct gen_opts *o, const struct lm_output *out) {
-  int n = out->n_tokens;
-  if (out->finished && n > 0 && out->stop_token_id >= 0 &&
-      out->token_ids[n - 1] == out->stop_token_id)
-    n--;
+/* In --json, each token is printed once the next drain shows whether it
+ * is the EOS or stop id that ended the request (not printed: it adds no
+ * text). A drain's text belongs to its last token. */
+struct pending {
+  int has;
+  int32_t id;
+  struct lm_strbuf text;
+};
+
+static int hold(struct pending *p, int32_t id, const char *text, size_t len) {
+  p->has = 1;
+  p->id = id;
+  p->text.len = 0;
+  return lm_strbuf_append(&p->text, text, len);
+}
+
+static void print_pending(const struct gen_opts *o, struct pending *p) {
+  if (p->has) emit(o, p->id, p->text.len ? p->text.data : "", p->text.len);
+  p->has = 0;
+}
+
+static int emit_output(const struct gen_opts *o, const struct lm_output *out, struct pending *p) {
+  int rc = LM_OK;
   if (!o->json) {
     emit(o, -1, out->text, out->text_len);
   } else {
-    for (int i = 0; i < n; i++)
-      emit(o, out->token_ids[i], i == n - 1 ? out->text : "", i == n - 1 ? out->text_len : 0);
-    if (n == 0 && out->text_len) emit(o, -1, out->text, out->text_len);
+    for (int i = 0; i < out->n_tokens && rc == LM_OK; i++) {
+      int last = i == out->n_tokens - 1;
+      print_pending(o, p);
+      rc = hold(p, out->token_ids[i], last ? out->text : "", last ? out->text_len : 0);
+    }
+    if (out->n_tokens == 0 && out->text_len) {
+      if (p->has)
+        rc = lm_strbuf_append(&p->text, out->text, out->text_len);
+      else
+        emit(o, -1, out->text, out->text_len);
+    }
+    if (out->finished && p->has) {
+      if ((out->finish_reason == LM_FINISH_EOS || out->finish_reason == LM_FINISH_STOP_TOKEN) &&
+          p->id == out->stop_token_id)
+        p->id = -1;
+      if (p->id >= 0 || p->text.len) print_pending(o, p);
+    }
   }
   fflush(stdout);
+  return rc;
 }
 
 /* --chat: the request on stdin, rendered with the model's chat template. */
@@ -241,6 +272,7 @@ int lm_cmd_generate(int argc, char **argv) {
   lm_request *req = NULL;
   lm_tokens prompt = {0};
   struct lm_output out = {0};
+  struct pending pend = {0};
   struct waiter w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
   int rc = 1;
 
@@ -308,7 +340,10 @@ int lm_cmd_generate(int argc, char **argv) {
       goto out;
     }
     if (got == 0) continue;
-    emit_output(&o, &out);
+    if (emit_output(&o, &out, &pend) != LM_OK) {
+      fprintf(stderr, "lmserve: out of memory printing the output\n");
+      goto out;
+    }
     if (out.finished) break;
   }
   if (out.finish_reason == LM_FINISH_ERROR || out.finish_reason == LM_FINISH_ABORT) {
@@ -322,6 +357,7 @@ out:
   lm_request_release(req);
   lm_engine_destroy(e);
   lm_output_free(&out);
+  lm_strbuf_free(&pend.text);
   lm_tokens_free(&prompt);
   return rc;
 }

