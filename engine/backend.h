@@ -77,6 +77,9 @@ struct lm_sample_row {
   size_t n_prompt;
   const int32_t *banned; /* [n_banned] ids that cannot be drawn (min_tokens) */
   int n_banned;
+  /* The caller wants no logprob (nor top logprobs): the result's logprob
+   * is NaN and a full pass over the vocabulary is saved. */
+  int skip_logprob;
 };
 
 struct lm_sample_result {

@@ -36,7 +36,10 @@ struct lm_engine_config {
   int n_kv_blocks;              /* > 0: exactly this many blocks (tests) */
   float gpu_memory_utilization; /* CUDA: fraction of device memory (0.9) */
   int max_num_seqs;             /* requests in one step (256) */
-  int max_num_batched_tokens;   /* tokens in one step, all requests (2048) */
+  int max_num_batched_tokens;   /* tokens in one step, all requests (2048);
+                                   also the step's compute budget, where a
+                                   token deep in a long context counts for
+                                   more (its attention; see sched.c) */
   int max_model_len;            /* 0: the model's max_position_embeddings */
   int max_waiting;              /* queued requests beyond this get LM_EFULL (1024) */
   int enable_prefix_caching;    /* 1 */

@@ -80,6 +80,10 @@ struct lm_engine {
   lm_runner *runner;
   lm_kv_pool *pool;
   struct lm_engine_info info;
+  /* The context length at which a token's attention costs as many FLOPs
+   * as its weight matmuls: per-layer matmul parameters / (2 * heads *
+   * head_dim). The scheduler's compute budget (sched.c) is built on it. */
+  double attn_ctx_tokens;
 
   pthread_t thread;
   int thread_started;

@@ -206,7 +206,8 @@ struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
   struct lm_sample_result res;
   float *l = scratch; /* [vocab] working logits */
   int raw_max = lm_sampler_argmax(logits, vocab);
-  double raw_lse = log_sum_exp(logits, vocab, logits[raw_max]);
+  int want_lp = !row->skip_logprob || (row->n_top_logprobs > 0 && row->top);
+  double raw_lse = want_lp ? log_sum_exp(logits, vocab, logits[raw_max]) : NAN;
   if (row->n_top_logprobs > 0 && row->top) {
     int n = row->n_top_logprobs < LM_SAMPLER_MAX_TOP ? row->n_top_logprobs : LM_SAMPLER_MAX_TOP;
     top_logprobs(logits, vocab, raw_lse, row->top, n);

@@ -11,6 +11,7 @@
  * request is preempted: its blocks go back (their hashes stay, so the
  * prefix cache makes the recomputation cheap), its tokens stay, and it
  * waits at the front of its priority to be computed again. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -163,17 +164,58 @@ double lm_sched_next_deadline(lm_engine *e, double now) {
   return best;
 }
 
+/* A step's budget: max_num_batched_tokens tokens, and as much compute.
+ * A token at context position p costs 1 + p / attn_ctx_tokens token
+ * equivalents (its weight matmuls plus its attention over p earlier
+ * tokens), so a prefill chunk deep into a long prompt gets fewer tokens and
+ * a step with one never takes much longer than a step without: the
+ * decodes beside it keep their inter-token latency. With short contexts
+ * both budgets are the plain token count. */
+struct budget {
+  int tokens;
+  double cost;
+};
+
+/* Token equivalents of n tokens at positions start .. start + n - 1. */
+static double chunk_cost(const lm_engine *e, int start, int n) {
+  return n + ((double)n * start + (double)n * (n - 1) / 2) / e->attn_ctx_tokens;
+}
+
+/* How many of want tokens from position start fit. A decode always does
+ * (while any token is left): a step never leaves a running sequence
+ * behind for a prompt's sake. */
+static int budget_fit(const lm_engine *e, const struct budget *b, int start, int want) {
+  int n = want < b->tokens ? want : b->tokens;
+  if (n <= 1) return n;
+  if (chunk_cost(e, start, n) <= b->cost) return n;
+  /* n^2 / 2L + n (1 + (start - 1/2) / L) <= cost: the positive root */
+  double a = 0.5 / e->attn_ctx_tokens, q = 1 + (start - 0.5) / e->attn_ctx_tokens;
+  double root = b->cost > 0 ? (-q + sqrt(q * q + 4 * a * b->cost)) / (2 * a) : 0;
+  n = root < n ? (int)root : n;
+  while (n > 0 && chunk_cost(e, start, n) > b->cost)
+    n--;
+  return n;
+}
+
+static void budget_take(const lm_engine *e, struct budget *b, int start, int n) {
+  b->tokens -= n;
+  b->cost -= chunk_cost(e, start, n);
+}
+
 /* Running requests first: decodes and unfinished prompts, oldest first. */
-static int schedule_running(lm_engine *e, double now, int *budget, int *preempted) {
+static int schedule_running(lm_engine *e, double now, struct budget *budget, int *preempted) {
   int n = 0;
-  for (int i = 0; *budget > 0 && i < e->n_running;) {
+  for (int i = 0; budget->tokens > 0 && i < e->n_running;) {
     lm_request *r = e->running[i];
     if (held_back(e, r, now)) {
       i++;
       continue;
     }
-    int want = r->n_tokens - r->kv.n_cached_tokens;
-    if (want > *budget) want = *budget;
+    int want = budget_fit(e, budget, r->kv.n_cached_tokens, r->n_tokens - r->kv.n_cached_tokens);
+    if (want <= 0) {
+      i++;
+      continue;
+    }
     int rc, fits = 1;
     while ((rc = lm_kv_seq_reserve(&r->kv, e->pool, r->kv.n_cached_tokens + want, NULL)) ==
            LM_EFULL) {
@@ -197,8 +239,8 @@ static int schedule_running(lm_engine *e, double now, int *budget, int *preempte
       if (r->state == LM_REQ_RUNNING) i++;
       continue;
     }
+    budget_take(e, budget, r->kv.n_cached_tokens, want);
     add_chunk(e, n++, r, want);
-    *budget -= want;
     i++;
   }
   return n;
@@ -206,8 +248,8 @@ static int schedule_running(lm_engine *e, double now, int *budget, int *preempte
 
 /* Then waiting requests, by priority and arrival, while blocks, budget
  * and sequence slots last; the first that does not fit stops the rest. */
-static int schedule_waiting(lm_engine *e, double now, int *budget, int n) {
-  for (int i = 0; *budget > 0 && i < e->n_waiting && e->n_running < e->cfg.max_num_seqs;) {
+static int schedule_waiting(lm_engine *e, double now, struct budget *budget, int n) {
+  for (int i = 0; budget->tokens > 0 && i < e->n_waiting && e->n_running < e->cfg.max_num_seqs;) {
     lm_request *r = e->waiting[i];
     if (held_back(e, r, now)) {
       i++;
@@ -219,8 +261,11 @@ static int schedule_waiting(lm_engine *e, double now, int *budget, int n) {
       lm_sched_finish(e, r, LM_FINISH_ERROR, LM_ENOMEM, "out of memory for a block table");
       continue;
     }
-    int want = r->n_tokens - hit;
-    if (want > *budget) want = *budget;
+    int want = budget_fit(e, budget, hit, r->n_tokens - hit);
+    if (want <= 0) {
+      lm_kv_seq_release(&r->kv, e->pool);
+      break;
+    }
     int rc = lm_kv_seq_reserve(&r->kv, e->pool, hit + want, NULL);
     if (rc != LM_OK) {
       lm_kv_seq_release(&r->kv, e->pool);
@@ -242,8 +287,8 @@ static int schedule_waiting(lm_engine *e, double now, int *budget, int n) {
       r->first_sched_s = now;
       r->cached_tokens = hit < r->n_prompt ? hit : r->n_prompt;
     }
+    budget_take(e, budget, hit, want);
     add_chunk(e, n++, r, want);
-    *budget -= want;
   }
   return n;
 }
@@ -297,7 +342,8 @@ static void take_token(lm_engine *e, lm_request *r, const struct lm_sample_resul
 int lm_sched_step(lm_engine *e) {
   char err[LM_ERR_LEN];
   double now = lm_now_s();
-  int budget = e->cfg.max_num_batched_tokens, preempted = 0, n;
+  struct budget budget = {e->cfg.max_num_batched_tokens, e->cfg.max_num_batched_tokens};
+  int preempted = 0, n;
   reap(e, now);
   /* preempted requests move to waiting: make room for all of them now */
   if (grow_list(&e->waiting, &e->cap_waiting, e->n_waiting + e->n_running) != LM_OK) return 0;
@@ -330,6 +376,7 @@ int lm_sched_step(lm_engine *e) {
         .history = r->tokens,
         .n_history = (size_t)r->n_tokens,
         .n_top_logprobs = r->n_top,
+        .skip_logprob = !r->want_logprobs && r->n_top == 0,
         .top = top,
         /* presence and frequency penalties count the output only */
         .n_prompt = (size_t)r->n_prompt,

@@ -35,7 +35,7 @@ static const char usage[] =
     "  runs the engine's serving workloads in process and prints throughput,\n"
     "  TTFT and inter-token latency percentiles, prefix-cache hit rate, KV use\n"
     "  and the benchmark gates. Defaults: prompt 128, output 192, prefix 2048,\n"
-    "  long 8192 tokens, 32 decodes beside the long prompt, 96 tokens a step.\n";
+    "  long 8192 tokens, 32 decodes beside the long prompt, 64 tokens a step.\n";
 
 struct bench_opts {
   const char *model, *only;
@@ -347,10 +347,12 @@ out:
 }
 
 /* Output tokens of each decode beside the long prompt: enough to outlast
- * its prefill at the budget left over by the decodes, twice over. */
+ * its prefill at the budget left over by the decodes, four times over (a
+ * token deep in the prompt costs up to about 3 of the step's budget); the
+ * decodes are aborted once the long prompt is in. */
 static int long_decode_tokens(const struct bench_opts *o) {
   long per_step = o->budget - o->long_decodes > 16 ? o->budget - o->long_decodes : 16;
-  return (int)(64 + 2 * (o->long_len / per_step));
+  return (int)(64 + 4 * (o->long_len / per_step));
 }
 
 /* The long prompt alone, then arriving while decodes run. ITLs of the
@@ -379,18 +381,22 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   alone->concurrency = 1;
   summarize(b, la, 1, t0, lm_now_s(), &s0, &s1, alone);
 
-  /* the decodes run until each has 16 tokens, then the long prompt comes */
+  /* The decodes start; once every one has 16 tokens (all prompts are in)
+   * their next 16 give the decode-only ITL; then the long prompt comes. */
   reset(b);
   b->itl_on = 1;
   for (int i = 0; i < nd; i++)
     if ((rc = job_submit(b, &jobs[i])) != LM_OK) goto out;
-  for (;;) {
-    int ready = 1;
-    for (int i = 0; i < nd; i++)
-      ready &= jobs[i].n_out >= 16;
-    if (ready) break;
-    wait_ready(&b->w);
-    if ((rc = drain_all(b, jobs, nd)) != LM_OK) goto out;
+  for (int until = 16; until <= 32; until += 16) {
+    b->itl.n = 0;
+    for (;;) {
+      int ready = 1;
+      for (int i = 0; i < nd; i++)
+        ready &= jobs[i].n_out >= until;
+      if (ready) break;
+      wait_ready(&b->w);
+      if ((rc = drain_all(b, jobs, nd)) != LM_OK) goto out;
+    }
   }
   for (size_t i = 0; i < b->itl.n; i++)
     if ((rc = samples_add(&before, b->itl.v[i])) != LM_OK) goto out;
@@ -501,7 +507,7 @@ int lm_cmd_bench(int argc, char **argv) {
                          .prefix_len = 2048,
                          .long_len = 8192,
                          .long_decodes = 32,
-                         .budget = 96,
+                         .budget = 64,
                          .seed = 1};
   char dir_buf[4096], err[LM_ERR_LEN];
   struct bench b = {.w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER}};

@@ -713,6 +713,37 @@ static void test_full_and_destroy(void) {
   lm_check(ok, "destroy ends every request in flight as aborted; handles stay usable");
 }
 
+/* The step budget counts a token's attention over its context: a 256-token
+ * prompt under a 64-token budget needs more than 4 steps once its chunks
+ * reach deep positions, and comes out as it does in one chunk. */
+static void test_compute_budget(void) {
+  char err[LM_ERR_LEN];
+  struct job one, split;
+  lm_engine *e = open_engine(0, 2048, 0, NULL);
+  if (!lm_check(e != NULL, "engine with a 2048-token budget opens")) return;
+  memset(&one, 0, sizeof(one));
+  srand(777);
+  one.n_prompt = 256;
+  for (int i = 0; i < one.n_prompt; i++)
+    one.prompt[i] = 3 + rand() % (n_ids - 3);
+  one.max_tokens = 12;
+  split = one;
+  int ok = job_submit(e, &one, err) == LM_OK && job_wait(&one);
+  struct lm_engine_stats s = settle(e);
+  lm_check(ok && s.max_prefill_steps == 1, "a 256-token prompt in one step under 2048 (%d steps)",
+           s.max_prefill_steps);
+  lm_engine_destroy(e);
+  e = open_engine(0, 64, 0, NULL);
+  if (!lm_check(e != NULL, "engine with a 64-token budget opens")) return;
+  ok = job_submit(e, &split, err) == LM_OK && job_wait(&split);
+  s = settle(e);
+  lm_check(ok && s.max_prefill_steps > 4,
+           "under a 64-token budget its prefill takes %d steps (> 4: deep chunks cost more)",
+           s.max_prefill_steps);
+  lm_check(same_output(&one, &split), "and its output equals the one-chunk prefill");
+  lm_engine_destroy(e);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: engine_test FIXTURES_DIR\n");
@@ -726,5 +757,6 @@ int main(int argc, char **argv) {
   test_misc(argc > 3 ? atoi(argv[3]) : 2000);
   test_full_and_destroy();
   test_stall_needs_undrained();
+  test_compute_budget();
   return lm_check_done();
 }

@@ -403,6 +403,25 @@ static void test_check(void) {
   }
 }
 
+/* Without a logprob wanted, the same ids come out and the logprob is NaN. */
+static void test_skip_logprob(void) {
+  static float scratch[3 * VOCAB];
+  float l[VOCAB];
+  int same = 1, nan = 1;
+  for (int i = 0; i < VOCAB; i++)
+    l[i] = (float)((i * 37) % 11) * 0.3f;
+  for (int t = 0; t < 200; t++) {
+    struct lm_sampling p = {.temperature = t % 2 ? 0.9f : 0.0f, .top_p = 0.8f, .seed = 7};
+    struct lm_sample_row row = {.params = &p, .position = (uint64_t)t};
+    struct lm_sample_result a = lm_sampler_sample(l, VOCAB, &row, scratch);
+    row.skip_logprob = 1;
+    struct lm_sample_result b = lm_sampler_sample(l, VOCAB, &row, scratch);
+    same &= a.id == b.id && a.logprob == a.logprob;
+    nan &= b.logprob != b.logprob;
+  }
+  lm_check(same && nan, "skip_logprob draws the same 200 ids and reports a NaN logprob");
+}
+
 static void test_uniform(void) {
   float lo = 1, hi = 0;
   for (uint64_t i = 0; i < 100000; i++) {
@@ -421,6 +440,7 @@ int main(void) {
   test_degenerate();
   test_against_full_sort();
   test_uniform();
+  test_skip_logprob();
   test_top_logprobs();
   test_penalties_vllm();
   test_banned();
