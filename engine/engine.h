@@ -154,6 +154,9 @@ struct lm_output {
   int n_tokens;
   char *text; /* [text_len] new text, NUL-terminated, whole UTF-8 characters */
   size_t text_len;
+  size_t *text_ends;                     /* [n_tokens] text released through each token: token i
+                                            released text[text_ends[i-1] (0 for i = 0), text_ends[i]);
+                                            any text after the last end came with the finish */
   float *logprobs;                       /* [n_tokens] when the request asked for logprobs */
   struct lm_token_logprob *top_logprobs; /* [n_tokens][n_top], best first */
   int n_top;

@@ -41,6 +41,7 @@ struct lm_request {
   int released; /* the caller let go: no more notify */
   int32_t *q_ids;
   float *q_logprobs;
+  size_t *q_text_end;             /* [q_n] q_text.len once each token's text was added */
   struct lm_token_logprob *q_top; /* [q_n, n_top] */
   int q_n, q_cap;
   struct lm_strbuf q_text;

@@ -283,7 +283,7 @@ static const char *op_name(enum jj_op op) {
   return names[op];
 }
 
-static int str_value(jj_ctx *x, jj_buf *b, jj_val *out) {
+int jj_buf_value(jj_ctx *x, jj_buf *b, jj_val *out) {
   if (b->oom) {
     free(b->p);
     return jj_oom(x);
@@ -303,7 +303,7 @@ static int join2(jj_ctx *x, jj_val l, jj_val r, jj_val *out) {
     free(b.p);
     return jj_fail(x, "%s", msg);
   }
-  return str_value(x, &b, out);
+  return jj_buf_value(x, &b, out);
 }
 
 static int arith(jj_ctx *x, enum jj_op op, jj_val l, jj_val r, jj_val *out) {

@@ -40,19 +40,6 @@ int jj_known_test(const char *s, size_t n) {
   return in_set(s, n, tests);
 }
 
-static int done_str(jj_ctx *x, jj_buf *b, jj_val *out) {
-  if (b->oom) {
-    free(b->p);
-    return jj_oom(x);
-  }
-  char *s = jj_alloc(&x->arena, b->n + 1);
-  if (s && b->n) memcpy(s, b->p, b->n);
-  free(b->p);
-  if (!s) return jj_oom(x);
-  *out = jv_str(s, b->n);
-  return LM_OK;
-}
-
 static int to_json(jj_ctx *x, jj_val v, const jj_json_opts *o, jj_val *out) {
   jj_buf b = {0};
   char msg[LM_ERR_LEN];
@@ -61,7 +48,7 @@ static int to_json(jj_ctx *x, jj_val v, const jj_json_opts *o, jj_val *out) {
     free(b.p);
     return rc == LM_ENOMEM ? jj_oom(x) : jj_fail(x, "%s", msg);
   }
-  return done_str(x, &b, out);
+  return jj_buf_value(x, &b, out);
 }
 
 /* ---- tests ---- */
@@ -168,7 +155,7 @@ static int capitalize(jj_ctx *x, jj_val s, jj_val *out) {
   jj_buf b = {0};
   jj_put(&b, up.u.s.p, up.u.s.n);
   jj_put(&b, s.u.s.p + k, s.u.s.n - k);
-  return done_str(x, &b, out);
+  return jj_buf_value(x, &b, out);
 }
 
 static int affix(jj_ctx *x, jj_val self, const jj_args *a, int end, jj_val *out) {
@@ -257,7 +244,7 @@ static int replace(jj_ctx *x, jj_val self, jj_val old, jj_val new_, jj_val count
       p += k;
     }
     jj_put(&b, p, (size_t)(end - p));
-    return done_str(x, &b, out);
+    return jj_buf_value(x, &b, out);
   }
   while (left > 0) {
     const char *hit = memmem(p, (size_t)(end - p), old.u.s.p, old.u.s.n);
@@ -268,7 +255,7 @@ static int replace(jj_ctx *x, jj_val self, jj_val old, jj_val new_, jj_val count
     left--;
   }
   jj_put(&b, p, (size_t)(end - p));
-  return done_str(x, &b, out);
+  return jj_buf_value(x, &b, out);
 }
 
 static int strip(jj_ctx *x, jj_val self, const jj_args *a, int left, int right, jj_val *out) {
@@ -451,7 +438,7 @@ static int filter_join(jj_ctx *x, jj_val v, jj_val sep, jj_val *out) {
       jj_put(&b, p, k);
       p += k;
     }
-    return done_str(x, &b, out);
+    return jj_buf_value(x, &b, out);
   }
   for (size_t i = 0; i < v.u.l->n; i++) {
     jj_val it = v.u.l->items[i];
@@ -462,7 +449,7 @@ static int filter_join(jj_ctx *x, jj_val v, jj_val sep, jj_val *out) {
       return jj_fail(x, "join: %s", msg);
     }
   }
-  return done_str(x, &b, out);
+  return jj_buf_value(x, &b, out);
 }
 
 static int filter_bare(jj_ctx *x, const char *f, jj_val v, jj_val *out) {
@@ -524,7 +511,7 @@ static int filter_bare(jj_ctx *x, const char *f, jj_val v, jj_val *out) {
         jj_putc(&b, '\n');
         p = nl + 1;
       }
-      return done_str(x, &b, out);
+      return jj_buf_value(x, &b, out);
     }
   } else if (t == JV_INT || t == JV_FLOAT) {
     if (!strcmp(f, "abs"))
@@ -535,7 +522,7 @@ static int filter_bare(jj_ctx *x, const char *f, jj_val v, jj_val *out) {
       jj_buf b = {0};
       char msg[LM_ERR_LEN];
       jv_print(&b, v, msg);
-      return done_str(x, &b, out);
+      return jj_buf_value(x, &b, out);
     }
   } else if (t == JV_DICT) {
     if (!strcmp(f, "items")) return items_list(x, v, 0, out);
@@ -707,7 +694,7 @@ int jj_apply_filter(jj_ctx *x, const jj_node *fn, jj_val v, jj_env *env, jj_val 
         jj_putc(&b, '\n');
         p = nl + 1;
       }
-      return done_str(x, &b, out);
+      return jj_buf_value(x, &b, out);
     }
     if (!strcmp(f, "replace")) {
       if (a.n_pos < 2) return jj_fail(x, "replace() requires at least two arguments");

@@ -287,6 +287,8 @@ struct jj_ctx {
 /* err (LM_EINVAL) with the current template line. */
 int jj_fail(jj_ctx *x, const char *fmt, ...) LM_PRINTF(2, 3);
 int jj_oom(jj_ctx *x);
+/* The text gathered in b as a string value in the render arena; frees b. */
+int jj_buf_value(jj_ctx *x, jj_buf *b, jj_val *out);
 int jj_eval(jj_ctx *x, const jj_node *node, jj_env *env, jj_val *out);
 /* Evaluates call arguments: positional values, then keyword ones. */
 typedef struct {

@@ -28,6 +28,7 @@ void lm_request_unref(lm_request *r) {
   free(r->kv.blocks);
   free(r->q_ids);
   free(r->q_logprobs);
+  free(r->q_text_end);
   free(r->q_top);
   lm_strbuf_free(&r->q_text);
   free(r->stop_str);
@@ -80,7 +81,8 @@ int lm_request_drain(lm_request *r, struct lm_output *out) {
   size_t n = (size_t)r->q_n, nt = (size_t)r->n_top;
   if (n > out->cap_tokens) {
     if (grow((void **)&out->token_ids, n, sizeof(int32_t)) ||
-        grow((void **)&out->logprobs, n, sizeof(float))) {
+        grow((void **)&out->logprobs, n, sizeof(float)) ||
+        grow((void **)&out->text_ends, n, sizeof(size_t))) {
       rc = LM_ENOMEM;
       goto out;
     }
@@ -104,6 +106,7 @@ int lm_request_drain(lm_request *r, struct lm_output *out) {
   }
   if (n) {
     memcpy(out->token_ids, r->q_ids, n * sizeof(int32_t));
+    memcpy(out->text_ends, r->q_text_end, n * sizeof(size_t));
     if (r->want_logprobs) memcpy(out->logprobs, r->q_logprobs, n * sizeof(float));
     if (nt) memcpy(out->top_logprobs, r->q_top, n * nt * sizeof(struct lm_token_logprob));
   }
@@ -136,6 +139,7 @@ void lm_output_free(struct lm_output *out) {
   free(out->text);
   free(out->logprobs);
   free(out->top_logprobs);
+  free(out->text_ends);
   memset(out, 0, sizeof(*out));
 }
 
@@ -161,6 +165,7 @@ int lm_request_push_output(lm_request *r, int32_t id, const struct lm_sample_res
     size_t cap = r->q_cap ? 2 * (size_t)r->q_cap : 16, nt = (size_t)r->n_top;
     if (grow((void **)&r->q_ids, cap, sizeof(int32_t)) ||
         grow((void **)&r->q_logprobs, cap, sizeof(float)) ||
+        grow((void **)&r->q_text_end, cap, sizeof(size_t)) ||
         (nt && grow((void **)&r->q_top, cap * nt, sizeof(struct lm_token_logprob)))) {
       rc = LM_ENOMEM;
       goto out;
@@ -173,6 +178,7 @@ int lm_request_push_output(lm_request *r, int32_t id, const struct lm_sample_res
   }
   r->q_ids[r->q_n] = id;
   r->q_logprobs[r->q_n] = res->logprob;
+  r->q_text_end[r->q_n] = r->q_text.len;
   if (r->n_top)
     memcpy(r->q_top + (size_t)r->q_n * r->n_top, top,
            (size_t)r->n_top * sizeof(struct lm_token_logprob));

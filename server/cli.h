@@ -2,6 +2,7 @@
 #ifndef LM_CLI_H
 #define LM_CLI_H
 
+#include <pthread.h>
 #include <stddef.h>
 
 /* The model directory to use: --model if given, else $LMSERVE_MODEL, else
@@ -16,6 +17,17 @@ int lm_cli_float(const char *flag, const char *s, double min, double max, double
 /* Prints a start-up failure as one line: the model directory, unless the
  * message already names it, then the message. */
 void lm_cli_load_error(const char *dir, const char *err);
+
+/* A request's notify callback for a command-line loop: lm_cli_wake (the
+ * engine thread; only signals) sets the flag, lm_cli_wait sleeps until it
+ * is set and clears it. */
+struct lm_cli_waiter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int ready;
+};
+void lm_cli_wake(void *arg);
+void lm_cli_wait(struct lm_cli_waiter *w);
 
 int lm_cmd_generate(int argc, char **argv);
 int lm_cmd_tokenize(int argc, char **argv);

@@ -77,28 +77,6 @@ static double pct(struct samples *s, double p) {
 
 /* ---- running requests ------------------------------------------------------ */
 
-struct waiter {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int ready;
-};
-
-static void wake(void *arg) {
-  struct waiter *w = arg;
-  pthread_mutex_lock(&w->mu);
-  w->ready = 1;
-  pthread_cond_signal(&w->cv);
-  pthread_mutex_unlock(&w->mu);
-}
-
-static void wait_ready(struct waiter *w) {
-  pthread_mutex_lock(&w->mu);
-  while (!w->ready)
-    pthread_cond_wait(&w->cv, &w->mu);
-  w->ready = 0;
-  pthread_mutex_unlock(&w->mu);
-}
-
 struct job {
   lm_request *r;
   int32_t *prompt; /* [n_prompt] */
@@ -109,7 +87,7 @@ struct job {
 
 struct bench {
   lm_engine *e;
-  struct waiter w;
+  struct lm_cli_waiter w;
   struct lm_output out;
   uint64_t rng;
   int vocab;
@@ -141,7 +119,7 @@ static int job_submit(struct bench *b, struct job *j) {
   p.n_prompt = j->n_prompt;
   p.max_tokens = j->max_tokens;
   p.ignore_eos = 1;
-  p.notify = wake;
+  p.notify = lm_cli_wake;
   p.notify_arg = &b->w;
   j->submit_s = lm_now_s();
   j->first_s = j->last_s = j->done_s = 0;
@@ -217,7 +195,7 @@ static int run_together(struct bench *b, struct job *jobs, int n) {
   for (int i = 0; i < n; i++)
     if ((rc = job_submit(b, &jobs[i])) != LM_OK) return rc;
   while (!all_done(jobs, n)) {
-    wait_ready(&b->w);
+    lm_cli_wait(&b->w);
     if ((rc = drain_all(b, jobs, n)) != LM_OK) return rc;
   }
   return LM_OK;
@@ -347,12 +325,13 @@ out:
 }
 
 /* Output tokens of each decode beside the long prompt: enough to outlast
- * its prefill at the budget left over by the decodes, four times over (a
- * token deep in the prompt costs up to about 3 of the step's budget); the
+ * its prefill at the budget left over by the decodes four times over (a
+ * token deep in the prompt costs up to about 3 of the step's budget), plus
+ * 512 for however late the long prompt is submitted on a busy machine; the
  * decodes are aborted once the long prompt is in. */
 static int long_decode_tokens(const struct bench_opts *o) {
   long per_step = o->budget - o->long_decodes > 16 ? o->budget - o->long_decodes : 16;
-  return (int)(64 + 4 * (o->long_len / per_step));
+  return (int)(64 + 512 + 4 * (o->long_len / per_step));
 }
 
 /* The long prompt alone, then arriving while decodes run. ITLs of the
@@ -394,7 +373,7 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
       for (int i = 0; i < nd; i++)
         ready &= jobs[i].n_out >= until;
       if (ready) break;
-      wait_ready(&b->w);
+      lm_cli_wait(&b->w);
       if ((rc = drain_all(b, jobs, nd)) != LM_OK) goto out;
     }
   }
@@ -413,7 +392,7 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
       rc = lm_errf(b->err, LM_ERANGE, "bench: the decodes ended before the long prompt's prefill");
       goto out;
     }
-    wait_ready(&b->w);
+    lm_cli_wait(&b->w);
     if ((rc = drain_all(b, jobs, nd + 2)) != LM_OK) goto out;
   }
   double t1 = lm_now_s();
@@ -541,6 +520,8 @@ int lm_cmd_bench(int argc, char **argv) {
   cfg.max_num_batched_tokens = (int)o.budget;
   cfg.max_model_len =
       (int)(o.long_len + 64 > o.prefix_len + 128 ? o.long_len + 64 : o.prefix_len + 128);
+  if (cfg.max_model_len < 64 + long_decode_tokens(&o))
+    cfg.max_model_len = 64 + long_decode_tokens(&o);
   cfg.max_undrained_tokens = 1 << 20;
   /* KV for the largest workload at once (f32 on the CPU: keep it tight):
    * 64 fixed requests, or the long prompt twice (alone, then cached while

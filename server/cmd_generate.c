@@ -146,29 +146,6 @@ static void request_params(const lm_engine *e, const struct gen_opts *o, const l
   p->n_stop_token_ids = o->n_stop_ids;
 }
 
-/* The notify callback's side: a flag and a condition variable. */
-struct waiter {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int ready;
-};
-
-static void wake(void *arg) {
-  struct waiter *w = arg;
-  pthread_mutex_lock(&w->mu);
-  w->ready = 1;
-  pthread_cond_signal(&w->cv);
-  pthread_mutex_unlock(&w->mu);
-}
-
-static void wait_ready(struct waiter *w) {
-  pthread_mutex_lock(&w->mu);
-  while (!w->ready)
-    pthread_cond_wait(&w->cv, &w->mu);
-  w->ready = 0;
-  pthread_mutex_unlock(&w->mu);
-}
-
 static void emit(const struct gen_opts *o, int32_t id, const char *text, size_t len) {
   if (o->json) {
     printf("{\"id\": %d, \"text\": ", id);
@@ -181,7 +158,8 @@ static void emit(const struct gen_opts *o, int32_t id, const char *text, size_t 
 
 /* In --json, each token is printed once the next drain shows whether it
  * is the EOS or stop id that ended the request (not printed: it adds no
- * text). A drain's text belongs to its last token. */
+ * text), with the text it released; text released at the finish (held
+ * back until then) goes with the last token printed. */
 struct pending {
   int has;
   int32_t id;
@@ -205,16 +183,17 @@ static int emit_output(const struct gen_opts *o, const struct lm_output *out, st
   if (!o->json) {
     emit(o, -1, out->text, out->text_len);
   } else {
+    size_t at = 0;
     for (int i = 0; i < out->n_tokens && rc == LM_OK; i++) {
-      int last = i == out->n_tokens - 1;
       print_pending(o, p);
-      rc = hold(p, out->token_ids[i], last ? out->text : "", last ? out->text_len : 0);
+      rc = hold(p, out->token_ids[i], out->text + at, out->text_ends[i] - at);
+      at = out->text_ends[i];
     }
-    if (out->n_tokens == 0 && out->text_len) {
+    if (rc == LM_OK && out->text_len > at) {
       if (p->has)
-        rc = lm_strbuf_append(&p->text, out->text, out->text_len);
+        rc = lm_strbuf_append(&p->text, out->text + at, out->text_len - at);
       else
-        emit(o, -1, out->text, out->text_len);
+        emit(o, -1, out->text + at, out->text_len - at);
     }
     if (out->finished && p->has) {
       if ((out->finish_reason == LM_FINISH_EOS || out->finish_reason == LM_FINISH_STOP_TOKEN) &&
@@ -273,7 +252,7 @@ int lm_cmd_generate(int argc, char **argv) {
   lm_tokens prompt = {0};
   struct lm_output out = {0};
   struct pending pend = {0};
-  struct waiter w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+  struct lm_cli_waiter w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
   int rc = 1;
 
   for (int i = 1; i < argc; i++)
@@ -326,14 +305,14 @@ int lm_cmd_generate(int argc, char **argv) {
   }
   struct lm_request_params p;
   request_params(e, &o, &prompt, &p);
-  p.notify = wake;
+  p.notify = lm_cli_wake;
   p.notify_arg = &w;
   if (lm_engine_submit(e, &p, &req, err) != LM_OK) {
     fprintf(stderr, "lmserve: %s\n", err);
     goto out;
   }
   for (;;) {
-    wait_ready(&w);
+    lm_cli_wait(&w);
     int got = lm_request_drain(req, &out);
     if (got < 0) {
       fprintf(stderr, "lmserve: out of memory draining the output\n");

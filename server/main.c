@@ -64,6 +64,22 @@ int lm_cli_float(const char *flag, const char *s, double min, double max, double
   return 0;
 }
 
+void lm_cli_wake(void *arg) {
+  struct lm_cli_waiter *w = arg;
+  pthread_mutex_lock(&w->mu);
+  w->ready = 1;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+void lm_cli_wait(struct lm_cli_waiter *w) {
+  pthread_mutex_lock(&w->mu);
+  while (!w->ready)
+    pthread_cond_wait(&w->cv, &w->mu);
+  w->ready = 0;
+  pthread_mutex_unlock(&w->mu);
+}
+
 void lm_cli_load_error(const char *dir, const char *err) {
   if (strstr(err, dir))
     fprintf(stderr, "lmserve: %s\n", err);
