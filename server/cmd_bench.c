@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "clients/stats.h"
 #include "engine/engine.h"
 #include "engine/lm.h"
 #include "engine/roofline.h"
@@ -43,38 +44,6 @@ struct bench_opts {
   int json;
 };
 
-/* ---- samples and percentiles -------------------------------------------- */
-
-struct samples {
-  double *v;
-  size_t n, cap;
-};
-
-static int samples_add(struct samples *s, double x) {
-  if (s->n == s->cap) {
-    size_t cap = s->cap ? s->cap * 2 : 256;
-    double *v = realloc(s->v, cap * sizeof(*v));
-    if (!v) return LM_ENOMEM;
-    s->v = v;
-    s->cap = cap;
-  }
-  s->v[s->n++] = x;
-  return LM_OK;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
-}
-
-/* Nearest-rank percentile (sorts s); 0 when empty. */
-static double pct(struct samples *s, double p) {
-  if (!s->n) return 0;
-  qsort(s->v, s->n, sizeof(double), cmp_double);
-  size_t k = (size_t)ceil(p / 100.0 * (double)s->n);
-  return s->v[k ? k - 1 : 0];
-}
-
 /* ---- running requests ------------------------------------------------------ */
 
 struct job {
@@ -89,27 +58,20 @@ struct bench {
   lm_engine *e;
   struct lm_cli_waiter w;
   struct lm_output out;
-  uint64_t rng;
+  struct lmc_rng rng;
   int vocab;
-  struct samples ttft, itl; /* seconds */
-  struct samples arrivals;  /* lm_now_s() of every token received */
-  int kv_peak;              /* most KV blocks held by live requests */
-  int itl_on;               /* record inter-token latencies */
+  struct lmc_samples ttft, itl; /* seconds */
+  struct lmc_samples arrivals;  /* lm_now_s() of every token received */
+  int kv_peak;                  /* most KV blocks held by live requests */
+  int itl_on;                   /* record inter-token latencies */
   char err[LM_ERR_LEN];
 };
-
-static uint32_t rnd(struct bench *b) {
-  b->rng ^= b->rng << 13;
-  b->rng ^= b->rng >> 7;
-  b->rng ^= b->rng << 17;
-  return (uint32_t)b->rng;
-}
 
 /* Random ids in the middle of the vocabulary (no special tokens there). */
 static void fill_random(struct bench *b, int32_t *ids, int n) {
   int lo = b->vocab / 16, span = b->vocab / 2;
   for (int i = 0; i < n; i++)
-    ids[i] = lo + (int32_t)(rnd(b) % (uint32_t)span);
+    ids[i] = (int32_t)lmc_rng_range(&b->rng, lo, lo + span - 1);
 }
 
 static int job_submit(struct bench *b, struct job *j) {
@@ -143,16 +105,16 @@ static int drain_all(struct bench *b, struct job *jobs, int n) {
     if (k > 0) {
       if (!j->n_out) {
         j->first_s = now;
-        if (samples_add(&b->ttft, now - j->submit_s)) return LM_ENOMEM;
+        if (lmc_samples_add(&b->ttft, now - j->submit_s)) return LM_ENOMEM;
         k--; /* the first token has no inter-token gap */
       }
       /* tokens that arrived together share the gap since the last one */
       for (int t = 0; t < k && b->itl_on && j->last_s > 0; t++)
-        if (samples_add(&b->itl, (now - j->last_s) / k)) return LM_ENOMEM;
+        if (lmc_samples_add(&b->itl, (now - j->last_s) / k)) return LM_ENOMEM;
       j->last_s = now;
       j->n_out += b->out.n_tokens;
       for (int t = 0; t < b->out.n_tokens; t++)
-        if (samples_add(&b->arrivals, now)) return LM_ENOMEM;
+        if (lmc_samples_add(&b->arrivals, now)) return LM_ENOMEM;
     }
     if (b->out.finished) {
       j->finished = 1;
@@ -233,10 +195,13 @@ static void summarize(struct bench *b, const struct job *jobs, int n, double t0,
   for (size_t i = 0; i < b->arrivals.n; i++)
     in_window += b->arrivals.v[i] > last_first && b->arrivals.v[i] <= first_done;
   r->decode_tps = first_done > last_first ? (double)in_window / (first_done - last_first) : 0;
-  double q[3] = {50, 90, 99};
+  struct lmc_summary t, l;
+  lmc_samples_summarize(&b->ttft, &t);
+  lmc_samples_summarize(&b->itl, &l);
+  double tq[3] = {t.p50, t.p90, t.p99}, lq[3] = {l.p50, l.p90, l.p99};
   for (int i = 0; i < 3; i++) {
-    r->ttft[i] = pct(&b->ttft, q[i]) * 1e3;
-    r->itl[i] = pct(&b->itl, q[i]) * 1e3;
+    r->ttft[i] = tq[i] * 1e3;
+    r->itl[i] = lq[i] * 1e3;
   }
   uint64_t qs = s1->prefix_cache_queries - s0->prefix_cache_queries;
   r->hit_rate = qs ? (double)(s1->prefix_cache_hits - s0->prefix_cache_hits) / (double)qs : 0;
@@ -342,7 +307,8 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   int nd = (int)o->long_decodes, llen = (int)o->long_len;
   struct job *jobs = calloc((size_t)nd + 2, sizeof(*jobs)); /* [decodes..., long alone, long] */
   struct lm_engine_stats s0, s1;
-  struct samples before = {0};
+  struct lmc_samples before = {0};
+  struct lmc_summary bs;
   int rc = LM_ENOMEM;
   if (!jobs) return lm_errf(b->err, rc, "bench: out of memory");
   if ((rc = jobs_make(b, jobs, nd, 64, long_decode_tokens(o))) != LM_OK ||
@@ -378,8 +344,9 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
     }
   }
   for (size_t i = 0; i < b->itl.n; i++)
-    if ((rc = samples_add(&before, b->itl.v[i])) != LM_OK) goto out;
-  *itl_before_p50 = pct(&before, 50) * 1e3;
+    if ((rc = lmc_samples_add(&before, b->itl.v[i])) != LM_OK) goto out;
+  lmc_samples_summarize(&before, &bs);
+  *itl_before_p50 = bs.p50 * 1e3;
   reset(b);
   lm_engine_get_stats(b->e, &s0);
   t0 = lm_now_s();
@@ -400,7 +367,7 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   /* only the long prompt's TTFT: drop the decodes' from the summary */
   double ttft = ld->first_s - ld->submit_s;
   b->ttft.n = 0;
-  samples_add(&b->ttft, ttft);
+  lmc_samples_add(&b->ttft, ttft);
   snprintf(during->name, sizeof(during->name), "long-during");
   during->concurrency = nd + 1;
   summarize(b, ld, 1, t0, t1, &s0, &s1, during);
@@ -409,7 +376,7 @@ out:
     if (jobs[i].r) lm_request_abort(jobs[i].r);
   jobs_release(jobs, nd + 2);
   free(jobs);
-  free(before.v);
+  lmc_samples_free(&before);
   return rc;
 }
 
@@ -501,7 +468,7 @@ int lm_cmd_bench(int argc, char **argv) {
     fprintf(stderr, "lmserve bench: --only takes fixed, prefix or long\n");
     return 2;
   }
-  b.rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)o.seed;
+  lmc_rng_seed(&b.rng, (unsigned long long)o.seed);
 
   /* the FMA peak first, before the engine's threads start */
   double peak_gflops = 0;
@@ -601,8 +568,8 @@ fail:
 out:
   lm_engine_destroy(b.e);
   lm_output_free(&b.out);
-  free(b.ttft.v);
-  free(b.itl.v);
-  free(b.arrivals.v);
+  lmc_samples_free(&b.ttft);
+  lmc_samples_free(&b.itl);
+  lmc_samples_free(&b.arrivals);
   return rc;
 }
