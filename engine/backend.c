@@ -11,17 +11,17 @@ int lm_backend_create(const char *name, const struct lm_backend_config *cfg, lm_
   lm_backend *be;
   int rc;
   *out = NULL;
-  if (!name || strcmp(name, "auto") == 0 || strcmp(name, "cpu") == 0) {
-    /* "auto" will mean CUDA when a GPU is present; until the CUDA backend
-     * lands it always runs on the CPU */
+  if (!name || strcmp(name, "auto") == 0) {
+    /* a GPU that is present but unusable is an error, not a quiet fallback
+     * to a backend a hundred times slower */
+    ops = lm_cuda_device_count(NULL, 0) > 0 ? &lm_backend_cuda_ops : &lm_backend_cpu_ops;
+  } else if (strcmp(name, "cpu") == 0) {
     ops = &lm_backend_cpu_ops;
   } else if (strcmp(name, "cuda") == 0) {
     char why[256] = "";
     if (lm_cuda_device_count(why, sizeof(why)) == 0)
       return lm_errf(err, LM_EUNSUP, "backend \"cuda\": no usable GPU (%s); use \"cpu\"", why);
-    return lm_errf(err, LM_EUNSUP,
-                   "backend \"cuda\": a GPU is present but this lmserve has no CUDA backend yet; "
-                   "use \"cpu\"");
+    ops = &lm_backend_cuda_ops;
   } else {
     return lm_errf(err, LM_EINVAL, "backend \"%s\": unknown (expected cpu, cuda or auto)", name);
   }

@@ -5,7 +5,14 @@
  *
  * Activation buffers belong to the backend: the runner allocates them with
  * act_alloc and passes them back; their element type is the backend's own
- * (f32 on the CPU). Weights are lm_tensors as stored in the checkpoint.
+ * (f32 on the CPU, bf16 on the GPU). Logits are f32 on every backend, in
+ * buffers from f32_alloc. Weights are lm_tensors as stored in the
+ * checkpoint.
+ *
+ * A backend may run its ops asynchronously (the GPU queues them on a
+ * stream): an op returns once its work is queued, inputs it was given in
+ * host memory may be reused at once, and failures surface at the next
+ * sample, *_read or sync.
  *
  * Batch invariance: for every output element, the order of floating-point
  * reductions must depend only on that element's own inputs (its row, its
@@ -90,6 +97,10 @@ struct lm_sample_result {
 struct lm_backend_config {
   int n_threads;          /* 0: all cores */
   int cpu_mapped_weights; /* CPU: compute from the file mapping instead of a huge-page copy */
+  /* GPU: the share of the device's memory lmserve may hold (weights, KV
+   * pool, activations together); 0 means 0.9. lm_engine_create copies
+   * lm_engine_config.gpu_memory_utilization here. */
+  float gpu_memory_utilization;
 };
 
 struct lm_backend_ops {
@@ -101,15 +112,43 @@ struct lm_backend_ops {
    * pages). The model must outlive the backend: destroy sets dev back to
    * NULL. */
   int (*load_weights)(void *st, lm_model *m, char *err);
+  /* Optional (NULL: ops read lm_tensor.data directly): makes one tensor
+   * outside a model usable (sets t->dev), for tests and tools; undone by
+   * tensor_free. */
+  int (*tensor_load)(void *st, struct lm_tensor *t, char *err);
+  void (*tensor_free)(void *st, struct lm_tensor *t);
 
   size_t act_elem_bytes; /* element size of activation buffers */
+  size_t kv_elem_bytes;  /* element size of the KV pool */
   void *(*act_alloc)(void *st, size_t n_elems);
-  void (*act_free)(void *st, void *buf);
-  /* Copies n_elems activations to host f32 (for logits and tests). */
+  void (*act_free)(void *st, void *buf); /* frees act_alloc and f32_alloc buffers */
+  /* Copies n_elems activations to host f32 (for tests), waiting for the
+   * ops before. */
   int (*act_read)(void *st, float *dst, const void *src, size_t n_elems);
+  /* Copies n_elems host f32 into an activation buffer (rounded to the
+   * backend's type; for tests). */
+  int (*act_write)(void *st, void *dst, const float *src, size_t n_elems);
+  /* f32 buffers, whatever the activation type: logits. */
+  void *(*f32_alloc)(void *st, size_t n_elems);
+  int (*f32_read)(void *st, float *dst, const void *src, size_t n_elems);
+  int (*f32_write)(void *st, void *dst, const float *src, size_t n_elems);
+
+  /* Optional (NULL: no limit but host memory): bytes the KV pool may take
+   * once the weights are loaded, keeping reserve_bytes free for the
+   * runner's activations and room for the backend's own workspaces for
+   * steps of max_tokens tokens over max_seqs sequences with contexts up to
+   * max_model_len. */
+  int (*kv_budget)(void *st, size_t reserve_bytes, int max_tokens, int max_seqs, int max_model_len,
+                   size_t *kv_bytes, char *err);
 
   int (*kv_create)(void *st, const struct lm_kv_shape *shape, void **kv, char *err);
   void (*kv_free)(void *st, void *kv);
+
+  /* Optional: called once per step before any op that reads b, so a
+   * backend can move the batch description to its memory in one copy. */
+  int (*begin_step)(void *st, const struct lm_batch *b, char *err);
+  /* Optional: waits for the queued ops; 0 or the first failure. */
+  int (*sync)(void *st, char *err);
 
   /* x: [T, hidden] = table[token_ids] */
   void (*embed)(void *st, void *x, const struct lm_tensor *table, const struct lm_batch *b);
@@ -122,6 +161,13 @@ struct lm_backend_ops {
   /* y: [rows, N] = x: [rows, K] @ w^T (w: [N, K]) + bias: [N] (may be NULL) */
   void (*matmul)(void *st, void *y, const void *x, const struct lm_tensor *w,
                  const struct lm_tensor *bias, int rows);
+  /* Optional: ys[i]: [rows, N_i] = x @ ws[i]^T + biases[i] (may be NULL) for
+   * i < n <= 4, as one GEMM over the weights side by side where the backend
+   * keeps them so (QKV, gate and up). NULL: the runner calls matmul n times. */
+  void (*matmul_n)(void *st, void *const *ys, const void *x, const struct lm_tensor *const *ws,
+                   const struct lm_tensor *const *biases, int n, int rows);
+  /* logits: [rows, vocab] f32 (an f32_alloc buffer) = x: [rows, hidden] @ w^T */
+  void (*logits)(void *st, void *logits, const void *x, const struct lm_tensor *w, int rows);
   /* In place on q: [T, n_heads, head_dim] and k: [T, n_kv_heads, head_dim] at b->positions */
   void (*rope)(void *st, void *q, void *k, const struct lm_batch *b, const struct lm_rope *rope,
                int n_heads, int n_kv_heads);
@@ -138,7 +184,8 @@ struct lm_backend_ops {
   void (*swiglu)(void *st, void *out, const void *gate, const void *up, int rows, int dim);
   /* out: [n, dim] = x[rows[i]] */
   void (*gather_rows)(void *st, void *out, const void *x, const int32_t *rows, int n, int dim);
-  /* logits: [n, vocab] -> one id (and its logprob) per row */
+  /* logits: [n, vocab] f32 -> one id (and its logprob) per row, waiting
+   * for the ops before */
   int (*sample)(void *st, const void *logits, int n, int vocab, const struct lm_sample_row *rows,
                 struct lm_sample_result *out, char *err);
 };
@@ -149,6 +196,7 @@ typedef struct lm_backend {
 } lm_backend;
 
 extern const struct lm_backend_ops lm_backend_cpu_ops;
+extern const struct lm_backend_ops lm_backend_cuda_ops;
 
 /* name: "cpu", "cuda" or "auto" (CUDA when a GPU is present). */
 int lm_backend_create(const char *name, const struct lm_backend_config *cfg, lm_backend **out,

@@ -187,6 +187,17 @@ static int lm_cpu_act_read(void *st, float *dst, const void *src, size_t n_elems
   return LM_OK;
 }
 
+static int lm_cpu_act_write(void *st, void *dst, const float *src, size_t n_elems) {
+  (void)st;
+  memcpy(dst, src, n_elems * sizeof(float));
+  return LM_OK;
+}
+
+static void lm_cpu_logits(void *st, void *logits, const void *x, const struct lm_tensor *w,
+                          int rows) {
+  lm_cpu_matmul(st, logits, x, w, NULL, rows);
+}
+
 static int lm_cpu_kv_create(void *st, const struct lm_kv_shape *s, void **kv, char *err) {
   size_t n = 1;
   int64_t dims[6];
@@ -562,15 +573,22 @@ const struct lm_backend_ops lm_backend_cpu_ops = {
     .destroy = lm_cpu_destroy,
     .load_weights = lm_cpu_load_weights,
     .act_elem_bytes = sizeof(float),
+    .kv_elem_bytes = sizeof(float),
     .act_alloc = lm_cpu_act_alloc,
     .act_free = lm_cpu_act_free,
     .act_read = lm_cpu_act_read,
+    .act_write = lm_cpu_act_write,
+    /* activations are f32 already */
+    .f32_alloc = lm_cpu_act_alloc,
+    .f32_read = lm_cpu_act_read,
+    .f32_write = lm_cpu_act_write,
     .kv_create = lm_cpu_kv_create,
     .kv_free = lm_cpu_kv_free,
     .embed = lm_cpu_embed,
     .rmsnorm = lm_cpu_rmsnorm,
     .add_rmsnorm = lm_cpu_add_rmsnorm,
     .matmul = lm_cpu_matmul,
+    .logits = lm_cpu_logits,
     .rope = lm_cpu_rope,
     .kv_write = lm_cpu_kv_write,
     .attention = lm_cpu_attention,

@@ -159,16 +159,39 @@ static void *engine_main(void *arg) {
 
 /* ---- create / destroy --------------------------------------------------- */
 
+/* Bytes the runner's activations take (runner.c allocates them after the
+ * pool), plus room for the backend's workspaces. */
+static size_t activation_bytes(const struct lm_engine_config *c, const struct lm_config *mc,
+                               size_t elem_bytes) {
+  size_t T = (size_t)c->max_num_batched_tokens, S = (size_t)c->max_num_seqs;
+  size_t H = (size_t)mc->hidden_size, Q = (size_t)mc->n_heads * (size_t)mc->head_dim;
+  size_t KV = (size_t)mc->n_kv_heads * (size_t)mc->head_dim, I = (size_t)mc->intermediate_size;
+  size_t acts = T * (3 * H + 3 * Q + 3 * KV + 2 * I) + S * H;
+  /* f32 logits; the rest is slack for what is not counted (cuBLASLt's
+   * workspace, the CUDA context's growth) */
+  return acts * elem_bytes + S * (size_t)mc->vocab_size * sizeof(float) + ((size_t)256 << 20);
+}
+
 /* Blocks for the pool: exactly n_kv_blocks, else as many as kv_cache_bytes
- * (default: an eighth of memory, at most 2 GiB) holds, never more than
- * max_num_seqs full-length sequences need. */
-static int64_t pool_blocks(const struct lm_engine_config *c, const struct lm_config *mc,
-                           size_t elem_bytes) {
-  if (c->n_kv_blocks > 0) return c->n_kv_blocks;
+ * holds; by default, what the backend has room for (the GPU: its memory
+ * share less weights and activations), else an eighth of host memory, at
+ * most 2 GiB; never more than max_num_seqs full-length sequences need. */
+static int pool_blocks(const struct lm_engine_config *c, const struct lm_config *mc,
+                       const lm_backend *be, int64_t *n_blocks, char *err) {
+  const struct lm_backend_ops *ops = be->ops;
+  if (c->n_kv_blocks > 0) {
+    *n_blocks = c->n_kv_blocks;
+    return LM_OK;
+  }
   size_t block_bytes = (size_t)mc->n_layers * 2 * (size_t)mc->n_kv_heads * (size_t)c->block_size *
-                       (size_t)mc->head_dim * elem_bytes;
+                       (size_t)mc->head_dim * ops->kv_elem_bytes;
   size_t bytes = c->kv_cache_bytes;
-  if (bytes == 0) {
+  if (bytes == 0 && ops->kv_budget) {
+    int rc =
+        ops->kv_budget(be->st, activation_bytes(c, mc, ops->act_elem_bytes),
+                       c->max_num_batched_tokens, c->max_num_seqs, c->max_model_len, &bytes, err);
+    if (rc != LM_OK) return rc;
+  } else if (bytes == 0) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     bytes = pages > 0 && page > 0 ? (size_t)pages * (size_t)page / 8 : (size_t)1 << 30;
     if (bytes > (size_t)2 << 30) bytes = (size_t)2 << 30;
@@ -178,12 +201,19 @@ static int64_t pool_blocks(const struct lm_engine_config *c, const struct lm_con
       (int64_t)c->max_num_seqs * ((c->max_model_len + c->block_size - 1) / c->block_size);
   if (n > most) n = most;
   if (n > (1 << 30)) n = 1 << 30;
-  return n;
+  if (n <= 0)
+    return lm_errf(err, LM_EINVAL, "engine: a KV cache of %zu bytes holds no block of %d tokens",
+                   bytes, c->block_size);
+  *n_blocks = n;
+  return LM_OK;
 }
 
 static int check_config(struct lm_engine_config *c, const struct lm_config *mc, char *err) {
   if (c->block_size <= 0 || c->block_size > 256)
     return lm_errf(err, LM_EINVAL, "engine: block_size %d outside 1..256", c->block_size);
+  if (!(c->gpu_memory_utilization > 0 && c->gpu_memory_utilization <= 1))
+    return lm_errf(err, LM_EINVAL, "engine: gpu_memory_utilization %g outside (0, 1]",
+                   (double)c->gpu_memory_utilization);
   if (c->max_num_seqs <= 0)
     return lm_errf(err, LM_EINVAL, "engine: max_num_seqs %d must be > 0", c->max_num_seqs);
   if (c->max_num_batched_tokens <= 0)
@@ -256,6 +286,7 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
   pthread_condattr_destroy(&ca);
   e->inbox_tail = &e->inbox;
   e->cfg = *cfg;
+  e->cfg.backend_cfg.gpu_memory_utilization = cfg->gpu_memory_utilization;
   if ((rc = lm_model_load(cfg->model_dir, &e->m, err)) != LM_OK ||
       (rc = lm_tokenizer_load(cfg->model_dir, &e->tok, err)) != LM_OK ||
       (rc = check_config(&e->cfg, &e->m->cfg, err)) != LM_OK ||
@@ -263,12 +294,8 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
       (rc = e->be->ops->load_weights(e->be->st, e->m, err)) != LM_OK)
     goto err;
   const struct lm_config *mc = &e->m->cfg;
-  int64_t n_blocks = pool_blocks(&e->cfg, mc, e->be->ops->act_elem_bytes);
-  if (n_blocks <= 0) {
-    rc = lm_errf(err, LM_EINVAL, "engine: kv_cache_bytes %zu holds no block of %d tokens",
-                 e->cfg.kv_cache_bytes, e->cfg.block_size);
-    goto err;
-  }
+  int64_t n_blocks = 0;
+  if ((rc = pool_blocks(&e->cfg, mc, e->be, &n_blocks, err)) != LM_OK) goto err;
   e->cfg.n_kv_blocks = (int)n_blocks;
   {
     double hidden = mc->hidden_size, q = (double)mc->n_heads * mc->head_dim,

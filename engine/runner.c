@@ -28,7 +28,7 @@ struct lm_runner {
   void *gate;   /* [T, I] */
   void *up;     /* [T, I] */
   void *last;   /* [max_seqs, H] normed rows whose logits are wanted */
-  void *logits; /* [max_seqs, vocab] */
+  void *logits; /* [max_seqs, vocab] f32 */
 
   /* the step's batch description (host) */
   int32_t *token_ids, *positions, *slot_mapping; /* [max_batch_tokens] */
@@ -115,22 +115,13 @@ int lm_runner_create(lm_model *m, lm_backend *be, const struct lm_runner_config 
     void **buf;
     size_t n;
   } acts[] = {
-      {&r->x, T * H},
-      {&r->h, T * H},
-      {&r->q, T * Q},
-      {&r->qn, T * Q},
-      {&r->k, T * KV},
-      {&r->kn, T * KV},
-      {&r->v, T * KV},
-      {&r->att, T * Q},
-      {&r->o, T * H},
-      {&r->gate, T * I},
-      {&r->up, T * I},
-      {&r->last, S * H},
-      {&r->logits, S * (size_t)c->vocab_size},
+      {&r->x, T * H},  {&r->h, T * H},    {&r->q, T * Q},  {&r->qn, T * Q},
+      {&r->k, T * KV}, {&r->kn, T * KV},  {&r->v, T * KV}, {&r->att, T * Q},
+      {&r->o, T * H},  {&r->gate, T * I}, {&r->up, T * I}, {&r->last, S * H},
   };
   for (size_t i = 0; i < sizeof(acts) / sizeof(acts[0]); i++)
     if (!(*acts[i].buf = ops->act_alloc(be->st, acts[i].n))) goto nomem;
+  if (!(r->logits = ops->f32_alloc(be->st, S * (size_t)c->vocab_size))) goto nomem;
 
   r->max_blocks = (r->cfg.max_model_len + cfg->block_size - 1) / cfg->block_size;
   r->token_ids = malloc(T * sizeof(int32_t));
@@ -205,6 +196,19 @@ static int build_batch(lm_runner *r, const struct lm_seq_chunk *chunks, int n, s
   return LM_OK;
 }
 
+/* ys[i] = x @ ws[i]^T + biases[i], as one GEMM where the backend can */
+static void matmul_n(lm_runner *r, void *const *ys, const void *x,
+                     const struct lm_tensor *const *ws, const struct lm_tensor *const *biases,
+                     int n, int rows) {
+  const struct lm_backend_ops *ops = r->be->ops;
+  if (ops->matmul_n) {
+    ops->matmul_n(r->be->st, ys, x, ws, biases, n, rows);
+    return;
+  }
+  for (int i = 0; i < n; i++)
+    ops->matmul(r->be->st, ys[i], x, ws[i], biases[i], rows);
+}
+
 /* h: [T, H] normed input -> x += o(attention(h)) */
 static void attention_block(lm_runner *r, const struct lm_layer_weights *lw, int layer,
                             const struct lm_batch *b) {
@@ -213,9 +217,11 @@ static void attention_block(lm_runner *r, const struct lm_layer_weights *lw, int
   void *st = r->be->st, *q = r->q, *k = r->k;
   int T = b->n_tokens;
   int has_bias = c->arch->qkv_bias;
-  ops->matmul(st, r->q, r->h, &lw->wq, has_bias ? &lw->bq : NULL, T);
-  ops->matmul(st, r->k, r->h, &lw->wk, has_bias ? &lw->bk : NULL, T);
-  ops->matmul(st, r->v, r->h, &lw->wv, has_bias ? &lw->bv : NULL, T);
+  void *const qkv[3] = {r->q, r->k, r->v};
+  const struct lm_tensor *const w[3] = {&lw->wq, &lw->wk, &lw->wv};
+  const struct lm_tensor *const bias[3] = {has_bias ? &lw->bq : NULL, has_bias ? &lw->bk : NULL,
+                                           has_bias ? &lw->bv : NULL};
+  matmul_n(r, qkv, r->h, w, bias, 3, T);
   if (c->arch->qk_norm) {
     /* per-head RMSNorm: each head is a row of head_dim */
     ops->rmsnorm(st, r->qn, r->q, &lw->q_norm, T * c->n_heads, c->head_dim, c->rms_norm_eps);
@@ -234,8 +240,10 @@ static void attention_block(lm_runner *r, const struct lm_layer_weights *lw, int
 static void mlp_block(lm_runner *r, const struct lm_layer_weights *lw, int T) {
   const struct lm_backend_ops *ops = r->be->ops;
   void *st = r->be->st;
-  ops->matmul(st, r->gate, r->h, &lw->w_gate, NULL, T);
-  ops->matmul(st, r->up, r->h, &lw->w_up, NULL, T);
+  void *const gate_up[2] = {r->gate, r->up};
+  const struct lm_tensor *const w[2] = {&lw->w_gate, &lw->w_up};
+  const struct lm_tensor *const none[2] = {NULL, NULL};
+  matmul_n(r, gate_up, r->h, w, none, 2, T);
   ops->swiglu(st, r->gate, r->gate, r->up, T, r->m->cfg.intermediate_size);
   ops->matmul(st, r->o, r->gate, &lw->w_down, NULL, T);
 }
@@ -249,6 +257,7 @@ int lm_runner_step(lm_runner *r, const struct lm_seq_chunk *chunks, int n_chunks
   struct lm_batch b;
   int rc = build_batch(r, chunks, n_chunks, &b, err);
   if (rc != LM_OK) return rc;
+  if (ops->begin_step && (rc = ops->begin_step(st, &b, err)) != LM_OK) return rc;
   int T = b.n_tokens, H = c->hidden_size;
   float eps = c->rms_norm_eps;
 
@@ -265,7 +274,10 @@ int lm_runner_step(lm_runner *r, const struct lm_seq_chunk *chunks, int n_chunks
   }
   if (b.n_logits > 0) {
     ops->gather_rows(st, r->last, r->h, b.logit_rows, b.n_logits, H);
-    ops->matmul(st, r->logits, r->last, &w->lm_head, NULL, b.n_logits);
+    ops->logits(st, r->logits, r->last, &w->lm_head, b.n_logits);
+  } else if (ops->sync && (rc = ops->sync(st, err)) != LM_OK) {
+    /* no sampling follows to report a failed step */
+    return rc;
   }
   for (int s = 0; s < n_chunks; s++)
     chunks[s].kv->n_cached_tokens += chunks[s].n_tokens;

@@ -364,7 +364,6 @@ int lm_sched_step(lm_engine *e) {
   int n_rows = 0;
   for (int i = 0; i < n; i++) {
     lm_request *r = e->chunk_req[i];
-    lm_kv_seq_commit(&r->kv, e->pool, r->tokens);
     if (!e->chunks[i].want_logits) continue;
     struct lm_token_logprob *top = e->top + (size_t)n_rows * LM_MAX_TOP_LOGPROBS;
     memset(top, 0, LM_MAX_TOP_LOGPROBS * sizeof(*top));
@@ -386,14 +385,16 @@ int lm_sched_step(lm_engine *e) {
     };
     e->row_req[n_rows++] = r;
   }
-  if (n_rows == 0) return 1;
   const struct lm_backend_ops *ops = e->be->ops;
-  rc = ops->sample(e->be->st, logits, n_rows, e->info.vocab_size, e->rows, e->results, err);
-  if (rc != LM_OK) {
-    for (int j = 0; j < n_rows; j++)
-      lm_sched_finish(e, e->row_req[j], LM_FINISH_ERROR, rc, err);
+  if (n_rows > 0 && (rc = ops->sample(e->be->st, logits, n_rows, e->info.vocab_size, e->rows,
+                                      e->results, err)) != LM_OK) {
+    /* a backend that runs asynchronously reports a failed step here: none
+     * of its K/V may enter the prefix cache */
+    finish_all(e, n, rc, err);
     return 1;
   }
+  for (int i = 0; i < n; i++)
+    lm_kv_seq_commit(&e->chunk_req[i]->kv, e->pool, e->chunk_req[i]->tokens);
   now = lm_now_s();
   for (int j = 0; j < n_rows; j++)
     take_token(e, e->row_req[j], &e->results[j], e->top + (size_t)j * LM_MAX_TOP_LOGPROBS, now);

@@ -20,7 +20,7 @@ static const char usage[] =
     "                        [--temperature T] [--top-p P] [--top-k K] [--min-p P]\n"
     "                        [--repetition-penalty R] [--seed S] [--ignore-eos]\n"
     "                        [--stop STR]... [--stop-token-id ID]... [--min-tokens N]\n"
-    "                        [--json] [--threads N] [--backend cpu|auto]\n"
+    "                        [--json] [--threads N] [--backend auto|cpu|cuda]\n"
     "                        [--cpu-mapped-weights]\n"
     "  streams the completion of TEXT to stdout. Sampling values not given come\n"
     "  from the model's generation_config.json, then greedy (temperature 0);\n"

@@ -1,6 +1,7 @@
 /* forward_dump.c - runs prompts through lmserve's forward pass and prints
  * the logits of each prompt's last token and its greedy continuation, as
- * JSON, for tests/forward_compare.py to check against tests/torch_ref.py.
+ * JSON, for tests/forward_compare.py to check against tests/torch_ref.py
+ * and for tests/hf_compare.py against Transformers' logits (tests/data/hf).
  *
  * The prompts run together the way the engine runs requests: every step
  * has a token budget (--chunk) shared by all sequences, so long prompts are
@@ -8,7 +9,8 @@
  * table, next to other sequences' decode tokens.
  *
  * usage: forward_dump --model DIR --prompts FILE --greedy N --out FILE
- *                     [--chunk TOKENS] [--block-size N] [--threads N] */
+ *                     [--chunk TOKENS] [--block-size N] [--threads N]
+ *                     [--backend cpu|cuda|auto] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,7 +83,7 @@ out:
 }
 
 int main(int argc, char **argv) {
-  const char *model_dir = NULL, *prompts = NULL, *out_path = NULL;
+  const char *model_dir = NULL, *prompts = NULL, *out_path = NULL, *backend = "cpu";
   int greedy = 0, chunk = 48, block_size = 16, threads = 0;
   char err[LM_ERR_LEN];
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -99,10 +101,12 @@ int main(int argc, char **argv) {
       block_size = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--threads"))
       threads = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--backend"))
+      backend = argv[i + 1];
   }
   if (!model_dir || !prompts || !out_path || chunk <= 0 || block_size <= 0) {
     fprintf(stderr, "usage: forward_dump --model DIR --prompts FILE --greedy N --out FILE "
-                    "[--chunk TOKENS] [--block-size N] [--threads N]\n");
+                    "[--chunk TOKENS] [--block-size N] [--threads N] [--backend cpu|cuda|auto]\n");
     return 2;
   }
   lm_model *m = NULL;
@@ -126,7 +130,7 @@ int main(int argc, char **argv) {
                                   .n_blocks = n_blocks,
                                   .max_batch_tokens = chunk + n_seqs,
                                   .max_seqs = n_seqs};
-  if (lm_backend_create("cpu", &bcfg, &be, err) != LM_OK ||
+  if (lm_backend_create(backend, &bcfg, &be, err) != LM_OK ||
       be->ops->load_weights(be->st, m, err) != LM_OK ||
       lm_runner_create(m, be, &rcfg, &r, err) != LM_OK) {
     fprintf(stderr, "forward_dump: %s\n", err);
@@ -173,7 +177,11 @@ int main(int argc, char **argv) {
       fprintf(stderr, "forward_dump: %s\n", err);
       goto out;
     }
-    be->ops->act_read(be->st, logits, dev_logits, (size_t)n_logits * (size_t)vocab);
+    /* logits: [n_logits, vocab] f32 on every backend */
+    if (be->ops->f32_read(be->st, logits, dev_logits, (size_t)n_logits * (size_t)vocab) != 0) {
+      fprintf(stderr, "forward_dump: reading the logits from the %s backend failed\n", backend);
+      goto out;
+    }
     for (int i = 0, row = 0; i < n; i++) {
       if (!chunks[i].want_logits) continue;
       struct seq *q = &seqs[owner[i]];

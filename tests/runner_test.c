@@ -77,7 +77,7 @@ static int run(struct rig *g, const int32_t *const *prompts, const int *lens, in
       break;
     }
     float *rows = malloc((size_t)n_logits * (size_t)g->vocab * sizeof(float));
-    g->be->ops->act_read(g->be->st, rows, logits, (size_t)n_logits * (size_t)g->vocab);
+    g->be->ops->f32_read(g->be->st, rows, logits, (size_t)n_logits * (size_t)g->vocab);
     for (int i = 0, row = 0; i < k; i++)
       if (ch[i].want_logits)
         memcpy(out + (size_t)idx[i] * (size_t)g->vocab, rows + (size_t)row++ * (size_t)g->vocab,
@@ -137,7 +137,7 @@ static void test_model(const char *root, const char *name) {
     int nl;
     lm_runner_step(g.r, &pre, 1, &l, &nl, err);
     lm_runner_step(g.r, &one, 1, &l, &nl, err);
-    g.be->ops->act_read(g.be->st, dec, l, (size_t)V);
+    g.be->ops->f32_read(g.be->st, dec, l, (size_t)V);
     lm_kv_seq_release(&kv, lm_runner_kv_pool(g.r));
   }
   lm_check(!memcmp(ref, dec, (size_t)V * sizeof(float)),

@@ -64,6 +64,9 @@ for build in opt asan; do
   run "$build/engine_test" "build/$build/engine_test" "$fixtures" "$engine_model"
   run "$build/output_test" "build/$build/output_test" "$fixtures"
   run "$build/chat_test" "build/$build/chat_test" "$fixtures"
+  # the CUDA backend against the CPU; without a GPU the harness checks
+  # itself (CPU on both sides) and the test counts as skipped
+  run "$build/cuda_test" "build/$build/cuda_test" "$fixtures"
 done
 
 # every tokenizer package against the official library: a varied corpus
@@ -83,6 +86,9 @@ rm -rf "$asan_fixtures" && mkdir -p "$asan_fixtures"
 ln -s "$PWD/$fixtures/qwen3-bf16" "$PWD/$fixtures/llama31-f32" "$asan_fixtures/"
 run forward-vs-pytorch tests/forward_compare.sh build/opt/forward_dump "$fixtures" 64
 run forward-vs-pytorch-asan tests/forward_compare.sh build/asan/forward_dump "$asan_fixtures" 8
+# the same against Transformers' own logits (tests/data/hf, made on a GPU
+# machine by tools/gpu-run.sh)
+run forward-vs-transformers tests/hf_compare.sh build/opt/forward_dump "$fixtures"
 run fuzz tests/fuzz_run.sh
 run cli tests/cli_test.sh bin/lmserve "$fixtures"
 # lmserve serve with raw gRPC calls: health, reflection, metrics, drain

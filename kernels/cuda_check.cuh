@@ -1,0 +1,36 @@
+/* cuda_check.cuh - what the .cu files share: the CUDA headers, a launch
+ * check and bf16 conversions. Included by the .cu files in kernels/ only; the engine
+ * sees the plain C headers beside each op. */
+#ifndef LM_CUDA_CHECK_CUH
+#define LM_CUDA_CHECK_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Writes "what: CUDA error" into err and returns -1 when e failed. */
+#define LM_CUDA_CHECK(e, err, err_len, what)                                                       \
+  do {                                                                                             \
+    cudaError_t lm_e_ = (e);                                                                       \
+    if (lm_e_ != cudaSuccess) {                                                                    \
+      if ((err) && (err_len))                                                                      \
+        snprintf((err), (err_len), "%s: %s", (what), cudaGetErrorString(lm_e_));                   \
+      return -1;                                                                                   \
+    }                                                                                              \
+  } while (0)
+
+static __device__ __forceinline__ float lm_ld_bf16(const uint16_t *p, size_t i) {
+  return __bfloat162float(__ushort_as_bfloat16(p[i]));
+}
+
+/* round to nearest even, as the host's lm_f32_to_bf16 and PyTorch do */
+static __device__ __forceinline__ uint16_t lm_to_bf16(float f) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+
+static __host__ __device__ __forceinline__ unsigned lm_cdiv(size_t a, size_t b) {
+  return (unsigned)((a + b - 1) / b);
+}
+
+#endif

@@ -1,0 +1,135 @@
+/* gemm_bench.c - what pinning one cuBLASLt algorithm per weight shape
+ * costs (kernels/gemm.cuh): for the GEMM shapes of Llama-3.1-8B and
+ * Qwen3-8B and batch sizes from one decode row to a long prefill chunk, the
+ * pinned algorithm's time against the heuristic's own choice for that M,
+ * side by side in one run. Prints one line per (shape, M) and the worst
+ * ratio; without a GPU it prints SKIPPED.
+ *
+ * usage: gemm_bench [--iters N] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/lm.h"
+#include "kernels/cuda_device.cuh"
+#include "kernels/gemm.cuh"
+
+struct shape {
+  const char *name;
+  int N, K, out_f32;
+};
+
+static const struct shape k_shapes[] = {
+    {"llama3.1-8b qkv", 4096 + 2 * 1024, 4096, 1}, {"llama3.1-8b o", 4096, 4096, 0},
+    {"llama3.1-8b gate_up", 2 * 14336, 4096, 1},   {"llama3.1-8b down", 4096, 14336, 0},
+    {"llama3.1-8b lm_head", 128256, 4096, 1},      {"qwen3-8b qkv", 4096 + 2 * 1024, 4096, 1},
+    {"qwen3-8b gate_up", 2 * 12288, 4096, 1},      {"qwen3-8b down", 4096, 12288, 0},
+};
+
+static const int k_ms[] = {1, 8, 32, 128, 512, 2048};
+
+static int run_once(lm_cuda_gemm *g, int pinned, void *y, const uint16_t *x, const uint16_t *w,
+                    int M, const struct shape *s, void *stream, char *err) {
+  return pinned ? lm_cuda_gemm_run(g, y, x, w, M, s->N, s->K, s->out_f32, stream, err, LM_ERR_LEN)
+                : lm_cuda_gemm_run_heuristic(g, y, x, w, M, s->N, s->K, s->out_f32, stream, err,
+                                             LM_ERR_LEN);
+}
+
+/* Seconds per GEMM over iters runs after two warm-up runs; < 0 on failure. */
+static double time_gemm(lm_cuda_gemm *g, int pinned, void *y, const uint16_t *x, const uint16_t *w,
+                        int M, const struct shape *s, void *stream, int iters, char *err) {
+  for (int i = 0; i < 2; i++)
+    if (run_once(g, pinned, y, x, w, M, s, stream, err) != 0) return -1;
+  if (lm_cuda_sync(stream, err, LM_ERR_LEN) != 0) return -1;
+  double t0 = lm_now_s();
+  for (int i = 0; i < iters; i++)
+    if (run_once(g, pinned, y, x, w, M, s, stream, err) != 0) return -1;
+  if (lm_cuda_sync(stream, err, LM_ERR_LEN) != 0) return -1;
+  return (lm_now_s() - t0) / iters;
+}
+
+int main(int argc, char **argv) {
+  char err[LM_ERR_LEN] = "";
+  int iters = 50;
+  for (int i = 1; i + 1 < argc; i += 2)
+    if (!strcmp(argv[i], "--iters")) iters = atoi(argv[i + 1]);
+  if (lm_cuda_device_count(err, sizeof(err)) == 0) {
+    printf("SKIPPED: no GPU (%s)\n", err);
+    return 0;
+  }
+  void *stream = NULL;
+  lm_cuda_gemm *g = NULL;
+  if (lm_cuda_stream_create(&stream, err, sizeof(err)) != 0 ||
+      lm_cuda_gemm_create(&g, err, sizeof(err)) != 0) {
+    fprintf(stderr, "gemm_bench: %s\n", err);
+    return 1;
+  }
+  size_t max_w = 0, max_x = 0, max_y = 0;
+  int max_m = k_ms[sizeof(k_ms) / sizeof(k_ms[0]) - 1];
+  for (size_t i = 0; i < sizeof(k_shapes) / sizeof(k_shapes[0]); i++) {
+    const struct shape *s = &k_shapes[i];
+    size_t w = (size_t)s->N * s->K * 2, x = (size_t)max_m * s->K * 2, y = (size_t)max_m * s->N * 4;
+    max_w = w > max_w ? w : max_w;
+    max_x = x > max_x ? x : max_x;
+    max_y = y > max_y ? y : max_y;
+  }
+  uint16_t *w = lm_cuda_malloc(max_w), *x = lm_cuda_malloc(max_x);
+  void *y = lm_cuda_malloc(max_y);
+  if (!w || !x || !y) {
+    fprintf(stderr, "gemm_bench: out of device memory\n");
+    return 1;
+  }
+  /* small values: bf16 0x3c00 is 0.0078125, so sums stay finite */
+  uint16_t *host = malloc(max_w > max_x ? max_w : max_x);
+  for (size_t i = 0; i < (max_w > max_x ? max_w : max_x) / 2; i++)
+    host[i] = 0x3c00;
+  if (lm_cuda_h2d(w, host, max_w, stream, err, sizeof(err)) != 0 ||
+      lm_cuda_h2d(x, host, max_x, stream, err, sizeof(err)) != 0 ||
+      lm_cuda_sync(stream, err, sizeof(err)) != 0) {
+    fprintf(stderr, "gemm_bench: %s\n", err);
+    return 1;
+  }
+  free(host);
+
+  char name[256] = "";
+  unsigned long long total = 0;
+  lm_cuda_device_info(name, sizeof(name), &total);
+  printf("gemm_bench: %s, %d iterations per point; pinned = one algorithm per shape for every M, "
+         "heuristic = cuBLASLt's choice for that M\n",
+         name, iters);
+  printf("%-22s %6s %12s %12s %8s %10s\n", "shape", "M", "pinned_us", "heur_us", "ratio",
+         "pinned_TF");
+  double worst = 0;
+  for (size_t i = 0; i < sizeof(k_shapes) / sizeof(k_shapes[0]); i++) {
+    const struct shape *s = &k_shapes[i];
+    if (lm_cuda_gemm_plan(g, s->N, s->K, s->out_f32, max_m, err, sizeof(err)) != 0) {
+      fprintf(stderr, "gemm_bench: plan %s: %s\n", s->name, err);
+      return 1;
+    }
+    for (size_t j = 0; j < sizeof(k_ms) / sizeof(k_ms[0]); j++) {
+      int M = k_ms[j];
+      /* t[1] pinned, t[0] heuristic: alternating rounds, so drift hits both alike */
+      double t[2] = {0, 0};
+      for (int round = 0; round < 3; round++)
+        for (int pinned = 1; pinned >= 0; pinned--) {
+          double dt = time_gemm(g, pinned, y, x, w, M, s, stream, iters, err);
+          if (dt < 0) {
+            fprintf(stderr, "gemm_bench: %s M=%d: %s\n", s->name, M, err);
+            return 1;
+          }
+          t[pinned] += dt / 3;
+        }
+      double ratio = t[1] / t[0];
+      if (ratio > worst) worst = ratio;
+      printf("%-22s %6d %12.1f %12.1f %8.3f %10.1f\n", s->name, M, t[1] * 1e6, t[0] * 1e6, ratio,
+             2.0 * M * s->N * (double)s->K / t[1] / 1e12);
+    }
+  }
+  printf("worst pinned/heuristic time ratio: %.3f\n", worst);
+  lm_cuda_free(w);
+  lm_cuda_free(x);
+  lm_cuda_free(y);
+  lm_cuda_gemm_free(g);
+  lm_cuda_stream_destroy(stream);
+  return 0;
+}

