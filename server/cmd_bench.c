@@ -5,17 +5,29 @@
  *
  * Workloads (prompts are random token ids, seeded; ignore_eos and greedy,
  * so the output token totals of two runs are comparable):
- *   fixed     prompt/output lengths at concurrency 1, 8, 32, 64
+ *   fixed     prompt/output lengths at concurrency 1, 8, 32, 64 (CPU) or
+ *             1, 16, 64, 256 (CUDA)
  *   prefix    a shared 2k-token prefix with distinct suffixes: TTFT with the
  *             prefix cached against prompts never seen
  *   long      an 8k-token prompt arriving while decodes run: their
  *             inter-token latency, and the prompt's prefill speed, against
  *             each alone
- * Gates, measured in the same run: decode at concurrency 32 >= 50 % of
- * the compute roofline (2 x parameters x tok/s / the FMA peak measured
- * here), cached-prefix TTFT p50 >= 10x lower than cold, p99 ITL during
- * the 8k prefill <= 2.5x the median before it, and that prefill at >= 50 %
- * of its speed alone. */
+ * Gates, measured in the same run: cached-prefix TTFT p50 >= 10x lower
+ * than cold, p99 ITL during the 8k prefill <= 2.5x the median before it,
+ * and that prefill at >= 50 % of its speed alone; then by backend:
+ *   cpu   decode at concurrency 32 >= 50 % of the compute roofline
+ *         (2 x parameters x tok/s / the AVX-512 FMA peak measured here)
+ *   cuda  decode at concurrency 1 >= 70 % of the memory roofline: the
+ *         bytes one token reads (weights as stored, embedding table
+ *         excluded, plus the KV of the run's mean context) x tok/s / the
+ *         bandwidth of a read-only kernel over 4 GiB, measured before the
+ *         engine takes the memory. A decode step of one sequence is bound
+ *         by reading every weight once, so this is the fraction of the
+ *         fastest it could go.
+ * The CPU backend is the default (so CI runs are unchanged); on the GPU
+ * the KV pool takes what --gpu-memory-utilization leaves and the defaults
+ * grow to serving sizes (512-token prompts, 256-token outputs, 2048 tokens
+ * a step, 256 sequences). */
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -25,22 +37,33 @@
 #include "clients/stats.h"
 #include "engine/engine.h"
 #include "engine/lm.h"
+#include "engine/model.h"
 #include "engine/roofline.h"
 #include "engine/threadpool.h"
+#include "kernels/bandwidth.cuh"
+#include "kernels/cuda_device.cuh"
 #include "server/cli.h"
 
 static const char usage[] =
     "usage: lmserve bench [--model DIR] [--threads N] [--json] [--only fixed|prefix|long]\n"
     "                     [--prompt-len N] [--output-len N] [--prefix-len N] [--long-len N]\n"
     "                     [--max-batched-tokens N] [--long-decodes N] [--seed S]\n"
+    "                     [--backend auto|cpu|cuda] [--gpu-memory-utilization F]\n"
     "  runs the engine's serving workloads in process and prints throughput,\n"
     "  TTFT and inter-token latency percentiles, prefix-cache hit rate, KV use\n"
     "  and the benchmark gates. Defaults: prompt 128, output 192, prefix 2048,\n"
-    "  long 8192 tokens, 32 decodes beside the long prompt, 64 tokens a step.\n";
+    "  long 8192 tokens, 32 decodes beside the long prompt, 64 tokens a step.\n"
+    "  --backend defaults to cpu; on cuda (auto: when a GPU is present) the\n"
+    "  device's read bandwidth is measured first, concurrency is 1, 16, 64 and\n"
+    "  256, the KV pool takes what --gpu-memory-utilization (0.9) of the device\n"
+    "  leaves, and the defaults are prompt 512, output 256, 2048 tokens a step.\n";
 
+/* prompt_len, output_len and budget are 0 until given or defaulted for
+ * the backend (main) */
 struct bench_opts {
-  const char *model, *only;
+  const char *model, *only, *backend;
   long threads, prompt_len, output_len, prefix_len, long_len, budget, long_decodes, seed;
+  double gpu_memory_utilization; /* 0: the engine's default */
   int json;
 };
 
@@ -412,6 +435,14 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o) {
       bad = lm_cli_int(a, v, 1, 1 << 20, &o->budget);
     } else if (!strcmp(a, "--seed")) {
       bad = lm_cli_int(a, v, 0, 0x7fffffffL, &o->seed);
+    } else if (!strcmp(a, "--backend")) {
+      o->backend = v;
+      if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda")) {
+        fprintf(stderr, "lmserve bench: --backend takes auto, cpu or cuda, not '%s'\n", v);
+        return -1;
+      }
+    } else if (!strcmp(a, "--gpu-memory-utilization")) {
+      bad = lm_cli_float(a, v, 0.01, 1, &o->gpu_memory_utilization);
     } else {
       fprintf(stderr, "lmserve bench: unknown flag '%s'\n%s", a, usage);
       return -1;
@@ -447,17 +478,18 @@ static int want(const struct bench_opts *o, const char *w) {
   return !o->only || !strcmp(o->only, w);
 }
 
+/* Bytes one sequence's decode step reads on the GPU beyond the weights:
+ * K and V of every layer, bf16 in the pool, for each token of context. */
+static double gpu_kv_token_bytes(const struct lm_config *c) {
+  return 2.0 * c->n_layers * c->n_kv_heads * c->head_dim * 2;
+}
+
 int lm_cmd_bench(int argc, char **argv) {
-  struct bench_opts o = {.prompt_len = 128,
-                         .output_len = 192,
-                         .prefix_len = 2048,
-                         .long_len = 8192,
-                         .long_decodes = 32,
-                         .budget = 64,
-                         .seed = 1};
-  char dir_buf[4096], err[LM_ERR_LEN];
+  struct bench_opts o = {
+      .backend = "cpu", .prefix_len = 2048, .long_len = 8192, .long_decodes = 32, .seed = 1};
+  char dir_buf[4096], err[LM_ERR_LEN], gpu_name[256] = "?";
   struct bench b = {.w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER}};
-  int rc = 1, all = 1;
+  int rc = 1, all = 1, cuda = 0;
   for (int i = 1; i < argc; i++)
     if (!strcmp(argv[i], "--help")) {
       fputs(usage, stdout);
@@ -470,9 +502,33 @@ int lm_cmd_bench(int argc, char **argv) {
   }
   lmc_rng_seed(&b.rng, (unsigned long long)o.seed);
 
-  /* the FMA peak first, before the engine's threads start */
-  double peak_gflops = 0;
-  if (__builtin_cpu_supports("avx512f")) {
+  /* The backend the engine will pick, decided as lm_backend_create does,
+   * so the GPU's bandwidth is measured before the engine holds its memory.
+   * --backend cpu makes no CUDA call at all. */
+  if (strcmp(o.backend, "cpu")) {
+    char why[256] = "";
+    cuda = lm_cuda_device_count(why, sizeof(why)) > 0;
+    if (!cuda && !strcmp(o.backend, "cuda")) {
+      fprintf(stderr, "lmserve bench: backend \"cuda\": no usable GPU (%s)\n", why);
+      goto out;
+    }
+  }
+  if (!o.prompt_len) o.prompt_len = cuda ? 512 : 128;
+  if (!o.output_len) o.output_len = cuda ? 256 : 192;
+  if (!o.budget) o.budget = cuda ? 2048 : 64;
+
+  double peak_gflops = 0, read_gbs = 0;
+  unsigned long long gpu_bytes = 0;
+  if (cuda) {
+    /* 4 GiB: far beyond the L2 cache, so the figure is the DRAM's */
+    read_gbs = lm_cuda_read_gbs((size_t)4 << 30, 5, err, sizeof(err));
+    if (!(read_gbs > 0)) {
+      fprintf(stderr, "lmserve bench: %s\n", err);
+      goto out;
+    }
+    lm_cuda_device_info(gpu_name, sizeof(gpu_name), &gpu_bytes);
+  } else if (__builtin_cpu_supports("avx512f")) {
+    /* the FMA peak first, before the engine's threads start */
     lm_pool *pool = lm_pool_create((int)o.threads);
     if (pool) peak_gflops = lm_bench_fma_gflops(pool);
     lm_pool_destroy(pool);
@@ -482,52 +538,91 @@ int lm_cmd_bench(int argc, char **argv) {
   struct lm_engine_config cfg;
   lm_engine_config_init(&cfg);
   cfg.model_dir = dir;
-  cfg.backend = "cpu";
+  cfg.backend = o.backend;
   cfg.backend_cfg.n_threads = (int)o.threads;
+  if (o.gpu_memory_utilization > 0) cfg.gpu_memory_utilization = (float)o.gpu_memory_utilization;
   cfg.max_num_batched_tokens = (int)o.budget;
   cfg.max_model_len =
       (int)(o.long_len + 64 > o.prefix_len + 128 ? o.long_len + 64 : o.prefix_len + 128);
   if (cfg.max_model_len < 64 + long_decode_tokens(&o))
     cfg.max_model_len = 64 + long_decode_tokens(&o);
   cfg.max_undrained_tokens = 1 << 20;
-  /* KV for the largest workload at once (f32 on the CPU: keep it tight):
-   * 64 fixed requests, or the long prompt twice (alone, then cached while
-   * the second one runs) beside its decodes; then room for the prefix
-   * workload's cached prefixes */
-  long fixed_tokens = 64 * (o.prompt_len + o.output_len + cfg.block_size);
-  long long_tokens =
-      2 * o.long_len + o.long_decodes * (64 + long_decode_tokens(&o) + cfg.block_size);
-  long tokens = (fixed_tokens > long_tokens ? fixed_tokens : long_tokens) + 4 * o.prefix_len;
-  cfg.n_kv_blocks = (int)((tokens + cfg.block_size - 1) / cfg.block_size);
+  if (cuda) {
+    /* n_kv_blocks and kv_cache_bytes stay 0: the pool takes what the
+     * memory share leaves after weights and activations, as in serving */
+    cfg.max_num_seqs = 256;
+  } else {
+    /* KV for the largest workload at once (f32 on the CPU: keep it tight):
+     * 64 fixed requests, or the long prompt twice (alone, then cached while
+     * the second one runs) beside its decodes; then room for the prefix
+     * workload's cached prefixes */
+    long fixed_tokens = 64 * (o.prompt_len + o.output_len + cfg.block_size);
+    long long_tokens =
+        2 * o.long_len + o.long_decodes * (64 + long_decode_tokens(&o) + cfg.block_size);
+    long tokens = (fixed_tokens > long_tokens ? fixed_tokens : long_tokens) + 4 * o.prefix_len;
+    cfg.n_kv_blocks = (int)((tokens + cfg.block_size - 1) / cfg.block_size);
+  }
   if (lm_engine_create(&cfg, &b.e, err) != LM_OK) {
     lm_cli_load_error(dir, err);
     goto out;
   }
   struct lm_engine_info info;
   lm_engine_get_info(b.e, &info);
+  if ((strcmp(info.backend, "cuda") == 0) != cuda) {
+    fprintf(stderr, "lmserve bench: the engine runs on %s, expected %s\n", info.backend,
+            cuda ? "cuda" : "cpu");
+    goto out;
+  }
   b.vocab = info.vocab_size;
   double params = model_params(lm_engine_model_config(b.e));
-  if (o.json)
+  double decode_weight_bytes = 0;
+  if (cuda) {
+    /* the engine keeps its model to itself; loading it again only maps the
+     * files a second time */
+    lm_model *m = NULL;
+    if (lm_model_load(dir, &m, err) != LM_OK) {
+      lm_cli_load_error(dir, err);
+      goto out;
+    }
+    decode_weight_bytes = (double)lm_model_decode_bytes(m);
+    lm_model_free(m);
+    if (o.json)
+      printf("{\"model\": \"%s\", \"dtype\": \"%s\", \"backend\": \"%s\", \"parameters\": %.0f, "
+             "\"fma_peak_gflops\": null, \"read_gbs\": %.1f, \"max_num_batched_tokens\": %d, "
+             "\"kv_blocks\": %d}\n",
+             dir, info.dtype, info.backend, params, read_gbs, info.max_num_batched_tokens,
+             info.n_kv_blocks);
+    else
+      printf("model %s (%s, %.0f M matmul parameters, %.0f MB of weights read per token), "
+             "backend %s on %s (%.1f GiB), read bandwidth %.1f GB/s, max_num_batched_tokens %d, "
+             "%d KV blocks of %d\n",
+             dir, info.dtype, params / 1e6, decode_weight_bytes / 1e6, info.backend, gpu_name,
+             (double)gpu_bytes / (1 << 30), read_gbs, info.max_num_batched_tokens, info.n_kv_blocks,
+             info.block_size);
+  } else if (o.json) {
     printf("{\"model\": \"%s\", \"dtype\": \"%s\", \"parameters\": %.0f, \"fma_peak_gflops\": "
            "%.1f, \"max_num_batched_tokens\": %d, \"kv_blocks\": %d}\n",
            dir, info.dtype, params, peak_gflops, info.max_num_batched_tokens, info.n_kv_blocks);
-  else
+  } else {
     printf("model %s (%s, %.0f M matmul parameters), FMA peak %.1f GFLOP/s, "
            "max_num_batched_tokens %d, %d KV blocks of %d\n",
            dir, info.dtype, params / 1e6, peak_gflops, info.max_num_batched_tokens,
            info.n_kv_blocks, info.block_size);
+  }
   fflush(stdout);
 
-  struct result r;
+  struct result r, c1 = {.n_requests = 0};
   long total_out = 0;
   double decode32 = -1;
   if (want(&o, "fixed")) {
-    static const int concs[] = {1, 8, 32, 64};
+    static const int cpu_concs[] = {1, 8, 32, 64}, gpu_concs[] = {1, 16, 64, 256};
+    const int *concs = cuda ? gpu_concs : cpu_concs;
     for (int i = 0; i < 4; i++) {
       if (fixed(&b, &o, concs[i], &r) != LM_OK) goto fail;
       print_result(&o, &r);
       total_out += r.output_tokens;
       if (concs[i] == 32) decode32 = r.decode_tps;
+      if (concs[i] == 1) c1 = r;
     }
   }
   struct result cold = {.n_requests = 0}, warm = {.n_requests = 0};
@@ -550,9 +645,21 @@ int lm_cmd_bench(int argc, char **argv) {
   else
     printf("output tokens in all: %ld\n", total_out);
 
-  if (decode32 >= 0)
+  if (!cuda && decode32 >= 0)
     gate(&o, "decode c=32 fraction of compute roofline",
          2 * params * decode32 / (peak_gflops * 1e9), 0.5, 1, &all);
+  if (cuda && c1.n_requests > 0) {
+    /* output token i >= 1 is decoded over prompt + i tokens of context:
+     * over the decode window that averages to prompt + outputs / 2 */
+    double ctx = ((double)c1.prompt_tokens + (double)c1.output_tokens / 2) / c1.n_requests;
+    double bytes = decode_weight_bytes + gpu_kv_token_bytes(lm_engine_model_config(b.e)) * ctx;
+    if (!o.json)
+      printf("decode c=1: %.1f MB read per token at a mean context of %.0f tokens, %.1f tok/s: "
+             "%.1f GB/s of %.1f GB/s\n",
+             bytes / 1e6, ctx, c1.decode_tps, bytes * c1.decode_tps / 1e9, read_gbs);
+    gate(&o, "decode c=1 fraction of memory roofline", bytes * c1.decode_tps / (read_gbs * 1e9),
+         0.7, 1, &all);
+  }
   if (want(&o, "prefix"))
     gate(&o, "TTFT p50 cold / cached prefix", cold.ttft[0] / warm.ttft[0], 10, 1, &all);
   if (want(&o, "long")) {

