@@ -180,8 +180,9 @@ fresh
 edit_header "$tmp/m/model.safetensors" 'del h["model.layers.1.mlp.up_proj.weight"]'
 expect_load_error "missing tensor" "$tmp/m" "model.layers.1.mlp.up_proj.weight"
 fresh
-edit_header "$tmp/m/model.safetensors" 't = h["model.layers.0.self_attn.o_proj.weight"]; t["shape"] = t["shape"][::-1]'
-expect_load_error "tensor shape disagreeing with config" "$tmp/m" "o_proj.weight"
+# gate_proj is [intermediate, hidden]: not square, so reversed it disagrees
+edit_header "$tmp/m/model.safetensors" 't = h["model.layers.0.mlp.gate_proj.weight"]; t["shape"] = t["shape"][::-1]'
+expect_load_error "tensor shape disagreeing with config" "$tmp/m" "gate_proj.weight"
 fresh
 edit_header "$tmp/m/model.safetensors" 'h["model.norm.weight"]["data_offsets"][1] += 10**9'
 expect_load_error "offsets past the end of the file" "$tmp/m" "model.norm.weight"

@@ -8,13 +8,18 @@
 # (it shares this machine's cores with the server) and the server's CPU
 # per streamed token outside the engine thread.
 #
-#   tools/bench_server.sh [tiny|bench]...    (default: both)
+#   tools/bench_server.sh [tiny|bench|8b]... (default: tiny bench)
 #   LMSERVE_BIN_DIR=build/opt ...            binaries from elsewhere than bin/
+#   LMSERVE_BACKEND=cuda ...                 the backend of both (default cpu)
+# 8b is the GPU workload: the Llama-3.1-8B-shaped model at $LMSERVE_8B,
+# 512-token prompts, 256-token outputs, concurrency 1, 16 and 64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bindir=${LMSERVE_BIN_DIR:-bin}
 [ -x "$bindir"/lmserve-client ] || tools/setup.sh
 py=/usr/bin/python3
+[ -x $py ] || py=python3 # machines without Debian's Python (the GPU ones)
+backend=${LMSERVE_BACKEND:-cpu}
 what=${*:-tiny bench}
 tmp=$(mktemp -d)
 server_pid=
@@ -33,24 +38,27 @@ thread_cpu() {
   done | awk -v tck="$tck" '/^(lm-engine|lmserve) / {e += $NF; next} {o += $NF} END {printf "%.3f %.3f\n", e / tck, o / tck}'
 }
 
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) commit $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty)"
+commit=$(git rev-parse --short HEAD 2>/dev/null || cat "$bindir"/COMMIT 2>/dev/null || echo unknown)
+git diff --quiet 2>/dev/null || commit=$commit-dirty
+echo "# $(date -u +%Y-%m-%dT%H:%MZ) commit $commit, backend $backend"
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs"
 printf '%-6s %5s %5s %5s %6s %10s %10s %6s %9s %10s %10s\n' model conc reqs in out \
   "e2e tok/s" "inproc" ratio "client%" "srv us/tok" "srv us/req"
 for m in $what; do
   case $m in
-  tiny) model=models/fixtures/qwen3-bf16 in=128 out=64 ;;
+  tiny) model=models/fixtures/qwen3-bf16 in=128 out=64 concs="1 8 64" ;;
+  8b) model=${LMSERVE_8B:-build/gpu-fixtures/llama31-8b} in=512 out=256 concs="1 16 64" ;;
   bench)
-    model=models/bench in=128 out=32
+    model=models/bench in=128 out=32 concs="1 8 64"
     [ -f models/bench/model.safetensors ] || $py tools/make_model.py --out models/bench --size bench
     ;;
   *)
-    echo "unknown model '$m' (tiny, bench)" >&2
+    echo "unknown model '$m' (tiny, bench, 8b)" >&2
     exit 2
     ;;
   esac
   port=$(free_port)
-  "$bindir"/lmserve serve --model "$model" --port "$port" --metrics-port "$(free_port)" \
+  "$bindir"/lmserve serve --backend "$backend" --model "$model" --port "$port" --metrics-port "$(free_port)" \
     --log-level warn >"$tmp/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do
@@ -59,10 +67,10 @@ for m in $what; do
     sleep 0.2
   done
   # in process first (the server is idle): `lmserve bench --only fixed`
-  # runs c requests started together at c = 1, 8, 32, 64
-  "$bindir"/lmserve bench --model "$model" --only fixed --prompt-len "$in" --output-len "$out" \
+  # runs c requests started together at c = 1, 8, 32, 64 (the GPU: 1, 16, 64, 256)
+  "$bindir"/lmserve bench --backend "$backend" --model "$model" --only fixed --prompt-len "$in" --output-len "$out" \
     --long-len 2048 --prefix-len 1024 --json >"$tmp/bench.json" 2>"$tmp/bench.err" || cat "$tmp/bench.err" >&2
-  for c in 1 8 64; do
+  for c in $concs; do
     before=$(thread_cpu "$server_pid")
     "$bindir"/lmserve-client load --server "127.0.0.1:$port" --concurrency "$c" --requests "$c" \
       --input-tokens "$in" --output-tokens "$out" --progress 0 --json >"$tmp/load.json"

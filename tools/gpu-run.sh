@@ -20,14 +20,18 @@
 #
 #   tools/gpu-run.sh [OUTDIR] [--quick]     correctness, then the GEMM benchmark
 #   tools/gpu-run.sh [OUTDIR] --bench       the 8B serving benchmark
+#   tools/gpu-run.sh [OUTDIR] --e2e         the same through the gRPC server
+#                                           (after --bench made the model):
+#                                           end-to-end / in-process tok/s >= 0.97
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-build/gpu-results}
-quick=0 bench=0
+quick=0 bench=0 e2e=0
 for a in "$@"; do
   case $a in
   --quick) quick=1 ;;
   --bench) bench=1 ;;
+  --e2e) e2e=1 bench=1 ;;
   *) out=$a ;;
   esac
 done
@@ -79,10 +83,22 @@ mkdir -p "$fixtures"
 
 # the serving benchmark alone: its gates must all pass
 gates_pass() { "$@" && ! grep -q '"pass": false' "$out/bench-8b.log"; }
+# every 8b row of tools/bench_server.sh's table at ratio >= 0.97
+ratios_pass() {
+  "$@" | tee "$out/e2e-table.txt" &&
+    awk '$1 == "8b" {n++; if ($8 == "-" || $8 < 0.97) bad++} END {exit !(n >= 3 && !bad)}' \
+      "$out/e2e-table.txt"
+}
 if [ $bench -eq 1 ]; then
   [ -d "$fixtures/llama31-8b" ] ||
     run make-8b "$py" tools/make_model.py --size 8b --out "$fixtures/llama31-8b"
-  run bench-8b gates_pass $bin/lmserve bench --backend cuda --model "$fixtures/llama31-8b" --json
+  if [ $e2e -eq 1 ]; then
+    run e2e-8b ratios_pass env LMSERVE_BIN_DIR=$bin LMSERVE_BACKEND=cuda \
+      LMSERVE_8B="$fixtures/llama31-8b" tools/bench_server.sh 8b
+  else
+    run bench-8b gates_pass $bin/lmserve bench --backend cuda --model "$fixtures/llama31-8b" \
+      --json
+  fi
   say "$passed passed, $failed failed, $skipped skipped"
   tar czf "$dest/results.tgz" -C "$out" .
   rm -rf "$out"

@@ -100,7 +100,9 @@ ARCHS = {
 }
 
 # Shapes. head_dim None means hidden / heads (and no head_dim key in config.json).
-TINY = dict(hidden=64, intermediate=160, layers=2, heads=4, kv_heads=2, head_dim=None,
+# The tiny heads are 32 wide, the narrowest the CUDA attention kernels take
+# (real models use 64 or 128).
+TINY = dict(hidden=64, intermediate=160, layers=2, heads=2, kv_heads=1, head_dim=None,
             max_pos=4096)
 SIZES = {
     "tiny": TINY,
