@@ -3,7 +3,8 @@
 # machine without Debian's packages: gRPC, protobuf-c, jemalloc, pcre2 and
 # utf8proc linked statically (bazel --config=portable), the CUDA runtime
 # statically as always, cuBLASLt loaded at run time from the machine's own
-# CUDA. Only glibc (>= this machine's) is needed there.
+# CUDA. Only glibc and libstdc++ are needed there (build/gpu/GLIBC says
+# which versions).
 #
 #   tools/gpu-build.sh            -> build/gpu/{cuda_test,forward_dump,...} + COMMIT
 #
@@ -30,5 +31,9 @@ tokenizers=(qwen3 qwen2_5 llama3 llama3_1 llama2)
       tokenizer-$t/models/tokenizer_config.json; done))
 git rev-parse HEAD >build/gpu/COMMIT 2>/dev/null || echo unknown >build/gpu/COMMIT
 git diff --quiet 2>/dev/null || echo "$(cat build/gpu/COMMIT)+dirty" >build/gpu/COMMIT
-ldd --version 2>&1 | sed -n 1p | sed 's/^/built against /' >build/gpu/GLIBC
+# what the machine must have: the newest glibc and libstdc++ symbol versions used
+needs=$(for t in "${targets[@]}"; do objdump -T "build/gpu/${t##*:}"; done |
+  grep -o 'GLIBC_[0-9.]*\|GLIBCXX_[0-9.]*' | sort -uV |
+  awk -F_ '{v[$1] = $0} END {print v["GLIBC"], v["GLIBCXX"]}')
+echo "needs $needs (built on $(ldd --version 2>&1 | sed -n 1p))" >build/gpu/GLIBC
 du -ch build/gpu/* | tail -1 | sed 's/^/build\/gpu: /'
