@@ -477,9 +477,13 @@ void lm_srv_shutdown(struct lm_srv *s) {
   lm_health_tick(s);
   lm_engine_close(s->engine);
   grpc_server_shutdown_and_notify(s->server, s->cqs[0], &shutdown_tag);
-  double until = lm_now_s() + s->opts.drain_s;
+  /* even with nothing in flight, Watch streams get a moment to carry the
+   * NOT_SERVING just announced before every call is cancelled */
+  double t0 = lm_now_s(), until = t0 + s->opts.drain_s;
+  double announce = t0 + (s->opts.drain_s < 0.25 ? s->opts.drain_s : 0.25);
   int live;
-  while ((live = atomic_load(&s->live_streams)) > 0 && lm_now_s() < until) {
+  while (((live = atomic_load(&s->live_streams)) > 0 || lm_now_s() < announce) &&
+         lm_now_s() < until) {
     struct timespec ts = {0, 10 * 1000 * 1000};
     nanosleep(&ts, NULL);
   }
