@@ -783,11 +783,9 @@ static void lm_cuda_be_gather_rows(void *st, void *out, const void *x, const int
 
 /* ---- sampling ------------------------------------------------------------ */
 
+/* The row's history goes to the device only when a penalty reads it. */
 static int penalised(const struct lm_sample_row *r) {
-  const struct lm_sampling *p = r->params;
-  int rep = p->repetition_penalty > 0 && p->repetition_penalty != 1.0f;
-  return r->history && r->n_history > 0 &&
-         (rep || p->presence_penalty != 0 || p->frequency_penalty != 0);
+  return r->history && r->n_history > 0 && lm_sampling_penalizes(r->params);
 }
 
 static int lm_cuda_be_sample(void *st, const void *logits, int n, int vocab,

@@ -159,19 +159,6 @@ static void *engine_main(void *arg) {
 
 /* ---- create / destroy --------------------------------------------------- */
 
-/* Bytes the runner's activations take (runner.c allocates them after the
- * pool), plus room for the backend's workspaces. */
-static size_t activation_bytes(const struct lm_engine_config *c, const struct lm_config *mc,
-                               size_t elem_bytes) {
-  size_t T = (size_t)c->max_num_batched_tokens, S = (size_t)c->max_num_seqs;
-  size_t H = (size_t)mc->hidden_size, Q = (size_t)mc->n_heads * (size_t)mc->head_dim;
-  size_t KV = (size_t)mc->n_kv_heads * (size_t)mc->head_dim, I = (size_t)mc->intermediate_size;
-  size_t acts = T * (3 * H + 3 * Q + 3 * KV + 2 * I) + S * H;
-  /* f32 logits; the rest is slack for what is not counted (cuBLASLt's
-   * workspace, the CUDA context's growth) */
-  return acts * elem_bytes + S * (size_t)mc->vocab_size * sizeof(float) + ((size_t)256 << 20);
-}
-
 /* Blocks for the pool: exactly n_kv_blocks, else as many as kv_cache_bytes
  * holds; by default, what the backend has room for (the GPU: its memory
  * share less weights and activations), else an eighth of host memory, at
@@ -187,9 +174,13 @@ static int pool_blocks(const struct lm_engine_config *c, const struct lm_config 
                        (size_t)mc->head_dim * ops->kv_elem_bytes;
   size_t bytes = c->kv_cache_bytes;
   if (bytes == 0 && ops->kv_budget) {
-    int rc =
-        ops->kv_budget(be->st, activation_bytes(c, mc, ops->act_elem_bytes),
-                       c->max_num_batched_tokens, c->max_num_seqs, c->max_model_len, &bytes, err);
+    /* the runner's buffers are allocated after the pool; the slack covers
+     * what is not counted (cuBLASLt's workspace, the CUDA context's growth) */
+    size_t reserve = lm_runner_activation_bytes(mc, c->max_num_batched_tokens, c->max_num_seqs,
+                                                ops->act_elem_bytes) +
+                     ((size_t)256 << 20);
+    int rc = ops->kv_budget(be->st, reserve, c->max_num_batched_tokens, c->max_num_seqs,
+                            c->max_model_len, &bytes, err);
     if (rc != LM_OK) return rc;
   } else if (bytes == 0) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);

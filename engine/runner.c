@@ -61,6 +61,28 @@ void lm_runner_rope_inv_freq(const struct lm_config *c, float *inv_freq) {
   }
 }
 
+#define LM_RUNNER_ACTS 12
+
+/* Elements of each activation buffer, in the order lm_runner_create lists
+ * them: x, h, q, qn, k, kn, v, att, o, gate, up, last. */
+static void act_elems(const struct lm_config *c, size_t T, size_t S, size_t n[LM_RUNNER_ACTS]) {
+  size_t H = (size_t)c->hidden_size, Q = (size_t)c->n_heads * (size_t)c->head_dim;
+  size_t KV = (size_t)c->n_kv_heads * (size_t)c->head_dim, I = (size_t)c->intermediate_size;
+  size_t e[LM_RUNNER_ACTS] = {T * H,  T * H, T * Q, T * Q, T * KV, T * KV,
+                              T * KV, T * Q, T * H, T * I, T * I,  S * H};
+  memcpy(n, e, sizeof(e));
+}
+
+size_t lm_runner_activation_bytes(const struct lm_config *c, int max_batch_tokens, int max_seqs,
+                                  size_t act_elem_bytes) {
+  size_t n[LM_RUNNER_ACTS], sum = 0;
+  act_elems(c, (size_t)max_batch_tokens, (size_t)max_seqs, n);
+  for (int i = 0; i < LM_RUNNER_ACTS; i++)
+    sum += n[i];
+  /* plus the f32 logits */
+  return sum * act_elem_bytes + (size_t)max_seqs * (size_t)c->vocab_size * sizeof(float);
+}
+
 void lm_runner_free(lm_runner *r) {
   if (!r) return;
   const struct lm_backend_ops *ops = r->be->ops;
@@ -108,19 +130,12 @@ int lm_runner_create(lm_model *m, lm_backend *be, const struct lm_runner_config 
   lm_runner_rope_inv_freq(c, r->inv_freq);
   r->rope = (struct lm_rope){c->head_dim, r->inv_freq};
 
-  size_t T = (size_t)cfg->max_batch_tokens, S = (size_t)cfg->max_seqs;
-  size_t H = (size_t)c->hidden_size, Q = (size_t)c->n_heads * (size_t)c->head_dim;
-  size_t KV = (size_t)c->n_kv_heads * (size_t)c->head_dim, I = (size_t)c->intermediate_size;
-  struct {
-    void **buf;
-    size_t n;
-  } acts[] = {
-      {&r->x, T * H},  {&r->h, T * H},    {&r->q, T * Q},  {&r->qn, T * Q},
-      {&r->k, T * KV}, {&r->kn, T * KV},  {&r->v, T * KV}, {&r->att, T * Q},
-      {&r->o, T * H},  {&r->gate, T * I}, {&r->up, T * I}, {&r->last, S * H},
-  };
-  for (size_t i = 0; i < sizeof(acts) / sizeof(acts[0]); i++)
-    if (!(*acts[i].buf = ops->act_alloc(be->st, acts[i].n))) goto nomem;
+  size_t T = (size_t)cfg->max_batch_tokens, S = (size_t)cfg->max_seqs, n[LM_RUNNER_ACTS];
+  void **bufs[LM_RUNNER_ACTS] = {&r->x, &r->h,   &r->q, &r->qn,   &r->k,  &r->kn,
+                                 &r->v, &r->att, &r->o, &r->gate, &r->up, &r->last};
+  act_elems(c, T, S, n);
+  for (int i = 0; i < LM_RUNNER_ACTS; i++)
+    if (!(*bufs[i] = ops->act_alloc(be->st, n[i]))) goto nomem;
   if (!(r->logits = ops->f32_alloc(be->st, S * (size_t)c->vocab_size))) goto nomem;
 
   r->max_blocks = (r->cfg.max_model_len + cfg->block_size - 1) / cfg->block_size;

@@ -44,6 +44,11 @@ lm_kv_pool *lm_runner_kv_pool(lm_runner *r);
 int lm_runner_step(lm_runner *r, const struct lm_seq_chunk *chunks, int n_chunks,
                    const void **logits, int *n_logits, char *err);
 
+/* Bytes of the activation and logit buffers a runner of this model
+ * allocates for steps of max_batch_tokens over max_seqs sequences. */
+size_t lm_runner_activation_bytes(const struct lm_config *c, int max_batch_tokens, int max_seqs,
+                                  size_t act_elem_bytes);
+
 /* Computes RoPE inverse frequencies [head_dim / 2] from the config,
  * including llama3 scaling. */
 void lm_runner_rope_inv_freq(const struct lm_config *cfg, float *inv_freq);

@@ -79,6 +79,11 @@ int lm_sampling_check(const struct lm_sampling *s, int vocab_size, char *err) {
   return LM_OK;
 }
 
+int lm_sampling_penalizes(const struct lm_sampling *s) {
+  return (s->repetition_penalty > 0 && s->repetition_penalty != 1.0f) || s->presence_penalty != 0 ||
+         s->frequency_penalty != 0;
+}
+
 int lm_sampler_argmax(const float *x, int n) {
   int best = -1;
   for (int i = 0; i < n; i++)
@@ -109,7 +114,7 @@ static void apply_penalties(float *l, int vocab, const struct lm_sampling *p,
   for (int i = 0; i < row->n_banned; i++)
     if (row->banned[i] >= 0 && row->banned[i] < vocab) l[row->banned[i]] = -INFINITY;
   int rep = p->repetition_penalty > 0 && p->repetition_penalty != 1.0f;
-  if (!row->history || (!rep && p->presence_penalty == 0 && p->frequency_penalty == 0)) return;
+  if (!row->history || !lm_sampling_penalizes(p)) return;
   size_t n_prompt = row->n_prompt < row->n_history ? row->n_prompt : row->n_history;
   memset(counts, 0, (size_t)vocab * sizeof(*counts));
   for (size_t i = 0; i < row->n_history; i++) {

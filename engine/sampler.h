@@ -39,6 +39,10 @@ struct lm_sampling {
  * vocabulary or a bias not finite. Thread-safe. */
 int lm_sampling_check(const struct lm_sampling *s, int vocab_size, char *err);
 
+/* 1 when s has a repetition, presence or frequency penalty in effect, so
+ * the token history matters to the draw. */
+int lm_sampling_penalizes(const struct lm_sampling *s);
+
 /* Philox4x32-10: four 32-bit outputs for (key, counter). */
 void lm_philox4x32(uint64_t key, uint64_t counter_hi, uint64_t counter_lo, uint32_t out[4]);
 /* A uniform float in [0, 1) from the seed and output position. */

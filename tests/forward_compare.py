@@ -36,6 +36,8 @@ far above float32 error (~1e-5 absolute) yet below typical gaps (~1).
 """
 
 import argparse
+import glob
+import hashlib
 import json
 import math
 import os
@@ -74,6 +76,35 @@ def stored_dtype(model_dir):
         return json.load(f).get("torch_dtype", "float32")
 
 
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weight_hashes(model_dir):
+    """{file name: sha256} of every model*.safetensors in model_dir."""
+    files = sorted(glob.glob(os.path.join(model_dir, "model*.safetensors")))
+    return {os.path.basename(p): sha256_file(p) for p in files}
+
+
+def greedy_check(ref, ours, gaps, tol, who="ref"):
+    """(ok, message): ours' greedy ids against ref's, which may part at a
+    step whose reference top-2 gap is below tol (a near tie)."""
+    if len(ours) != len(ref):
+        return False, f"greedy length {len(ours)} != {len(ref)}"
+    step = next((s for s in range(len(ref)) if ref[s] != ours[s]), None)
+    if step is None:
+        return True, f"greedy {len(ref)}/{len(ref)} identical, min gap {min(gaps, default=0):.3g}"
+    if gaps[step] < tol:
+        return True, (f"greedy near-tie at step {step}: gap {gaps[step]:.2g} < {tol:.2g} "
+                      f"({who} {ref[step]}, ours {ours[step]}), {step}/{len(ref)} identical before it")
+    return False, (f"greedy diverges at step {step}: {who} {ref[step]}, ours {ours[step]}, "
+                   f"gap {gaps[step]:.3g} >= {tol:.2g}")
+
+
 def cmd_check(a):
     with open(a.ref) as f:
         ref = json.load(f)
@@ -102,20 +133,9 @@ def cmd_check(a):
             ok &= good
         rg, og, gaps = ref["greedy"][p], ours["greedy"][p], ref["greedy_gaps"][p]
         tol = NEAR_TIE * max(abs(y) for y in r)
-        if len(og) != len(rg):
-            msgs.append(f"greedy length {len(og)} != {len(rg)}")
-            ok = False
-        else:
-            step = next((s for s in range(len(rg)) if rg[s] != og[s]), None)
-            if step is None:
-                msgs.append(f"greedy {len(rg)}/{len(rg)} identical, min gap {min(gaps, default=0):.3g}")
-            elif gaps[step] < tol:
-                msgs.append(f"near-tie at prompt {p} step {step}: gap {gaps[step]:.2g} "
-                            f"< {tol:.2g} (ref {rg[step]}, ours {og[step]})")
-            else:
-                msgs.append(f"greedy diverges at step {step}: ref {rg[step]}, ours {og[step]}, "
-                            f"gap {gaps[step]:.3g} >= {tol:.2g}")
-                ok = False
+        good, msg = greedy_check(rg, og, gaps, tol)
+        msgs.append(msg)
+        ok &= good
         failures += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {name} prompt {p} ({dtype}): " + "; ".join(msgs))
     return 1 if failures else 0

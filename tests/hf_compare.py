@@ -58,12 +58,12 @@ fine precision is the float32 fixtures' job (and forward_compare.py's).
 """
 
 import argparse
-import glob
-import hashlib
 import json
 import math
 import os
 import sys
+
+import forward_compare  # tests/: the shared hashing and greedy check
 
 FORMAT = 1
 REL_ERR = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
@@ -72,23 +72,14 @@ NEAR_TIE = {"float32": 1e-3, "bfloat16": 2e-2, "float16": 3e-3}
 STALE = "stale fixture: regenerate with tools/hf_logits.py"
 
 
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def stale_reason(fx, model_dir):
     """None if config.json and the weight files hash as the fixture recorded."""
     cfg = os.path.join(model_dir, "config.json")
     if not os.path.isfile(cfg):
         return f"{model_dir} has no config.json"
-    if sha256_file(cfg) != fx.get("config_sha256"):
+    if forward_compare.sha256_file(cfg) != fx.get("config_sha256"):
         return "config.json differs"
-    files = sorted(glob.glob(os.path.join(model_dir, "model*.safetensors")))
-    have = {os.path.basename(p): sha256_file(p) for p in files}
+    have = forward_compare.weight_hashes(model_dir)
     want = fx.get("weights_sha256") or {}
     if set(have) != set(want):
         return f"weight files {sorted(have)} != the fixture's {sorted(want)}"
@@ -143,21 +134,9 @@ def check_prompt(fx, p, o, og, limit, tie_frac):
     else:
         msgs.append(f"argmax differs: hf {top_ids[0]}, ours {a}, gap {gap:.3g} >= {tol:.2g}")
         ok = False
-    hg, gaps = r["greedy"], r["greedy_gaps"]
-    if len(og) != len(hg):
-        msgs.append(f"greedy length {len(og)} != {len(hg)}")
-        ok = False
-    else:
-        step = next((s for s in range(len(hg)) if hg[s] != og[s]), None)
-        if step is None:
-            msgs.append(f"greedy {len(hg)}/{len(hg)} identical, min gap {min(gaps, default=0):.3g}")
-        elif gaps[step] < tol:
-            msgs.append(f"greedy near-tie at step {step}: gap {gaps[step]:.2g} < {tol:.2g} "
-                        f"(hf {hg[step]}, ours {og[step]}), {step}/{len(hg)} identical before it")
-        else:
-            msgs.append(f"greedy diverges at step {step}: hf {hg[step]}, ours {og[step]}, "
-                        f"gap {gaps[step]:.3g} >= {tol:.2g}")
-            ok = False
+    good, msg = forward_compare.greedy_check(r["greedy"], og, r["greedy_gaps"], tol, "hf")
+    msgs.append(msg)
+    ok &= good
     return ok, "; ".join(msgs)
 
 

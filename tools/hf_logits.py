@@ -29,8 +29,6 @@ tests/hf_compare.py checks lmserve against these files.
 """
 
 import argparse
-import glob
-import hashlib
 import json
 import math
 import os
@@ -53,20 +51,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 import forward_compare  # noqa: E402  (the prompt generator, standard library only)
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weight_hashes(model_dir):
-    """{file name: sha256} of every model*.safetensors in model_dir."""
-    files = sorted(glob.glob(os.path.join(model_dir, "model*.safetensors")))
-    return {os.path.basename(p): sha256_file(p) for p in files}
 
 
 def make_prompts(model_dir, lengths):
@@ -193,8 +177,8 @@ def one_model(model_dir, dev):
         "torch_version": torch.__version__,
         "device": device_name(dev),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "config_sha256": sha256_file(os.path.join(model_dir, "config.json")),
-        "weights_sha256": weight_hashes(model_dir),
+        "config_sha256": forward_compare.sha256_file(os.path.join(model_dir, "config.json")),
+        "weights_sha256": forward_compare.weight_hashes(model_dir),
         "greedy_steps": GREEDY_STEPS,
         "spread_ids": spread,
         "prompts": prompts,
