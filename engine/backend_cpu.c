@@ -99,9 +99,13 @@ static int lm_cpu_create(const struct lm_backend_config *cfg, void **st, char *e
   }
   cpu->n_threads = lm_pool_size(cpu->pool);
   cpu->avx512 = lm_cpu_has_avx512();
+  cpu->bf16_dot = cpu->avx512 && __builtin_cpu_supports("avx512bf16");
   cpu->mapped_weights = cfg ? cfg->cpu_mapped_weights : 0;
-  /* LM_CPU_ISA=scalar forces the portable kernels (tests, comparisons) */
-  if (getenv("LM_CPU_ISA") && strcmp(getenv("LM_CPU_ISA"), "scalar") == 0) cpu->avx512 = 0;
+  /* LM_CPU_ISA=scalar forces the portable kernels, LM_CPU_ISA=avx512 the
+   * AVX-512 ones without bf16 dot products (tests, comparisons) */
+  const char *isa = getenv("LM_CPU_ISA");
+  if (isa && strcmp(isa, "scalar") == 0) cpu->avx512 = 0;
+  if (isa && (strcmp(isa, "scalar") == 0 || strcmp(isa, "avx512") == 0)) cpu->bf16_dot = 0;
   *st = cpu;
   return LM_OK;
 }

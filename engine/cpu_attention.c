@@ -88,6 +88,16 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
   for (int bi = 0; bi * bs <= pmax && bi < b->max_blocks; bi++) {
     size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * (size_t)bs * hd;
     const float *kb = j->k + off, *vb = j->v + off; /* [block_size, head_dim] */
+    /* blocks are scattered in the pool, so no hardware prefetcher finds the
+     * next one: pull its K and V into L1 while this one is scored */
+    if ((bi + 1) * bs <= pmax && bi + 1 < b->max_blocks) {
+      size_t next = ((size_t)table[bi + 1] * j->n_kv + tl->g) * (size_t)bs * hd;
+      const char *nk = (const char *)(j->k + next), *nv_ = (const char *)(j->v + next);
+      for (size_t x = 0; x < (size_t)bs * hd * sizeof(float); x += 64) {
+        _mm_prefetch(nk + x, _MM_HINT_T0);
+        _mm_prefetch(nv_ + x, _MM_HINT_T0);
+      }
+    }
     for (int r = 0; r < n_rows; r++) {
       int n_valid;
       const float *q = lm_attn_row_q(j, tl, r, pos[r] + 1 - bi * bs, &n_valid);

@@ -7,11 +7,20 @@
  * the order of any element's additions, so M = 1 and M = 512 give the same
  * bits for a row, and so does any split of N across threads.
  *
- * bf16 weights are widened without a shuffle: in a 32-bit lane holding two
- * bf16 values, (lane << 16) is the even element and (lane & 0xffff0000) the
- * odd one, both exactly. x is therefore prepared once per call with each
- * chunk of 32 laid out as [16 even k, 16 odd k] (f16/f32: natural order),
- * zero padded to a multiple of 32 so the kernel never masks x. */
+ * bf16 weights on a CPU with AVX512_BF16 (the usual case) are multiplied as
+ * they are stored, by dot products: x is rounded once per call to bf16
+ * (nearest even), and each chunk of 32 k is one vdpbf16ps per (row,
+ * column) pair, lane i taking k = 2i and 2i + 1 of the chunk. This halves
+ * the instructions per multiply-add and the bytes of x the kernel reads;
+ * the price is x's rounding to bf16, which a bf16 checkpoint's own
+ * framework (activations in bf16) pays as well.
+ *
+ * Without AVX512_BF16 (or with LM_CPU_ISA=avx512), bf16 weights are widened
+ * without a shuffle: in a 32-bit lane holding two bf16 values, (lane << 16)
+ * is the even element and (lane & 0xffff0000) the odd one, both exactly;
+ * x stays f32, laid out per chunk of 32 as [16 even k, 16 odd k]. f16 and
+ * f32 weights always take this path with x in natural order. Prepared x is
+ * zero padded to a multiple of 32 so the kernels never mask it. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -24,6 +33,18 @@
 
 static size_t lm_kpad(int k) {
   return ((size_t)k + 31) & ~(size_t)31;
+}
+
+/* Prepared x row for the dot-product kernels: [Kpad] bf16. */
+LM_BF16DOT_TARGET static void lm_gemm_prep_row_bf16(uint16_t *dst, const float *x, int k) {
+  for (int c = 0; c < k; c += 32) {
+    int n = k - c < 32 ? k - c : 32;
+    __mmask16 lo = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+    __mmask16 hi = (__mmask16)(n >= 32 ? 0xffff : n > 16 ? (1u << (n - 16)) - 1 : 0);
+    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, x + c + 16),
+                                     _mm512_maskz_loadu_ps(lo, x + c));
+    _mm512_storeu_si512(dst + c, (__m512i)v);
+  }
 }
 
 /* Prepared x row: [Kpad], chunked as described above. */
@@ -44,22 +65,27 @@ static void lm_gemm_prep_row(float *dst, const float *x, int k, enum lm_dtype dt
 }
 
 struct lm_gemm_job {
-  float *y;        /* [M, N] */
-  const float *x;  /* [M, K] */
-  const float *xp; /* [M, Kpad] prepared */
-  const void *w;   /* [N, K] */
+  float *y;       /* [M, N] */
+  const float *x; /* [M, K] */
+  const void *xp; /* [M, Kpad] prepared: f32, or bf16 when dot */
+  const void *w;  /* [N, K] */
   enum lm_dtype dt;
   const struct lm_tensor *bias;
   int m, n, k;
   int avx512;
+  int dot;       /* bf16 weights by dot products */
   int64_t chunk; /* columns (W rows) per work item, a multiple of 16 */
 };
 
 static void lm_gemm_prep_item(void *argp, int64_t m, int tid) {
   struct lm_gemm_job *j = argp;
   (void)tid;
-  lm_gemm_prep_row((float *)j->xp + (size_t)m * lm_kpad(j->k), j->x + (size_t)m * j->k, j->k,
-                   j->dt);
+  if (j->dot)
+    lm_gemm_prep_row_bf16((uint16_t *)j->xp + (size_t)m * lm_kpad(j->k), j->x + (size_t)m * j->k,
+                          j->k);
+  else
+    lm_gemm_prep_row((float *)j->xp + (size_t)m * lm_kpad(j->k), j->x + (size_t)m * j->k, j->k,
+                     j->dt);
 }
 
 /* ---- AVX-512 ---------------------------------------------------------- */
@@ -91,12 +117,12 @@ lm_gemm_load_w(int dt, const void *row, size_t c, __mmask32 mask, int partial, _
 }
 
 struct lm_tile {
-  const float *xp; /* first prepared x row of the tile */
-  size_t ldx;      /* Kpad */
-  const char *w;   /* first W row of the tile */
-  size_t ldw;      /* bytes per W row */
-  float *y;        /* y[m0, n0] */
-  size_t ldy;      /* N */
+  const void *xp; /* first prepared x row of the tile */
+  size_t ldx;     /* Kpad */
+  const char *w;  /* first W row of the tile */
+  size_t ldw;     /* bytes per W row */
+  float *y;       /* y[m0, n0] */
+  size_t ldy;     /* N */
   int k;
 };
 
@@ -105,6 +131,7 @@ struct lm_tile {
 LM_AVX512_TARGET static inline __attribute__((always_inline)) void
 lm_gemm_tile(int DT, int MR, int NR, const struct lm_tile *t, float *out) {
   __m512 acc[4][8];
+  const float *xp = t->xp;
   const size_t esz = DT == LM_DTYPE_F32 ? 4 : 2;
   size_t kfull = (size_t)t->k & ~(size_t)31;
   int rem = t->k & 31;
@@ -124,8 +151,8 @@ lm_gemm_tile(int DT, int MR, int NR, const struct lm_tile *t, float *out) {
       __m512 xa[4], xb[4];
 #pragma GCC unroll 4
       for (int u = 0; u < 4; u++) {
-        xa[u] = _mm512_loadu_ps(t->xp + c0 + 32 * (size_t)u);
-        xb[u] = _mm512_loadu_ps(t->xp + c0 + 32 * (size_t)u + 16);
+        xa[u] = _mm512_loadu_ps(xp + c0 + 32 * (size_t)u);
+        xb[u] = _mm512_loadu_ps(xp + c0 + 32 * (size_t)u + 16);
       }
 #pragma GCC unroll 8
       for (int j = 0; j < NR; j++) {
@@ -150,8 +177,8 @@ lm_gemm_tile(int DT, int MR, int NR, const struct lm_tile *t, float *out) {
     if (partial && rem == 0) break;
 #pragma GCC unroll 4
     for (int i = 0; i < MR; i++) {
-      x0[i] = _mm512_loadu_ps(t->xp + (size_t)i * t->ldx + c);
-      x1[i] = _mm512_loadu_ps(t->xp + (size_t)i * t->ldx + c + 16);
+      x0[i] = _mm512_loadu_ps(xp + (size_t)i * t->ldx + c);
+      x1[i] = _mm512_loadu_ps(xp + (size_t)i * t->ldx + c + 16);
     }
 #pragma GCC unroll 8
     for (int j = 0; j < NR; j++) {
@@ -167,6 +194,68 @@ lm_gemm_tile(int DT, int MR, int NR, const struct lm_tile *t, float *out) {
 #pragma GCC unroll 4
       for (int i = 0; i < MR; i++)
         acc[i][j] = _mm512_fmadd_ps(x1[i], w1, acc[i][j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++)
+      out[i * 8 + j] = lm_hsum16(acc[i][j]);
+}
+
+/* The dot-product kernel: MR x-rows by NR bf16 W-rows, x prepared as bf16.
+ * Same loop shapes as lm_gemm_tile, one vdpbf16ps per (row, column,
+ * chunk); each accumulator takes the chunks in k order whatever MR and NR
+ * are. */
+LM_BF16DOT_TARGET static inline __attribute__((always_inline)) void
+lm_gemm_tile_dot(int MR, int NR, const struct lm_tile *t, float *out) {
+  __m512 acc[4][8];
+  const uint16_t *xp = t->xp;
+  size_t kfull = (size_t)t->k & ~(size_t)31;
+  int rem = t->k & 31;
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++)
+      acc[i][j] = _mm512_setzero_ps();
+  size_t c0 = 0;
+  if (MR == 1) {
+    /* decode: 4 consecutive chunks of a row per visit, next tile's rows
+     * pulled into L2 (see lm_gemm_tile) */
+    for (; c0 + 128 <= kfull; c0 += 128) {
+      __m512i xa[4];
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; u++)
+        xa[u] = _mm512_loadu_si512(xp + c0 + 32 * (size_t)u);
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; j++) {
+        const uint16_t *row = (const uint16_t *)(t->w + (size_t)j * t->ldw) + c0;
+        const char *next = t->w + (size_t)(j + NR) * t->ldw + c0 * 2;
+        for (size_t b = 0; b < 256; b += 64)
+          _mm_prefetch(next + b, _MM_HINT_T1);
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++)
+          acc[0][j] = _mm512_dpbf16_ps(acc[0][j], (__m512bh)xa[u],
+                                       (__m512bh)_mm512_loadu_si512(row + 32 * u));
+      }
+    }
+  }
+  for (size_t c = c0; c <= kfull; c += 32) {
+    int partial = c == kfull;
+    __mmask32 mask = partial ? (__mmask32)((1ull << rem) - 1) : (__mmask32)~0u;
+    __m512i xv[4];
+    if (partial && rem == 0) break;
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+      xv[i] = _mm512_loadu_si512(xp + (size_t)i * t->ldx + c);
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++) {
+      const uint16_t *p = (const uint16_t *)(t->w + (size_t)j * t->ldw) + c;
+      if (MR == 1) _mm_prefetch(t->w + (size_t)(j + NR) * t->ldw + c * 2, _MM_HINT_T1);
+      __m512i w = partial ? _mm512_maskz_loadu_epi16(mask, p) : _mm512_loadu_si512(p);
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; i++)
+        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)xv[i], (__m512bh)w);
     }
   }
 #pragma GCC unroll 4
@@ -209,29 +298,54 @@ LM_DEF_TILES(2)
 
 static const lm_tile_fn lm_tiles[3][4][8] = {LM_TILE_TABLE(0), LM_TILE_TABLE(1), LM_TILE_TABLE(2)};
 
-/* Widest NR that fits the 32 vector registers next to MR rows of x. */
+/* the dot-product kernels as "dtype" 3 */
+#define LM_DEF_DOT(MR, NR)                                                                         \
+  LM_BF16DOT_TARGET static void lm_tile_3_##MR##_##NR(const struct lm_tile *t, float *out) {       \
+    lm_gemm_tile_dot(MR, NR, t, out);                                                              \
+  }
+#define LM_DEF_DOTS_MR(MR)                                                                         \
+  LM_DEF_DOT(MR, 1)                                                                                \
+  LM_DEF_DOT(MR, 2)                                                                                \
+  LM_DEF_DOT(MR, 3)                                                                                \
+  LM_DEF_DOT(MR, 4)                                                                                \
+  LM_DEF_DOT(MR, 5)                                                                                \
+  LM_DEF_DOT(MR, 6)                                                                                \
+  LM_DEF_DOT(MR, 7)                                                                                \
+  LM_DEF_DOT(MR, 8)
+LM_DEF_DOTS_MR(1)
+LM_DEF_DOTS_MR(2) LM_DEF_DOTS_MR(3) LM_DEF_DOTS_MR(4)
+
+    static const lm_tile_fn lm_dot_tiles[4][8] = LM_TILE_TABLE(3);
+
+/* Widest NR that fits the 32 vector registers next to MR rows of x: the
+ * FMA kernels hold two x vectors per row and chunk, the dot kernels one. */
 static const int lm_tile_nr[5] = {0, 8, 8, 6, 5};
+static const int lm_dot_tile_nr[5] = {0, 8, 8, 8, 6};
 
 static float lm_gemm_bias(const struct lm_tensor *bias, int64_t n) {
   return bias ? lm_cpu_elem(bias->data, bias->dtype, (size_t)n) : 0.0f;
 }
 
 static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t n0, int64_t n1) {
-  size_t esz = lm_dtype_size(j->dt), kp = lm_kpad(j->k);
+  size_t esz = lm_dtype_size(j->dt), kp = lm_kpad(j->k), xsz = j->dot ? 2 : sizeof(float);
+  const int *nr_table = j->dot ? lm_dot_tile_nr : lm_tile_nr;
   float out[4 * 8];
   for (int64_t mb = 0; mb < j->m; mb += LM_GEMM_MB) {
     int64_t mb_end = mb + LM_GEMM_MB < j->m ? mb + LM_GEMM_MB : j->m;
-    int nr_step = lm_tile_nr[mb_end - mb < 4 ? mb_end - mb : 4];
+    int nr_step = nr_table[mb_end - mb < 4 ? mb_end - mb : 4];
     for (int64_t n = n0; n < n1; n += nr_step) {
       int nr = (int)(n1 - n < nr_step ? n1 - n : nr_step);
       for (int64_t m = mb; m < mb_end; m += 4) {
         int mr = (int)(mb_end - m < 4 ? mb_end - m : 4);
-        struct lm_tile t = {.xp = j->xp + (size_t)m * kp,
+        struct lm_tile t = {.xp = (const char *)j->xp + (size_t)m * kp * xsz,
                             .ldx = kp,
                             .w = (const char *)j->w + (size_t)n * (size_t)j->k * esz,
                             .ldw = (size_t)j->k * esz,
                             .k = j->k};
-        lm_tiles[j->dt][mr - 1][nr - 1](&t, out);
+        if (j->dot)
+          lm_dot_tiles[mr - 1][nr - 1](&t, out);
+        else
+          lm_tiles[j->dt][mr - 1][nr - 1](&t, out);
         for (int i = 0; i < mr; i++)
           for (int c = 0; c < nr; c++)
             j->y[(size_t)(m + i) * j->n + n + c] = out[i * 8 + c] + lm_gemm_bias(j->bias, n + c);
@@ -288,13 +402,14 @@ void lm_cpu_matmul(void *st, void *y, const void *x, const struct lm_tensor *w,
                           .m = rows,
                           .n = (int)w->shape[0],
                           .k = (int)w->shape[1],
-                          .avx512 = cpu->avx512};
+                          .avx512 = cpu->avx512,
+                          .dot = cpu->bf16_dot && w->dtype == LM_DTYPE_BF16};
   if (rows <= 0 || j.n <= 0) return;
   if (j.avx512) {
     /* One prepared copy of x for the whole call. The runner sizes its
      * activations up front, so failing here means the machine is out of
      * memory; process x in slices that fit what we already have. */
-    size_t row_bytes = lm_kpad(j.k) * sizeof(float);
+    size_t row_bytes = lm_kpad(j.k) * (j.dot ? 2 : sizeof(float));
     int64_t slice = rows;
     if (lm_cpu_grow((void **)&cpu->xprep, &cpu->xprep_bytes, row_bytes * (size_t)rows) != 0)
       slice = (int64_t)(cpu->xprep_bytes / row_bytes);

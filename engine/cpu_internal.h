@@ -19,6 +19,10 @@
 
 #define LM_AVX512_INLINE LM_AVX512_TARGET static inline __attribute__((always_inline))
 
+/* ... and with AVX512_BF16, for the bf16 matmul kernels. */
+#define LM_BF16DOT_TARGET                                                                          \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+
 /* The one horizontal-sum tree every reduction uses (lanes 0-7 + 8-15, then
  * halves again): fixed, so a row's sum never depends on its neighbours. */
 LM_AVX512_INLINE float lm_hsum16(__m512 v) {
@@ -51,14 +55,16 @@ struct lm_cpu {
   lm_pool *pool;
   int n_threads;
   int avx512;            /* 1: AVX-512 kernels; 0: portable scalar code */
+  int bf16_dot;          /* 1: bf16 matmuls by AVX512_BF16 dot products (cpu_gemm.c) */
   int mapped_weights;    /* compute from the file mapping, no copy */
   const lm_model *model; /* the one model load_weights was given */
   void *weights;         /* huge-page copy of the matmul weights, as stored */
   size_t weights_bytes;
   struct lm_tensor **copied; /* [n_copied] tensors whose dev points into weights */
   int n_copied;
-  /* matmul's prepared copy of x (engine thread only) */
-  float *xprep; /* [rows, K rounded up to 32] */
+  /* matmul's prepared copy of x (engine thread only): f32, or bf16 for
+   * the dot-product kernels */
+  void *xprep; /* [rows, K rounded up to 32] */
   size_t xprep_bytes;
   float *sample_scratch; /* [n_threads, LM_SAMPLER_SCRATCH_FLOATS(vocab)] */
   size_t sample_scratch_bytes;

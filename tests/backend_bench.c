@@ -119,8 +119,8 @@ int main(int argc, char **argv) {
 
   /* (3) GEMM M=512 */
   {
-    int ms[] = {512, 64, 16, 4};
-    for (int mi = 0; mi < 4; mi++) {
+    int ms[] = {512, 64, 32, 16, 4};
+    for (int mi = 0; mi < 5; mi++) {
       int M = ms[mi];
       double flops = 0, best = 1e9;
       for (int r = 0; r < 2; r++) {

@@ -33,6 +33,18 @@ RoPE pairs 0.1..0.8, rope_theta off by 2x 0.06..0.4. Not detectable here:
 rms_norm_eps off by 10x (~1e-5; activations have RMS ~1, so eps barely
 matters). NEAR_TIE = 1e-3 of max|ref logits| is ~0.04 on these fixtures,
 far above float32 error (~1e-5 absolute) yet below typical gaps (~1).
+
+bf16 matmul inputs. On CPUs with AVX512_BF16, lmserve multiplies bf16
+weights by dot products over x rounded to bf16 (OURS.json says
+"matmul_inputs": "bf16"), and tests/forward_compare.sh then has the
+reference round the same inputs. Most prompts still agree to ~4e-8, but
+where an input lies within float32 error of a bf16 rounding boundary the
+two round it apart, and that one step of 2^-8 carries through the random
+layers to 1e-3..3e-3 (measured on the bf16 fixtures). Those runs are held
+to REL_ERR_BF16_INPUTS = 1e-2 and the greedy check; the model's
+arithmetic is held to REL_ERR by the same comparison with LM_CPU_ISA=avx512
+(x kept in float32), and the dot-product kernel itself by
+tests/backend_test.c against a reference that rounds x the same way.
 """
 
 import argparse
@@ -45,6 +57,7 @@ import random
 import sys
 
 REL_ERR = 1e-5
+REL_ERR_BF16_INPUTS = 1e-2
 NEAR_TIE = 1e-3
 
 
@@ -111,7 +124,7 @@ def cmd_check(a):
     with open(a.ours) as f:
         ours = json.load(f)
     dtype = stored_dtype(a.model)
-    limit = REL_ERR
+    limit = REL_ERR_BF16_INPUTS if ours.get("matmul_inputs") == "bf16" else REL_ERR
     name = os.path.basename(os.path.normpath(a.model))
     n = len(ref["last_logits"])
     if len(ours.get("last_logits", [])) != n or len(ours.get("greedy", [])) != n:

@@ -3,16 +3,18 @@
 # reference on every fixture model under a root directory.
 #
 # Usage:
-#   tests/forward_compare.sh FORWARD_DUMP FIXTURE_ROOT [GREEDY_STEPS]
-#   tests/forward_compare.sh --self-test FIXTURE_ROOT [GREEDY_STEPS]
+#   tests/forward_compare.sh FORWARD_DUMP FIXTURE_ROOT [GREEDY_STEPS [NAME_GLOB]]
+#   tests/forward_compare.sh --self-test FIXTURE_ROOT [GREEDY_STEPS [NAME_GLOB]]
 # FIXTURE_ROOT holds model directories (each with a config.json), e.g. from
 #   /usr/bin/python3 tools/make_model.py --all /tmp/fixtures
 # For each model it writes prompts of 1, 7, 64 and 300 tokens, runs
-#   tests/torch_ref.py  --model DIR --prompts P --greedy N --out REF.json
 #   FORWARD_DUMP        --model DIR --prompts P --greedy N --out OURS.json
+#   tests/torch_ref.py  --model DIR --prompts P --greedy N --out REF.json
+# (with --bf16-matmul-inputs where OURS.json says lmserve rounds them)
 # and tests/forward_compare.py check (one line per prompt). --self-test puts
 # torch_ref.py --f32-kv-cache (float32, token by token) in forward_dump's
-# place, to check the harness itself. GREEDY_STEPS defaults to 24.
+# place, to check the harness itself. GREEDY_STEPS defaults to 24; NAME_GLOB
+# (default *) picks the model directories.
 # Exits non-zero if any model fails. Work files go to a temporary directory.
 set -u
 
@@ -25,21 +27,21 @@ py=/usr/bin/python3
 dump=$1
 root=$2
 steps=${3:-24}
+glob=${4:-*}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 status=0
 found=0
-for dir in "$root"/*/; do
+for dir in "$root"/$glob/; do
   [ -f "$dir/config.json" ] || continue
   found=1
   name=$(basename "$dir")
   prompts=$work/$name.prompts.json
   ref=$work/$name.ref.json
   ours=$work/$name.ours.json
-  if ! "$py" "$here/forward_compare.py" prompts --model "$dir" --out "$prompts" ||
-     ! "$py" "$here/torch_ref.py" --model "$dir" --prompts "$prompts" --greedy "$steps" --out "$ref"; then
-    echo "FAIL $name: reference run failed"
+  if ! "$py" "$here/forward_compare.py" prompts --model "$dir" --out "$prompts"; then
+    echo "FAIL $name: cannot write prompts"
     status=1
     continue
   fi
@@ -48,6 +50,14 @@ for dir in "$root"/*/; do
   else
     "$dump" --model "$dir" --prompts "$prompts" --greedy "$steps" --out "$ours"
   fi || { echo "FAIL $name: $dump exited with status $?"; status=1; continue; }
+  # the reference rounds what lmserve rounds (forward_dump says what)
+  round=()
+  grep -q '"matmul_inputs": "bf16"' "$ours" && round=(--bf16-matmul-inputs)
+  if ! "$py" "$here/torch_ref.py" "${round[@]}" --model "$dir" --prompts "$prompts" --greedy "$steps" --out "$ref"; then
+    echo "FAIL $name: reference run failed"
+    status=1
+    continue
+  fi
   "$py" "$here/forward_compare.py" check --model "$dir" --ref "$ref" --ours "$ours" || status=1
 done
 if [ $found = 0 ]; then

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "engine/backend.h"
+#include "engine/cpu_internal.h"
 #include "engine/json.h"
 #include "engine/lm.h"
 #include "engine/model.h"
@@ -201,7 +202,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "forward_dump: cannot write %s\n", out_path);
     goto out;
   }
-  fputs("{\"last_logits\": [", f);
+  /* what the reference must round to match: bf16 weights multiplied by
+   * dot products take x rounded to bf16 */
+  int x_bf16 = !strcmp(be->ops->name, "cpu") && ((struct lm_cpu *)be->st)->bf16_dot &&
+               m->w.layers[0].wq.dtype == LM_DTYPE_BF16;
+  fprintf(f, "{\"matmul_inputs\": \"%s\",\n", x_bf16 ? "bf16" : "f32");
+  fputs("\"last_logits\": [", f);
   for (int s = 0; s < n_seqs; s++) {
     fputs(s ? ",\n[" : "[", f);
     for (int i = 0; i < vocab; i++)

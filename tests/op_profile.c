@@ -1,11 +1,13 @@
 /* op_profile.c - where a decode step's time goes: wraps each backend op
  * of the CPU backend with a timer (the CPU ops are synchronous), prefills
- * --prompt tokens, decodes --decode greedily and prints milliseconds per
- * token for each op and for sampling.
+ * --batch sequences of --prompt tokens each, decodes them together for
+ * --decode steps (greedy) and prints milliseconds per step for each op and
+ * for sampling, and the matmuls' FLOP rate beside the FMA probe.
  *
- * usage: op_profile --model DIR [--prompt N] [--decode N] [--threads N] */
+ * usage: op_profile --model DIR [--prompt N] [--decode N] [--batch N] [--threads N] */
 #include "engine/backend.h"
 #include "engine/model.h"
+#include "engine/roofline.h"
 #include "engine/runner.h"
 #include "engine/sampler.h"
 #include <stdio.h>
@@ -16,6 +18,7 @@ static struct lm_backend_ops real, wrapped;
 /* per op: seconds and calls */
 static double T[16];
 static long N[16];
+static int n_ops;
 #define W(idx, name, args, call)                                                                   \
   static void w_##name args {                                                                      \
     double t = lm_now_s();                                                                         \
@@ -47,15 +50,22 @@ W(6, attention,
 W(7, swiglu, (void *st, void *o, const void *g, const void *u, int r, int d), (st, o, g, u, r, d))
 W(8, gather_rows, (void *st, void *o, const void *x, const int32_t *rows, int n, int d),
   (st, o, x, rows, n, d))
-static const char *names[] = {"embed",    "rmsnorm",   "add_rmsnorm", "matmul", "rope",
-                              "kv_write", "attention", "swiglu",      "gather"};
+W(9, matmul_n,
+  (void *st, void *const *y, const void *x, const struct lm_tensor *const *w,
+   const struct lm_tensor *const *b, int n, int r),
+  (st, y, x, w, b, n, r))
+W(10, logits, (void *st, void *o, const void *x, const struct lm_tensor *w, int r),
+  (st, o, x, w, r))
+static const char *names[] = {"embed",  "rmsnorm",  "add_rmsnorm", "matmul",
+                              "rope",   "kv_write", "attention",   "swiglu",
+                              "gather", "matmul_n", "logits"};
 int main(int argc, char **argv) {
   char err[LM_ERR_LEN];
   lm_model *m = NULL;
   lm_backend *be = NULL;
   lm_runner *r = NULL;
   const char *dir = NULL;
-  int P = 128, D = 64, threads = 0;
+  int P = 128, D = 64, S = 1, threads = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--model"))
       dir = argv[i + 1];
@@ -63,15 +73,18 @@ int main(int argc, char **argv) {
       P = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--decode"))
       D = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--batch"))
+      S = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--threads"))
       threads = atoi(argv[i + 1]);
   }
-  if (!dir || P <= 0 || D <= 0) {
-    fprintf(stderr, "usage: op_profile --model DIR [--prompt N] [--decode N] [--threads N]\n");
+  if (!dir || P <= 0 || D <= 0 || S <= 0 || S > 256) {
+    fprintf(stderr, "usage: op_profile --model DIR [--prompt N] [--decode N] [--batch N<=256] "
+                    "[--threads N]\n");
     return 2;
   }
   struct lm_backend_config c = {.n_threads = threads};
-  lm_kv_seq kv = {0};
+  lm_kv_seq kv[256] = {{0}};
   if (lm_model_load(dir, &m, err) || lm_backend_create("cpu", &c, &be, err) ||
       be->ops->load_weights(be->st, m, err)) {
     fprintf(stderr, "op_profile: %s\n", err);
@@ -88,43 +101,76 @@ int main(int argc, char **argv) {
   wrapped.attention = w_attention;
   wrapped.swiglu = w_swiglu;
   wrapped.gather_rows = w_gather_rows;
+  if (real.matmul_n) wrapped.matmul_n = w_matmul_n;
+  if (real.logits) wrapped.logits = w_logits;
+  n_ops = (int)(sizeof(names) / sizeof(names[0]));
   be->ops = &wrapped;
-  struct lm_runner_config rc = {16, (P + D) / 16 + 2, P, 1, P + D};
-  if (lm_runner_create(m, be, &rc, &r, err) ||
-      lm_kv_seq_reserve(&kv, lm_runner_kv_pool(r), P + D, err)) {
+  int per_seq = (P + D) / 16 + 2;
+  struct lm_runner_config rc = {16, S * per_seq, P > S ? P : S, S, P + D};
+  if (lm_runner_create(m, be, &rc, &r, err)) {
     fprintf(stderr, "op_profile: %s\n", err);
     return 1;
   }
+  for (int s = 0; s < S; s++)
+    if (lm_kv_seq_reserve(&kv[s], lm_runner_kv_pool(r), P + D, err)) {
+      fprintf(stderr, "op_profile: %s\n", err);
+      return 1;
+    }
   int32_t *ids = malloc((size_t)(P + D) * sizeof(int32_t));
+  struct lm_seq_chunk *ch = calloc((size_t)S, sizeof(*ch));
+  struct lm_sample_row *rows = calloc((size_t)S, sizeof(*rows));
+  struct lm_sample_result *res = calloc((size_t)S, sizeof(*res));
   for (int i = 0; i < P + D; i++)
     ids[i] = 1000 + i % 30000;
   const void *l;
   int nl;
-  struct lm_seq_chunk ch = {&kv, ids, P, 1};
-  lm_runner_step(r, &ch, 1, &l, &nl, err);
+  for (int s = 0; s < S; s++) {
+    ch[0] = (struct lm_seq_chunk){&kv[s], ids, P, 1};
+    lm_runner_step(r, ch, 1, &l, &nl, err);
+  }
   memset(T, 0, sizeof(T));
   memset(N, 0, sizeof(N));
   struct lm_sampling sp = {0};
-  struct lm_sample_row row = {.params = &sp};
-  struct lm_sample_result res;
+  for (int s = 0; s < S; s++) /* greedy without logprobs, as the bench asks */
+    rows[s] = (struct lm_sample_row){.params = &sp, .skip_logprob = 1};
   double ts = 0, t0 = lm_now_s();
   for (int i = 0; i < D; i++) {
-    ch = (struct lm_seq_chunk){&kv, ids + P + i, 1, 1};
-    lm_runner_step(r, &ch, 1, &l, &nl, err);
+    for (int s = 0; s < S; s++)
+      ch[s] = (struct lm_seq_chunk){&kv[s], ids + P + i, 1, 1};
+    lm_runner_step(r, ch, S, &l, &nl, err);
     double t = lm_now_s();
-    be->ops->sample(be->st, l, 1, m->cfg.vocab_size, &row, &res, err);
+    be->ops->sample(be->st, l, S, m->cfg.vocab_size, rows, res, err);
     ts += lm_now_s() - t;
   }
   double tot = lm_now_s() - t0;
-  printf("per token %.2f ms; sample %.2f ms\n", tot / D * 1e3, ts / D * 1e3);
+  lm_pool *probe = __builtin_cpu_supports("avx512f") ? lm_pool_create(c.n_threads) : NULL;
+  double peak = probe ? lm_bench_fma_gflops(probe) : 0;
+  if (probe) lm_pool_destroy(probe);
+  printf("batch %d, context %d..%d: per step %.2f ms (%.1f tok/s); sample %.2f ms\n", S, P, P + D,
+         tot / D * 1e3, S * D / tot, ts / D * 1e3);
   double sum = 0;
-  for (int i = 0; i < 9; i++) {
-    printf("%-12s %7.3f ms/token  (%ld calls/token)\n", names[i], T[i] / D * 1e3, N[i] / D);
+  for (int i = 0; i < n_ops; i++) {
+    if (!N[i]) continue;
+    printf("%-12s %7.3f ms/step  (%ld calls/step)\n", names[i], T[i] / D * 1e3, N[i] / D);
     sum += T[i];
   }
+  /* multiply-adds per token: every matmul weight and the lm_head */
+  const struct lm_config *cf = &m->cfg;
+  double hq = (double)cf->n_heads * cf->head_dim, hkv = (double)cf->n_kv_heads * cf->head_dim;
+  double params =
+      (2 * hq + 2 * hkv + 3.0 * cf->intermediate_size) * cf->hidden_size * cf->n_layers +
+      (double)cf->hidden_size * cf->vocab_size;
+  double gf = 2.0 * params * S * D / 1e9, tm = T[3] + T[9] + T[10];
+  if (peak > 0)
+    printf("matmul + logits %.1f GFLOP/s = %.0f %% of the FMA probe (%.0f GFLOP/s)\n", gf / tm,
+           100 * gf / tm / peak, peak);
   printf("ops total %.2f ms, unaccounted %.2f ms\n", sum / D * 1e3, (tot - sum - ts) / D * 1e3);
   free(ids);
-  lm_kv_seq_release(&kv, lm_runner_kv_pool(r));
+  free(ch);
+  free(rows);
+  free(res);
+  for (int s = 0; s < S; s++)
+    lm_kv_seq_release(&kv[s], lm_runner_kv_pool(r));
   lm_runner_free(r);
   be->ops = &real;
   lm_backend_destroy(be);

@@ -75,6 +75,7 @@ class Model:
         with open(os.path.join(model_dir, "config.json")) as f:
             c = json.load(f)
         self.model_type = c["model_type"]
+        self.bf16_matmul_inputs = False
         if self.model_type not in ("llama", "mistral", "qwen2", "qwen3"):
             raise SystemExit(f"torch_ref: unsupported model_type {self.model_type}")
         self.hidden = c["hidden_size"]
@@ -141,6 +142,11 @@ def rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def round_bf16(x):
+    """x rounded to bf16 (nearest even, through float32 as lmserve does)."""
+    return x.to(torch.float32).to(torch.bfloat16).to(x.dtype)
+
+
 def forward_f64(m, ids, cache):
     """Logits [vocab] after the last of ids, processing all of ids at once.
     cache holds per layer (k, v) [n_kv, past, head_dim] of earlier tokens and
@@ -148,6 +154,7 @@ def forward_f64(m, ids, cache):
     n, d = len(ids), m.head_dim
     past = cache[0][0].shape[1] if cache else 0
     m.check_len(past + n)
+    mx = round_bf16 if m.bf16_matmul_inputs else (lambda t: t)
     x = m.w["model.embed_tokens.weight"][torch.tensor(ids)]
     pos = torch.arange(past, past + n, dtype=torch.float64)
     ang = torch.outer(pos, m.inv_freq)
@@ -158,7 +165,7 @@ def forward_f64(m, ids, cache):
         h = rms_norm(x, m.layer(i, "input_layernorm.weight"), m.eps)
         qkv = []
         for p in "qkv":
-            y = h @ m.layer(i, f"self_attn.{p}_proj.weight").T
+            y = mx(h) @ m.layer(i, f"self_attn.{p}_proj.weight").T
             if m.qkv_bias:
                 y = y + m.layer(i, f"self_attn.{p}_proj.bias")
             qkv.append(y.view(n, -1, d).transpose(0, 1))  # [heads, n, d]
@@ -177,13 +184,13 @@ def forward_f64(m, ids, cache):
         v = cache[i][1].repeat_interleave(group, dim=0)
         att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d) + mask, dim=-1)
         o = (att @ v).transpose(0, 1).reshape(n, m.n_heads * d)
-        x = x + o @ m.layer(i, "self_attn.o_proj.weight").T
+        x = x + mx(o) @ m.layer(i, "self_attn.o_proj.weight").T
         h = rms_norm(x, m.layer(i, "post_attention_layernorm.weight"), m.eps)
-        gate = h @ m.layer(i, "mlp.gate_proj.weight").T
-        up = h @ m.layer(i, "mlp.up_proj.weight").T
-        x = x + (torch.nn.functional.silu(gate) * up) @ m.layer(i, "mlp.down_proj.weight").T
+        gate = mx(h) @ m.layer(i, "mlp.gate_proj.weight").T
+        up = mx(h) @ m.layer(i, "mlp.up_proj.weight").T
+        x = x + mx(torch.nn.functional.silu(gate) * up) @ m.layer(i, "mlp.down_proj.weight").T
     x = rms_norm(x[-1], m.w["model.norm.weight"], m.eps)
-    return m.w["lm_head.weight"] @ x
+    return m.w["lm_head.weight"] @ mx(x)
 
 
 class KVCacheF32:
@@ -265,9 +272,13 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--f32-kv-cache", action="store_true",
                     help="use the float32 token-by-token KV-cache implementation")
+    ap.add_argument("--bf16-matmul-inputs", action="store_true",
+                    help="round every matmul's input to bf16 first, as lmserve's CPU backend "
+                    "does for bf16 weights on CPUs with AVX512_BF16")
     a = ap.parse_args()
     torch.set_num_threads(2)
     m = Model(a.model, torch.float32 if a.f32_kv_cache else torch.float64)
+    m.bf16_matmul_inputs = a.bf16_matmul_inputs
     with open(a.prompts) as f:
         prompts = json.load(f)["prompts"]
     lines = {"last_logits": [], "greedy": [], "greedy_gaps": []}
