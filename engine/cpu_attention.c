@@ -9,7 +9,11 @@
  * row keeps its own online-softmax state and visits its keys block by block
  * in position order, so its result depends only on its own query and
  * context length: not on the tile it shares, the other sequences in the
- * batch or the thread that runs it. */
+ * batch or the thread that runs it. On AVX-512, a block's keys are scored
+ * 16 at a time (one accumulator each, one fixed transpose-and-add tree for
+ * the 16 sums; where the block has fewer than 16 keys left, one horizontal
+ * sum per key, decided by the key's place in its block alone), and each
+ * row's output stays in registers while it walks a block. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -70,10 +74,102 @@ static inline const float *lm_attn_row_q(const struct lm_attn_job *j, const stru
 
 /* ---- AVX-512 ---------------------------------------------------------- */
 
-LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
-                                                 const struct lm_attn_tile *tl) {
+/* q . k for 16 consecutive keys (rows of k, head_dim = 16 * NV): one
+ * accumulator per key, then one fixed transpose-and-add tree that sums the
+ * 16 accumulators' lanes into one vector of 16 scores, in key order. */
+LM_AVX512_INLINE __m512 lm_attn_scores16(int NV, const __m512 *qv, const float *k) {
+  __m512 a[16];
+  const size_t hd = (size_t)NV * 16;
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; i++)
+    a[i] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k + i * hd));
+#pragma GCC unroll 16
+  for (int d = 1; d < NV; d++)
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+      a[i] = _mm512_fmadd_ps(qv[d], _mm512_loadu_ps(k + i * hd + 16 * d), a[i]);
+  /* 16 -> 8: halves of key pairs (i, i + 1) side by side */
+  __m512 b[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; i++)
+    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xee));
+  /* 8 -> 4: 128-bit quarter q of c[i] holds 4 lanes of key 4i + q */
+  __m512 c[4];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; i++)
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xdd));
+  /* 4 -> 2 -> 1 within the quarters */
+  __m512 d0 =
+      _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x44), _mm512_shuffle_ps(c[0], c[1], 0xee));
+  __m512 d1 =
+      _mm512_add_ps(_mm512_shuffle_ps(c[2], c[3], 0x44), _mm512_shuffle_ps(c[2], c[3], 0xee));
+  __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d0, d1, 0x88), _mm512_shuffle_ps(d0, d1, 0xdd));
+  /* e's lane 4q + j holds key q + 4j: back to key order */
+  return _mm512_permutexvar_ps(
+      _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), e);
+}
+
+/* One row's pass over one block: scores of its n_valid keys, the online
+ * softmax update, and the weighted sum of V. NV (head_dim / 16) is a
+ * constant at the specialized call sites, so the row's output stays in
+ * registers across the block. */
+LM_AVX512_INLINE void lm_attn_row_block(int NV, const float *q, const float *kb, const float *vb,
+                                        int n_valid, int bs, float scale, float *m, float *l,
+                                        __m512 *o, float *sc) {
+  const size_t hd = (size_t)NV * 16;
+  __m512 qv[LM_ATTN_MAX_HD / 16], ov[LM_ATTN_MAX_HD / 16];
+#pragma GCC unroll 16
+  for (int d = 0; d < NV; d++)
+    qv[d] = _mm512_loadu_ps(q + 16 * d);
+  float bmax = -INFINITY;
+  int i = 0;
+  for (; i + 16 <= bs && i < n_valid; i += 16)
+    _mm512_store_ps(sc + i, _mm512_mul_ps(lm_attn_scores16(NV, qv, kb + (size_t)i * hd),
+                                          _mm512_set1_ps(scale)));
+  for (; i < n_valid; i++) {
+    const float *k = kb + (size_t)i * hd;
+    __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+#pragma GCC unroll 16
+    for (int d = 1; d < NV; d++)
+      acc = _mm512_fmadd_ps(qv[d], _mm512_loadu_ps(k + 16 * d), acc);
+    sc[i] = lm_hsum16(acc) * scale;
+  }
+  for (i = 0; i < n_valid; i++)
+    bmax = sc[i] > bmax ? sc[i] : bmax;
+  float m_new = *m > bmax ? *m : bmax;
+  float alpha = expf(*m - m_new);
+  __m512 psum = _mm512_setzero_ps();
+  for (int i = 0; i < n_valid; i += 16) {
+    __mmask16 mk = n_valid - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n_valid - i)) - 1);
+    __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, sc + i);
+    __m512 p = _mm512_maskz_mov_ps(mk, lm_exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
+    _mm512_store_ps(sc + i, p);
+    psum = _mm512_add_ps(psum, p);
+  }
+  *l = *l * alpha + lm_hsum16(psum);
+  *m = m_new;
+  __m512 va = _mm512_set1_ps(alpha);
+#pragma GCC unroll 16
+  for (int d = 0; d < NV; d++)
+    ov[d] = _mm512_mul_ps(o[d], va);
+  for (int i = 0; i < n_valid; i++) {
+    const float *v = vb + (size_t)i * hd;
+    __m512 p = _mm512_set1_ps(sc[i]);
+#pragma GCC unroll 16
+    for (int d = 0; d < NV; d++)
+      ov[d] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * d), ov[d]);
+  }
+#pragma GCC unroll 16
+  for (int d = 0; d < NV; d++)
+    o[d] = ov[d];
+}
+
+LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, const struct lm_attn_job *j,
+                                             const struct lm_attn_tile *tl) {
   const struct lm_batch *b = j->b;
-  const int hd = j->hd, bs = j->bs, nv = hd / 16;
+  const int hd = NV * 16, bs = j->bs;
   int n_rows = (tl->t1 - tl->t0) * tl->nh;
   int pos[LM_ATTN_ROWS];
   float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS];
@@ -82,7 +178,8 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
   __m512 o[LM_ATTN_ROWS][LM_ATTN_MAX_HD / 16];
   int pmax = lm_attn_rows_init(j, tl, n_rows, pos, m, l);
   for (int r = 0; r < n_rows; r++)
-    for (int d = 0; d < nv; d++)
+#pragma GCC unroll 16
+    for (int d = 0; d < NV; d++)
       o[r][d] = _mm512_setzero_ps();
   const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
   for (int bi = 0; bi * bs <= pmax && bi < b->max_blocks; bi++) {
@@ -101,46 +198,32 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
     for (int r = 0; r < n_rows; r++) {
       int n_valid;
       const float *q = lm_attn_row_q(j, tl, r, pos[r] + 1 - bi * bs, &n_valid);
-      if (!q) continue;
-      float bmax = -INFINITY;
-      for (int i = 0; i < n_valid; i++) {
-        const float *k = kb + (size_t)i * hd;
-        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k));
-        for (int d = 1; d < nv; d++)
-          acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * d), _mm512_loadu_ps(k + 16 * d), acc);
-        sc[i] = lm_hsum16(acc) * j->scale;
-        bmax = sc[i] > bmax ? sc[i] : bmax;
-      }
-      float m_new = m[r] > bmax ? m[r] : bmax;
-      float alpha = expf(m[r] - m_new);
-      __m512 psum = _mm512_setzero_ps();
-      for (int i = 0; i < n_valid; i += 16) {
-        __mmask16 mk =
-            n_valid - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n_valid - i)) - 1);
-        __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, sc + i);
-        __m512 p = _mm512_maskz_mov_ps(mk, lm_exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
-        _mm512_store_ps(sc + i, p);
-        psum = _mm512_add_ps(psum, p);
-      }
-      l[r] = l[r] * alpha + lm_hsum16(psum);
-      m[r] = m_new;
-      __m512 va = _mm512_set1_ps(alpha);
-      for (int d = 0; d < nv; d++)
-        o[r][d] = _mm512_mul_ps(o[r][d], va);
-      for (int i = 0; i < n_valid; i++) {
-        const float *v = vb + (size_t)i * hd;
-        __m512 p = _mm512_set1_ps(sc[i]);
-        for (int d = 0; d < nv; d++)
-          o[r][d] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * d), o[r][d]);
-      }
+      if (q) lm_attn_row_block(NV, q, kb, vb, n_valid, bs, j->scale, &m[r], &l[r], o[r], sc);
     }
   }
   for (int r = 0; r < n_rows; r++) {
     int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
     float *dst = j->out + ((size_t)t * j->n_heads + h) * hd;
     __m512 inv = _mm512_set1_ps(l[r] > 0.0f ? 1.0f / l[r] : 0.0f);
-    for (int d = 0; d < nv; d++)
+#pragma GCC unroll 16
+    for (int d = 0; d < NV; d++)
       _mm512_storeu_ps(dst + 16 * d, _mm512_mul_ps(o[r][d], inv));
+  }
+}
+
+/* NV fixed at every head size the AVX-512 path takes (head_dim a multiple
+ * of 16 up to LM_ATTN_MAX_HD) */
+#define LM_ATTN_NV(n)                                                                              \
+  case n: lm_attn_tile_avx512_nv(n, j, tl); break;
+LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
+                                                 const struct lm_attn_tile *tl) {
+  switch (j->hd / 16) {
+    LM_ATTN_NV(1)
+    LM_ATTN_NV(2)
+    LM_ATTN_NV(3)
+    LM_ATTN_NV(4) LM_ATTN_NV(5) LM_ATTN_NV(6) LM_ATTN_NV(7) LM_ATTN_NV(8) LM_ATTN_NV(9)
+        LM_ATTN_NV(10) LM_ATTN_NV(11) LM_ATTN_NV(12) LM_ATTN_NV(13) LM_ATTN_NV(14) LM_ATTN_NV(15)
+            LM_ATTN_NV(16) default : break;
   }
 }
 
@@ -252,7 +335,8 @@ void lm_cpu_attention(void *st, void *out, const void *q, const void *kv,
                           .bs = shape->block_size,
                           .group = n_heads / shape->n_kv_heads,
                           .scale = scale,
-                          .avx512 = cpu->avx512 && shape->head_dim % 16 == 0};
+                          .avx512 = cpu->avx512 && shape->head_dim % 16 == 0 &&
+                                    shape->head_dim <= LM_ATTN_MAX_HD};
   if (b->n_seqs <= 0 || j.group <= 0) return;
   j.n_htile = (j.group + LM_ATTN_ROWS - 1) / LM_ATTN_ROWS;
   j.h_tile = (j.group + j.n_htile - 1) / j.n_htile;

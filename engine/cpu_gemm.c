@@ -126,6 +126,23 @@ struct lm_tile {
   int k;
 };
 
+/* A tile's MR x NR accumulators: cleared, and reduced into out[i * 8 + j]. */
+LM_AVX512_INLINE void lm_gemm_acc_zero(__m512 acc[4][8], int MR, int NR) {
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++)
+      acc[i][j] = _mm512_setzero_ps();
+}
+
+LM_AVX512_INLINE void lm_gemm_acc_out(__m512 acc[4][8], int MR, int NR, float *out) {
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; j++)
+      out[i * 8 + j] = lm_hsum16(acc[i][j]);
+}
+
 /* MR x-rows by NR W-rows of accumulators; MR, NR and DT are constants at
  * every call site, so the arrays below live in registers. */
 LM_AVX512_TARGET static inline __attribute__((always_inline)) void
@@ -135,11 +152,7 @@ lm_gemm_tile(int DT, int MR, int NR, const struct lm_tile *t, float *out) {
   const size_t esz = DT == LM_DTYPE_F32 ? 4 : 2;
   size_t kfull = (size_t)t->k & ~(size_t)31;
   int rem = t->k & 31;
-#pragma GCC unroll 4
-  for (int i = 0; i < MR; i++)
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; j++)
-      acc[i][j] = _mm512_setzero_ps();
+  lm_gemm_acc_zero(acc, MR, NR);
   size_t c0 = 0;
   if (MR == 1) {
     /* Decode is bound by how many cache misses are in flight: read 4
@@ -196,11 +209,7 @@ lm_gemm_tile(int DT, int MR, int NR, const struct lm_tile *t, float *out) {
         acc[i][j] = _mm512_fmadd_ps(x1[i], w1, acc[i][j]);
     }
   }
-#pragma GCC unroll 4
-  for (int i = 0; i < MR; i++)
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; j++)
-      out[i * 8 + j] = lm_hsum16(acc[i][j]);
+  lm_gemm_acc_out(acc, MR, NR, out);
 }
 
 /* The dot-product kernel: MR x-rows by NR bf16 W-rows, x prepared as bf16.
@@ -213,11 +222,7 @@ lm_gemm_tile_dot(int MR, int NR, const struct lm_tile *t, float *out) {
   const uint16_t *xp = t->xp;
   size_t kfull = (size_t)t->k & ~(size_t)31;
   int rem = t->k & 31;
-#pragma GCC unroll 4
-  for (int i = 0; i < MR; i++)
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; j++)
-      acc[i][j] = _mm512_setzero_ps();
+  lm_gemm_acc_zero(acc, MR, NR);
   size_t c0 = 0;
   if (MR == 1) {
     /* decode: 4 consecutive chunks of a row per visit, next tile's rows
@@ -258,11 +263,7 @@ lm_gemm_tile_dot(int MR, int NR, const struct lm_tile *t, float *out) {
         acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)xv[i], (__m512bh)w);
     }
   }
-#pragma GCC unroll 4
-  for (int i = 0; i < MR; i++)
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; j++)
-      out[i * 8 + j] = lm_hsum16(acc[i][j]);
+  lm_gemm_acc_out(acc, MR, NR, out);
 }
 
 typedef void (*lm_tile_fn)(const struct lm_tile *t, float *out);
@@ -313,7 +314,8 @@ static const lm_tile_fn lm_tiles[3][4][8] = {LM_TILE_TABLE(0), LM_TILE_TABLE(1),
   LM_DEF_DOT(MR, 7)                                                                                \
   LM_DEF_DOT(MR, 8)
 LM_DEF_DOTS_MR(1)
-LM_DEF_DOTS_MR(2) LM_DEF_DOTS_MR(3) LM_DEF_DOTS_MR(4)
+LM_DEF_DOTS_MR(2)
+LM_DEF_DOTS_MR(3) LM_DEF_DOTS_MR(4)
 
     static const lm_tile_fn lm_dot_tiles[4][8] = LM_TILE_TABLE(3);
 
