@@ -84,11 +84,53 @@ int lm_sampling_penalizes(const struct lm_sampling *s) {
          s->frequency_penalty != 0;
 }
 
-int lm_sampler_argmax(const float *x, int n) {
+static int argmax_scalar(const float *x, int n) {
   int best = -1;
   for (int i = 0; i < n; i++)
     if (x[i] == x[i] && (best < 0 || x[i] > x[best])) best = i; /* x == x: not NaN */
   return best < 0 ? 0 : best;
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* The same answer 16 lanes at a time: each lane keeps the first index of
+ * its largest non-NaN value (or its first non-NaN one, all being -inf);
+ * then the largest value wins, the smallest index among equals. */
+__attribute__((target("avx512f"))) static int argmax_avx512(const float *x, int n) {
+  __m512 best = _mm512_set1_ps(-INFINITY);
+  __m512i idx = _mm512_set1_epi32(-1),
+          cur = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  int i = 0;
+  for (; i < n; i += 16) {
+    __mmask16 in = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(in, x + i);
+    __mmask16 valid = _mm512_mask_cmp_ps_mask(in, v, v, _CMP_ORD_Q);
+    __mmask16 none = _mm512_cmplt_epi32_mask(idx, _mm512_setzero_si512());
+    __mmask16 up = valid & (_mm512_cmp_ps_mask(v, best, _CMP_GT_OQ) | none);
+    best = _mm512_mask_mov_ps(best, up, v);
+    idx = _mm512_mask_mov_epi32(idx, up, cur);
+    cur = _mm512_add_epi32(cur, step);
+  }
+  int32_t li[16];
+  float lv[16];
+  _mm512_storeu_si512(li, idx);
+  _mm512_storeu_ps(lv, best);
+  int win = -1;
+  for (int l = 0; l < 16; l++)
+    if (li[l] >= 0 && (win < 0 || lv[l] > lv[win] || (lv[l] == lv[win] && li[l] < li[win])))
+      win = l;
+  return win < 0 ? 0 : li[win];
+}
+#endif
+
+int lm_sampler_argmax(const float *x, int n) {
+#if defined(__x86_64__)
+  static int avx512 = -1;
+  if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) return argmax_avx512(x, n);
+#endif
+  return argmax_scalar(x, n);
 }
 
 /* log(sum(exp(x))) with the max taken out, in double for a stable logprob;
@@ -221,11 +263,18 @@ struct lm_sample_result lm_sampler_sample(const float *logits, int vocab,
   /* The candidates (and the penalty counts before them) use the rest of
    * scratch: vocab entries of 8 bytes = 2 * vocab floats after l. */
   struct cand *c = (struct cand *)(scratch + vocab);
+  float inv_t = p->temperature > 0 ? 1.0f / p->temperature : 0.0f;
+  int greedy = !(inv_t > 0) || isinf(inv_t); /* temperature 0, or so small 1/t overflows */
+  if (greedy && p->n_logit_bias == 0 && row->n_banned == 0 &&
+      !(row->history && lm_sampling_penalizes(p))) {
+    /* nothing changes the raw logits: their argmax is the pick */
+    res.id = raw_max;
+    res.logprob = (float)((double)logits[res.id] - raw_lse);
+    return res;
+  }
   memcpy(l, logits, (size_t)vocab * sizeof(float));
   apply_penalties(l, vocab, p, row, (int32_t *)c);
-
-  float inv_t = p->temperature > 0 ? 1.0f / p->temperature : 0.0f;
-  if (!(inv_t > 0) || isinf(inv_t)) goto greedy; /* temperature 0, or so small 1/t overflows */
+  if (greedy) goto greedy;
   float max = l[lm_sampler_argmax(l, vocab)];
   /* weights relative to the most likely id, whose weight is 1: min_p is a
    * floor on the weight itself */

@@ -432,8 +432,45 @@ static void test_uniform(void) {
   lm_check(lo >= 0 && lo < 1e-3f && hi < 1 && hi > 0.999f, "uniform draws cover [0, 1)");
 }
 
+/* lm_sampler_argmax (vectorized where the CPU has AVX-512) against the
+ * definition: the first index of the largest non-NaN value; the first
+ * non-NaN one when all are -inf; 0 when all are NaN. */
+static int argmax_ref(const float *x, int n) {
+  int best = -1;
+  for (int i = 0; i < n; i++)
+    if (!isnan(x[i]) && (best < 0 || x[i] > x[best])) best = i;
+  return best < 0 ? 0 : best;
+}
+
+static void test_argmax(void) {
+  static float x[151936 + 16];
+  uint64_t seed = 12345;
+  int bad = 0, cases = 0;
+  for (int round = 0; round < 400; round++) {
+    int n = round < 300 ? 1 + round % 50 : 151936 - round % 7;
+    for (int i = 0; i < n; i++) {
+      seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+      uint32_t u = (uint32_t)(seed >> 33);
+      /* few distinct values, so ties are common; some NaN and -inf */
+      x[i] = u % 11 == 0      ? NAN
+             : u % 7 == 0     ? -INFINITY
+             : round % 5 == 0 ? -INFINITY
+                              : (float)(u % 5) - 2.0f;
+      if (round % 9 == 0) x[i] = NAN;
+    }
+    if (round % 13 == 0 && n > 3) x[n - 1] = 100.0f; /* the max in the tail */
+    cases++;
+    bad += lm_sampler_argmax(x, n) != argmax_ref(x, n);
+  }
+  lm_check(bad == 0,
+           "argmax equals the first-index-of-max definition on %d arrays with NaN, "
+           "-inf and ties (%d differ)",
+           cases, bad);
+}
+
 int main(void) {
   test_philox_kat();
+  test_argmax();
   test_greedy();
   test_distribution();
   test_penalties();
