@@ -56,6 +56,7 @@ static void watch_send(struct lm_call *c) {
   ops[n].op = GRPC_OP_SEND_MESSAGE;
   ops[n++].data.send_message.send_message = bb;
   c->watch_sent = st;
+  if (st != NOT_SERVING) atomic_store(&c->watch_told, 0);
   lm_call_batch(c, ops, n, LM_TAG_SEND);
   grpc_byte_buffer_destroy(bb);
 }
@@ -95,7 +96,18 @@ void lm_health_start(struct lm_call *c) {
 
 void lm_health_event(struct lm_call *c, enum lm_tag_kind k, int ok) {
   (void)ok;
-  if (c->method == LM_M_HEALTH_WATCH && (k == LM_TAG_SEND || k == LM_TAG_NOTIFY)) watch_send(c);
+  if (c->method != LM_M_HEALTH_WATCH) return;
+  if (k == LM_TAG_SEND && c->watch_sent == NOT_SERVING) atomic_store(&c->watch_told, 1);
+  if (k == LM_TAG_SEND || k == LM_TAG_NOTIFY) watch_send(c);
+}
+
+int lm_health_all_told(struct lm_srv *s) {
+  int all = 1;
+  pthread_mutex_lock(&s->watch_mu);
+  for (struct lm_call *c = s->watchers; c && all; c = c->watch_next)
+    all = !c->watch_service_known || atomic_load(&c->watch_told);
+  pthread_mutex_unlock(&s->watch_mu);
+  return all;
 }
 
 void lm_health_finish(struct lm_call *c) {

@@ -305,6 +305,7 @@ static int post_request(struct lm_srv *s, int cq, enum lm_method m) {
   c->method = m;
   c->cq = cq;
   atomic_init(&c->refs, 1);
+  atomic_init(&c->watch_told, 0);
   c->watch_sent = -1;
   c->t_new = (struct lm_tag){c, LM_TAG_NEW};
   c->t_close = (struct lm_tag){c, LM_TAG_CLOSE};
@@ -477,12 +478,11 @@ void lm_srv_shutdown(struct lm_srv *s) {
   lm_health_tick(s);
   lm_engine_close(s->engine);
   grpc_server_shutdown_and_notify(s->server, s->cqs[0], &shutdown_tag);
-  /* even with nothing in flight, Watch streams get a moment to carry the
-   * NOT_SERVING just announced before every call is cancelled */
-  double t0 = lm_now_s(), until = t0 + s->opts.drain_s;
-  double announce = t0 + (s->opts.drain_s < 0.25 ? s->opts.drain_s : 0.25);
+  /* streams in flight finish, and every Health.Watch stream carries the
+   * NOT_SERVING just announced, before any call is cancelled */
+  double until = lm_now_s() + s->opts.drain_s;
   int live;
-  while (((live = atomic_load(&s->live_streams)) > 0 || lm_now_s() < announce) &&
+  while (((live = atomic_load(&s->live_streams)) > 0 || !lm_health_all_told(s)) &&
          lm_now_s() < until) {
     struct timespec ts = {0, 10 * 1000 * 1000};
     nanosleep(&ts, NULL);

@@ -165,6 +165,7 @@ struct lm_call {
   struct lm_call *wake_next; /* on its queue's doorbell list */
   int watch_sent;            /* the status last sent, -1 before the first */
   int watch_service_known;
+  atomic_int watch_told; /* a NOT_SERVING send has completed (drain waits for it) */
 
   grpc_status_code code; /* the status sent (for the log and metrics) */
   char peer[64];
@@ -203,6 +204,9 @@ void lm_health_tick(struct lm_srv *s);
 void lm_health_start(struct lm_call *c);
 void lm_health_event(struct lm_call *c, enum lm_tag_kind k, int ok);
 void lm_health_finish(struct lm_call *c);
+/* 1 when every Health.Watch stream of a known service has finished sending
+ * NOT_SERVING (or has ended): what a drain waits for before cancelling. */
+int lm_health_all_told(struct lm_srv *s);
 
 /* reflection.c */
 int lm_reflection_create(struct lm_reflection **out, char *err);
