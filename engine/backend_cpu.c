@@ -592,6 +592,7 @@ const struct lm_backend_ops lm_backend_cpu_ops = {
     .rmsnorm = lm_cpu_rmsnorm,
     .add_rmsnorm = lm_cpu_add_rmsnorm,
     .matmul = lm_cpu_matmul,
+    .matmul_n = lm_cpu_matmul_n,
     .logits = lm_cpu_logits,
     .rope = lm_cpu_rope,
     .kv_write = lm_cpu_kv_write,

@@ -315,7 +315,8 @@ static const lm_tile_fn lm_tiles[3][4][8] = {LM_TILE_TABLE(0), LM_TILE_TABLE(1),
   LM_DEF_DOT(MR, 8)
 LM_DEF_DOTS_MR(1)
 LM_DEF_DOTS_MR(2)
-LM_DEF_DOTS_MR(3) LM_DEF_DOTS_MR(4)
+LM_DEF_DOTS_MR(3)
+LM_DEF_DOTS_MR(4)
 
     static const lm_tile_fn lm_dot_tiles[4][8] = LM_TILE_TABLE(3);
 
@@ -436,4 +437,58 @@ void lm_cpu_matmul(void *st, void *y, const void *x, const struct lm_tensor *w,
     return;
   }
   lm_pool_for(cpu->pool, lm_gemm_items(&j, cpu->n_threads), lm_gemm_item, &j);
+}
+
+/* Several matrices of the same input (q, k and v; gate and up): x is
+ * prepared once and every matrix's column ranges are items of one parallel
+ * loop, so a decode step pays one dispatch and one barrier for the group.
+ * Each output is computed exactly as lm_cpu_matmul computes it. */
+struct lm_gemm_group {
+  struct lm_gemm_job jobs[LM_CPU_MATMUL_N_MAX];
+  int64_t first[LM_CPU_MATMUL_N_MAX + 1]; /* first item of each job */
+  int n;
+};
+
+static void lm_gemm_group_item(void *argp, int64_t item, int tid) {
+  struct lm_gemm_group *g = argp;
+  int i = 0;
+  while (i + 1 < g->n && g->first[i + 1] <= item)
+    i++;
+  lm_gemm_item(&g->jobs[i], item - g->first[i], tid);
+}
+
+void lm_cpu_matmul_n(void *st, void *const *ys, const void *x, const struct lm_tensor *const *ws,
+                     const struct lm_tensor *const *biases, int n, int rows) {
+  struct lm_cpu *cpu = st;
+  int same = cpu->avx512 && n > 1 && n <= LM_CPU_MATMUL_N_MAX && rows > 0;
+  for (int i = 1; same && i < n; i++)
+    same = ws[i]->dtype == ws[0]->dtype && ws[i]->shape[1] == ws[0]->shape[1];
+  size_t row_bytes = lm_kpad((int)ws[0]->shape[1]) *
+                     (cpu->bf16_dot && ws[0]->dtype == LM_DTYPE_BF16 ? 2 : sizeof(float));
+  if (!same || lm_cpu_grow(&cpu->xprep, &cpu->xprep_bytes, row_bytes * (size_t)rows) != 0) {
+    for (int i = 0; i < n; i++)
+      lm_cpu_matmul(st, ys[i], x, ws[i], biases[i], rows);
+    return;
+  }
+  struct lm_gemm_group g = {.n = n};
+  for (int i = 0; i < n; i++) {
+    g.jobs[i] = (struct lm_gemm_job){.y = ys[i],
+                                     .x = x,
+                                     .xp = cpu->xprep,
+                                     .w = ws[i]->dev ? ws[i]->dev : ws[i]->data,
+                                     .dt = ws[i]->dtype,
+                                     .bias = biases[i],
+                                     .m = rows,
+                                     .n = (int)ws[i]->shape[0],
+                                     .k = (int)ws[i]->shape[1],
+                                     .avx512 = 1,
+                                     .dot = cpu->bf16_dot && ws[i]->dtype == LM_DTYPE_BF16};
+    g.first[i + 1] = g.first[i] + lm_gemm_items(&g.jobs[i], cpu->n_threads);
+  }
+  if (rows <= LM_GEMM_SERIAL_PREP_ROWS)
+    for (int m = 0; m < rows; m++)
+      lm_gemm_prep_item(&g.jobs[0], m, 0);
+  else
+    lm_pool_for(cpu->pool, rows, lm_gemm_prep_item, &g.jobs[0]);
+  lm_pool_for(cpu->pool, g.first[n], lm_gemm_group_item, &g);
 }

@@ -89,6 +89,10 @@ void lm_cpu_convert_row(float *dst, const void *src, enum lm_dtype dt, size_t n)
 
 void lm_cpu_matmul(void *st, void *y, const void *x, const struct lm_tensor *w,
                    const struct lm_tensor *bias, int rows);
+/* Up to LM_CPU_MATMUL_N_MAX matrices of one input in one parallel loop. */
+#define LM_CPU_MATMUL_N_MAX 4
+void lm_cpu_matmul_n(void *st, void *const *ys, const void *x, const struct lm_tensor *const *ws,
+                     const struct lm_tensor *const *biases, int n, int rows);
 void lm_cpu_attention(void *st, void *out, const void *q, const void *kv,
                       const struct lm_kv_shape *shape, int layer, const struct lm_batch *b,
                       int n_heads, float scale);

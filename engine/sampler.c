@@ -126,9 +126,7 @@ __attribute__((target("avx512f"))) static int argmax_avx512(const float *x, int 
 
 int lm_sampler_argmax(const float *x, int n) {
 #if defined(__x86_64__)
-  static int avx512 = -1;
-  if (avx512 < 0) avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return argmax_avx512(x, n);
+  if (__builtin_cpu_supports("avx512f")) return argmax_avx512(x, n);
 #endif
   return argmax_scalar(x, n);
 }
