@@ -213,17 +213,26 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, const struct lm_attn_job *j
 
 /* NV fixed at every head size the AVX-512 path takes (head_dim a multiple
  * of 16 up to LM_ATTN_MAX_HD) */
-#define LM_ATTN_NV(n)                                                                              \
-  case n: lm_attn_tile_avx512_nv(n, j, tl); break;
 LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
                                                  const struct lm_attn_tile *tl) {
   switch (j->hd / 16) {
-    LM_ATTN_NV(1)
-    LM_ATTN_NV(2)
-    LM_ATTN_NV(3)
-    LM_ATTN_NV(4) LM_ATTN_NV(5) LM_ATTN_NV(6) LM_ATTN_NV(7) LM_ATTN_NV(8) LM_ATTN_NV(9)
-        LM_ATTN_NV(10) LM_ATTN_NV(11) LM_ATTN_NV(12) LM_ATTN_NV(13) LM_ATTN_NV(14) LM_ATTN_NV(15)
-            LM_ATTN_NV(16) default : break;
+  case 1: lm_attn_tile_avx512_nv(1, j, tl); break;
+  case 2: lm_attn_tile_avx512_nv(2, j, tl); break;
+  case 3: lm_attn_tile_avx512_nv(3, j, tl); break;
+  case 4: lm_attn_tile_avx512_nv(4, j, tl); break;
+  case 5: lm_attn_tile_avx512_nv(5, j, tl); break;
+  case 6: lm_attn_tile_avx512_nv(6, j, tl); break;
+  case 7: lm_attn_tile_avx512_nv(7, j, tl); break;
+  case 8: lm_attn_tile_avx512_nv(8, j, tl); break;
+  case 9: lm_attn_tile_avx512_nv(9, j, tl); break;
+  case 10: lm_attn_tile_avx512_nv(10, j, tl); break;
+  case 11: lm_attn_tile_avx512_nv(11, j, tl); break;
+  case 12: lm_attn_tile_avx512_nv(12, j, tl); break;
+  case 13: lm_attn_tile_avx512_nv(13, j, tl); break;
+  case 14: lm_attn_tile_avx512_nv(14, j, tl); break;
+  case 15: lm_attn_tile_avx512_nv(15, j, tl); break;
+  case 16: lm_attn_tile_avx512_nv(16, j, tl); break;
+  default: break;
   }
 }
 

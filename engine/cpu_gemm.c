@@ -268,9 +268,19 @@ lm_gemm_tile_dot(int MR, int NR, const struct lm_tile *t, float *out) {
 
 typedef void (*lm_tile_fn)(const struct lm_tile *t, float *out);
 
+/* Kernel "dtypes": the FMA kernel per stored dtype (LM_DTYPE_F32 = 0,
+ * F16 = 1, BF16 = 2), and 3 for bf16 by dot products. */
+#define LM_TILE_DOT      3
+#define LM_TILE_TARGET_0 LM_AVX512_TARGET
+#define LM_TILE_TARGET_1 LM_AVX512_TARGET
+#define LM_TILE_TARGET_2 LM_AVX512_TARGET
+#define LM_TILE_TARGET_3 LM_BF16DOT_TARGET
+#define LM_TILE_KERNEL(DT, MR, NR, t, out)                                                         \
+  ((DT) == LM_TILE_DOT ? lm_gemm_tile_dot(MR, NR, t, out) : lm_gemm_tile(DT, MR, NR, t, out))
 #define LM_DEF_TILE(DT, MR, NR)                                                                    \
-  LM_AVX512_TARGET static void lm_tile_##DT##_##MR##_##NR(const struct lm_tile *t, float *out) {   \
-    lm_gemm_tile(DT, MR, NR, t, out);                                                              \
+  LM_TILE_TARGET_##DT static void lm_tile_##DT##_##MR##_##NR(const struct lm_tile *t,              \
+                                                             float *out) {                         \
+    LM_TILE_KERNEL(DT, MR, NR, t, out);                                                            \
   }
 #define LM_DEF_TILES_MR(DT, MR)                                                                    \
   LM_DEF_TILE(DT, MR, 1)                                                                           \
@@ -292,33 +302,13 @@ typedef void (*lm_tile_fn)(const struct lm_tile *t, float *out);
 #define LM_TILE_TABLE(DT)                                                                          \
   { LM_TILE_ROW(DT, 1), LM_TILE_ROW(DT, 2), LM_TILE_ROW(DT, 3), LM_TILE_ROW(DT, 4) }
 
-/* LM_DTYPE_F32 = 0, F16 = 1, BF16 = 2 */
 LM_DEF_TILES(0)
 LM_DEF_TILES(1)
 LM_DEF_TILES(2)
+LM_DEF_TILES(3)
 
-static const lm_tile_fn lm_tiles[3][4][8] = {LM_TILE_TABLE(0), LM_TILE_TABLE(1), LM_TILE_TABLE(2)};
-
-/* the dot-product kernels as "dtype" 3 */
-#define LM_DEF_DOT(MR, NR)                                                                         \
-  LM_BF16DOT_TARGET static void lm_tile_3_##MR##_##NR(const struct lm_tile *t, float *out) {       \
-    lm_gemm_tile_dot(MR, NR, t, out);                                                              \
-  }
-#define LM_DEF_DOTS_MR(MR)                                                                         \
-  LM_DEF_DOT(MR, 1)                                                                                \
-  LM_DEF_DOT(MR, 2)                                                                                \
-  LM_DEF_DOT(MR, 3)                                                                                \
-  LM_DEF_DOT(MR, 4)                                                                                \
-  LM_DEF_DOT(MR, 5)                                                                                \
-  LM_DEF_DOT(MR, 6)                                                                                \
-  LM_DEF_DOT(MR, 7)                                                                                \
-  LM_DEF_DOT(MR, 8)
-LM_DEF_DOTS_MR(1)
-LM_DEF_DOTS_MR(2)
-LM_DEF_DOTS_MR(3)
-LM_DEF_DOTS_MR(4)
-
-    static const lm_tile_fn lm_dot_tiles[4][8] = LM_TILE_TABLE(3);
+static const lm_tile_fn lm_tiles[4][4][8] = {LM_TILE_TABLE(0), LM_TILE_TABLE(1), LM_TILE_TABLE(2),
+                                             LM_TILE_TABLE(3)};
 
 /* Widest NR that fits the 32 vector registers next to MR rows of x: the
  * FMA kernels hold two x vectors per row and chunk, the dot kernels one. */
@@ -345,10 +335,7 @@ static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t n0, int64_
                             .w = (const char *)j->w + (size_t)n * (size_t)j->k * esz,
                             .ldw = (size_t)j->k * esz,
                             .k = j->k};
-        if (j->dot)
-          lm_dot_tiles[mr - 1][nr - 1](&t, out);
-        else
-          lm_tiles[j->dt][mr - 1][nr - 1](&t, out);
+        lm_tiles[j->dot ? LM_TILE_DOT : j->dt][mr - 1][nr - 1](&t, out);
         for (int i = 0; i < mr; i++)
           for (int c = 0; c < nr; c++)
             j->y[(size_t)(m + i) * j->n + n + c] = out[i * 8 + c] + lm_gemm_bias(j->bias, n + c);
@@ -394,25 +381,36 @@ static int64_t lm_gemm_items(struct lm_gemm_job *j, int n_threads) {
   return (j->n + j->chunk - 1) / j->chunk;
 }
 
+static struct lm_gemm_job lm_gemm_job_of(const struct lm_cpu *cpu, void *y, const void *x,
+                                         const struct lm_tensor *w, const struct lm_tensor *bias,
+                                         int rows) {
+  return (struct lm_gemm_job){.y = y,
+                              .x = x,
+                              .w = w->dev ? w->dev : w->data,
+                              .dt = w->dtype,
+                              .bias = bias,
+                              .m = rows,
+                              .n = (int)w->shape[0],
+                              .k = (int)w->shape[1],
+                              .avx512 = cpu->avx512,
+                              .dot = cpu->bf16_dot && w->dtype == LM_DTYPE_BF16};
+}
+
+/* Bytes of one prepared row of x for this job's kernel. */
+static size_t lm_gemm_prep_bytes(const struct lm_gemm_job *j) {
+  return lm_kpad(j->k) * (j->dot ? 2 : sizeof(float));
+}
+
 void lm_cpu_matmul(void *st, void *y, const void *x, const struct lm_tensor *w,
                    const struct lm_tensor *bias, int rows) {
   struct lm_cpu *cpu = st;
-  struct lm_gemm_job j = {.y = y,
-                          .x = x,
-                          .w = w->dev ? w->dev : w->data,
-                          .dt = w->dtype,
-                          .bias = bias,
-                          .m = rows,
-                          .n = (int)w->shape[0],
-                          .k = (int)w->shape[1],
-                          .avx512 = cpu->avx512,
-                          .dot = cpu->bf16_dot && w->dtype == LM_DTYPE_BF16};
+  struct lm_gemm_job j = lm_gemm_job_of(cpu, y, x, w, bias, rows);
   if (rows <= 0 || j.n <= 0) return;
   if (j.avx512) {
     /* One prepared copy of x for the whole call. The runner sizes its
      * activations up front, so failing here means the machine is out of
      * memory; process x in slices that fit what we already have. */
-    size_t row_bytes = lm_kpad(j.k) * (j.dot ? 2 : sizeof(float));
+    size_t row_bytes = lm_gemm_prep_bytes(&j);
     int64_t slice = rows;
     if (lm_cpu_grow((void **)&cpu->xprep, &cpu->xprep_bytes, row_bytes * (size_t)rows) != 0)
       slice = (int64_t)(cpu->xprep_bytes / row_bytes);
@@ -460,31 +458,21 @@ static void lm_gemm_group_item(void *argp, int64_t item, int tid) {
 void lm_cpu_matmul_n(void *st, void *const *ys, const void *x, const struct lm_tensor *const *ws,
                      const struct lm_tensor *const *biases, int n, int rows) {
   struct lm_cpu *cpu = st;
+  struct lm_gemm_group g = {.n = n};
   int same = cpu->avx512 && n > 1 && n <= LM_CPU_MATMUL_N_MAX && rows > 0;
-  for (int i = 1; same && i < n; i++)
+  for (int i = 0; same && i < n; i++) {
     same = ws[i]->dtype == ws[0]->dtype && ws[i]->shape[1] == ws[0]->shape[1];
-  size_t row_bytes = lm_kpad((int)ws[0]->shape[1]) *
-                     (cpu->bf16_dot && ws[0]->dtype == LM_DTYPE_BF16 ? 2 : sizeof(float));
-  if (!same || lm_cpu_grow(&cpu->xprep, &cpu->xprep_bytes, row_bytes * (size_t)rows) != 0) {
+    g.jobs[i] = lm_gemm_job_of(cpu, ys[i], x, ws[i], biases[i], rows);
+    g.first[i + 1] = g.first[i] + lm_gemm_items(&g.jobs[i], cpu->n_threads);
+  }
+  if (!same || lm_cpu_grow(&cpu->xprep, &cpu->xprep_bytes,
+                           lm_gemm_prep_bytes(&g.jobs[0]) * (size_t)rows) != 0) {
     for (int i = 0; i < n; i++)
       lm_cpu_matmul(st, ys[i], x, ws[i], biases[i], rows);
     return;
   }
-  struct lm_gemm_group g = {.n = n};
-  for (int i = 0; i < n; i++) {
-    g.jobs[i] = (struct lm_gemm_job){.y = ys[i],
-                                     .x = x,
-                                     .xp = cpu->xprep,
-                                     .w = ws[i]->dev ? ws[i]->dev : ws[i]->data,
-                                     .dt = ws[i]->dtype,
-                                     .bias = biases[i],
-                                     .m = rows,
-                                     .n = (int)ws[i]->shape[0],
-                                     .k = (int)ws[i]->shape[1],
-                                     .avx512 = 1,
-                                     .dot = cpu->bf16_dot && ws[i]->dtype == LM_DTYPE_BF16};
-    g.first[i + 1] = g.first[i] + lm_gemm_items(&g.jobs[i], cpu->n_threads);
-  }
+  for (int i = 0; i < n; i++)
+    g.jobs[i].xp = cpu->xprep;
   if (rows <= LM_GEMM_SERIAL_PREP_ROWS)
     for (int m = 0; m < rows; m++)
       lm_gemm_prep_item(&g.jobs[0], m, 0);

@@ -288,12 +288,7 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
   int64_t n_blocks = 0;
   if ((rc = pool_blocks(&e->cfg, mc, e->be, &n_blocks, err)) != LM_OK) goto err;
   e->cfg.n_kv_blocks = (int)n_blocks;
-  {
-    double hidden = mc->hidden_size, q = (double)mc->n_heads * mc->head_dim,
-           kv = (double)mc->n_kv_heads * mc->head_dim;
-    double layer_params = hidden * (2 * q + 2 * kv) + 3 * hidden * mc->intermediate_size;
-    e->attn_ctx_tokens = layer_params / (2 * q);
-  }
+  e->attn_ctx_tokens = lm_config_layer_params(mc) / (2.0 * mc->n_heads * mc->head_dim);
   struct lm_runner_config rcfg = {
       .block_size = e->cfg.block_size,
       .n_blocks = (int)n_blocks,

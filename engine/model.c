@@ -795,6 +795,16 @@ size_t lm_model_decode_bytes(const lm_model *m) {
          (size_t)(m->w.embed.shape[0] * m->w.embed.shape[1]) * lm_dtype_size(m->w.embed.dtype);
 }
 
+double lm_config_layer_params(const struct lm_config *c) {
+  double h = c->hidden_size, q = (double)c->n_heads * c->head_dim,
+         kv = (double)c->n_kv_heads * c->head_dim;
+  return h * (2 * q + 2 * kv) + 3 * h * c->intermediate_size;
+}
+
+double lm_config_matmul_params(const struct lm_config *c) {
+  return lm_config_layer_params(c) * c->n_layers + (double)c->hidden_size * c->vocab_size;
+}
+
 int lm_config_is_eos(const struct lm_config *cfg, int32_t id) {
   for (int i = 0; i < cfg->n_eos; i++)
     if (cfg->eos_token_ids[i] == id) return 1;

@@ -118,6 +118,12 @@ int lm_gen_config_parse(const char *json, size_t len, struct lm_config *cfg,
  * embedding table (still counted when tied, as it is the lm_head). */
 size_t lm_model_decode_bytes(const lm_model *m);
 
+/* Multiply-adds per token in the weight matmuls of one layer (q, k, v, o,
+ * gate, up, down), and of the whole model (every layer and the lm_head;
+ * the embedding lookup is no matmul). */
+double lm_config_layer_params(const struct lm_config *c);
+double lm_config_matmul_params(const struct lm_config *c);
+
 /* 1 when id is one of cfg->eos_token_ids, else 0. */
 int lm_config_is_eos(const struct lm_config *cfg, int32_t id);
 

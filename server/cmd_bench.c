@@ -453,15 +453,6 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o) {
   return 0;
 }
 
-/* Multiply-adds per generated token: every matmul weight, the lm_head
- * included (the embedding lookup is no matmul). */
-static double model_params(const struct lm_config *c) {
-  double h = c->hidden_size, q = (double)c->n_heads * c->head_dim,
-         kv = (double)c->n_kv_heads * c->head_dim;
-  double layer = h * q * 2 + h * kv * 2 + 3 * h * c->intermediate_size;
-  return layer * c->n_layers + h * c->vocab_size;
-}
-
 static void gate(const struct bench_opts *o, const char *name, double value, double limit,
                  int at_least, int *all) {
   int pass = at_least ? value >= limit : value <= limit;
@@ -574,7 +565,7 @@ int lm_cmd_bench(int argc, char **argv) {
     goto out;
   }
   b.vocab = info.vocab_size;
-  double params = model_params(lm_engine_model_config(b.e));
+  double params = lm_config_matmul_params(lm_engine_model_config(b.e));
   double decode_weight_bytes = 0;
   if (cuda) {
     /* the engine keeps its model to itself; loading it again only maps the

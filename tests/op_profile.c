@@ -158,13 +158,7 @@ int main(int argc, char **argv) {
     printf("%-12s %7.3f ms/step  (%ld calls/step)\n", names[i], T[i] / D * 1e3, N[i] / D);
     sum += T[i];
   }
-  /* multiply-adds per token: every matmul weight and the lm_head */
-  const struct lm_config *cf = &m->cfg;
-  double hq = (double)cf->n_heads * cf->head_dim, hkv = (double)cf->n_kv_heads * cf->head_dim;
-  double params =
-      (2 * hq + 2 * hkv + 3.0 * cf->intermediate_size) * cf->hidden_size * cf->n_layers +
-      (double)cf->hidden_size * cf->vocab_size;
-  double gf = 2.0 * params * S * D / 1e9, tm = T[3] + T[9] + T[10];
+  double gf = 2.0 * lm_config_matmul_params(&m->cfg) * S * D / 1e9, tm = T[3] + T[9] + T[10];
   if (peak > 0)
     printf("matmul + logits %.1f GFLOP/s = %.0f %% of the FMA probe (%.0f GFLOP/s)\n", gf / tm,
            100 * gf / tm / peak, peak);
