@@ -15,6 +15,7 @@ packages=(
   bazel-bootstrap             # the build (Bazel 4.2.3, offline)
   gcc g++ clang-14 libclang-rt-14-dev clang-format
   libgrpc-dev grpc-proto protobuf-compiler protobuf-c-compiler libprotobuf-c-dev
+  libprotobuf-dev             # google/protobuf/*.proto (struct.proto), not pulled in without recommends
   libjemalloc-dev libpcre2-dev libutf8proc-dev
   python3-numpy python3-torch python3-grpcio python3-grpc-tools python3-protobuf
 )
