@@ -1,4 +1,4 @@
-/* backend.c - picks a compute backend by name. */
+/* backend.c - picks a compute backend by name, and its KV element type. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,4 +41,33 @@ void lm_backend_destroy(lm_backend *be) {
   if (!be) return;
   be->ops->destroy(be->st);
   free(be);
+}
+
+int lm_backend_kv_dtype(const struct lm_backend_ops *ops, enum lm_dtype weights, const char *want,
+                        enum lm_dtype *out, char *err) {
+  enum lm_dtype dt;
+  if (!want || strcmp(want, "auto") == 0) {
+    /* a type the backend does not store: f32 keeps f16's precision */
+    if (ops->kv_dtypes & (1u << weights))
+      dt = weights;
+    else
+      dt = ops->kv_dtypes & (1u << LM_DTYPE_F32) ? LM_DTYPE_F32 : LM_DTYPE_BF16;
+  } else if (strcmp(want, "bf16") == 0 || strcmp(want, "bfloat16") == 0) {
+    dt = LM_DTYPE_BF16;
+  } else if (strcmp(want, "f32") == 0 || strcmp(want, "float32") == 0) {
+    dt = LM_DTYPE_F32;
+  } else {
+    return lm_errf(err, LM_EINVAL, "kv cache dtype \"%s\": unknown (expected auto, bf16 or f32)",
+                   want);
+  }
+  if (!(ops->kv_dtypes & (1u << dt)))
+    return lm_errf(err, LM_EUNSUP, "kv cache dtype %s: the %s backend does not store it",
+                   lm_dtype_name(dt), ops->name);
+  *out = dt;
+  return LM_OK;
+}
+
+size_t lm_kv_block_bytes(const struct lm_kv_shape *s) {
+  return (size_t)s->n_layers * 2 * (size_t)s->n_kv_heads * (size_t)s->block_size *
+         (size_t)s->head_dim * lm_dtype_size(s->dtype);
 }

@@ -48,14 +48,19 @@ struct lm_batch {
 /* The paged KV cache: fixed-size blocks addressed through per-sequence
  * block tables. Layout of the backend's buffer, shared by every backend:
  *   [n_layers][2 (K, V)][n_blocks][n_kv_heads][block_size][head_dim]
- * in the backend's KV element type. */
+ * of dtype elements (one the backend lists in kv_dtypes; K after RoPE and
+ * V are rounded to it as they are written). */
 struct lm_kv_shape {
   int n_layers;
   int n_blocks;
   int block_size; /* tokens per block */
   int n_kv_heads;
   int head_dim;
+  enum lm_dtype dtype;
 };
+
+/* Bytes of one block across all layers (K and V). */
+size_t lm_kv_block_bytes(const struct lm_kv_shape *s);
 
 /* RoPE (neox style: the two halves of a head rotate together). */
 struct lm_rope {
@@ -119,7 +124,7 @@ struct lm_backend_ops {
   void (*tensor_free)(void *st, struct lm_tensor *t);
 
   size_t act_elem_bytes; /* element size of activation buffers */
-  size_t kv_elem_bytes;  /* element size of the KV pool */
+  unsigned kv_dtypes;    /* KV element types it stores: bit 1 << lm_dtype each */
   void *(*act_alloc)(void *st, size_t n_elems);
   void (*act_free)(void *st, void *buf); /* frees act_alloc and f32_alloc buffers */
   /* Copies n_elems activations to host f32 (for tests), waiting for the
@@ -202,5 +207,13 @@ extern const struct lm_backend_ops lm_backend_cuda_ops;
 int lm_backend_create(const char *name, const struct lm_backend_config *cfg, lm_backend **out,
                       char *err);
 void lm_backend_destroy(lm_backend *be);
+
+/* The KV cache's element type for a model whose weights are stored as
+ * weights: want is "auto" (or NULL: the weights' type where the backend
+ * stores it, else f32, else bf16), "bf16"/"bfloat16" or "f32"/"float32".
+ * LM_EINVAL for another name, LM_EUNSUP for a type the backend does not
+ * store. */
+int lm_backend_kv_dtype(const struct lm_backend_ops *ops, enum lm_dtype weights, const char *want,
+                        enum lm_dtype *out, char *err);
 
 #endif

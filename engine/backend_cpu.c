@@ -99,13 +99,19 @@ static int lm_cpu_create(const struct lm_backend_config *cfg, void **st, char *e
   }
   cpu->n_threads = lm_pool_size(cpu->pool);
   cpu->avx512 = lm_cpu_has_avx512();
-  cpu->bf16_dot = cpu->avx512 && __builtin_cpu_supports("avx512bf16");
+  /* bf16 dot products where they are the fast path: AMD's vdpbf16ps
+   * retires one a cycle (twice the FMA's multiply-adds), Intel's one every
+   * two cycles (the FMA's rate, so widening wins there; cpu_gemm.c) */
+  int has_dot = cpu->avx512 && __builtin_cpu_supports("avx512bf16");
+  cpu->bf16_dot = has_dot && __builtin_cpu_is("amd");
   cpu->mapped_weights = cfg ? cfg->cpu_mapped_weights : 0;
   /* LM_CPU_ISA=scalar forces the portable kernels, LM_CPU_ISA=avx512 the
-   * AVX-512 ones without bf16 dot products (tests, comparisons) */
+   * AVX-512 ones without bf16 dot products, LM_CPU_ISA=bf16dot the dot
+   * products wherever the CPU has them (tests, comparisons) */
   const char *isa = getenv("LM_CPU_ISA");
   if (isa && strcmp(isa, "scalar") == 0) cpu->avx512 = 0;
   if (isa && (strcmp(isa, "scalar") == 0 || strcmp(isa, "avx512") == 0)) cpu->bf16_dot = 0;
+  if (isa && strcmp(isa, "bf16dot") == 0) cpu->bf16_dot = has_dot;
   *st = cpu;
   return LM_OK;
 }
@@ -121,6 +127,7 @@ static void lm_cpu_destroy(void *st) {
   free(cpu->copied);
   if (cpu->weights) munmap(cpu->weights, cpu->weights_bytes);
   free(cpu->xprep);
+  free(cpu->panels);
   free(cpu->sample_scratch);
   free(cpu);
 }
@@ -213,6 +220,9 @@ static int lm_cpu_kv_create(void *st, const struct lm_kv_shape *s, void **kv, ch
   if (s->head_dim > LM_CPU_MAX_HEAD_DIM || s->block_size > LM_CPU_MAX_BLOCK_SIZE)
     return lm_errf(err, LM_EUNSUP, "cpu kv cache: head_dim %d / block_size %d above %d / %d",
                    s->head_dim, s->block_size, LM_CPU_MAX_HEAD_DIM, LM_CPU_MAX_BLOCK_SIZE);
+  if (s->dtype != LM_DTYPE_F32 && s->dtype != LM_DTYPE_BF16)
+    return lm_errf(err, LM_EUNSUP, "cpu kv cache: stores f32 or bf16, not %s",
+                   lm_dtype_name(s->dtype));
   dims[0] = s->n_layers, dims[1] = 2, dims[2] = s->n_blocks, dims[3] = s->n_kv_heads;
   dims[4] = s->block_size, dims[5] = s->head_dim;
   for (int i = 0; i < 6; i++) {
@@ -223,7 +233,7 @@ static int lm_cpu_kv_create(void *st, const struct lm_kv_shape *s, void **kv, ch
   /* The pool is as large as the caller wants resident: commit it now, on
    * huge pages, so decode steps never stop for first-touch page faults
    * (each fresh 4 KiB page cost more than the token's K/V copy itself). */
-  size_t bytes = n * sizeof(float), huge = (size_t)2 << 20;
+  size_t bytes = n * lm_dtype_size(s->dtype), huge = (size_t)2 << 20;
   if (posix_memalign(kv, huge, (bytes + huge - 1) & ~(huge - 1)) != 0) {
     *kv = NULL;
     return lm_errf(err, LM_ENOMEM, "cpu kv cache: cannot allocate %zu bytes", bytes);
@@ -464,35 +474,48 @@ static void lm_cpu_rope(void *st, void *q, void *k, const struct lm_batch *b,
 /* ---- kv_write ---------------------------------------------------------- */
 
 struct lm_kvw_args {
-  float *kbase, *vbase; /* this layer's K and V: [n_blocks, n_kv_heads, block_size, head_dim] */
-  const float *k, *v;   /* [T, n_kv_heads, head_dim] */
+  char *kbase, *vbase; /* this layer's K and V: [n_blocks, n_kv_heads, block_size, head_dim] */
+  const float *k, *v;  /* [T, n_kv_heads, head_dim] */
   const struct lm_kv_shape *s;
   const int32_t *slots;
 };
 
+/* One head's row into the cache's element type (bf16: nearest even). */
+static void lm_kvw_head(void *dst, const float *src, int n, enum lm_dtype dt) {
+  if (dt == LM_DTYPE_F32) {
+    memcpy(dst, src, (size_t)n * sizeof(float));
+    return;
+  }
+  uint16_t *d = dst;
+  for (int i = 0; i < n; i++)
+    d[i] = lm_f32_to_bf16(src[i]);
+}
+
 static void lm_kvw_rows(const void *argp, int64_t r0, int64_t r1) {
   const struct lm_kvw_args *a = argp;
   const struct lm_kv_shape *s = a->s;
-  size_t row = (size_t)s->n_kv_heads * s->head_dim, hd_bytes = (size_t)s->head_dim * sizeof(float);
+  size_t row = (size_t)s->n_kv_heads * s->head_dim, elem = lm_dtype_size(s->dtype);
   for (int64_t t = r0; t < r1; t++) {
     int32_t slot = a->slots[t];
     if (slot < 0) continue; /* padding token: nothing to store */
     int blk = slot / s->block_size, off = slot % s->block_size;
     if (blk >= s->n_blocks) continue;
     for (int h = 0; h < s->n_kv_heads; h++) {
-      size_t dst = (((size_t)blk * s->n_kv_heads + h) * s->block_size + off) * s->head_dim;
-      memcpy(a->kbase + dst, a->k + (size_t)t * row + (size_t)h * s->head_dim, hd_bytes);
-      memcpy(a->vbase + dst, a->v + (size_t)t * row + (size_t)h * s->head_dim, hd_bytes);
+      size_t dst = (((size_t)blk * s->n_kv_heads + h) * s->block_size + off) * s->head_dim * elem;
+      lm_kvw_head(a->kbase + dst, a->k + (size_t)t * row + (size_t)h * s->head_dim, s->head_dim,
+                  s->dtype);
+      lm_kvw_head(a->vbase + dst, a->v + (size_t)t * row + (size_t)h * s->head_dim, s->head_dim,
+                  s->dtype);
     }
   }
 }
 
 static void lm_cpu_kv_write(void *st, void *kv, const struct lm_kv_shape *shape, int layer,
                             const void *k, const void *v, const struct lm_batch *b) {
-  size_t layer_elems =
-      (size_t)shape->n_blocks * shape->n_kv_heads * shape->block_size * shape->head_dim;
-  struct lm_kvw_args a = {.kbase = (float *)kv + (size_t)layer * 2 * layer_elems,
-                          .vbase = (float *)kv + ((size_t)layer * 2 + 1) * layer_elems,
+  size_t layer_bytes = (size_t)shape->n_blocks * shape->n_kv_heads * shape->block_size *
+                       shape->head_dim * lm_dtype_size(shape->dtype);
+  struct lm_kvw_args a = {.kbase = (char *)kv + (size_t)layer * 2 * layer_bytes,
+                          .vbase = (char *)kv + ((size_t)layer * 2 + 1) * layer_bytes,
                           .k = k,
                           .v = v,
                           .s = shape,
@@ -577,7 +600,7 @@ const struct lm_backend_ops lm_backend_cpu_ops = {
     .destroy = lm_cpu_destroy,
     .load_weights = lm_cpu_load_weights,
     .act_elem_bytes = sizeof(float),
-    .kv_elem_bytes = sizeof(float),
+    .kv_dtypes = (1u << LM_DTYPE_F32) | (1u << LM_DTYPE_BF16),
     .act_alloc = lm_cpu_act_alloc,
     .act_free = lm_cpu_act_free,
     .act_read = lm_cpu_act_read,

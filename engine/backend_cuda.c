@@ -510,6 +510,8 @@ static int lm_cuda_be_kv_create(void *st, const struct lm_kv_shape *s, void **kv
   if (s->head_dim % 32 || s->head_dim > LM_CUDA_ATTN_MAX_HEAD_DIM)
     return lm_errf(err, LM_EUNSUP, "cuda kv cache: head_dim %d must be a multiple of 32 up to %d",
                    s->head_dim, LM_CUDA_ATTN_MAX_HEAD_DIM);
+  if (s->dtype != LM_DTYPE_BF16)
+    return lm_errf(err, LM_EUNSUP, "cuda kv cache: stores bf16, not %s", lm_dtype_name(s->dtype));
   if (!(k = calloc(1, sizeof(*k)))) return lm_errf(err, LM_ENOMEM, "cuda kv cache: out of memory");
   *k = (struct lm_cuda_kv){NULL,          s->n_layers,   s->n_blocks,
                            s->block_size, s->n_kv_heads, s->head_dim};
@@ -881,7 +883,7 @@ const struct lm_backend_ops lm_backend_cuda_ops = {
     .tensor_load = lm_cuda_be_tensor_load,
     .tensor_free = lm_cuda_be_tensor_free,
     .act_elem_bytes = 2,
-    .kv_elem_bytes = 2,
+    .kv_dtypes = 1u << LM_DTYPE_BF16,
     .act_alloc = lm_cuda_be_act_alloc,
     .act_free = lm_cuda_be_act_free,
     .act_read = lm_cuda_be_act_read,

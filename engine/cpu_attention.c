@@ -13,7 +13,14 @@
  * 16 at a time (one accumulator each, one fixed transpose-and-add tree for
  * the 16 sums; where the block has fewer than 16 keys left, one horizontal
  * sum per key, decided by the key's place in its block alone), and each
- * row's output stays in registers while it walks a block. */
+ * row's output stays in registers while it walks a block.
+ *
+ * The cache holds f32 or bf16 (half the bytes to stream per context
+ * token). bf16 K/V are widened exactly and the arithmetic is the f32
+ * kernel's: on AVX-512 a 64-byte load of 32 bf16 values gives its even
+ * elements (shift left) and its odd ones (mask) as two f32 vectors, the
+ * query is loaded in that same even/odd order and the output is put back
+ * in order when it is stored, so a widened value costs one instruction. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -26,10 +33,12 @@
 #define LM_ATTN_STACK_SEQS 256
 
 struct lm_attn_job {
-  float *out;     /* [T, n_heads, head_dim] */
-  const float *q; /* [T, n_heads, head_dim] */
-  const float *k; /* this layer's K: [n_blocks, n_kv_heads, block_size, head_dim] */
-  const float *v; /* this layer's V: same */
+  float *out;          /* [T, n_heads, head_dim] */
+  const float *q;      /* [T, n_heads, head_dim] */
+  const char *k;       /* this layer's K: [n_blocks, n_kv_heads, block_size, head_dim] */
+  const char *v;       /* this layer's V: same */
+  enum lm_dtype dtype; /* of K and V: f32 or bf16 */
+  size_t block_bytes;  /* of one (block, kv head): block_size * head_dim elements */
   const struct lm_batch *b;
   int n_heads, n_kv, hd, bs, group;
   int h_tile;  /* most query heads in a tile: group, or a share of it when larger */
@@ -74,20 +83,68 @@ static inline const float *lm_attn_row_q(const struct lm_attn_job *j, const stru
 
 /* ---- AVX-512 ---------------------------------------------------------- */
 
-/* q . k for 16 consecutive keys (rows of k, head_dim = 16 * NV): one
- * accumulator per key, then one fixed transpose-and-add tree that sums the
- * 16 accumulators' lanes into one vector of 16 scores, in key order. */
-LM_AVX512_INLINE __m512 lm_attn_scores16(int NV, const __m512 *qv, const float *k) {
+/* Vector d (of NV) of a K or V row as f32: lanes 16d .. 16d + 15 of an f32
+ * row; of a bf16 row (BF), the even elements of 32 (d / 2) .. + 31 for d
+ * even and the odd ones for d odd. */
+LM_AVX512_INLINE __m512 lm_attn_kv16(int BF, const void *row, int d) {
+  if (!BF) return _mm512_loadu_ps((const float *)row + 16 * d);
+  __m512i x = _mm512_loadu_si512((const uint16_t *)row + 32 * (d / 2));
+  return _mm512_castsi512_ps(d % 2 ? _mm512_and_si512(x, _mm512_set1_epi32((int)0xffff0000u))
+                                   : _mm512_slli_epi32(x, 16));
+}
+
+/* A query row in the order lm_attn_kv16 gives K's elements. */
+LM_AVX512_INLINE void lm_attn_load_q(int NV, int BF, const float *q, __m512 *qv) {
+  if (!BF) {
+#pragma GCC unroll 16
+    for (int d = 0; d < NV; d++)
+      qv[d] = _mm512_loadu_ps(q + 16 * d);
+    return;
+  }
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+#pragma GCC unroll 8
+  for (int c = 0; c < NV / 2; c++) {
+    __m512 lo = _mm512_loadu_ps(q + 32 * c), hi = _mm512_loadu_ps(q + 32 * c + 16);
+    qv[2 * c] = _mm512_permutex2var_ps(lo, even, hi);
+    qv[2 * c + 1] = _mm512_permutex2var_ps(lo, odd, hi);
+  }
+}
+
+/* Stores o * inv to dst in element order (undoing lm_attn_load_q's). */
+LM_AVX512_INLINE void lm_attn_store_o(int NV, int BF, float *dst, const __m512 *o, __m512 inv) {
+  if (!BF) {
+#pragma GCC unroll 16
+    for (int d = 0; d < NV; d++)
+      _mm512_storeu_ps(dst + 16 * d, _mm512_mul_ps(o[d], inv));
+    return;
+  }
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi =
+      _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+#pragma GCC unroll 8
+  for (int c = 0; c < NV / 2; c++) {
+    __m512 e = _mm512_mul_ps(o[2 * c], inv), od = _mm512_mul_ps(o[2 * c + 1], inv);
+    _mm512_storeu_ps(dst + 32 * c, _mm512_permutex2var_ps(e, lo, od));
+    _mm512_storeu_ps(dst + 32 * c + 16, _mm512_permutex2var_ps(e, hi, od));
+  }
+}
+
+/* q . k for 16 consecutive keys (rows of k, head_dim = 16 * NV elements
+ * of row_bytes): one accumulator per key, then one fixed transpose-and-add
+ * tree that sums the 16 accumulators' lanes into one vector of 16 scores,
+ * in key order. */
+LM_AVX512_INLINE __m512 lm_attn_scores16(int NV, int BF, const __m512 *qv, const char *k,
+                                         size_t row_bytes) {
   __m512 a[16];
-  const size_t hd = (size_t)NV * 16;
 #pragma GCC unroll 16
   for (int i = 0; i < 16; i++)
-    a[i] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k + i * hd));
+    a[i] = _mm512_mul_ps(qv[0], lm_attn_kv16(BF, k + i * row_bytes, 0));
 #pragma GCC unroll 16
   for (int d = 1; d < NV; d++)
 #pragma GCC unroll 16
     for (int i = 0; i < 16; i++)
-      a[i] = _mm512_fmadd_ps(qv[d], _mm512_loadu_ps(k + i * hd + 16 * d), a[i]);
+      a[i] = _mm512_fmadd_ps(qv[d], lm_attn_kv16(BF, k + i * row_bytes, d), a[i]);
   /* 16 -> 8: halves of key pairs (i, i + 1) side by side */
   __m512 b[8];
 #pragma GCC unroll 8
@@ -115,25 +172,23 @@ LM_AVX512_INLINE __m512 lm_attn_scores16(int NV, const __m512 *qv, const float *
  * softmax update, and the weighted sum of V. NV (head_dim / 16) is a
  * constant at the specialized call sites, so the row's output stays in
  * registers across the block. */
-LM_AVX512_INLINE void lm_attn_row_block(int NV, const float *q, const float *kb, const float *vb,
-                                        int n_valid, int bs, float scale, float *m, float *l,
-                                        __m512 *o, float *sc) {
-  const size_t hd = (size_t)NV * 16;
+LM_AVX512_INLINE void lm_attn_row_block(int NV, int BF, const float *q, const char *kb,
+                                        const char *vb, int n_valid, int bs, float scale, float *m,
+                                        float *l, __m512 *o, float *sc) {
+  const size_t rb = (size_t)NV * 16 * (BF ? 2 : 4); /* bytes of a K or V row */
   __m512 qv[LM_ATTN_MAX_HD / 16], ov[LM_ATTN_MAX_HD / 16];
-#pragma GCC unroll 16
-  for (int d = 0; d < NV; d++)
-    qv[d] = _mm512_loadu_ps(q + 16 * d);
+  lm_attn_load_q(NV, BF, q, qv);
   float bmax = -INFINITY;
   int i = 0;
   for (; i + 16 <= bs && i < n_valid; i += 16)
-    _mm512_store_ps(sc + i, _mm512_mul_ps(lm_attn_scores16(NV, qv, kb + (size_t)i * hd),
+    _mm512_store_ps(sc + i, _mm512_mul_ps(lm_attn_scores16(NV, BF, qv, kb + i * rb, rb),
                                           _mm512_set1_ps(scale)));
   for (; i < n_valid; i++) {
-    const float *k = kb + (size_t)i * hd;
-    __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+    const char *k = kb + i * rb;
+    __m512 acc = _mm512_mul_ps(qv[0], lm_attn_kv16(BF, k, 0));
 #pragma GCC unroll 16
     for (int d = 1; d < NV; d++)
-      acc = _mm512_fmadd_ps(qv[d], _mm512_loadu_ps(k + 16 * d), acc);
+      acc = _mm512_fmadd_ps(qv[d], lm_attn_kv16(BF, k, d), acc);
     sc[i] = lm_hsum16(acc) * scale;
   }
   for (i = 0; i < n_valid; i++)
@@ -155,21 +210,22 @@ LM_AVX512_INLINE void lm_attn_row_block(int NV, const float *q, const float *kb,
   for (int d = 0; d < NV; d++)
     ov[d] = _mm512_mul_ps(o[d], va);
   for (int i = 0; i < n_valid; i++) {
-    const float *v = vb + (size_t)i * hd;
+    const char *v = vb + i * rb;
     __m512 p = _mm512_set1_ps(sc[i]);
 #pragma GCC unroll 16
     for (int d = 0; d < NV; d++)
-      ov[d] = _mm512_fmadd_ps(p, _mm512_loadu_ps(v + 16 * d), ov[d]);
+      ov[d] = _mm512_fmadd_ps(p, lm_attn_kv16(BF, v, d), ov[d]);
   }
 #pragma GCC unroll 16
   for (int d = 0; d < NV; d++)
     o[d] = ov[d];
 }
 
-LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, const struct lm_attn_job *j,
+LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_attn_job *j,
                                              const struct lm_attn_tile *tl) {
   const struct lm_batch *b = j->b;
   const int hd = NV * 16, bs = j->bs;
+  const size_t bb = j->block_bytes;
   int n_rows = (tl->t1 - tl->t0) * tl->nh;
   int pos[LM_ATTN_ROWS];
   float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS];
@@ -183,14 +239,14 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, const struct lm_attn_job *j
       o[r][d] = _mm512_setzero_ps();
   const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
   for (int bi = 0; bi * bs <= pmax && bi < b->max_blocks; bi++) {
-    size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * (size_t)bs * hd;
-    const float *kb = j->k + off, *vb = j->v + off; /* [block_size, head_dim] */
+    size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * bb;
+    const char *kb = j->k + off, *vb = j->v + off; /* [block_size, head_dim] */
     /* blocks are scattered in the pool, so no hardware prefetcher finds the
      * next one: pull its K and V into L1 while this one is scored */
     if ((bi + 1) * bs <= pmax && bi + 1 < b->max_blocks) {
-      size_t next = ((size_t)table[bi + 1] * j->n_kv + tl->g) * (size_t)bs * hd;
-      const char *nk = (const char *)(j->k + next), *nv_ = (const char *)(j->v + next);
-      for (size_t x = 0; x < (size_t)bs * hd * sizeof(float); x += 64) {
+      size_t next = ((size_t)table[bi + 1] * j->n_kv + tl->g) * bb;
+      const char *nk = j->k + next, *nv_ = j->v + next;
+      for (size_t x = 0; x < bb; x += 64) {
         _mm_prefetch(nk + x, _MM_HINT_T0);
         _mm_prefetch(nv_ + x, _MM_HINT_T0);
       }
@@ -198,40 +254,52 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, const struct lm_attn_job *j
     for (int r = 0; r < n_rows; r++) {
       int n_valid;
       const float *q = lm_attn_row_q(j, tl, r, pos[r] + 1 - bi * bs, &n_valid);
-      if (q) lm_attn_row_block(NV, q, kb, vb, n_valid, bs, j->scale, &m[r], &l[r], o[r], sc);
+      if (q) lm_attn_row_block(NV, BF, q, kb, vb, n_valid, bs, j->scale, &m[r], &l[r], o[r], sc);
     }
   }
   for (int r = 0; r < n_rows; r++) {
     int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
     float *dst = j->out + ((size_t)t * j->n_heads + h) * hd;
-    __m512 inv = _mm512_set1_ps(l[r] > 0.0f ? 1.0f / l[r] : 0.0f);
-#pragma GCC unroll 16
-    for (int d = 0; d < NV; d++)
-      _mm512_storeu_ps(dst + 16 * d, _mm512_mul_ps(o[r][d], inv));
+    lm_attn_store_o(NV, BF, dst, o[r], _mm512_set1_ps(l[r] > 0.0f ? 1.0f / l[r] : 0.0f));
   }
 }
 
 /* NV fixed at every head size the AVX-512 path takes (head_dim a multiple
- * of 16 up to LM_ATTN_MAX_HD) */
-LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
-                                                 const struct lm_attn_tile *tl) {
+ * of 16 up to LM_ATTN_MAX_HD for f32, of 32 for bf16) */
+LM_AVX512_TARGET static void lm_attn_tile_avx512_f32(const struct lm_attn_job *j,
+                                                     const struct lm_attn_tile *tl) {
   switch (j->hd / 16) {
-  case 1: lm_attn_tile_avx512_nv(1, j, tl); break;
-  case 2: lm_attn_tile_avx512_nv(2, j, tl); break;
-  case 3: lm_attn_tile_avx512_nv(3, j, tl); break;
-  case 4: lm_attn_tile_avx512_nv(4, j, tl); break;
-  case 5: lm_attn_tile_avx512_nv(5, j, tl); break;
-  case 6: lm_attn_tile_avx512_nv(6, j, tl); break;
-  case 7: lm_attn_tile_avx512_nv(7, j, tl); break;
-  case 8: lm_attn_tile_avx512_nv(8, j, tl); break;
-  case 9: lm_attn_tile_avx512_nv(9, j, tl); break;
-  case 10: lm_attn_tile_avx512_nv(10, j, tl); break;
-  case 11: lm_attn_tile_avx512_nv(11, j, tl); break;
-  case 12: lm_attn_tile_avx512_nv(12, j, tl); break;
-  case 13: lm_attn_tile_avx512_nv(13, j, tl); break;
-  case 14: lm_attn_tile_avx512_nv(14, j, tl); break;
-  case 15: lm_attn_tile_avx512_nv(15, j, tl); break;
-  case 16: lm_attn_tile_avx512_nv(16, j, tl); break;
+  case 1: lm_attn_tile_avx512_nv(1, 0, j, tl); break;
+  case 2: lm_attn_tile_avx512_nv(2, 0, j, tl); break;
+  case 3: lm_attn_tile_avx512_nv(3, 0, j, tl); break;
+  case 4: lm_attn_tile_avx512_nv(4, 0, j, tl); break;
+  case 5: lm_attn_tile_avx512_nv(5, 0, j, tl); break;
+  case 6: lm_attn_tile_avx512_nv(6, 0, j, tl); break;
+  case 7: lm_attn_tile_avx512_nv(7, 0, j, tl); break;
+  case 8: lm_attn_tile_avx512_nv(8, 0, j, tl); break;
+  case 9: lm_attn_tile_avx512_nv(9, 0, j, tl); break;
+  case 10: lm_attn_tile_avx512_nv(10, 0, j, tl); break;
+  case 11: lm_attn_tile_avx512_nv(11, 0, j, tl); break;
+  case 12: lm_attn_tile_avx512_nv(12, 0, j, tl); break;
+  case 13: lm_attn_tile_avx512_nv(13, 0, j, tl); break;
+  case 14: lm_attn_tile_avx512_nv(14, 0, j, tl); break;
+  case 15: lm_attn_tile_avx512_nv(15, 0, j, tl); break;
+  case 16: lm_attn_tile_avx512_nv(16, 0, j, tl); break;
+  default: break;
+  }
+}
+
+LM_AVX512_TARGET static void lm_attn_tile_avx512_bf16(const struct lm_attn_job *j,
+                                                      const struct lm_attn_tile *tl) {
+  switch (j->hd / 32) {
+  case 1: lm_attn_tile_avx512_nv(2, 1, j, tl); break;
+  case 2: lm_attn_tile_avx512_nv(4, 1, j, tl); break;
+  case 3: lm_attn_tile_avx512_nv(6, 1, j, tl); break;
+  case 4: lm_attn_tile_avx512_nv(8, 1, j, tl); break;
+  case 5: lm_attn_tile_avx512_nv(10, 1, j, tl); break;
+  case 6: lm_attn_tile_avx512_nv(12, 1, j, tl); break;
+  case 7: lm_attn_tile_avx512_nv(14, 1, j, tl); break;
+  case 8: lm_attn_tile_avx512_nv(16, 1, j, tl); break;
   default: break;
   }
 }
@@ -251,8 +319,8 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
       o[r][d] = 0.0f;
   const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
   for (int bi = 0; bi * bs <= pmax && bi < b->max_blocks; bi++) {
-    size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * (size_t)bs * hd;
-    const float *kb = j->k + off, *vb = j->v + off;
+    size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * j->block_bytes;
+    const char *kb = j->k + off, *vb = j->v + off;
     for (int r = 0; r < n_rows; r++) {
       int n_valid;
       const float *q = lm_attn_row_q(j, tl, r, pos[r] + 1 - bi * bs, &n_valid);
@@ -261,7 +329,7 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
       for (int i = 0; i < n_valid; i++) {
         float acc = 0.0f;
         for (int d = 0; d < hd; d++)
-          acc += q[d] * kb[(size_t)i * hd + d];
+          acc += q[d] * lm_cpu_elem(kb, j->dtype, (size_t)i * hd + d);
         sc[i] = acc * j->scale;
         bmax = sc[i] > bmax ? sc[i] : bmax;
       }
@@ -277,7 +345,7 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
         o[r][d] *= alpha;
       for (int i = 0; i < n_valid; i++)
         for (int d = 0; d < hd; d++)
-          o[r][d] += sc[i] * vb[(size_t)i * hd + d];
+          o[r][d] += sc[i] * lm_cpu_elem(vb, j->dtype, (size_t)i * hd + d);
     }
   }
   for (int r = 0; r < n_rows; r++) {
@@ -320,8 +388,10 @@ static void lm_attn_item(void *argp, int64_t item, int tid) {
   tl.nh = (ht % j->n_htile + 1) * j->group / j->n_htile - tl.h0;
   tl.t0 = j->b->q_start[s] + (int)(item % tiles) * j->q_tile;
   tl.t1 = tl.t0 + j->q_tile < j->b->q_start[s + 1] ? tl.t0 + j->q_tile : j->b->q_start[s + 1];
-  if (j->avx512)
-    lm_attn_tile_avx512(j, &tl);
+  if (j->avx512 && j->dtype == LM_DTYPE_BF16)
+    lm_attn_tile_avx512_bf16(j, &tl);
+  else if (j->avx512)
+    lm_attn_tile_avx512_f32(j, &tl);
   else
     lm_attn_tile_scalar(j, &tl);
 }
@@ -330,22 +400,25 @@ void lm_cpu_attention(void *st, void *out, const void *q, const void *kv,
                       const struct lm_kv_shape *shape, int layer, const struct lm_batch *b,
                       int n_heads, float scale) {
   struct lm_cpu *cpu = st;
-  size_t layer_elems =
-      (size_t)shape->n_blocks * shape->n_kv_heads * shape->block_size * shape->head_dim;
+  size_t block_bytes = (size_t)shape->block_size * shape->head_dim * lm_dtype_size(shape->dtype);
+  size_t layer_bytes = (size_t)shape->n_blocks * shape->n_kv_heads * block_bytes;
   int64_t stack_off[LM_ATTN_STACK_SEQS + 1], *off = stack_off;
-  struct lm_attn_job j = {.out = out,
-                          .q = q,
-                          .k = (const float *)kv + (size_t)layer * 2 * layer_elems,
-                          .v = (const float *)kv + ((size_t)layer * 2 + 1) * layer_elems,
-                          .b = b,
-                          .n_heads = n_heads,
-                          .n_kv = shape->n_kv_heads,
-                          .hd = shape->head_dim,
-                          .bs = shape->block_size,
-                          .group = n_heads / shape->n_kv_heads,
-                          .scale = scale,
-                          .avx512 = cpu->avx512 && shape->head_dim % 16 == 0 &&
-                                    shape->head_dim <= LM_ATTN_MAX_HD};
+  struct lm_attn_job j = {
+      .out = out,
+      .q = q,
+      .k = (const char *)kv + (size_t)layer * 2 * layer_bytes,
+      .v = (const char *)kv + ((size_t)layer * 2 + 1) * layer_bytes,
+      .dtype = shape->dtype,
+      .block_bytes = block_bytes,
+      .b = b,
+      .n_heads = n_heads,
+      .n_kv = shape->n_kv_heads,
+      .hd = shape->head_dim,
+      .bs = shape->block_size,
+      .group = n_heads / shape->n_kv_heads,
+      .scale = scale,
+      .avx512 = cpu->avx512 && shape->head_dim % (shape->dtype == LM_DTYPE_BF16 ? 32 : 16) == 0 &&
+                shape->head_dim <= LM_ATTN_MAX_HD};
   if (b->n_seqs <= 0 || j.group <= 0) return;
   j.n_htile = (j.group + LM_ATTN_ROWS - 1) / LM_ATTN_ROWS;
   j.h_tile = (j.group + j.n_htile - 1) / j.n_htile;

@@ -20,7 +20,22 @@
  * is the even element and (lane & 0xffff0000) the odd one, both exactly;
  * x stays f32, laid out per chunk of 32 as [16 even k, 16 odd k]. f16 and
  * f32 weights always take this path with x in natural order. Prepared x is
- * zero padded to a multiple of 32 so the kernels never mask it. */
+ * zero padded to a multiple of 32 so the kernels never mask it.
+ *
+ * Widened panels: where more than one tile of x rows meets the same W rows
+ * (a batch of decodes, a prefill chunk), widening W inside the tile would
+ * repeat the conversion for every tile, and on CPUs whose shifts and masks
+ * share ports with the FMAs that halves the kernel's speed. Instead each
+ * thread widens a tile's W rows once into an f32 panel laid out like
+ * prepared x (zero padded) and runs the f32 kernel on it: the same
+ * products, added in the same order, so the bits equal the in-tile
+ * widening that a single row (M = 1) uses.
+ *
+ * Which bf16 kernel runs is fixed per CPU, not measured, so a process
+ * computes the same bits every run: dot products where vdpbf16ps retires
+ * one per cycle (AMD Zen 4 and later), widening and FMAs where it retires
+ * one every two (Intel Sapphire and Emerald Rapids: 84 vs 173 GFLOP/s a
+ * core there). */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -48,19 +63,22 @@ LM_BF16DOT_TARGET static void lm_gemm_prep_row_bf16(uint16_t *dst, const float *
 }
 
 /* Prepared x row: [Kpad], chunked as described above. */
-static void lm_gemm_prep_row(float *dst, const float *x, int k, enum lm_dtype dt) {
+LM_AVX512_TARGET static void lm_gemm_prep_row(float *dst, const float *x, int k, enum lm_dtype dt) {
   size_t kp = lm_kpad(k);
   if (dt != LM_DTYPE_BF16) {
     memcpy(dst, x, (size_t)k * sizeof(float));
     memset(dst + k, 0, (kp - (size_t)k) * sizeof(float));
     return;
   }
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   for (size_t c = 0; c < kp; c += 32) {
-    for (int i = 0; i < 16; i++) {
-      size_t ke = c + 2 * (size_t)i, ko = ke + 1;
-      dst[c + (size_t)i] = ke < (size_t)k ? x[ke] : 0.0f;
-      dst[c + 16 + (size_t)i] = ko < (size_t)k ? x[ko] : 0.0f;
-    }
+    size_t n = (size_t)k - c < 32 ? (size_t)k - c : 32;
+    __mmask16 lo = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+    __mmask16 hi = (__mmask16)(n >= 32 ? 0xffff : n > 16 ? (1u << (n - 16)) - 1 : 0);
+    __m512 a = _mm512_maskz_loadu_ps(lo, x + c), b = _mm512_maskz_loadu_ps(hi, x + c + 16);
+    _mm512_storeu_ps(dst + c, _mm512_permutex2var_ps(a, even, b));
+    _mm512_storeu_ps(dst + c + 16, _mm512_permutex2var_ps(a, odd, b));
   }
 }
 
@@ -69,6 +87,7 @@ struct lm_gemm_job {
   const float *x; /* [M, K] */
   const void *xp; /* [M, Kpad] prepared: f32, or bf16 when dot */
   const void *w;  /* [N, K] */
+  float *panels;  /* per thread [8, Kpad] widened W rows, or NULL */
   enum lm_dtype dt;
   const struct lm_tensor *bias;
   int m, n, k;
@@ -182,6 +201,30 @@ lm_gemm_tile(int DT, int MR, int NR, const struct lm_tile *t, float *out) {
         }
       }
     }
+  }
+  if (DT == LM_DTYPE_F32 && MR > 1 && rem == 0) {
+    /* f32 W (stored so, or a widened panel): each half chunk in turn, so
+     * MR x-vectors and one W vector leave room for MR x 6 accumulators;
+     * every accumulator still adds its first half's product, then its
+     * second's, as below */
+    for (size_t c = 0; c < kfull; c += 32) {
+#pragma GCC unroll 2
+      for (int half = 0; half < 2; half++) {
+        __m512 xh[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++)
+          xh[i] = _mm512_loadu_ps(xp + (size_t)i * t->ldx + c + 16 * half);
+#pragma GCC unroll 8
+        for (int j = 0; j < NR; j++) {
+          __m512 w = _mm512_loadu_ps((const float *)(t->w + (size_t)j * t->ldw) + c + 16 * half);
+#pragma GCC unroll 4
+          for (int i = 0; i < MR; i++)
+            acc[i][j] = _mm512_fmadd_ps(xh[i], w, acc[i][j]);
+        }
+      }
+    }
+    lm_gemm_acc_out(acc, MR, NR, out);
+    return;
   }
   for (size_t c = c0; c <= kfull; c += 32) {
     int partial = c == kfull;
@@ -311,31 +354,61 @@ static const lm_tile_fn lm_tiles[4][4][8] = {LM_TILE_TABLE(0), LM_TILE_TABLE(1),
                                              LM_TILE_TABLE(3)};
 
 /* Widest NR that fits the 32 vector registers next to MR rows of x: the
- * FMA kernels hold two x vectors per row and chunk, the dot kernels one. */
+ * FMA kernels hold two x vectors per row and chunk (f32 W one, a half
+ * chunk at a time), the dot kernels one. */
 static const int lm_tile_nr[5] = {0, 8, 8, 6, 5};
+static const int lm_f32_tile_nr[5] = {0, 8, 8, 8, 6};
 static const int lm_dot_tile_nr[5] = {0, 8, 8, 8, 6};
 
 static float lm_gemm_bias(const struct lm_tensor *bias, int64_t n) {
   return bias ? lm_cpu_elem(bias->data, bias->dtype, (size_t)n) : 0.0f;
 }
 
-static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t n0, int64_t n1) {
+/* W rows [nr, K] (bf16 or f16) widened to f32 rows of Kpad, in the order
+ * the FMA kernel takes them (bf16: [16 even, 16 odd] per chunk), zero
+ * padded. */
+LM_AVX512_TARGET static void lm_gemm_widen(float *dst, const char *w, size_t ldw, int nr, int k,
+                                           enum lm_dtype dt) {
+  size_t kp = lm_kpad(k);
+  int rem = k & 31;
+  for (int r = 0; r < nr; r++) {
+    const void *row = w + (size_t)r * ldw;
+    float *d = dst + (size_t)r * kp;
+    for (size_t c = 0; c < kp; c += 32) {
+      int partial = c + 32 > (size_t)k;
+      __mmask32 mask = partial ? (__mmask32)((1ull << rem) - 1) : (__mmask32)~0u;
+      __m512 w0, w1;
+      lm_gemm_load_w(dt, row, c, mask, partial, &w0, &w1);
+      _mm512_store_ps(d + c, w0);
+      _mm512_store_ps(d + c + 16, w1);
+    }
+  }
+}
+
+static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t n0, int64_t n1, int tid) {
   size_t esz = lm_dtype_size(j->dt), kp = lm_kpad(j->k), xsz = j->dot ? 2 : sizeof(float);
-  const int *nr_table = j->dot ? lm_dot_tile_nr : lm_tile_nr;
   float out[4 * 8];
+  float *panel = j->panels ? j->panels + (size_t)tid * 8 * kp : NULL;
   for (int64_t mb = 0; mb < j->m; mb += LM_GEMM_MB) {
     int64_t mb_end = mb + LM_GEMM_MB < j->m ? mb + LM_GEMM_MB : j->m;
+    int widen = panel && mb_end - mb > 4;
+    /* the half-chunk f32 kernel takes whole chunks of f32 W */
+    int f32_whole = widen || (j->dt == LM_DTYPE_F32 && !j->dot && (j->k & 31) == 0);
+    const int *nr_table = j->dot ? lm_dot_tile_nr : f32_whole ? lm_f32_tile_nr : lm_tile_nr;
     int nr_step = nr_table[mb_end - mb < 4 ? mb_end - mb : 4];
     for (int64_t n = n0; n < n1; n += nr_step) {
       int nr = (int)(n1 - n < nr_step ? n1 - n : nr_step);
+      const char *w = (const char *)j->w + (size_t)n * (size_t)j->k * esz;
+      if (widen) lm_gemm_widen(panel, w, (size_t)j->k * esz, nr, j->k, j->dt);
       for (int64_t m = mb; m < mb_end; m += 4) {
         int mr = (int)(mb_end - m < 4 ? mb_end - m : 4);
         struct lm_tile t = {.xp = (const char *)j->xp + (size_t)m * kp * xsz,
                             .ldx = kp,
-                            .w = (const char *)j->w + (size_t)n * (size_t)j->k * esz,
-                            .ldw = (size_t)j->k * esz,
-                            .k = j->k};
-        lm_tiles[j->dot ? LM_TILE_DOT : j->dt][mr - 1][nr - 1](&t, out);
+                            .w = widen ? (const char *)panel : w,
+                            .ldw = widen ? kp * sizeof(float) : (size_t)j->k * esz,
+                            .k = widen ? (int)kp : j->k};
+        int kern = j->dot ? LM_TILE_DOT : widen ? LM_DTYPE_F32 : (int)j->dt;
+        lm_tiles[kern][mr - 1][nr - 1](&t, out);
         for (int i = 0; i < mr; i++)
           for (int c = 0; c < nr; c++)
             j->y[(size_t)(m + i) * j->n + n + c] = out[i * 8 + c] + lm_gemm_bias(j->bias, n + c);
@@ -366,9 +439,8 @@ static void lm_gemm_scalar_range(const struct lm_gemm_job *j, int64_t n0, int64_
 static void lm_gemm_item(void *argp, int64_t item, int tid) {
   const struct lm_gemm_job *j = argp;
   int64_t n0 = item * j->chunk, n1 = n0 + j->chunk < j->n ? n0 + j->chunk : j->n;
-  (void)tid;
   if (j->avx512)
-    lm_gemm_avx512_range(j, n0, n1);
+    lm_gemm_avx512_range(j, n0, n1, tid);
   else
     lm_gemm_scalar_range(j, n0, n1);
 }
@@ -396,6 +468,16 @@ static struct lm_gemm_job lm_gemm_job_of(const struct lm_cpu *cpu, void *y, cons
                               .dot = cpu->bf16_dot && w->dtype == LM_DTYPE_BF16};
 }
 
+/* Gives the job its per-thread panels where W is widened and more than one
+ * tile of rows meets each W row; without memory for them the tiles widen
+ * W themselves (same bits). */
+static void lm_gemm_panels(struct lm_cpu *cpu, struct lm_gemm_job *j) {
+  j->panels = NULL;
+  if (!j->avx512 || j->dot || j->dt == LM_DTYPE_F32 || j->m <= 4) return;
+  size_t bytes = (size_t)cpu->n_threads * 8 * lm_kpad(j->k) * sizeof(float);
+  if (lm_cpu_grow(&cpu->panels, &cpu->panels_bytes, bytes) == 0) j->panels = cpu->panels;
+}
+
 /* Bytes of one prepared row of x for this job's kernel. */
 static size_t lm_gemm_prep_bytes(const struct lm_gemm_job *j) {
   return lm_kpad(j->k) * (j->dot ? 2 : sizeof(float));
@@ -406,6 +488,7 @@ void lm_cpu_matmul(void *st, void *y, const void *x, const struct lm_tensor *w,
   struct lm_cpu *cpu = st;
   struct lm_gemm_job j = lm_gemm_job_of(cpu, y, x, w, bias, rows);
   if (rows <= 0 || j.n <= 0) return;
+  lm_gemm_panels(cpu, &j);
   if (j.avx512) {
     /* One prepared copy of x for the whole call. The runner sizes its
      * activations up front, so failing here means the machine is out of
@@ -471,8 +554,10 @@ void lm_cpu_matmul_n(void *st, void *const *ys, const void *x, const struct lm_t
       lm_cpu_matmul(st, ys[i], x, ws[i], biases[i], rows);
     return;
   }
-  for (int i = 0; i < n; i++)
+  for (int i = 0; i < n; i++) {
     g.jobs[i].xp = cpu->xprep;
+    lm_gemm_panels(cpu, &g.jobs[i]);
+  }
   if (rows <= LM_GEMM_SERIAL_PREP_ROWS)
     for (int m = 0; m < rows; m++)
       lm_gemm_prep_item(&g.jobs[0], m, 0);

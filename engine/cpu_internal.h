@@ -66,6 +66,9 @@ struct lm_cpu {
    * the dot-product kernels */
   void *xprep; /* [rows, K rounded up to 32] */
   size_t xprep_bytes;
+  /* matmul's widened W rows, per thread [8, K rounded up to 32] f32 */
+  void *panels;
+  size_t panels_bytes;
   float *sample_scratch; /* [n_threads, LM_SAMPLER_SCRATCH_FLOATS(vocab)] */
   size_t sample_scratch_bytes;
 };

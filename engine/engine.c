@@ -166,12 +166,15 @@ static void *engine_main(void *arg) {
 static int pool_blocks(const struct lm_engine_config *c, const struct lm_config *mc,
                        const lm_backend *be, int64_t *n_blocks, char *err) {
   const struct lm_backend_ops *ops = be->ops;
+  struct lm_kv_shape shape = {mc->n_layers, 1,           c->block_size, mc->n_kv_heads,
+                              mc->head_dim, LM_DTYPE_F32};
+  int rc = lm_backend_kv_dtype(ops, mc->dtype, c->kv_cache_dtype, &shape.dtype, err);
+  if (rc != LM_OK) return rc;
   if (c->n_kv_blocks > 0) {
     *n_blocks = c->n_kv_blocks;
     return LM_OK;
   }
-  size_t block_bytes = (size_t)mc->n_layers * 2 * (size_t)mc->n_kv_heads * (size_t)c->block_size *
-                       (size_t)mc->head_dim * ops->kv_elem_bytes;
+  size_t block_bytes = lm_kv_block_bytes(&shape);
   size_t bytes = c->kv_cache_bytes;
   if (bytes == 0 && ops->kv_budget) {
     /* the runner's buffers are allocated after the pool; the slack covers
@@ -179,8 +182,8 @@ static int pool_blocks(const struct lm_engine_config *c, const struct lm_config 
     size_t reserve = lm_runner_activation_bytes(mc, c->max_num_batched_tokens, c->max_num_seqs,
                                                 ops->act_elem_bytes) +
                      ((size_t)256 << 20);
-    int rc = ops->kv_budget(be->st, reserve, c->max_num_batched_tokens, c->max_num_seqs,
-                            c->max_model_len, &bytes, err);
+    rc = ops->kv_budget(be->st, reserve, c->max_num_batched_tokens, c->max_num_seqs,
+                        c->max_model_len, &bytes, err);
     if (rc != LM_OK) return rc;
   } else if (bytes == 0) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
@@ -295,6 +298,7 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
       .max_batch_tokens = e->cfg.max_num_batched_tokens,
       .max_seqs = e->cfg.max_num_seqs,
       .max_model_len = e->cfg.max_model_len,
+      .kv_dtype = e->cfg.kv_cache_dtype,
   };
   if ((rc = lm_runner_create(e->m, e->be, &rcfg, &e->runner, err)) != LM_OK) goto err;
   e->pool = lm_runner_kv_pool(e->runner);
@@ -307,6 +311,7 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
   e->info = (struct lm_engine_info){
       .architecture = mc->arch->hf_name,
       .dtype = lm_dtype_name(mc->dtype),
+      .kv_dtype = lm_dtype_name(lm_runner_kv_shape(e->runner)->dtype),
       .backend = e->be->ops->name,
       .max_model_len = e->cfg.max_model_len,
       .vocab_size = mc->vocab_size,

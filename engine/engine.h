@@ -34,6 +34,9 @@ struct lm_engine_config {
   int block_size;               /* tokens per KV block (16) */
   size_t kv_cache_bytes;        /* KV pool size; 0: a default from memory */
   int n_kv_blocks;              /* > 0: exactly this many blocks (tests) */
+  const char *kv_cache_dtype;   /* "auto" (NULL: the weights' type where the
+                                   backend stores it, else f32, else bf16),
+                                   "bf16" or "f32" */
   float gpu_memory_utilization; /* CUDA: fraction of device memory (0.9) */
   int max_num_seqs;             /* requests in one step (256) */
   int max_num_batched_tokens;   /* tokens in one step, all requests (2048);
@@ -183,6 +186,7 @@ void lm_output_free(struct lm_output *out);
 struct lm_engine_info {
   const char *architecture; /* "LlamaForCausalLM", ... */
   const char *dtype;        /* "bfloat16", "float16", "float32" */
+  const char *kv_dtype;     /* the KV cache's element type, named the same way */
   const char *backend;      /* "cpu" or "cuda" */
   int max_model_len;
   int vocab_size;

@@ -120,8 +120,10 @@ int lm_runner_create(lm_model *m, lm_backend *be, const struct lm_runner_config 
   r->cfg = *cfg;
   if (r->cfg.max_model_len <= 0 || r->cfg.max_model_len > c->max_position_embeddings)
     r->cfg.max_model_len = c->max_position_embeddings;
-  r->kv_shape =
-      (struct lm_kv_shape){c->n_layers, cfg->n_blocks, cfg->block_size, c->n_kv_heads, c->head_dim};
+  r->kv_shape = (struct lm_kv_shape){c->n_layers,   cfg->n_blocks, cfg->block_size,
+                                     c->n_kv_heads, c->head_dim,   LM_DTYPE_F32};
+  if ((rc = lm_backend_kv_dtype(ops, c->dtype, cfg->kv_dtype, &r->kv_shape.dtype, err)) != LM_OK)
+    goto err;
   if ((rc = lm_kv_pool_create(cfg->n_blocks, cfg->block_size, &r->pool, err)) != LM_OK) goto err;
   if ((rc = ops->kv_create(be->st, &r->kv_shape, &r->kv, err)) != LM_OK) goto err;
 
@@ -160,6 +162,10 @@ err:
 
 lm_kv_pool *lm_runner_kv_pool(lm_runner *r) {
   return r->pool;
+}
+
+const struct lm_kv_shape *lm_runner_kv_shape(const lm_runner *r) {
+  return &r->kv_shape;
 }
 
 /* Fills the batch description from the chunks. */

@@ -20,6 +20,7 @@ struct lm_runner_config {
   int max_batch_tokens; /* tokens per step, all sequences together */
   int max_seqs;         /* sequences per step */
   int max_model_len;    /* longest sequence (0: the model's max_position_embeddings) */
+  const char *kv_dtype; /* KV element type (lm_backend_kv_dtype's want; NULL: auto) */
 };
 
 struct lm_seq_chunk {
@@ -36,6 +37,8 @@ int lm_runner_create(lm_model *m, lm_backend *be, const struct lm_runner_config 
 void lm_runner_free(lm_runner *r);
 
 lm_kv_pool *lm_runner_kv_pool(lm_runner *r);
+/* The KV cache's shape (its element type included). */
+const struct lm_kv_shape *lm_runner_kv_shape(const lm_runner *r);
 
 /* Runs one forward step. On success *logits points at a backend buffer
  * [n_logits, vocab] (one row per chunk with want_logits, in chunk order),

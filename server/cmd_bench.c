@@ -49,6 +49,7 @@ static const char usage[] =
     "                     [--prompt-len N] [--output-len N] [--prefix-len N] [--long-len N]\n"
     "                     [--max-batched-tokens N] [--long-decodes N] [--seed S]\n"
     "                     [--backend auto|cpu|cuda] [--gpu-memory-utilization F]\n"
+    "                     [--kv-cache-dtype auto|bf16|f32]\n"
     "  runs the engine's serving workloads in process and prints throughput,\n"
     "  TTFT and inter-token latency percentiles, prefix-cache hit rate, KV use\n"
     "  and the benchmark gates. Defaults: prompt 128, output 192, prefix 2048,\n"
@@ -61,7 +62,7 @@ static const char usage[] =
 /* prompt_len, output_len and budget are 0 until given or defaulted for
  * the backend (main) */
 struct bench_opts {
-  const char *model, *only, *backend;
+  const char *model, *only, *backend, *kv_dtype;
   long threads, prompt_len, output_len, prefix_len, long_len, budget, long_decodes, seed;
   double gpu_memory_utilization; /* 0: the engine's default */
   int json;
@@ -443,6 +444,8 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o) {
       }
     } else if (!strcmp(a, "--gpu-memory-utilization")) {
       bad = lm_cli_float(a, v, 0.01, 1, &o->gpu_memory_utilization);
+    } else if (!strcmp(a, "--kv-cache-dtype")) {
+      o->kv_dtype = v;
     } else {
       fprintf(stderr, "lmserve bench: unknown flag '%s'\n%s", a, usage);
       return -1;
@@ -530,6 +533,7 @@ int lm_cmd_bench(int argc, char **argv) {
   lm_engine_config_init(&cfg);
   cfg.model_dir = dir;
   cfg.backend = o.backend;
+  cfg.kv_cache_dtype = o.kv_dtype;
   cfg.backend_cfg.n_threads = (int)o.threads;
   if (o.gpu_memory_utilization > 0) cfg.gpu_memory_utilization = (float)o.gpu_memory_utilization;
   cfg.max_num_batched_tokens = (int)o.budget;
@@ -580,25 +584,26 @@ int lm_cmd_bench(int argc, char **argv) {
     if (o.json)
       printf("{\"model\": \"%s\", \"dtype\": \"%s\", \"backend\": \"%s\", \"parameters\": %.0f, "
              "\"fma_peak_gflops\": null, \"read_gbs\": %.1f, \"max_num_batched_tokens\": %d, "
-             "\"kv_blocks\": %d}\n",
+             "\"kv_blocks\": %d, \"kv_dtype\": \"%s\"}\n",
              dir, info.dtype, info.backend, params, read_gbs, info.max_num_batched_tokens,
-             info.n_kv_blocks);
+             info.n_kv_blocks, info.kv_dtype);
     else
       printf("model %s (%s, %.0f M matmul parameters, %.0f MB of weights read per token), "
              "backend %s on %s (%.1f GiB), read bandwidth %.1f GB/s, max_num_batched_tokens %d, "
-             "%d KV blocks of %d\n",
+             "%d KV blocks of %d (%s)\n",
              dir, info.dtype, params / 1e6, decode_weight_bytes / 1e6, info.backend, gpu_name,
              (double)gpu_bytes / (1 << 30), read_gbs, info.max_num_batched_tokens, info.n_kv_blocks,
-             info.block_size);
+             info.block_size, info.kv_dtype);
   } else if (o.json) {
     printf("{\"model\": \"%s\", \"dtype\": \"%s\", \"parameters\": %.0f, \"fma_peak_gflops\": "
-           "%.1f, \"max_num_batched_tokens\": %d, \"kv_blocks\": %d}\n",
-           dir, info.dtype, params, peak_gflops, info.max_num_batched_tokens, info.n_kv_blocks);
+           "%.1f, \"max_num_batched_tokens\": %d, \"kv_blocks\": %d, \"kv_dtype\": \"%s\"}\n",
+           dir, info.dtype, params, peak_gflops, info.max_num_batched_tokens, info.n_kv_blocks,
+           info.kv_dtype);
   } else {
     printf("model %s (%s, %.0f M matmul parameters), FMA peak %.1f GFLOP/s, "
-           "max_num_batched_tokens %d, %d KV blocks of %d\n",
+           "max_num_batched_tokens %d, %d KV blocks of %d (%s)\n",
            dir, info.dtype, params / 1e6, peak_gflops, info.max_num_batched_tokens,
-           info.n_kv_blocks, info.block_size);
+           info.n_kv_blocks, info.block_size, info.kv_dtype);
   }
   fflush(stdout);
 

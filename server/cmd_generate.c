@@ -21,7 +21,7 @@ static const char usage[] =
     "                        [--repetition-penalty R] [--seed S] [--ignore-eos]\n"
     "                        [--stop STR]... [--stop-token-id ID]... [--min-tokens N]\n"
     "                        [--json] [--threads N] [--backend auto|cpu|cuda]\n"
-    "                        [--cpu-mapped-weights]\n"
+    "                        [--cpu-mapped-weights] [--kv-cache-dtype auto|bf16|f32]\n"
     "  streams the completion of TEXT to stdout. Sampling values not given come\n"
     "  from the model's generation_config.json, then greedy (temperature 0);\n"
     "  --json prints one JSON object per token: {\"id\": ID, \"text\": \"...\"}.\n"
@@ -34,7 +34,7 @@ static const char usage[] =
 #define MAX_STOPS 16
 
 struct gen_opts {
-  const char *model, *prompt, *backend;
+  const char *model, *prompt, *backend, *kv_dtype;
   long max_tokens, threads, min_tokens;
   int json, ignore_eos, mapped_weights, seed_set, chat;
   uint64_t seed;
@@ -73,6 +73,8 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o) {
       o->prompt = v;
     } else if (!strcmp(a, "--backend")) {
       o->backend = v;
+    } else if (!strcmp(a, "--kv-cache-dtype")) {
+      o->kv_dtype = v;
     } else if (!strcmp(a, "--max-tokens")) {
       bad = lm_cli_int(a, v, 1, 1 << 24, &o->max_tokens);
     } else if (!strcmp(a, "--min-tokens")) {
@@ -270,6 +272,7 @@ int lm_cmd_generate(int argc, char **argv) {
   lm_engine_config_init(&cfg);
   cfg.model_dir = dir;
   cfg.backend = o.backend;
+  cfg.kv_cache_dtype = o.kv_dtype;
   cfg.backend_cfg.n_threads = (int)o.threads;
   cfg.backend_cfg.cpu_mapped_weights = o.mapped_weights;
   cfg.max_num_seqs = 1;

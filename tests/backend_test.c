@@ -147,11 +147,12 @@ static void test_matmul(struct ctx *c) {
 }
 
 /* Rows computed alone (M=1) equal the same rows inside M=7, 33, 128, and
- * one thread equals two, bit for bit. */
+ * one thread equals two, bit for bit; K with a partial last chunk and
+ * without (the half-chunk f32 kernel). */
 static void test_matmul_invariance(struct ctx *c) {
-  for (int d = 0; d < 3; d++) {
-    enum lm_dtype dt = k_dtypes[d];
-    int n = 83, k = 333, mmax = 128;
+  for (int d = 0; d < 6; d++) {
+    enum lm_dtype dt = k_dtypes[d % 3];
+    int n = 83, k = d < 3 ? 333 : 320, mmax = 128;
     float *wv = malloc((size_t)n * k * sizeof(float));
     float *x = act(c, (size_t)mmax * k), *y = act(c, (size_t)mmax * n), *y1 = act(c, (size_t)n);
     float *yt = act(c, (size_t)mmax * n);
@@ -166,12 +167,13 @@ static void test_matmul_invariance(struct ctx *c) {
         c->ops->matmul(c->st, y1, x + (size_t)r * k, &w, NULL, 1);
         same &= memcmp(y1, y + (size_t)r * n, (size_t)n * sizeof(float)) == 0;
       }
-      check(same, "matmul %s rows alone (M=1) bit-equal rows within M=%d", lm_dtype_name(dt), m);
+      check(same, "matmul %s K=%d rows alone (M=1) bit-equal rows within M=%d", lm_dtype_name(dt),
+            k, m);
     }
     c->ops->matmul(c->st, y, x, &w, NULL, 33);
     c->ops->matmul(c->st1, yt, x, &w, NULL, 33);
     check(memcmp(y, yt, (size_t)33 * n * sizeof(float)) == 0,
-          "matmul %s 1 thread bit-equals default threads (M=33)", lm_dtype_name(dt));
+          "matmul %s K=%d 1 thread bit-equals default threads (M=33)", lm_dtype_name(dt), k);
     free((void *)w.data);
     free(wv);
     c->ops->act_free(c->st, x);
@@ -333,6 +335,7 @@ struct seq {
 
 struct attn_case {
   int hd, bs, n_kv, group;
+  enum lm_dtype dtype; /* of the cache */
 };
 
 /* Builds the batch of `n` sequences (indices in which[]), each
@@ -395,8 +398,13 @@ static void built_free(struct built *o, struct ctx *c) {
   c->ops->act_free(c->st, o->v);
 }
 
+/* x as the cache of type dt holds it */
+static double kv_held(float x, enum lm_dtype dt) {
+  return dt == LM_DTYPE_BF16 ? lm_bf16_to_f32(lm_f32_to_bf16(x)) : x;
+}
+
 static void ref_attention(double *out, const float *q, struct seq *s, int pos, int nh, int n_kv,
-                          int hd, float scale) {
+                          int hd, float scale, enum lm_dtype dt) {
   int group = nh / n_kv;
   double *w = malloc(((size_t)pos + 1) * sizeof(double));
   for (int h = 0; h < nh; h++) {
@@ -405,7 +413,7 @@ static void ref_attention(double *out, const float *q, struct seq *s, int pos, i
     for (int p = 0; p <= pos; p++) {
       double acc = 0;
       for (int d = 0; d < hd; d++)
-        acc += (double)q[h * hd + d] * s->k[((size_t)p * n_kv + g) * hd + d];
+        acc += (double)q[h * hd + d] * kv_held(s->k[((size_t)p * n_kv + g) * hd + d], dt);
       w[p] = acc * scale;
       mx = w[p] > mx ? w[p] : mx;
     }
@@ -414,7 +422,7 @@ static void ref_attention(double *out, const float *q, struct seq *s, int pos, i
     for (int d = 0; d < hd; d++) {
       double acc = 0;
       for (int p = 0; p <= pos; p++)
-        acc += w[p] * s->v[((size_t)p * n_kv + g) * hd + d];
+        acc += w[p] * kv_held(s->v[((size_t)p * n_kv + g) * hd + d], dt);
       out[h * hd + d] = acc / sum;
     }
   }
@@ -427,8 +435,13 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
   /* 0: prefill chunk continuing a context; 1: decode; 2: fresh prefill;
    * 3: decode at a block boundary */
   int before[NSEQ] = {40, 99, 0, 2 * bs}, news[NSEQ] = {25, 1, 17, 1};
-  struct lm_kv_shape shape = {
-      .n_layers = 2, .n_blocks = 40, .block_size = bs, .n_kv_heads = n_kv, .head_dim = hd};
+  struct lm_kv_shape shape = {.n_layers = 2,
+                              .n_blocks = 40,
+                              .block_size = bs,
+                              .n_kv_heads = n_kv,
+                              .head_dim = hd,
+                              .dtype = ac->dtype};
+  const char *dn = lm_dtype_name(ac->dtype);
   int max_blocks = 8;
   void *kv = NULL;
   char err[LM_ERR_LEN];
@@ -457,13 +470,18 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
   struct built pre, step;
   build(&pre, c, seqs, all, NSEQ, 1, bs, n_kv, hd, max_blocks);
   c->ops->kv_write(c->st, kv, &shape, layer, pre.k, pre.v, &pre.b);
-  /* layout check: K of seq 1 position 37, head n_kv-1 sits where backend.h says */
+  /* layout check: V of seq 1 position 37, head n_kv-1 sits where backend.h
+   * says, rounded to the cache's type (bf16: to nearest even) */
   {
-    int p = 37, h = n_kv - 1, blk = seqs[1].blocks[p / bs];
+    int p = 37, h = n_kv - 1, blk = seqs[1].blocks[p / bs], same = 1;
     size_t off = ((((size_t)layer * 2 + 1) * shape.n_blocks + blk) * n_kv + h) * bs * hd +
                  (size_t)(p % bs) * hd;
-    check(memcmp((float *)kv + off, seqs[1].v + ((size_t)p * n_kv + h) * hd, (size_t)hd * 4) == 0,
-          "kv_write layout [layer][2][block][kv_head][slot][head_dim] (hd=%d bs=%d)", hd, bs);
+    const float *src = seqs[1].v + ((size_t)p * n_kv + h) * hd;
+    for (int d = 0; d < hd; d++)
+      same &= ac->dtype == LM_DTYPE_BF16 ? ((uint16_t *)kv)[off + d] == lm_f32_to_bf16(src[d])
+                                         : ((float *)kv)[off + d] == src[d];
+    check(same, "kv_write layout [layer][2][block][kv_head][slot][head_dim] (%s hd=%d bs=%d)", dn,
+          hd, bs);
   }
   /* this step: a mixed batch */
   build(&step, c, seqs, all, NSEQ, 0, bs, n_kv, hd, max_blocks);
@@ -477,10 +495,10 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
   for (int s = 0; s < NSEQ; s++)
     for (int t = step.qs[s]; t < step.qs[s + 1]; t++)
       ref_attention(ref + (size_t)t * nh * hd, q + (size_t)t * nh * hd, &seqs[s], step.pos[t], nh,
-                    n_kv, hd, scale);
+                    n_kv, hd, scale, ac->dtype);
   double e = nerr(out, ref, (size_t)t_n * nh * hd);
-  check(e < 1e-5, "attention hd=%d bs=%d gqa=%d mixed prefill+decode nerr=%.2e (< 1e-5)", hd, bs,
-        ac->group, e);
+  check(e < 1e-5, "attention %s hd=%d bs=%d gqa=%d mixed prefill+decode nerr=%.2e (< 1e-5)", dn, hd,
+        bs, ac->group, e);
   /* the same sequences alone, and on one thread: bit-equal */
   int same_alone = 1;
   for (int s = 0; s < NSEQ; s++) {
@@ -492,11 +510,13 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
     same_alone &= memcmp(out1, out + off, len * 4) == 0;
     built_free(&one, c);
   }
-  check(same_alone, "attention hd=%d bs=%d gqa=%d: each sequence alone bit-equals it in the batch",
-        hd, bs, ac->group);
+  check(same_alone,
+        "attention %s hd=%d bs=%d gqa=%d: each sequence alone bit-equals it in the batch", dn, hd,
+        bs, ac->group);
   c->ops->attention(c->st1, out1, q, kv, &shape, layer, &step.b, nh, scale);
   check(memcmp(out1, out, (size_t)t_n * nh * hd * 4) == 0,
-        "attention hd=%d bs=%d gqa=%d: 1 thread bit-equals default threads", hd, bs, ac->group);
+        "attention %s hd=%d bs=%d gqa=%d: 1 thread bit-equals default threads", dn, hd, bs,
+        ac->group);
   free(ref);
   c->ops->act_free(c->st, q);
   c->ops->act_free(c->st, out);
@@ -512,15 +532,23 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
 
 static void test_attention(struct ctx *c) {
   static const struct attn_case cases[] = {
-      {64, 16, 2, 1},
-      {128, 16, 2, 2},
-      {128, 32, 2, 4},
-      {64, 32, 1, 4},
-      {128, 16, 8, 2},
-      {64, 16, 4, 8},
+      {64, 16, 2, 1, LM_DTYPE_F32},
+      {128, 16, 2, 2, LM_DTYPE_F32},
+      {128, 32, 2, 4, LM_DTYPE_F32},
+      {64, 32, 1, 4, LM_DTYPE_F32},
+      {128, 16, 8, 2, LM_DTYPE_F32},
+      {64, 16, 4, 8, LM_DTYPE_F32},
       /* groups above the 32-row tile: split into head tiles */
-      {64, 16, 1, 64},
-      {64, 16, 2, 40},
+      {64, 16, 1, 64, LM_DTYPE_F32},
+      {64, 16, 2, 40, LM_DTYPE_F32},
+      /* a bf16 cache (widened in even/odd halves on AVX-512; head_dim 48
+       * is not a multiple of 32 and takes the portable path) */
+      {64, 16, 2, 1, LM_DTYPE_BF16},
+      {128, 16, 8, 2, LM_DTYPE_BF16},
+      {128, 32, 2, 4, LM_DTYPE_BF16},
+      {256, 16, 1, 8, LM_DTYPE_BF16},
+      {48, 16, 2, 2, LM_DTYPE_BF16},
+      {64, 16, 2, 40, LM_DTYPE_BF16},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
     test_attention_case(c, &cases[i]);
@@ -585,6 +613,15 @@ int main(void) {
 
   unsetenv("LM_CPU_ISA");
   run_suite("native");
+  /* both AVX-512 bf16 paths, whichever the CPU picks by default */
+  setenv("LM_CPU_ISA", "avx512", 1);
+  run_suite("avx512");
+  if (__builtin_cpu_supports("avx512bf16")) {
+    setenv("LM_CPU_ISA", "bf16dot", 1);
+    run_suite("bf16dot");
+  } else {
+    printf("# bf16dot suite skipped: the CPU has no AVX512_BF16\n");
+  }
   setenv("LM_CPU_ISA", "scalar", 1);
   run_suite("scalar");
   printf("# %d checks, %d failed\n", g_checks, g_failed);

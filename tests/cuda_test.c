@@ -778,7 +778,8 @@ static void test_attention_case(const struct attn_case *c) {
                               .n_blocks = n_blocks,
                               .block_size = ATTN_BS,
                               .n_kv_heads = n_kv,
-                              .head_dim = hd};
+                              .head_dim = hd,
+                              .dtype = LM_DTYPE_BF16};
   /* the earlier steps: only sequences that have a context */
   int with_ctx[4], n_with_ctx = 0;
   for (int s = 0; s < c->n_seqs; s++)

@@ -81,8 +81,7 @@ static double bench(const char *dir, int mapped, int prompt_len, int n_decode, l
 
   /* decode: weights as stored once per token, plus the KV read so far */
   double weight_bytes = (double)lm_model_decode_bytes(m);
-  size_t kv_token_bytes = (size_t)c->n_layers * 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim *
-                          be->ops->kv_elem_bytes;
+  size_t kv_token_bytes = lm_kv_block_bytes(lm_runner_kv_shape(r)) / (size_t)rcfg.block_size;
   double ratio[ROUNDS], rate[ROUNDS], gbs[ROUNDS], bws[ROUNDS];
   int per_round = (n_decode - 1) / ROUNDS, pos = prompt_len;
   for (int round = 0; round < ROUNDS; round++) {

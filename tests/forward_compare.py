@@ -40,11 +40,20 @@ weights by dot products over x rounded to bf16 (OURS.json says
 reference round the same inputs. Most prompts still agree to ~4e-8, but
 where an input lies within float32 error of a bf16 rounding boundary the
 two round it apart, and that one step of 2^-8 carries through the random
-layers to 1e-3..3e-3 (measured on the bf16 fixtures). Those runs are held
-to REL_ERR_BF16_INPUTS = 1e-2 and the greedy check; the model's
-arithmetic is held to REL_ERR by the same comparison with LM_CPU_ISA=avx512
-(x kept in float32), and the dot-product kernel itself by
-tests/backend_test.c against a reference that rounds x the same way.
+layers to 1e-3..3e-3 (measured on the bf16 fixtures).
+
+bf16 KV cache. lmserve holds K (after RoPE) and V in bf16 for bf16
+checkpoints ("kv_cache": "bf16"), and the reference then rounds them too.
+The same boundary flips happen there: with x in float32 and K/V in bf16,
+measured 1e-7..1.2e-4; with both rounded, 4e-8..2.2e-3, and on one prompt
+the greedy continuations parted at a top-2 gap of 1.9e-3 of max|logit|.
+
+Runs that round (matmul inputs or K/V) are held to REL_ERR_BF16 = 1e-2 and
+a greedy near-tie of NEAR_TIE_BF16 = 1e-2 of max|logit|; the model's
+arithmetic is held to REL_ERR and NEAR_TIE by the same comparison with
+LM_CPU_ISA=avx512 (x kept in float32) and --kv-cache-dtype f32, and the
+kernels themselves by tests/backend_test.c against references that round
+x and K/V the same way.
 """
 
 import argparse
@@ -57,8 +66,9 @@ import random
 import sys
 
 REL_ERR = 1e-5
-REL_ERR_BF16_INPUTS = 1e-2
+REL_ERR_BF16 = 1e-2
 NEAR_TIE = 1e-3
+NEAR_TIE_BF16 = 1e-2
 
 
 def ordinary_token_ids(model_dir):
@@ -124,7 +134,8 @@ def cmd_check(a):
     with open(a.ours) as f:
         ours = json.load(f)
     dtype = stored_dtype(a.model)
-    limit = REL_ERR_BF16_INPUTS if ours.get("matmul_inputs") == "bf16" else REL_ERR
+    rounds = ours.get("matmul_inputs") == "bf16" or ours.get("kv_cache") == "bf16"
+    limit, near_tie = (REL_ERR_BF16, NEAR_TIE_BF16) if rounds else (REL_ERR, NEAR_TIE)
     name = os.path.basename(os.path.normpath(a.model))
     n = len(ref["last_logits"])
     if len(ours.get("last_logits", [])) != n or len(ours.get("greedy", [])) != n:
@@ -145,7 +156,7 @@ def cmd_check(a):
             msgs.append(f"logits rel err {rel:.2e} (limit {limit:.0e})")
             ok &= good
         rg, og, gaps = ref["greedy"][p], ours["greedy"][p], ref["greedy_gaps"][p]
-        tol = NEAR_TIE * max(abs(y) for y in r)
+        tol = near_tie * max(abs(y) for y in r)
         good, msg = greedy_check(rg, og, gaps, tol)
         msgs.append(msg)
         ok &= good

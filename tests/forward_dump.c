@@ -10,7 +10,7 @@
  *
  * usage: forward_dump --model DIR --prompts FILE --greedy N --out FILE
  *                     [--chunk TOKENS] [--block-size N] [--threads N]
- *                     [--backend cpu|cuda|auto] */
+ *                     [--backend cpu|cuda|auto] [--kv-cache-dtype auto|bf16|f32] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,7 +84,8 @@ out:
 }
 
 int main(int argc, char **argv) {
-  const char *model_dir = NULL, *prompts = NULL, *out_path = NULL, *backend = "cpu";
+  const char *model_dir = NULL, *prompts = NULL, *out_path = NULL, *backend = "cpu",
+             *kv_dtype = NULL;
   int greedy = 0, chunk = 48, block_size = 16, threads = 0;
   char err[LM_ERR_LEN];
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -104,10 +105,13 @@ int main(int argc, char **argv) {
       threads = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--backend"))
       backend = argv[i + 1];
+    else if (!strcmp(argv[i], "--kv-cache-dtype"))
+      kv_dtype = argv[i + 1];
   }
   if (!model_dir || !prompts || !out_path || chunk <= 0 || block_size <= 0) {
     fprintf(stderr, "usage: forward_dump --model DIR --prompts FILE --greedy N --out FILE "
-                    "[--chunk TOKENS] [--block-size N] [--threads N] [--backend cpu|cuda|auto]\n");
+                    "[--chunk TOKENS] [--block-size N] [--threads N] [--backend cpu|cuda|auto] "
+                    "[--kv-cache-dtype auto|bf16|f32]\n");
     return 2;
   }
   lm_model *m = NULL;
@@ -130,7 +134,8 @@ int main(int argc, char **argv) {
   struct lm_runner_config rcfg = {.block_size = block_size,
                                   .n_blocks = n_blocks,
                                   .max_batch_tokens = chunk + n_seqs,
-                                  .max_seqs = n_seqs};
+                                  .max_seqs = n_seqs,
+                                  .kv_dtype = kv_dtype};
   if (lm_backend_create(backend, &bcfg, &be, err) != LM_OK ||
       be->ops->load_weights(be->st, m, err) != LM_OK ||
       lm_runner_create(m, be, &rcfg, &r, err) != LM_OK) {
@@ -203,10 +208,11 @@ int main(int argc, char **argv) {
     goto out;
   }
   /* what the reference must round to match: bf16 weights multiplied by
-   * dot products take x rounded to bf16 */
+   * dot products take x rounded to bf16; a bf16 cache holds K and V so */
   int x_bf16 = !strcmp(be->ops->name, "cpu") && ((struct lm_cpu *)be->st)->bf16_dot &&
                m->w.layers[0].wq.dtype == LM_DTYPE_BF16;
-  fprintf(f, "{\"matmul_inputs\": \"%s\",\n", x_bf16 ? "bf16" : "f32");
+  fprintf(f, "{\"matmul_inputs\": \"%s\",\n\"kv_cache\": \"%s\",\n", x_bf16 ? "bf16" : "f32",
+          lm_runner_kv_shape(r)->dtype == LM_DTYPE_BF16 ? "bf16" : "f32");
   fputs("\"last_logits\": [", f);
   for (int s = 0; s < n_seqs; s++) {
     fputs(s ? ",\n[" : "[", f);

@@ -4,7 +4,8 @@
  * --decode steps (greedy) and prints milliseconds per step for each op and
  * for sampling, and the matmuls' FLOP rate beside the FMA probe.
  *
- * usage: op_profile --model DIR [--prompt N] [--decode N] [--batch N] [--threads N] */
+ * usage: op_profile --model DIR [--prompt N] [--decode N] [--batch N] [--threads N]
+ *                   [--kv-cache-dtype auto|bf16|f32] */
 #include "engine/backend.h"
 #include "engine/model.h"
 #include "engine/roofline.h"
@@ -64,7 +65,7 @@ int main(int argc, char **argv) {
   lm_model *m = NULL;
   lm_backend *be = NULL;
   lm_runner *r = NULL;
-  const char *dir = NULL;
+  const char *dir = NULL, *kv_dtype = NULL;
   int P = 128, D = 64, S = 1, threads = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--model"))
@@ -77,10 +78,12 @@ int main(int argc, char **argv) {
       S = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--threads"))
       threads = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--kv-cache-dtype"))
+      kv_dtype = argv[i + 1];
   }
   if (!dir || P <= 0 || D <= 0 || S <= 0 || S > 256) {
     fprintf(stderr, "usage: op_profile --model DIR [--prompt N] [--decode N] [--batch N<=256] "
-                    "[--threads N]\n");
+                    "[--threads N] [--kv-cache-dtype auto|bf16|f32]\n");
     return 2;
   }
   struct lm_backend_config c = {.n_threads = threads};
@@ -106,7 +109,7 @@ int main(int argc, char **argv) {
   n_ops = (int)(sizeof(names) / sizeof(names[0]));
   be->ops = &wrapped;
   int per_seq = (P + D) / 16 + 2;
-  struct lm_runner_config rc = {16, S * per_seq, P > S ? P : S, S, P + D};
+  struct lm_runner_config rc = {16, S * per_seq, P > S ? P : S, S, P + D, kv_dtype};
   if (lm_runner_create(m, be, &rc, &r, err)) {
     fprintf(stderr, "op_profile: %s\n", err);
     return 1;

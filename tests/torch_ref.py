@@ -76,6 +76,7 @@ class Model:
             c = json.load(f)
         self.model_type = c["model_type"]
         self.bf16_matmul_inputs = False
+        self.bf16_kv_cache = False
         if self.model_type not in ("llama", "mistral", "qwen2", "qwen3"):
             raise SystemExit(f"torch_ref: unsupported model_type {self.model_type}")
         self.hidden = c["hidden_size"]
@@ -175,6 +176,8 @@ def forward_f64(m, ids, cache):
             k = rms_norm(k, m.layer(i, "self_attn.k_norm.weight"), m.eps)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        if m.bf16_kv_cache:
+            k, v = round_bf16(k), round_bf16(v)
         if len(cache) <= i:
             cache.append((k, v))
         else:
@@ -275,10 +278,13 @@ def main():
     ap.add_argument("--bf16-matmul-inputs", action="store_true",
                     help="round every matmul's input to bf16 first, as lmserve's CPU backend "
                     "does for bf16 weights on CPUs with AVX512_BF16")
+    ap.add_argument("--bf16-kv-cache", action="store_true",
+                    help="hold K (after RoPE) and V rounded to bf16, as a bf16 KV cache does")
     a = ap.parse_args()
     torch.set_num_threads(2)
     m = Model(a.model, torch.float32 if a.f32_kv_cache else torch.float64)
     m.bf16_matmul_inputs = a.bf16_matmul_inputs
+    m.bf16_kv_cache = a.bf16_kv_cache
     with open(a.prompts) as f:
         prompts = json.load(f)["prompts"]
     lines = {"last_logits": [], "greedy": [], "greedy_gaps": []}

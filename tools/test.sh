@@ -86,9 +86,12 @@ rm -rf "$asan_fixtures" && mkdir -p "$asan_fixtures"
 ln -s "$PWD/$fixtures/qwen3-bf16" "$PWD/$fixtures/llama31-f32" "$asan_fixtures/"
 run forward-vs-pytorch tests/forward_compare.sh build/opt/forward_dump "$fixtures" 64
 run forward-vs-pytorch-asan tests/forward_compare.sh build/asan/forward_dump "$asan_fixtures" 8
-# bf16 checkpoints once more with matmul inputs kept in float32, which holds
-# the model's arithmetic to 1e-5 where bf16 dot products round x
-run forward-vs-pytorch-f32-inputs env LM_CPU_ISA=avx512 tests/forward_compare.sh build/opt/forward_dump "$fixtures" 64 '*-bf16'
+# bf16 checkpoints once more with matmul inputs and the KV cache in float32,
+# which holds the model's arithmetic to 1e-5 where bf16 dot products round x
+# and a bf16 cache rounds K and V; and with the dot products forced, so both
+# bf16 kernels are checked whichever this CPU picks by default
+run forward-vs-pytorch-f32-inputs env LM_CPU_ISA=avx512 tests/forward_compare.sh build/opt/forward_dump "$fixtures" 64 '*-bf16' --kv-cache-dtype f32
+run forward-vs-pytorch-bf16-dot env LM_CPU_ISA=bf16dot tests/forward_compare.sh build/opt/forward_dump "$fixtures" 24 '*-bf16'
 # the same against Transformers' own logits (tests/data/hf, made on a GPU
 # machine by tools/gpu-run.sh)
 run forward-vs-transformers tests/hf_compare.sh build/opt/forward_dump "$fixtures"
