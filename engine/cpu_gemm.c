@@ -50,6 +50,13 @@ static size_t lm_kpad(int k) {
   return ((size_t)k + 31) & ~(size_t)31;
 }
 
+/* Elements from one prepared x row (or widened W row) to the next: Kpad
+ * and one more chunk, so that rows a power of two apart (K = 1024, 2048)
+ * do not all fall in the same L1 sets (a tile reads 10 rows at once). */
+static size_t lm_ld(int k) {
+  return lm_kpad(k) + 32;
+}
+
 /* Prepared x row for the dot-product kernels: [Kpad] bf16. */
 LM_BF16DOT_TARGET static void lm_gemm_prep_row_bf16(uint16_t *dst, const float *x, int k) {
   for (int c = 0; c < k; c += 32) {
@@ -85,9 +92,9 @@ LM_AVX512_TARGET static void lm_gemm_prep_row(float *dst, const float *x, int k,
 struct lm_gemm_job {
   float *y;       /* [M, N] */
   const float *x; /* [M, K] */
-  const void *xp; /* [M, Kpad] prepared: f32, or bf16 when dot */
+  const void *xp; /* [M, lm_ld(K)] prepared: f32, or bf16 when dot */
   const void *w;  /* [N, K] */
-  float *panels;  /* per thread [8, Kpad] widened W rows, or NULL */
+  float *panels;  /* per thread [8, lm_ld(K)] widened W rows, or NULL */
   enum lm_dtype dt;
   const struct lm_tensor *bias;
   int m, n, k;
@@ -100,10 +107,10 @@ static void lm_gemm_prep_item(void *argp, int64_t m, int tid) {
   struct lm_gemm_job *j = argp;
   (void)tid;
   if (j->dot)
-    lm_gemm_prep_row_bf16((uint16_t *)j->xp + (size_t)m * lm_kpad(j->k), j->x + (size_t)m * j->k,
+    lm_gemm_prep_row_bf16((uint16_t *)j->xp + (size_t)m * lm_ld(j->k), j->x + (size_t)m * j->k,
                           j->k);
   else
-    lm_gemm_prep_row((float *)j->xp + (size_t)m * lm_kpad(j->k), j->x + (size_t)m * j->k, j->k,
+    lm_gemm_prep_row((float *)j->xp + (size_t)m * lm_ld(j->k), j->x + (size_t)m * j->k, j->k,
                      j->dt);
 }
 
@@ -137,7 +144,7 @@ lm_gemm_load_w(int dt, const void *row, size_t c, __mmask32 mask, int partial, _
 
 struct lm_tile {
   const void *xp; /* first prepared x row of the tile */
-  size_t ldx;     /* Kpad */
+  size_t ldx;     /* elements from one x row to the next */
   const char *w;  /* first W row of the tile */
   size_t ldw;     /* bytes per W row */
   float *y;       /* y[m0, n0] */
@@ -373,7 +380,7 @@ LM_AVX512_TARGET static void lm_gemm_widen(float *dst, const char *w, size_t ldw
   int rem = k & 31;
   for (int r = 0; r < nr; r++) {
     const void *row = w + (size_t)r * ldw;
-    float *d = dst + (size_t)r * kp;
+    float *d = dst + (size_t)r * lm_ld(k);
     for (size_t c = 0; c < kp; c += 32) {
       int partial = c + 32 > (size_t)k;
       __mmask32 mask = partial ? (__mmask32)((1ull << rem) - 1) : (__mmask32)~0u;
@@ -386,9 +393,10 @@ LM_AVX512_TARGET static void lm_gemm_widen(float *dst, const char *w, size_t ldw
 }
 
 static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t n0, int64_t n1, int tid) {
-  size_t esz = lm_dtype_size(j->dt), kp = lm_kpad(j->k), xsz = j->dot ? 2 : sizeof(float);
+  size_t esz = lm_dtype_size(j->dt), kp = lm_kpad(j->k), ld = lm_ld(j->k);
+  size_t xsz = j->dot ? 2 : sizeof(float);
   float out[4 * 8];
-  float *panel = j->panels ? j->panels + (size_t)tid * 8 * kp : NULL;
+  float *panel = j->panels ? j->panels + (size_t)tid * 8 * ld : NULL;
   for (int64_t mb = 0; mb < j->m; mb += LM_GEMM_MB) {
     int64_t mb_end = mb + LM_GEMM_MB < j->m ? mb + LM_GEMM_MB : j->m;
     int widen = panel && mb_end - mb > 4;
@@ -402,10 +410,10 @@ static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t n0, int64_
       if (widen) lm_gemm_widen(panel, w, (size_t)j->k * esz, nr, j->k, j->dt);
       for (int64_t m = mb; m < mb_end; m += 4) {
         int mr = (int)(mb_end - m < 4 ? mb_end - m : 4);
-        struct lm_tile t = {.xp = (const char *)j->xp + (size_t)m * kp * xsz,
-                            .ldx = kp,
+        struct lm_tile t = {.xp = (const char *)j->xp + (size_t)m * ld * xsz,
+                            .ldx = ld,
                             .w = widen ? (const char *)panel : w,
-                            .ldw = widen ? kp * sizeof(float) : (size_t)j->k * esz,
+                            .ldw = widen ? ld * sizeof(float) : (size_t)j->k * esz,
                             .k = widen ? (int)kp : j->k};
         int kern = j->dot ? LM_TILE_DOT : widen ? LM_DTYPE_F32 : (int)j->dt;
         lm_tiles[kern][mr - 1][nr - 1](&t, out);
@@ -474,13 +482,13 @@ static struct lm_gemm_job lm_gemm_job_of(const struct lm_cpu *cpu, void *y, cons
 static void lm_gemm_panels(struct lm_cpu *cpu, struct lm_gemm_job *j) {
   j->panels = NULL;
   if (!j->avx512 || j->dot || j->dt == LM_DTYPE_F32 || j->m <= 4) return;
-  size_t bytes = (size_t)cpu->n_threads * 8 * lm_kpad(j->k) * sizeof(float);
+  size_t bytes = (size_t)cpu->n_threads * 8 * lm_ld(j->k) * sizeof(float);
   if (lm_cpu_grow(&cpu->panels, &cpu->panels_bytes, bytes) == 0) j->panels = cpu->panels;
 }
 
 /* Bytes of one prepared row of x for this job's kernel. */
 static size_t lm_gemm_prep_bytes(const struct lm_gemm_job *j) {
-  return lm_kpad(j->k) * (j->dot ? 2 : sizeof(float));
+  return lm_ld(j->k) * (j->dot ? 2 : sizeof(float));
 }
 
 void lm_cpu_matmul(void *st, void *y, const void *x, const struct lm_tensor *w,

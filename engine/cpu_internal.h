@@ -64,9 +64,9 @@ struct lm_cpu {
   int n_copied;
   /* matmul's prepared copy of x (engine thread only): f32, or bf16 for
    * the dot-product kernels */
-  void *xprep; /* [rows, K rounded up to 32] */
+  void *xprep; /* [rows, K rounded up to 32, plus 32] */
   size_t xprep_bytes;
-  /* matmul's widened W rows, per thread [8, K rounded up to 32] f32 */
+  /* matmul's widened W rows, per thread [8, K rounded up to 32, plus 32] f32 */
   void *panels;
   size_t panels_bytes;
   float *sample_scratch; /* [n_threads, LM_SAMPLER_SCRATCH_FLOATS(vocab)] */
