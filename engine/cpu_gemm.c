@@ -394,8 +394,8 @@ LM_AVX512_TARGET static void lm_gemm_widen(float *dst, const char *w, size_t ldw
 
 static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t n0, int64_t n1, int tid) {
   size_t esz = lm_dtype_size(j->dt), kp = lm_kpad(j->k), ld = lm_ld(j->k);
-  size_t xsz = j->dot ? 2 : sizeof(float);
-  float out[4 * 8];
+  size_t xsz = j->dot ? 2 : sizeof(float), ldy = (size_t)j->n;
+  float out[4 * 8], *y = j->y;
   float *panel = j->panels ? j->panels + (size_t)tid * 8 * ld : NULL;
   for (int64_t mb = 0; mb < j->m; mb += LM_GEMM_MB) {
     int64_t mb_end = mb + LM_GEMM_MB < j->m ? mb + LM_GEMM_MB : j->m;
@@ -407,6 +407,9 @@ static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t n0, int64_
     for (int64_t n = n0; n < n1; n += nr_step) {
       int nr = (int)(n1 - n < nr_step ? n1 - n : nr_step);
       const char *w = (const char *)j->w + (size_t)n * (size_t)j->k * esz;
+      float bias[8];
+      for (int c = 0; c < nr; c++)
+        bias[c] = lm_gemm_bias(j->bias, n + c);
       if (widen) lm_gemm_widen(panel, w, (size_t)j->k * esz, nr, j->k, j->dt);
       for (int64_t m = mb; m < mb_end; m += 4) {
         int mr = (int)(mb_end - m < 4 ? mb_end - m : 4);
@@ -417,9 +420,11 @@ static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t n0, int64_
                             .k = widen ? (int)kp : j->k};
         int kern = j->dot ? LM_TILE_DOT : widen ? LM_DTYPE_F32 : (int)j->dt;
         lm_tiles[kern][mr - 1][nr - 1](&t, out);
-        for (int i = 0; i < mr; i++)
+        for (int i = 0; i < mr; i++) {
+          float *yr = y + (size_t)(m + i) * ldy + n;
           for (int c = 0; c < nr; c++)
-            j->y[(size_t)(m + i) * j->n + n + c] = out[i * 8 + c] + lm_gemm_bias(j->bias, n + c);
+            yr[c] = out[i * 8 + c] + bias[c];
+        }
       }
     }
   }
