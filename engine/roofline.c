@@ -83,18 +83,47 @@ LM_BENCH_AVX512 static void fma_avx512(void *arg, int tid, int n_threads) {
   j->sums[tid] = _mm512_reduce_add_ps(_mm512_add_ps(s, _mm512_add_ps(a8, a9)));
 }
 
-double lm_bench_fma_gflops(lm_pool *pool) {
+/* The same for vdpbf16ps: 32 multiply-adds of bf16 pairs per instruction,
+ * into f32 lanes. */
+__attribute__((target("avx512f,avx512bf16"))) static void dot_avx512(void *arg, int tid,
+                                                                     int n_threads) {
+  struct fma_job *j = arg;
+  __m512 acc[LM_BENCH_FMA_CHAINS], s = _mm512_setzero_ps();
+  __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3400);
+  (void)n_threads;
+  for (int c = 0; c < LM_BENCH_FMA_CHAINS; c++)
+    acc[c] = _mm512_set1_ps((float)tid);
+  for (long i = 0; i < j->iters; i++)
+#pragma GCC unroll 10
+    for (int c = 0; c < LM_BENCH_FMA_CHAINS; c++)
+      acc[c] = _mm512_dpbf16_ps(acc[c], a, b);
+  for (int c = 0; c < LM_BENCH_FMA_CHAINS; c++)
+    s = _mm512_add_ps(s, acc[c]);
+  j->sums[tid] = _mm512_reduce_add_ps(s);
+}
+
+/* Best GFLOP/s of LM_BENCH_FMA_PASSES runs of fn, flops_per_iter a thread. */
+static double probe_gflops(lm_pool *pool, lm_pool_fn fn, double flops_per_iter) {
   struct fma_job j = {.iters = 20 * 1000 * 1000};
   double best = 0;
   j.sums = calloc((size_t)lm_pool_size(pool), sizeof(float));
   if (!j.sums) return 0;
   for (int rep = 0; rep < LM_BENCH_FMA_PASSES; rep++) {
     double t = lm_now_s();
-    lm_pool_run(pool, fma_avx512, &j);
-    double flops = 2.0 * 16 * LM_BENCH_FMA_CHAINS * (double)j.iters * lm_pool_size(pool);
+    lm_pool_run(pool, fn, &j);
+    double flops = flops_per_iter * (double)j.iters * lm_pool_size(pool);
     double g = flops / (lm_now_s() - t) / 1e9;
     if (g > best) best = g;
   }
   free(j.sums);
   return best;
+}
+
+double lm_bench_fma_gflops(lm_pool *pool) {
+  return probe_gflops(pool, fma_avx512, 2.0 * 16 * LM_BENCH_FMA_CHAINS);
+}
+
+double lm_bench_bf16dot_gflops(lm_pool *pool) {
+  if (!__builtin_cpu_supports("avx512bf16")) return 0;
+  return probe_gflops(pool, dot_avx512, 2.0 * 32 * LM_BENCH_FMA_CHAINS);
 }

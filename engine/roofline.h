@@ -22,4 +22,8 @@ double lm_bench_read_gbs(lm_pool *pool, size_t bytes);
  * FMA chains held in registers. */
 double lm_bench_fma_gflops(lm_pool *pool);
 
+/* The same for AVX512_BF16 dot products (vdpbf16ps: 32 multiply-adds an
+ * instruction); 0 on a CPU without them. */
+double lm_bench_bf16dot_gflops(lm_pool *pool);
+
 #endif

@@ -547,7 +547,7 @@ int lm_cmd_bench(int argc, char **argv) {
      * memory share leaves after weights and activations, as in serving */
     cfg.max_num_seqs = 256;
   } else {
-    /* KV for the largest workload at once (f32 on the CPU: keep it tight):
+    /* KV for the largest workload at once (host memory: keep it tight):
      * 64 fixed requests, or the long prompt twice (alone, then cached while
      * the second one runs) beside its decodes; then room for the prefix
      * workload's cached prefixes */

@@ -64,6 +64,9 @@ int main(int argc, char **argv) {
     printf("(1) read bandwidth, 1 GiB, AVX-512 loads: %.1f GB/s (best of %d)\n", bw,
            LM_BENCH_READ_PASSES);
     printf("    AVX-512 FMA peak: %.0f GFLOP/s (best of %d)\n", peak, LM_BENCH_FMA_PASSES);
+    /* what decides between the two bf16 matmul kernels (cpu_gemm.c) */
+    printf("    AVX512_BF16 dot peak: %.0f GFLOP/s (0: no AVX512_BF16; dot products are %s here)\n",
+           lm_bench_bf16dot_gflops(cpu->pool), cpu->bf16_dot ? "used" : "not used");
   } else {
     printf("(1) read bandwidth and FMA peak: skipped, the probes need AVX-512\n");
   }
