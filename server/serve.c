@@ -210,10 +210,10 @@ int lm_cmd_serve(int argc, char **argv) {
   s->cpu_base_s = lm_server_cpu_s(); /* model loading ran on this thread */
   lm_srv_log(
       s, LM_LOG_INFO,
-      "serving %s (%s, %s, %s) on %s:%d, max_model_len %d, %lld KV tokens, loaded in %.1fs%s",
+      "serving %s (%s, %s, %s) on %s:%d, max_model_len %d, %lld KV tokens (%s), loaded in %.1fs%s",
       s->model_name, s->info.architecture, s->info.dtype, s->info.backend, o->host, s->bound_port,
-      s->info.max_model_len, (long long)s->info.kv_capacity_tokens, lm_now_s() - t0,
-      s->chat ? "" : "; no chat template: Chat is refused");
+      s->info.max_model_len, (long long)s->info.kv_capacity_tokens, s->info.kv_dtype,
+      lm_now_s() - t0, s->chat ? "" : "; no chat template: Chat is refused");
   if (o->metrics_port >= 0)
     lm_srv_log(s, LM_LOG_INFO, "metrics on http://%s:%d/metrics", o->host, o->metrics_port);
   if (o->metrics_port >= 0)
