@@ -144,15 +144,25 @@ int main(int argc, char **argv) {
   /* (4) decode attention, Qwen3-0.6B: 16 heads, 8 kv heads, head_dim 128 */
   {
     int ctxs[] = {1024, 4096};
-    for (int ci = 0; ci < 2; ci++) {
-      int ctx = ctxs[ci], bs = 16, nh = 16, nkv = 8, hd = 128, nb = ctx / bs;
-      struct lm_kv_shape shape = {
-          .n_layers = 1, .n_blocks = nb, .block_size = bs, .n_kv_heads = nkv, .head_dim = hd};
+    for (int ci = 0; ci < 4; ci++) {
+      int ctx = ctxs[ci % 2], bs = 16, nh = 16, nkv = 8, hd = 128, nb = ctx / bs;
+      enum lm_dtype dt_kv = ci < 2 ? LM_DTYPE_F32 : LM_DTYPE_BF16;
+      struct lm_kv_shape shape = {.n_layers = 1,
+                                  .n_blocks = nb,
+                                  .block_size = bs,
+                                  .n_kv_heads = nkv,
+                                  .head_dim = hd,
+                                  .dtype = dt_kv};
       void *kv;
       if (ops->kv_create(st, &shape, &kv, err) != 0) return 1;
-      size_t n = (size_t)2 * nb * nkv * bs * hd;
-      for (size_t i = 0; i < n; i++)
-        ((float *)kv)[i] = (float)((i * 2654435761u) % 1000) / 1000.0f;
+      size_t n = (size_t)2 * nb * nkv * bs * hd, esz = lm_dtype_size(dt_kv);
+      for (size_t i = 0; i < n; i++) {
+        float v = (float)((i * 2654435761u) % 1000) / 1000.0f;
+        if (dt_kv == LM_DTYPE_BF16)
+          ((uint16_t *)kv)[i] = lm_f32_to_bf16(v);
+        else
+          ((float *)kv)[i] = v;
+      }
       int32_t *table = malloc((size_t)nb * 4), pos = ctx - 1, slot = ctx - 1, qs[2] = {0, 1},
               cl = ctx, tok = 0;
       for (int i = 0; i < nb; i++)
@@ -171,9 +181,10 @@ int main(int argc, char **argv) {
       for (int r = 0; r < reps; r++)
         ops->attention(st, y, x, kv, &shape, 0, &b, nh, 0.088f);
       double dt = (lm_now_s() - t0) / reps;
-      printf("(4) decode attention ctx=%d (16 q / 8 kv heads, hd 128, f32 KV %.1f MB): %.1f us per "
+      printf("(4) decode attention ctx=%d (16 q / 8 kv heads, hd 128, %s KV %.1f MB): %.1f us per "
              "layer, %.1f GB/s of KV, x28 layers = %.2f ms\n",
-             ctx, n * 4 / 1e6, dt * 1e6, n * 4 / dt / 1e9, dt * 28 * 1e3);
+             ctx, dt_kv == LM_DTYPE_BF16 ? "bf16" : "f32", n * esz / 1e6, dt * 1e6,
+             n * esz / dt / 1e9, dt * 28 * 1e3);
       free(table);
       ops->kv_free(st, kv);
     }
