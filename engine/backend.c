@@ -67,6 +67,11 @@ int lm_backend_kv_dtype(const struct lm_backend_ops *ops, enum lm_dtype weights,
   return LM_OK;
 }
 
+size_t lm_kv_layer_bytes(const struct lm_kv_shape *s) {
+  return (size_t)s->n_blocks * (size_t)s->n_kv_heads * (size_t)s->block_size * (size_t)s->head_dim *
+         lm_dtype_size(s->dtype);
+}
+
 size_t lm_kv_block_bytes(const struct lm_kv_shape *s) {
   return (size_t)s->n_layers * 2 * (size_t)s->n_kv_heads * (size_t)s->block_size *
          (size_t)s->head_dim * lm_dtype_size(s->dtype);

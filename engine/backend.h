@@ -61,6 +61,9 @@ struct lm_kv_shape {
 
 /* Bytes of one block across all layers (K and V). */
 size_t lm_kv_block_bytes(const struct lm_kv_shape *s);
+/* Bytes of one layer's K (or V): [n_blocks][n_kv_heads][block_size][head_dim];
+ * layer l's K starts 2 * l of these into the buffer, its V 2 * l + 1. */
+size_t lm_kv_layer_bytes(const struct lm_kv_shape *s);
 
 /* RoPE (neox style: the two halves of a head rotate together). */
 struct lm_rope {

@@ -99,9 +99,10 @@ static int lm_cpu_create(const struct lm_backend_config *cfg, void **st, char *e
   }
   cpu->n_threads = lm_pool_size(cpu->pool);
   cpu->avx512 = lm_cpu_has_avx512();
-  /* bf16 dot products where they are the fast path: AMD's vdpbf16ps
-   * retires one a cycle (twice the FMA's multiply-adds), Intel's one every
-   * two cycles (the FMA's rate, so widening wins there; cpu_gemm.c) */
+  /* bf16 dot products where they are the fast path: AMD's vdpbf16ps does
+   * twice the FMA's multiply-adds at its rate, Intel's (Sapphire and
+   * Emerald Rapids) a third of the FMA's GFLOP/s, so widening wins there
+   * (cpu_gemm.c; backend_bench prints both probes) */
   int has_dot = cpu->avx512 && __builtin_cpu_supports("avx512bf16");
   cpu->bf16_dot = has_dot && __builtin_cpu_is("amd");
   cpu->mapped_weights = cfg ? cfg->cpu_mapped_weights : 0;
@@ -512,8 +513,7 @@ static void lm_kvw_rows(const void *argp, int64_t r0, int64_t r1) {
 
 static void lm_cpu_kv_write(void *st, void *kv, const struct lm_kv_shape *shape, int layer,
                             const void *k, const void *v, const struct lm_batch *b) {
-  size_t layer_bytes = (size_t)shape->n_blocks * shape->n_kv_heads * shape->block_size *
-                       shape->head_dim * lm_dtype_size(shape->dtype);
+  size_t layer_bytes = lm_kv_layer_bytes(shape);
   struct lm_kvw_args a = {.kbase = (char *)kv + (size_t)layer * 2 * layer_bytes,
                           .vbase = (char *)kv + ((size_t)layer * 2 + 1) * layer_bytes,
                           .k = k,

@@ -401,7 +401,7 @@ void lm_cpu_attention(void *st, void *out, const void *q, const void *kv,
                       int n_heads, float scale) {
   struct lm_cpu *cpu = st;
   size_t block_bytes = (size_t)shape->block_size * shape->head_dim * lm_dtype_size(shape->dtype);
-  size_t layer_bytes = (size_t)shape->n_blocks * shape->n_kv_heads * block_bytes;
+  size_t layer_bytes = lm_kv_layer_bytes(shape);
   int64_t stack_off[LM_ATTN_STACK_SEQS + 1], *off = stack_off;
   struct lm_attn_job j = {
       .out = out,

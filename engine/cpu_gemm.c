@@ -32,10 +32,11 @@
  * widening that a single row (M = 1) uses.
  *
  * Which bf16 kernel runs is fixed per CPU, not measured, so a process
- * computes the same bits every run: dot products where vdpbf16ps retires
- * one per cycle (AMD Zen 4 and later), widening and FMAs where it retires
- * one every two (Intel Sapphire and Emerald Rapids: 84 vs 173 GFLOP/s a
- * core there). */
+ * computes the same bits every run: dot products where vdpbf16ps does
+ * twice the FMA's multiply-adds at its rate (AMD Zen 4 and later),
+ * widening and FMAs where it is slower than the FMA (Intel Sapphire and
+ * Emerald Rapids: backend_bench's probes read 158-166 against 462 GFLOP/s
+ * on 2 cores). */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -567,9 +568,11 @@ void lm_cpu_matmul_n(void *st, void *const *ys, const void *x, const struct lm_t
       lm_cpu_matmul(st, ys[i], x, ws[i], biases[i], rows);
     return;
   }
+  /* the jobs share K and dtype, so one set of panels serves them all */
+  lm_gemm_panels(cpu, &g.jobs[0]);
   for (int i = 0; i < n; i++) {
     g.jobs[i].xp = cpu->xprep;
-    lm_gemm_panels(cpu, &g.jobs[i]);
+    g.jobs[i].panels = g.jobs[0].panels;
   }
   if (rows <= LM_GEMM_SERIAL_PREP_ROWS)
     for (int m = 0; m < rows; m++)
