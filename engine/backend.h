@@ -47,9 +47,12 @@ struct lm_batch {
 
 /* The paged KV cache: fixed-size blocks addressed through per-sequence
  * block tables. Layout of the backend's buffer, shared by every backend:
- *   [n_layers][2 (K, V)][n_blocks][n_kv_heads][block_size][head_dim]
- * of dtype elements (one the backend lists in kv_dtypes; K after RoPE and
- * V are rounded to it as they are written). */
+ *   [n_layers][2 (K, V)][n_blocks][n_kv_heads] regions of
+ *   block_size * head_dim dtype elements
+ * (a type the backend lists in kv_dtypes; K after RoPE and V are rounded
+ * to it as they are written). A V region is [block_size][head_dim]; a K
+ * region is in the order the backend's attention reads best (CUDA: as V;
+ * the CPU: transposed by 32-bit words, lm_cpu_k_index). */
 struct lm_kv_shape {
   int n_layers;
   int n_blocks;
@@ -61,7 +64,7 @@ struct lm_kv_shape {
 
 /* Bytes of one block across all layers (K and V). */
 size_t lm_kv_block_bytes(const struct lm_kv_shape *s);
-/* Bytes of one layer's K (or V): [n_blocks][n_kv_heads][block_size][head_dim];
+/* Bytes of one layer's K (or V): [n_blocks][n_kv_heads] regions;
  * layer l's K starts 2 * l of these into the buffer, its V 2 * l + 1. */
 size_t lm_kv_layer_bytes(const struct lm_kv_shape *s);
 

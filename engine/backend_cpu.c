@@ -475,38 +475,40 @@ static void lm_cpu_rope(void *st, void *q, void *k, const struct lm_batch *b,
 /* ---- kv_write ---------------------------------------------------------- */
 
 struct lm_kvw_args {
-  char *kbase, *vbase; /* this layer's K and V: [n_blocks, n_kv_heads, block_size, head_dim] */
+  char *kbase, *vbase; /* this layer's K and V: [n_blocks, n_kv_heads] regions */
   const float *k, *v;  /* [T, n_kv_heads, head_dim] */
   const struct lm_kv_shape *s;
   const int32_t *slots;
 };
 
-/* One head's row into the cache's element type (bf16: nearest even). */
-static void lm_kvw_head(void *dst, const float *src, int n, enum lm_dtype dt) {
-  if (dt == LM_DTYPE_F32) {
-    memcpy(dst, src, (size_t)n * sizeof(float));
-    return;
-  }
-  uint16_t *d = dst;
-  for (int i = 0; i < n; i++)
-    d[i] = lm_f32_to_bf16(src[i]);
+/* Element i of the cache's type (bf16: nearest even) from an f32. */
+static void lm_kvw_store(void *dst, size_t i, float x, enum lm_dtype dt) {
+  if (dt == LM_DTYPE_BF16)
+    ((uint16_t *)dst)[i] = lm_f32_to_bf16(x);
+  else
+    ((float *)dst)[i] = x;
 }
 
+/* Each token's K into its slot's column of the word-transposed K region
+ * (lm_cpu_k_index), its V into the slot's row of the V region. */
 static void lm_kvw_rows(const void *argp, int64_t r0, int64_t r1) {
   const struct lm_kvw_args *a = argp;
   const struct lm_kv_shape *s = a->s;
-  size_t row = (size_t)s->n_kv_heads * s->head_dim, elem = lm_dtype_size(s->dtype);
+  const int hd = s->head_dim, bs = s->block_size;
+  size_t row = (size_t)s->n_kv_heads * hd, elem = lm_dtype_size(s->dtype);
   for (int64_t t = r0; t < r1; t++) {
     int32_t slot = a->slots[t];
     if (slot < 0) continue; /* padding token: nothing to store */
-    int blk = slot / s->block_size, off = slot % s->block_size;
+    int blk = slot / bs, off = slot % bs;
     if (blk >= s->n_blocks) continue;
     for (int h = 0; h < s->n_kv_heads; h++) {
-      size_t dst = (((size_t)blk * s->n_kv_heads + h) * s->block_size + off) * s->head_dim * elem;
-      lm_kvw_head(a->kbase + dst, a->k + (size_t)t * row + (size_t)h * s->head_dim, s->head_dim,
-                  s->dtype);
-      lm_kvw_head(a->vbase + dst, a->v + (size_t)t * row + (size_t)h * s->head_dim, s->head_dim,
-                  s->dtype);
+      size_t region = ((size_t)blk * s->n_kv_heads + h) * bs * hd * elem;
+      const float *k = a->k + (size_t)t * row + (size_t)h * hd;
+      const float *v = a->v + (size_t)t * row + (size_t)h * hd;
+      for (int d = 0; d < hd; d++) {
+        lm_kvw_store(a->kbase + region, lm_cpu_k_index(off, d, bs, s->dtype), k[d], s->dtype);
+        lm_kvw_store(a->vbase + region, (size_t)off * hd + d, v[d], s->dtype);
+      }
     }
   }
 }

@@ -9,18 +9,22 @@
  * row keeps its own online-softmax state and visits its keys block by block
  * in position order, so its result depends only on its own query and
  * context length: not on the tile it shares, the other sequences in the
- * batch or the thread that runs it. On AVX-512, a block's keys are scored
- * 16 at a time (one accumulator each, one fixed transpose-and-add tree for
- * the 16 sums; where the block has fewer than 16 keys left, one horizontal
- * sum per key, decided by the key's place in its block alone), and each
- * row's output stays in registers while it walks a block.
+ * batch or the thread that runs it.
+ *
+ * On AVX-512 the rows go through a block four at a time. The CPU stores K
+ * transposed by 32-bit words (lm_cpu_k_index), so a 64-byte load holds one
+ * word of 16 keys: each load is widened once and multiplied into the four
+ * rows' scores by broadcast query elements, giving 16 scores a vector with
+ * no horizontal sums. V is [block_size][head_dim]: each V vector, widened
+ * once, is added into the four rows' outputs, which stay in registers
+ * across the block's keys.
  *
  * The cache holds f32 or bf16 (half the bytes to stream per context
- * token). bf16 K/V are widened exactly and the arithmetic is the f32
- * kernel's: on AVX-512 a 64-byte load of 32 bf16 values gives its even
- * elements (shift left) and its odd ones (mask) as two f32 vectors, the
- * query is loaded in that same even/odd order and the output is put back
- * in order when it is stored, so a widened value costs one instruction. */
+ * token). bf16 values are widened exactly and the arithmetic is the f32
+ * kernel's: a 64-byte load of 32 bf16 values gives its even elements
+ * (shift left) and its odd ones (mask) as two f32 vectors; the output
+ * rows are kept in that even/odd order and put back in order when they are
+ * stored, so a widened value costs one instruction. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -93,25 +97,7 @@ LM_AVX512_INLINE __m512 lm_attn_kv16(int BF, const void *row, int d) {
                                    : _mm512_slli_epi32(x, 16));
 }
 
-/* A query row in the order lm_attn_kv16 gives K's elements. */
-LM_AVX512_INLINE void lm_attn_load_q(int NV, int BF, const float *q, __m512 *qv) {
-  if (!BF) {
-#pragma GCC unroll 16
-    for (int d = 0; d < NV; d++)
-      qv[d] = _mm512_loadu_ps(q + 16 * d);
-    return;
-  }
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-#pragma GCC unroll 8
-  for (int c = 0; c < NV / 2; c++) {
-    __m512 lo = _mm512_loadu_ps(q + 32 * c), hi = _mm512_loadu_ps(q + 32 * c + 16);
-    qv[2 * c] = _mm512_permutex2var_ps(lo, even, hi);
-    qv[2 * c + 1] = _mm512_permutex2var_ps(lo, odd, hi);
-  }
-}
-
-/* Stores o * inv to dst in element order (undoing lm_attn_load_q's). */
+/* Stores o * inv to dst in element order (o in lm_attn_kv16's order). */
 LM_AVX512_INLINE void lm_attn_store_o(int NV, int BF, float *dst, const __m512 *o, __m512 inv) {
   if (!BF) {
 #pragma GCC unroll 16
@@ -130,106 +116,156 @@ LM_AVX512_INLINE void lm_attn_store_o(int NV, int BF, float *dst, const __m512 *
   }
 }
 
-/* q . k for 16 consecutive keys (rows of k, head_dim = 16 * NV elements
- * of row_bytes): one accumulator per key, then one fixed transpose-and-add
- * tree that sums the 16 accumulators' lanes into one vector of 16 scores,
- * in key order. */
-LM_AVX512_INLINE __m512 lm_attn_scores16(int NV, int BF, const __m512 *qv, const char *k,
-                                         size_t row_bytes) {
-  __m512 a[16];
-#pragma GCC unroll 16
-  for (int i = 0; i < 16; i++)
-    a[i] = _mm512_mul_ps(qv[0], lm_attn_kv16(BF, k + i * row_bytes, 0));
-#pragma GCC unroll 16
-  for (int d = 1; d < NV; d++)
-#pragma GCC unroll 16
-    for (int i = 0; i < 16; i++)
-      a[i] = _mm512_fmadd_ps(qv[d], lm_attn_kv16(BF, k + i * row_bytes, d), a[i]);
-  /* 16 -> 8: halves of key pairs (i, i + 1) side by side */
-  __m512 b[8];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; i++)
-    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
-                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xee));
-  /* 8 -> 4: 128-bit quarter q of c[i] holds 4 lanes of key 4i + q */
-  __m512 c[4];
+/* Scores of NR rows (queries q[0 .. NR-1]) against the 16 keys from c0 of
+ * a word-transposed K region (km: which of them the region holds): each
+ * row sums q[d] k[d] in four accumulators by d mod 4, each in order of d,
+ * then (a0 + a1) + (a2 + a3). A bf16 word widens to its even dim (shift)
+ * and its odd one (mask). The sums do not depend on NR, so a row's scores
+ * do not depend on the rows it is computed with. */
+LM_AVX512_INLINE void lm_attn_qk(int NR, int NV, int BF, const float *const *q, const char *kb,
+                                 int bs, int c0, __mmask16 km, __m512 *s) {
+  __m512 a[4][4];
 #pragma GCC unroll 4
-  for (int i = 0; i < 4; i++)
-    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
-                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xdd));
-  /* 4 -> 2 -> 1 within the quarters */
-  __m512 d0 =
-      _mm512_add_ps(_mm512_shuffle_ps(c[0], c[1], 0x44), _mm512_shuffle_ps(c[0], c[1], 0xee));
-  __m512 d1 =
-      _mm512_add_ps(_mm512_shuffle_ps(c[2], c[3], 0x44), _mm512_shuffle_ps(c[2], c[3], 0xee));
-  __m512 e = _mm512_add_ps(_mm512_shuffle_ps(d0, d1, 0x88), _mm512_shuffle_ps(d0, d1, 0xdd));
-  /* e's lane 4q + j holds key q + 4j: back to key order */
-  return _mm512_permutexvar_ps(
-      _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), e);
+  for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+    for (int x = 0; x < 4; x++)
+      a[r][x] = _mm512_setzero_ps();
+  const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+#pragma GCC unroll 4
+  for (int d = 0; d < NV * 16; d += 4) {
+    __m512 k[4];
+    if (BF) {
+      const uint32_t *kw = (const uint32_t *)kb + c0;
+      __m512i w0 = _mm512_maskz_loadu_epi32(km, kw + (size_t)(d / 2) * bs);
+      __m512i w1 = _mm512_maskz_loadu_epi32(km, kw + (size_t)(d / 2 + 1) * bs);
+      k[0] = _mm512_castsi512_ps(_mm512_slli_epi32(w0, 16));
+      k[1] = _mm512_castsi512_ps(_mm512_and_si512(w0, hi));
+      k[2] = _mm512_castsi512_ps(_mm512_slli_epi32(w1, 16));
+      k[3] = _mm512_castsi512_ps(_mm512_and_si512(w1, hi));
+    } else {
+      const float *kf = (const float *)kb + c0;
+#pragma GCC unroll 4
+      for (int x = 0; x < 4; x++)
+        k[x] = _mm512_maskz_loadu_ps(km, kf + (size_t)(d + x) * bs);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+      for (int x = 0; x < 4; x++)
+        a[r][x] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][d + x]), k[x], a[r][x]);
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < NR; r++)
+    s[r] = _mm512_add_ps(_mm512_add_ps(a[r][0], a[r][1]), _mm512_add_ps(a[r][2], a[r][3]));
 }
 
-/* One row's pass over one block: scores of its n_valid keys, the online
- * softmax update, and the weighted sum of V. NV (head_dim / 16) is a
- * constant at the specialized call sites, so the row's output stays in
- * registers across the block. */
-LM_AVX512_INLINE void lm_attn_row_block(int NV, int BF, const float *q, const char *kb,
-                                        const char *vb, int n_valid, int bs, float scale, float *m,
-                                        float *l, __m512 *o, float *sc) {
-  const size_t rb = (size_t)NV * 16 * (BF ? 2 : 4); /* bytes of a K or V row */
-  __m512 qv[LM_ATTN_MAX_HD / 16], ov[LM_ATTN_MAX_HD / 16];
-  lm_attn_load_q(NV, BF, q, qv);
-  float bmax = -INFINITY;
-  int i = 0;
-  for (; i + 16 <= bs && i < n_valid; i += 16)
-    _mm512_store_ps(sc + i, _mm512_mul_ps(lm_attn_scores16(NV, BF, qv, kb + i * rb, rb),
-                                          _mm512_set1_ps(scale)));
-  for (; i < n_valid; i++) {
-    const char *k = kb + i * rb;
-    __m512 acc = _mm512_mul_ps(qv[0], lm_attn_kv16(BF, k, 0));
-#pragma GCC unroll 16
-    for (int d = 1; d < NV; d++)
-      acc = _mm512_fmadd_ps(qv[d], lm_attn_kv16(BF, k, d), acc);
-    sc[i] = lm_hsum16(acc) * scale;
+/* NR rows' pass over one block: scores, the online-softmax update, and the
+ * weighted sum of V, whose output vectors (o, in lm_attn_kv16's order)
+ * stay in registers four at a time across the block's keys. Row x reads
+ * the block's first nv[x] keys (>= 1); each row's arithmetic is what it
+ * would be alone. */
+LM_AVX512_INLINE void lm_attn_rows_block(int NR, int NV, int BF, const struct lm_attn_job *j,
+                                         const float *const *q, const int *nv, const char *kb,
+                                         const char *vb, float *const *m, float *const *l,
+                                         __m512 *const *o) {
+  const int bs = j->bs;
+  const size_t rb = (size_t)NV * 16 * (BF ? 2 : 4); /* bytes of a V row */
+  float sc[4][LM_ATTN_MAX_BS] __attribute__((aligned(64)));
+  float alpha[4];
+  int nmin = bs, nmax = 0;
+#pragma GCC unroll 4
+  for (int r = 0; r < NR; r++) {
+    nmin = nv[r] < nmin ? nv[r] : nmin;
+    nmax = nv[r] > nmax ? nv[r] : nmax;
   }
-  for (i = 0; i < n_valid; i++)
-    bmax = sc[i] > bmax ? sc[i] : bmax;
-  float m_new = *m > bmax ? *m : bmax;
-  float alpha = expf(*m - m_new);
-  __m512 psum = _mm512_setzero_ps();
-  for (int i = 0; i < n_valid; i += 16) {
-    __mmask16 mk = n_valid - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n_valid - i)) - 1);
-    __m512 s = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mk, sc + i);
-    __m512 p = _mm512_maskz_mov_ps(mk, lm_exp16(_mm512_sub_ps(s, _mm512_set1_ps(m_new))));
-    _mm512_store_ps(sc + i, p);
-    psum = _mm512_add_ps(psum, p);
+  __m512 bmax[4];
+#pragma GCC unroll 4
+  for (int r = 0; r < NR; r++)
+    bmax[r] = _mm512_set1_ps(-INFINITY);
+  for (int c0 = 0; c0 < nmax; c0 += 16) {
+    __mmask16 km = bs - c0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (bs - c0)) - 1);
+    __m512 s[4];
+    lm_attn_qk(NR, NV, BF, q, kb, bs, c0, km, s);
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) {
+      int n = nv[r] - c0;
+      __mmask16 valid = n >= 16 ? (__mmask16)0xffff : n > 0 ? (__mmask16)((1u << n) - 1) : 0;
+      s[r] = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), valid,
+                                _mm512_mul_ps(s[r], _mm512_set1_ps(j->scale)));
+      _mm512_store_ps(sc[r] + c0, s[r]);
+      bmax[r] = _mm512_max_ps(bmax[r], s[r]);
+    }
   }
-  *l = *l * alpha + lm_hsum16(psum);
-  *m = m_new;
-  __m512 va = _mm512_set1_ps(alpha);
-#pragma GCC unroll 16
-  for (int d = 0; d < NV; d++)
-    ov[d] = _mm512_mul_ps(o[d], va);
-  for (int i = 0; i < n_valid; i++) {
-    const char *v = vb + i * rb;
-    __m512 p = _mm512_set1_ps(sc[i]);
-#pragma GCC unroll 16
-    for (int d = 0; d < NV; d++)
-      ov[d] = _mm512_fmadd_ps(p, lm_attn_kv16(BF, v, d), ov[d]);
+  /* the rows' new maxima, and exp(old - new) for all rows in one vector */
+  float m_new[4], dm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma GCC unroll 4
+  for (int r = 0; r < NR; r++) {
+    float bm = _mm512_reduce_max_ps(bmax[r]);
+    m_new[r] = *m[r] > bm ? *m[r] : bm;
+    dm[r] = *m[r] - m_new[r];
   }
-#pragma GCC unroll 16
-  for (int d = 0; d < NV; d++)
-    o[d] = ov[d];
+  _mm512_mask_storeu_ps(alpha, (__mmask16)((1u << NR) - 1),
+                        lm_exp16(_mm512_maskz_loadu_ps((__mmask16)((1u << NR) - 1), dm)));
+#pragma GCC unroll 4
+  for (int r = 0; r < NR; r++) {
+    __m512 psum = _mm512_setzero_ps();
+    for (int c0 = 0; c0 < nv[r]; c0 += 16) {
+      int n = nv[r] - c0;
+      __mmask16 valid = n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
+      __m512 p = _mm512_maskz_mov_ps(
+          valid, lm_exp16(_mm512_sub_ps(_mm512_load_ps(sc[r] + c0), _mm512_set1_ps(m_new[r]))));
+      _mm512_store_ps(sc[r] + c0, p);
+      psum = _mm512_add_ps(psum, p);
+    }
+    *l[r] = *l[r] * alpha[r] + lm_hsum16(psum);
+    *m[r] = m_new[r];
+  }
+#pragma GCC unroll 4
+  for (int d0 = 0; d0 < NV; d0 += 4) {
+    const int DV = NV - d0 < 4 ? NV - d0 : 4;
+    __m512 ov[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+      for (int x = 0; x < DV; x++)
+        ov[r][x] = _mm512_mul_ps(o[r][d0 + x], _mm512_set1_ps(alpha[r]));
+    /* the keys every row reads, then the rest of the diagonal block's,
+     * which only some rows read, row by row */
+    for (int i = 0; i < nmin; i++) {
+      __m512 v[4];
+#pragma GCC unroll 4
+      for (int x = 0; x < DV; x++)
+        v[x] = lm_attn_kv16(BF, vb + i * rb, d0 + x);
+#pragma GCC unroll 4
+      for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+        for (int x = 0; x < DV; x++)
+          ov[r][x] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r][i]), v[x], ov[r][x]);
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+      for (int i = nmin; i < nv[r]; i++)
+#pragma GCC unroll 4
+        for (int x = 0; x < DV; x++)
+          ov[r][x] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r][i]),
+                                     lm_attn_kv16(BF, vb + i * rb, d0 + x), ov[r][x]);
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 4
+      for (int x = 0; x < DV; x++)
+        o[r][d0 + x] = ov[r][x];
+  }
 }
 
+/* The tile's rows that read block bi, four (then two, then one) at a time. */
 LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_attn_job *j,
                                              const struct lm_attn_tile *tl) {
   const struct lm_batch *b = j->b;
-  const int hd = NV * 16, bs = j->bs;
+  const int bs = j->bs;
   const size_t bb = j->block_bytes;
   int n_rows = (tl->t1 - tl->t0) * tl->nh;
   int pos[LM_ATTN_ROWS];
   float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS];
-  float sc[LM_ATTN_MAX_BS] __attribute__((aligned(64)));
   /* o: [n_rows, head_dim] running weighted sum of V */
   __m512 o[LM_ATTN_ROWS][LM_ATTN_MAX_HD / 16];
   int pmax = lm_attn_rows_init(j, tl, n_rows, pos, m, l);
@@ -240,7 +276,7 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_att
   const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
   for (int bi = 0; bi * bs <= pmax && bi < b->max_blocks; bi++) {
     size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * bb;
-    const char *kb = j->k + off, *vb = j->v + off; /* [block_size, head_dim] */
+    const char *kb = j->k + off, *vb = j->v + off;
     /* blocks are scattered in the pool, so no hardware prefetcher finds the
      * next one: pull its K and V into L1 while this one is scored */
     if ((bi + 1) * bs <= pmax && bi + 1 < b->max_blocks) {
@@ -251,15 +287,31 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_att
         _mm_prefetch(nv_ + x, _MM_HINT_T0);
       }
     }
-    for (int r = 0; r < n_rows; r++) {
-      int n_valid;
-      const float *q = lm_attn_row_q(j, tl, r, pos[r] + 1 - bi * bs, &n_valid);
-      if (q) lm_attn_row_block(NV, BF, q, kb, vb, n_valid, bs, j->scale, &m[r], &l[r], o[r], sc);
+    const float *q[LM_ATTN_ROWS];
+    int nv[LM_ATTN_ROWS], row[LM_ATTN_ROWS], na = 0;
+    for (int r = 0; r < n_rows; r++)
+      if ((q[na] = lm_attn_row_q(j, tl, r, pos[r] + 1 - bi * bs, &nv[na]))) row[na++] = r;
+    for (int x = 0; x < na;) {
+      int nr = na - x >= 4 ? 4 : na - x >= 2 ? 2 : 1;
+      float *mp[4], *lp[4];
+      __m512 *op[4];
+      for (int y = 0; y < nr; y++) {
+        mp[y] = &m[row[x + y]];
+        lp[y] = &l[row[x + y]];
+        op[y] = o[row[x + y]];
+      }
+      if (nr == 4)
+        lm_attn_rows_block(4, NV, BF, j, q + x, nv + x, kb, vb, mp, lp, op);
+      else if (nr == 2)
+        lm_attn_rows_block(2, NV, BF, j, q + x, nv + x, kb, vb, mp, lp, op);
+      else
+        lm_attn_rows_block(1, NV, BF, j, q + x, nv + x, kb, vb, mp, lp, op);
+      x += nr;
     }
   }
   for (int r = 0; r < n_rows; r++) {
     int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
-    float *dst = j->out + ((size_t)t * j->n_heads + h) * hd;
+    float *dst = j->out + ((size_t)t * j->n_heads + h) * NV * 16;
     lm_attn_store_o(NV, BF, dst, o[r], _mm512_set1_ps(l[r] > 0.0f ? 1.0f / l[r] : 0.0f));
   }
 }
@@ -327,10 +379,10 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
       if (!q) continue;
       float bmax = -INFINITY, psum = 0.0f;
       for (int i = 0; i < n_valid; i++) {
-        float acc = 0.0f;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* by d mod 4, as the AVX-512 path */
         for (int d = 0; d < hd; d++)
-          acc += q[d] * lm_cpu_elem(kb, j->dtype, (size_t)i * hd + d);
-        sc[i] = acc * j->scale;
+          acc[d % 4] += q[d] * lm_cpu_elem(kb, j->dtype, lm_cpu_k_index(i, d, bs, j->dtype));
+        sc[i] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * j->scale;
         bmax = sc[i] > bmax ? sc[i] : bmax;
       }
       float m_new = m[r] > bmax ? m[r] : bmax;

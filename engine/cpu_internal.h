@@ -87,6 +87,16 @@ static inline float lm_cpu_elem(const void *data, enum lm_dtype dt, size_t i) {
   return ((const float *)data)[i];
 }
 
+/* Element index of dim d of key i in a (block, kv head) region of the K
+ * cache, which the CPU stores transposed by 32-bit words: [words of a
+ * head][block_size] (a word holds one f32, or the bf16 pair of dims 2w and
+ * 2w + 1, the even one in the low half), so one 64-byte load gives a word
+ * of 16 consecutive keys. V regions are [block_size][head_dim]. */
+static inline size_t lm_cpu_k_index(int i, int d, int bs, enum lm_dtype dt) {
+  if (dt == LM_DTYPE_BF16) return ((size_t)(d / 2) * bs + i) * 2 + d % 2;
+  return (size_t)d * bs + i;
+}
+
 /* Converts n stored elements to f32. */
 void lm_cpu_convert_row(float *dst, const void *src, enum lm_dtype dt, size_t n);
 

@@ -470,18 +470,29 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
   struct built pre, step;
   build(&pre, c, seqs, all, NSEQ, 1, bs, n_kv, hd, max_blocks);
   c->ops->kv_write(c->st, kv, &shape, layer, pre.k, pre.v, &pre.b);
-  /* layout check: V of seq 1 position 37, head n_kv-1 sits where backend.h
-   * says, rounded to the cache's type (bf16: to nearest even) */
+  /* layout check: K and V of seq 1 position 37, head n_kv-1 sit where
+   * backend.h and lm_cpu_k_index say, rounded to the cache's type (bf16: to
+   * nearest even): K transposed by 32-bit words, V [slot][head_dim] */
   {
-    int p = 37, h = n_kv - 1, blk = seqs[1].blocks[p / bs], same = 1;
-    size_t off = ((((size_t)layer * 2 + 1) * shape.n_blocks + blk) * n_kv + h) * bs * hd +
-                 (size_t)(p % bs) * hd;
-    const float *src = seqs[1].v + ((size_t)p * n_kv + h) * hd;
-    for (int d = 0; d < hd; d++)
-      same &= ac->dtype == LM_DTYPE_BF16 ? ((uint16_t *)kv)[off + d] == lm_f32_to_bf16(src[d])
-                                         : ((float *)kv)[off + d] == src[d];
-    check(same, "kv_write layout [layer][2][block][kv_head][slot][head_dim] (%s hd=%d bs=%d)", dn,
-          hd, bs);
+    int p = 37, h = n_kv - 1, blk = seqs[1].blocks[p / bs], i = p % bs, same = 1;
+    size_t region = ((size_t)blk * n_kv + h) * bs * hd,
+           layer_elems = (size_t)shape.n_blocks * n_kv * bs * hd;
+    size_t k_off = (size_t)layer * 2 * layer_elems + region, v_off = k_off + layer_elems;
+    const float *ks = seqs[1].k + ((size_t)p * n_kv + h) * hd;
+    const float *vs = seqs[1].v + ((size_t)p * n_kv + h) * hd;
+    for (int d = 0; d < hd; d++) {
+      /* K word w = d (f32) or the pair d / 2 (bf16, even dim low) of key i */
+      size_t kd =
+          ac->dtype == LM_DTYPE_BF16 ? ((size_t)(d / 2) * bs + i) * 2 + d % 2 : (size_t)d * bs + i;
+      size_t vd = (size_t)i * hd + d;
+      if (ac->dtype == LM_DTYPE_BF16)
+        same &= ((uint16_t *)kv)[k_off + kd] == lm_f32_to_bf16(ks[d]) &&
+                ((uint16_t *)kv)[v_off + vd] == lm_f32_to_bf16(vs[d]);
+      else
+        same &= ((float *)kv)[k_off + kd] == ks[d] && ((float *)kv)[v_off + vd] == vs[d];
+    }
+    check(same, "kv_write layout: K words transposed, V [slot][head_dim] (%s hd=%d bs=%d)", dn, hd,
+          bs);
   }
   /* this step: a mixed batch */
   build(&step, c, seqs, all, NSEQ, 0, bs, n_kv, hd, max_blocks);
