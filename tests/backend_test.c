@@ -435,14 +435,17 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
   /* 0: prefill chunk continuing a context; 1: decode; 2: fresh prefill;
    * 3: decode at a block boundary */
   int before[NSEQ] = {40, 99, 0, 2 * bs}, news[NSEQ] = {25, 1, 17, 1};
+  /* enough blocks for 100 tokens a sequence; a pool size prime to 7 so
+   * the scrambled hand-out below gives every block once */
+  int max_blocks = (100 + bs - 1) / bs + 1, n_blocks = NSEQ * max_blocks + 8;
+  n_blocks += n_blocks % 7 == 0;
   struct lm_kv_shape shape = {.n_layers = 2,
-                              .n_blocks = 40,
+                              .n_blocks = n_blocks,
                               .block_size = bs,
                               .n_kv_heads = n_kv,
                               .head_dim = hd,
                               .dtype = ac->dtype};
   const char *dn = lm_dtype_name(ac->dtype);
-  int max_blocks = 8;
   void *kv = NULL;
   char err[LM_ERR_LEN];
   struct seq seqs[NSEQ];
@@ -451,6 +454,16 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
   if (rc != 0) {
     check(0, "kv_create: %s", err);
     return;
+  }
+  /* slots nobody wrote hold NaN, as blocks freed by a request whose K/V
+   * went NaN would: no key past a row's own may reach its output */
+  {
+    size_t n = (size_t)shape.n_layers * 2 * shape.n_blocks * n_kv * bs * hd;
+    for (size_t i = 0; i < n; i++)
+      if (ac->dtype == LM_DTYPE_BF16)
+        ((uint16_t *)kv)[i] = 0x7fc0;
+      else
+        ((float *)kv)[i] = NAN;
   }
   /* blocks handed out in a scrambled order so tables are not contiguous */
   int next = 0;
@@ -560,6 +573,12 @@ static void test_attention(struct ctx *c) {
       {256, 16, 1, 8, LM_DTYPE_BF16},
       {48, 16, 2, 2, LM_DTYPE_BF16},
       {64, 16, 2, 40, LM_DTYPE_BF16},
+      /* blocks of fewer than 16 keys, and of 16 and a part: the AVX-512
+       * path's masked key loads */
+      {128, 8, 2, 2, LM_DTYPE_BF16},
+      {64, 4, 2, 2, LM_DTYPE_F32},
+      {64, 24, 2, 4, LM_DTYPE_F32},
+      {128, 24, 8, 2, LM_DTYPE_BF16},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
     test_attention_case(c, &cases[i]);
