@@ -317,6 +317,7 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
       .vocab_size = mc->vocab_size,
       .block_size = e->cfg.block_size,
       .n_kv_blocks = (int)n_blocks,
+      .kv_block_bytes = lm_kv_block_bytes(lm_runner_kv_shape(e->runner)),
       .kv_capacity_tokens = n_blocks * e->cfg.block_size,
       .max_num_seqs = e->cfg.max_num_seqs,
       .max_num_batched_tokens = e->cfg.max_num_batched_tokens,

@@ -192,6 +192,7 @@ struct lm_engine_info {
   int vocab_size;
   int block_size;
   int n_kv_blocks;
+  size_t kv_block_bytes; /* one block across all layers, K and V */
   int64_t kv_capacity_tokens;
   int max_num_seqs;
   int max_num_batched_tokens;

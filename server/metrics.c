@@ -97,7 +97,9 @@ static void render(struct lm_srv *s, FILE *f) {
   struct lm_metrics *m = &s->metrics;
   const char *model = s->model_name;
   struct lm_engine_stats st;
+  struct lm_engine_info info;
   lm_engine_get_stats(s->engine, &st);
+  lm_engine_get_info(s->engine, &info);
   fputs("# HELP lmserve_requests_total RPCs finished, by method and gRPC status code.\n"
         "# TYPE lmserve_requests_total counter\n",
         f);
@@ -136,6 +138,15 @@ static void render(struct lm_srv *s, FILE *f) {
         st.kv_blocks_cached);
   GAUGE("lmserve_kv_blocks_free", "Free KV blocks without cached content.", "%d",
         st.kv_blocks_free);
+  GAUGE("lmserve_kv_cache_usage_ratio", "Fraction of the KV blocks held by live requests.", "%.6f",
+        st.kv_blocks_total > 0 ? (double)st.kv_blocks_used / st.kv_blocks_total : 0.0);
+  fprintf(f,
+          "# HELP lmserve_kv_cache_info The KV cache's shape: element type, tokens a block, "
+          "blocks, bytes a block (all layers, K and V).\n"
+          "# TYPE lmserve_kv_cache_info gauge\n"
+          "lmserve_kv_cache_info{model_name=\"%s\",dtype=\"%s\",block_size=\"%d\","
+          "blocks=\"%d\",block_bytes=\"%zu\"} 1\n",
+          model, info.kv_dtype, info.block_size, info.n_kv_blocks, info.kv_block_bytes);
   GAUGE("lmserve_health_serving", "1 while health says SERVING.", "%d", atomic_load(&s->serving));
   GAUGE("lmserve_server_cpu_seconds",
         "CPU time of all threads but the engine's since serving began.", "%.6f",
