@@ -884,6 +884,7 @@ const struct lm_backend_ops lm_backend_cuda_ops = {
     .tensor_free = lm_cuda_be_tensor_free,
     .act_elem_bytes = 2,
     .kv_dtypes = 1u << LM_DTYPE_BF16,
+    .batched_tokens = 2048,
     .act_alloc = lm_cuda_be_act_alloc,
     .act_free = lm_cuda_be_act_free,
     .act_read = lm_cuda_be_act_read,

@@ -17,7 +17,6 @@ void lm_engine_config_init(struct lm_engine_config *c) {
   c->block_size = 16;
   c->gpu_memory_utilization = 0.9f;
   c->max_num_seqs = 256;
-  c->max_num_batched_tokens = 2048;
   c->max_waiting = 1024;
   c->enable_prefix_caching = 1;
   c->max_undrained_tokens = 256;
@@ -210,8 +209,8 @@ static int check_config(struct lm_engine_config *c, const struct lm_config *mc, 
                    (double)c->gpu_memory_utilization);
   if (c->max_num_seqs <= 0)
     return lm_errf(err, LM_EINVAL, "engine: max_num_seqs %d must be > 0", c->max_num_seqs);
-  if (c->max_num_batched_tokens <= 0)
-    return lm_errf(err, LM_EINVAL, "engine: max_num_batched_tokens %d must be > 0",
+  if (c->max_num_batched_tokens < 0)
+    return lm_errf(err, LM_EINVAL, "engine: max_num_batched_tokens %d must be >= 0",
                    c->max_num_batched_tokens);
   if (c->max_waiting < 0)
     return lm_errf(err, LM_EINVAL, "engine: max_waiting %d must be >= 0", c->max_waiting);
@@ -287,6 +286,9 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
       (rc = lm_backend_create(e->cfg.backend, &e->cfg.backend_cfg, &e->be, err)) != LM_OK ||
       (rc = e->be->ops->load_weights(e->be->st, e->m, err)) != LM_OK)
     goto err;
+  if (e->cfg.max_num_batched_tokens == 0)
+    e->cfg.max_num_batched_tokens =
+        e->be->ops->batched_tokens > 0 ? e->be->ops->batched_tokens : 2048;
   const struct lm_config *mc = &e->m->cfg;
   int64_t n_blocks = 0;
   if ((rc = pool_blocks(&e->cfg, mc, e->be, &n_blocks, err)) != LM_OK) goto err;

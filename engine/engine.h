@@ -39,7 +39,10 @@ struct lm_engine_config {
                                    "bf16" or "f32" */
   float gpu_memory_utilization; /* CUDA: fraction of device memory (0.9) */
   int max_num_seqs;             /* requests in one step (256) */
-  int max_num_batched_tokens;   /* tokens in one step, all requests (2048);
+  int max_num_batched_tokens;   /* tokens in one step, all requests (0: the
+                                   backend's, 2048 on a GPU and 512 on the
+                                   CPU, where one step is compute bound and
+                                   running decodes wait for all of it);
                                    also the step's compute budget, where a
                                    token deep in a long context counts for
                                    more (its attention; see sched.c) */

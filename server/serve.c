@@ -21,7 +21,7 @@ static const char usage[] =
     "  --cpu-threads N               CPU backend compute threads (0: all cores)\n"
     "  --backend auto|cpu|cuda       (auto)\n"
     "  --max-num-seqs N              requests in one step (256)\n"
-    "  --max-num-batched-tokens N    tokens in one step (2048)\n"
+    "  --max-num-batched-tokens N    tokens in one step (2048 on a GPU, 512 on the CPU)\n"
     "  --max-model-len N             context length (the model's)\n"
     "  --block-size N                tokens per KV block (16)\n"
     "  --kv-cache-bytes N            KV pool size (default: from memory)\n"
@@ -210,10 +210,12 @@ int lm_cmd_serve(int argc, char **argv) {
   s->cpu_base_s = lm_server_cpu_s(); /* model loading ran on this thread */
   lm_srv_log(
       s, LM_LOG_INFO,
-      "serving %s (%s, %s, %s) on %s:%d, max_model_len %d, %lld KV tokens (%s), loaded in %.1fs%s",
+      "serving %s (%s, %s, %s) on %s:%d, max_model_len %d, %lld KV tokens (%s), %d tokens a step, "
+      "loaded in %.1fs%s",
       s->model_name, s->info.architecture, s->info.dtype, s->info.backend, o->host, s->bound_port,
       s->info.max_model_len, (long long)s->info.kv_capacity_tokens, s->info.kv_dtype,
-      lm_now_s() - t0, s->chat ? "" : "; no chat template: Chat is refused");
+      s->info.max_num_batched_tokens, lm_now_s() - t0,
+      s->chat ? "" : "; no chat template: Chat is refused");
   if (o->metrics_port >= 0)
     lm_srv_log(s, LM_LOG_INFO, "metrics on http://%s:%d/metrics", o->host, o->metrics_port);
   if (o->metrics_port >= 0)

@@ -165,6 +165,11 @@ def test_model_info(stub, args):
           "GetModelInfo max_model_len within max_position_embeddings", info.max_model_len)
     check(info.kv_capacity_tokens == info.num_kv_blocks * info.block_size > 0,
           "GetModelInfo KV capacity = blocks x block size", info)
+    # the server runs with no --max-num-batched-tokens: the backend's default
+    want = {"cpu": 512, "cuda": 2048}.get(info.backend)
+    check(info.max_num_batched_tokens == want,
+          "GetModelInfo max_num_batched_tokens is the %s backend's default" % info.backend,
+          (info.max_num_batched_tokens, want))
     return info
 
 
