@@ -131,7 +131,7 @@ struct lm_backend_ops {
 
   size_t act_elem_bytes; /* element size of activation buffers */
   unsigned kv_dtypes;    /* KV element types it stores: bit 1 << lm_dtype each */
-  int batched_tokens;    /* the engine's default tokens a step (see engine.h) */
+  int batched_tokens;    /* > 0: the engine's default tokens a step (engine.h) */
   void *(*act_alloc)(void *st, size_t n_elems);
   void (*act_free)(void *st, void *buf); /* frees act_alloc and f32_alloc buffers */
   /* Copies n_elems activations to host f32 (for tests), waiting for the

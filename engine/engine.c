@@ -287,8 +287,7 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
       (rc = e->be->ops->load_weights(e->be->st, e->m, err)) != LM_OK)
     goto err;
   if (e->cfg.max_num_batched_tokens == 0)
-    e->cfg.max_num_batched_tokens =
-        e->be->ops->batched_tokens > 0 ? e->be->ops->batched_tokens : 2048;
+    e->cfg.max_num_batched_tokens = e->be->ops->batched_tokens;
   const struct lm_config *mc = &e->m->cfg;
   int64_t n_blocks = 0;
   if ((rc = pool_blocks(&e->cfg, mc, e->be, &n_blocks, err)) != LM_OK) goto err;

@@ -96,10 +96,9 @@ double lm_server_cpu_s(void) {
 static void render(struct lm_srv *s, FILE *f) {
   struct lm_metrics *m = &s->metrics;
   const char *model = s->model_name;
+  const struct lm_engine_info *info = &s->info;
   struct lm_engine_stats st;
-  struct lm_engine_info info;
   lm_engine_get_stats(s->engine, &st);
-  lm_engine_get_info(s->engine, &info);
   fputs("# HELP lmserve_requests_total RPCs finished, by method and gRPC status code.\n"
         "# TYPE lmserve_requests_total counter\n",
         f);
@@ -146,7 +145,7 @@ static void render(struct lm_srv *s, FILE *f) {
           "# TYPE lmserve_kv_cache_info gauge\n"
           "lmserve_kv_cache_info{model_name=\"%s\",dtype=\"%s\",block_size=\"%d\","
           "blocks=\"%d\",block_bytes=\"%zu\"} 1\n",
-          model, info.kv_dtype, info.block_size, info.n_kv_blocks, info.kv_block_bytes);
+          model, info->kv_dtype, info->block_size, info->n_kv_blocks, info->kv_block_bytes);
   GAUGE("lmserve_health_serving", "1 while health says SERVING.", "%d", atomic_load(&s->serving));
   GAUGE("lmserve_server_cpu_seconds",
         "CPU time of all threads but the engine's since serving began.", "%.6f",
