@@ -79,13 +79,6 @@ void lm_cpu_convert_row(float *dst, const void *src, enum lm_dtype dt, size_t n)
     dst[i] = lm_cpu_elem(src, dt, i);
 }
 
-static size_t lm_cpu_tensor_bytes(const struct lm_tensor *t) {
-  size_t n = lm_dtype_size(t->dtype);
-  for (int d = 0; d < t->n_dims; d++)
-    n *= (size_t)t->shape[d];
-  return n;
-}
-
 /* ---- lifecycle, buffers ------------------------------------------------ */
 
 static int lm_cpu_create(const struct lm_backend_config *cfg, void **st, char *err) {
@@ -135,9 +128,11 @@ static void lm_cpu_destroy(void *st) {
 
 /* The matmul weights are streamed once per decoded token. In the file
  * mapping they sit on 4 KiB pages and every page is a TLB miss at that
- * rate; copied as stored (no conversion) into memory on 2 MiB pages, decode
- * reads them markedly faster (docs/BENCHMARKS.md). With
- * cfg->cpu_mapped_weights they stay in the mapping and use no extra memory. */
+ * rate; copied into memory on 2 MiB pages, decode reads them markedly
+ * faster (docs/BENCHMARKS.md). The copy is packed in panels for the matmul
+ * kernels (cpu_gemm.c), the same size as stored. With
+ * cfg->cpu_mapped_weights (or without AVX-512, whose portable kernels read
+ * W as stored) they stay in the mapping and use no extra memory. */
 static int lm_cpu_load_weights(void *st, lm_model *m, char *err) {
   struct lm_cpu *cpu = st;
   const size_t huge = (size_t)2 << 20;
@@ -146,7 +141,7 @@ static int lm_cpu_load_weights(void *st, lm_model *m, char *err) {
     return cpu->model == m ? LM_OK
                            : lm_errf(err, LM_EINVAL, "cpu backend: already serving another model");
   cpu->model = m;
-  if (cpu->mapped_weights) return LM_OK;
+  if (cpu->mapped_weights || !cpu->avx512) return LM_OK;
   cpu->copied = calloc((size_t)m->cfg.n_layers * (size_t)per_layer + 1, sizeof(*cpu->copied));
   if (!cpu->copied) return lm_errf(err, LM_ENOMEM, "cpu backend: out of memory");
   for (int l = 0; l < m->cfg.n_layers; l++) {
@@ -159,7 +154,7 @@ static int lm_cpu_load_weights(void *st, lm_model *m, char *err) {
   cpu->copied[n++] = &m->w.lm_head;
   size_t total = 0;
   for (int i = 0; i < n; i++)
-    total += (lm_cpu_tensor_bytes(cpu->copied[i]) + 63) & ~(size_t)63;
+    total += lm_cpu_packed_bytes(cpu->copied[i]);
   /* one spare huge page so the copy can start on a 2 MiB boundary */
   size_t mapped = ((total + huge - 1) & ~(huge - 1)) + huge;
   void *base = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -171,15 +166,33 @@ static int lm_cpu_load_weights(void *st, lm_model *m, char *err) {
   char *at = (char *)(((uintptr_t)base + huge - 1) & ~(uintptr_t)(huge - 1));
   madvise(at, mapped - (size_t)(at - (char *)base), MADV_HUGEPAGE);
   for (int i = 0; i < n; i++) {
-    size_t bytes = lm_cpu_tensor_bytes(cpu->copied[i]);
-    memcpy(at, cpu->copied[i]->data, bytes);
+    lm_cpu_pack(cpu, at, cpu->copied[i]);
     cpu->copied[i]->dev = at;
-    at += (bytes + 63) & ~(size_t)63;
+    at += lm_cpu_packed_bytes(cpu->copied[i]);
   }
   cpu->weights = base;
   cpu->weights_bytes = mapped;
   cpu->n_copied = n;
   return LM_OK;
+}
+
+/* A matmul weight outside a model, packed as load_weights packs (tests and
+ * tools); other tensors need nothing. */
+static int lm_cpu_tensor_load(void *st, struct lm_tensor *t, char *err) {
+  struct lm_cpu *cpu = st;
+  if (!cpu->avx512 || t->n_dims != 2) return LM_OK;
+  void *packed = lm_cpu_aligned(lm_cpu_packed_bytes(t));
+  if (!packed) return lm_errf(err, LM_ENOMEM, "cpu backend: cannot pack a tensor");
+  lm_cpu_pack(cpu, packed, t);
+  free(t->dev); /* loading again replaces the old copy */
+  t->dev = packed;
+  return LM_OK;
+}
+
+static void lm_cpu_tensor_free(void *st, struct lm_tensor *t) {
+  (void)st;
+  free(t->dev);
+  t->dev = NULL;
 }
 
 static void *lm_cpu_act_alloc(void *st, size_t n_elems) {
@@ -601,6 +614,8 @@ const struct lm_backend_ops lm_backend_cpu_ops = {
     .create = lm_cpu_create,
     .destroy = lm_cpu_destroy,
     .load_weights = lm_cpu_load_weights,
+    .tensor_load = lm_cpu_tensor_load,
+    .tensor_free = lm_cpu_tensor_free,
     .act_elem_bytes = sizeof(float),
     .kv_dtypes = (1u << LM_DTYPE_F32) | (1u << LM_DTYPE_BF16),
     .batched_tokens = 512,

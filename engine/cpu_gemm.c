@@ -1,42 +1,35 @@
 /* cpu_gemm.c - y: [M, N] = x: [M, K] @ W^T (W: [N, K] bf16/f16/f32) + bias.
  *
- * Batch invariance: every y[m, n] is a dot product accumulated in one
- * 16-lane f32 vector over k in chunks of 32 (two FMAs per chunk, in a fixed
- * lane assignment), then reduced by one fixed tree (lm_hsum16). Tiling over
- * M and N only decides which accumulators live in registers together, never
- * the order of any element's additions, so M = 1 and M = 512 give the same
- * bits for a row, and so does any split of N across threads.
+ * Batch invariance: every y[m, n] is one f32 chain over k in order,
+ * acc = fma(x[m, k], W[n, k], acc) from acc = 0 for k = 0 .. K - 1, then
+ * + bias[n]. Tiling over M and N only decides which chains share the
+ * registers; no chain is split or reordered, so M = 1 and M = 512 give the
+ * same bits for a row, and so does any split of N across threads.
  *
- * bf16 weights on a CPU with AVX512_BF16 (the usual case) are multiplied as
- * they are stored, by dot products: x is rounded once per call to bf16
- * (nearest even), and each chunk of 32 k is one vdpbf16ps per (row,
- * column) pair, lane i taking k = 2i and 2i + 1 of the chunk. This halves
- * the instructions per multiply-add and the bytes of x the kernel reads;
- * the price is x's rounding to bf16, which a bf16 checkpoint's own
- * framework (activations in bf16) pays as well.
+ * Packed W: the kernels read W in panels of 16 rows (16 columns of y),
+ * transposed by 32-bit words: word u of a panel is one 64-byte vector, lane
+ * c from row 16p + c. A word is one f32, or the 16-bit pair of k = 2u and
+ * 2u + 1 with the even one in the low half (past an odd K the high half is
+ * 0); rows past N are zeros. A bf16 pair widens without a shuffle:
+ * (word << 16) is the even k and (word & 0xffff0000) the odd one, both
+ * exactly. load_weights packs every matmul weight once (lm_tensor.dev
+ * holds the packed copy); a tensor without one (the file mapping, or a
+ * tensor a test made) is packed per call, a few panels at a time, into
+ * per-thread scratch, which computes the same bits.
  *
- * Without AVX512_BF16 (or with LM_CPU_ISA=avx512), bf16 weights are widened
- * without a shuffle: in a 32-bit lane holding two bf16 values, (lane << 16)
- * is the even element and (lane & 0xffff0000) the odd one, both exactly;
- * x stays f32, laid out per chunk of 32 as [16 even k, 16 odd k]. f16 and
- * f32 weights always take this path with x in natural order. Prepared x is
- * zero padded to a multiple of 32 so the kernels never mask it.
+ * The micro-kernel is an outer product: MR x NV accumulator vectors (x rows
+ * by 16-column panels, up to 8 x 3 or 4 x 4) stay in registers, and for
+ * each k the NV W vectors are multiplied by each row's x[m, k], broadcast
+ * from memory. No horizontal sums, and each W load serves MR rows.
  *
- * Widened panels: where more than one tile of x rows meets the same W rows
- * (a batch of decodes, a prefill chunk), widening W inside the tile would
- * repeat the conversion for every tile, and on CPUs whose shifts and masks
- * share ports with the FMAs that halves the kernel's speed. Instead each
- * thread widens a tile's W rows once into an f32 panel laid out like
- * prepared x (zero padded) and runs the f32 kernel on it: the same
- * products, added in the same order, so the bits equal the in-tile
- * widening that a single row (M = 1) uses.
- *
- * Which bf16 kernel runs is fixed per CPU, not measured, so a process
- * computes the same bits every run: dot products where vdpbf16ps does
- * twice the FMA's multiply-adds at its rate (AMD Zen 4 and later),
- * widening and FMAs where it is slower than the FMA (Intel Sapphire and
- * Emerald Rapids: backend_bench's probes read 158-166 against 462 GFLOP/s
- * on 2 cores). */
+ * bf16 dot products: where vdpbf16ps does twice the FMA's multiply-adds at
+ * its rate (AMD Zen 4 and later), x is rounded once per call to bf16 pairs
+ * and each word is one vdpbf16ps per (row, panel); the price is x's
+ * rounding, which a bf16 checkpoint's own framework pays as well. On Intel
+ * Sapphire and Emerald Rapids vdpbf16ps is slower than the FMA
+ * (backend_bench's probes: 158-171 against 462 GFLOP/s on 2 cores), so the
+ * widening kernel runs there. Which kernel runs is fixed per CPU, not
+ * measured, so a process computes the same bits every run. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -44,388 +37,306 @@
 
 #include "engine/cpu_internal.h"
 
-#define LM_GEMM_MB               64 /* x rows kept in L2 while a thread walks its W rows */
-#define LM_GEMM_SERIAL_PREP_ROWS 4
+#define LM_GEMM_MB     64 /* x rows a thread takes through its panels at once */
+#define LM_GEMM_MR     8  /* most x rows in a micro-kernel */
+#define LM_GEMM_NV     4  /* most panels in a micro-kernel */
+#define LM_GEMM_PF     16 /* words of W prefetched ahead (1 KiB a panel) */
+#define LM_GEMM_CHUNK  12 /* panels per work item: a multiple of every NV */
+#define LM_TILE_DOT    3  /* kernel "dtype" for bf16 by dot products */
+#define LM_DOT_PREP_MB 4  /* up to this many rows, x is rounded on the calling thread */
 
-static size_t lm_kpad(int k) {
-  return ((size_t)k + 31) & ~(size_t)31;
+/* Words in a packed row of K elements of dt. */
+static size_t lm_gemm_words(int k, enum lm_dtype dt) {
+  return dt == LM_DTYPE_F32 ? (size_t)k : ((size_t)k + 1) / 2;
 }
 
-/* Elements from one prepared x row (or widened W row) to the next: Kpad
- * and one more chunk, so that rows a power of two apart (K = 1024, 2048)
- * do not all fall in the same L1 sets (a tile reads 10 rows at once). */
-static size_t lm_ld(int k) {
-  return lm_kpad(k) + 32;
+size_t lm_cpu_packed_bytes(const struct lm_tensor *w) {
+  size_t panels = ((size_t)w->shape[0] + 15) / 16;
+  return panels * lm_gemm_words((int)w->shape[1], w->dtype) * 64;
 }
 
-/* Prepared x row for the dot-product kernels: [Kpad] bf16. */
-LM_BF16DOT_TARGET static void lm_gemm_prep_row_bf16(uint16_t *dst, const float *x, int k) {
-  for (int c = 0; c < k; c += 32) {
-    int n = k - c < 32 ? k - c : 32;
-    __mmask16 lo = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
-    __mmask16 hi = (__mmask16)(n >= 32 ? 0xffff : n > 16 ? (1u << (n - 16)) - 1 : 0);
-    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, x + c + 16),
-                                     _mm512_maskz_loadu_ps(lo, x + c));
-    _mm512_storeu_si512(dst + c, (__m512i)v);
+/* Packs panels [p0, p0 + np) of W (stored [N, K]) into dst. Each word of 16
+ * rows is one gather; the 16-bit pair past an odd K is read by halves so
+ * nothing past a row (or the tensor) is touched. */
+LM_AVX512_TARGET static void lm_gemm_pack(uint32_t *dst, const void *w, enum lm_dtype dt, int n,
+                                          int k, int64_t p0, int np) {
+  size_t row = (size_t)k * lm_dtype_size(dt), kw = lm_gemm_words(k, dt);
+  size_t whole = dt == LM_DTYPE_F32 ? (size_t)k : (size_t)k / 2; /* words inside every row */
+  __m512i idx =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32((int)row));
+  for (int64_t p = p0; p < p0 + np; p++) {
+    int rows = n - 16 * (int)p < 16 ? n - 16 * (int)p : 16;
+    __mmask16 valid = (__mmask16)((1u << rows) - 1);
+    const char *base = (const char *)w + (size_t)p * 16 * row;
+    uint32_t *d = dst + (size_t)(p - p0) * kw * 16;
+    for (size_t u = 0; u < whole; u++)
+      _mm512_store_si512(d + u * 16, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, idx,
+                                                                 base + u * 4, 1));
+    if (whole < kw)
+      for (int c = 0; c < 16; c++)
+        d[whole * 16 + (size_t)c] =
+            c < rows ? ((const uint16_t *)(base + (size_t)c * row))[k - 1] : 0u;
   }
 }
 
-/* Prepared x row: [Kpad], chunked as described above. */
-LM_AVX512_TARGET static void lm_gemm_prep_row(float *dst, const float *x, int k, enum lm_dtype dt) {
-  size_t kp = lm_kpad(k);
-  if (dt != LM_DTYPE_BF16) {
-    memcpy(dst, x, (size_t)k * sizeof(float));
-    memset(dst + k, 0, (kp - (size_t)k) * sizeof(float));
-    return;
-  }
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-  for (size_t c = 0; c < kp; c += 32) {
-    size_t n = (size_t)k - c < 32 ? (size_t)k - c : 32;
-    __mmask16 lo = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
-    __mmask16 hi = (__mmask16)(n >= 32 ? 0xffff : n > 16 ? (1u << (n - 16)) - 1 : 0);
-    __m512 a = _mm512_maskz_loadu_ps(lo, x + c), b = _mm512_maskz_loadu_ps(hi, x + c + 16);
-    _mm512_storeu_ps(dst + c, _mm512_permutex2var_ps(a, even, b));
-    _mm512_storeu_ps(dst + c + 16, _mm512_permutex2var_ps(a, odd, b));
-  }
-}
-
-struct lm_gemm_job {
-  float *y;       /* [M, N] */
-  const float *x; /* [M, K] */
-  const void *xp; /* [M, lm_ld(K)] prepared: f32, or bf16 when dot */
-  const void *w;  /* [N, K] */
-  float *panels;  /* per thread [8, lm_ld(K)] widened W rows, or NULL */
-  enum lm_dtype dt;
-  const struct lm_tensor *bias;
-  int m, n, k;
-  int avx512;
-  int dot;       /* bf16 weights by dot products */
-  int64_t chunk; /* columns (W rows) per work item, a multiple of 16 */
-};
-
-static void lm_gemm_prep_item(void *argp, int64_t m, int tid) {
-  struct lm_gemm_job *j = argp;
-  (void)tid;
-  if (j->dot)
-    lm_gemm_prep_row_bf16((uint16_t *)j->xp + (size_t)m * lm_ld(j->k), j->x + (size_t)m * j->k,
-                          j->k);
-  else
-    lm_gemm_prep_row((float *)j->xp + (size_t)m * lm_ld(j->k), j->x + (size_t)m * j->k, j->k,
-                     j->dt);
-}
-
-/* ---- AVX-512 ---------------------------------------------------------- */
-
-/* The two f32 vectors of W chunk c of one row; mask covers the valid
- * elements of a partial last chunk (all ones otherwise). */
-LM_AVX512_TARGET static inline __attribute__((always_inline)) void
-lm_gemm_load_w(int dt, const void *row, size_t c, __mmask32 mask, int partial, __m512 *w0,
-               __m512 *w1) {
-  if (dt == LM_DTYPE_BF16) {
-    const uint16_t *p = (const uint16_t *)row + c;
-    __m512i r = partial ? _mm512_maskz_loadu_epi16(mask, p) : _mm512_loadu_si512(p);
-    *w0 = _mm512_castsi512_ps(_mm512_slli_epi32(r, 16));
-    *w1 = _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u)));
-  } else if (dt == LM_DTYPE_F16) {
-    const uint16_t *p = (const uint16_t *)row + c;
-    __m256i r0 = partial ? _mm256_maskz_loadu_epi16((__mmask16)mask, p)
-                         : _mm256_loadu_si256((const __m256i *)p);
-    __m256i r1 = partial ? _mm256_maskz_loadu_epi16((__mmask16)(mask >> 16), p + 16)
-                         : _mm256_loadu_si256((const __m256i *)(p + 16));
-    *w0 = _mm512_cvtph_ps(r0);
-    *w1 = _mm512_cvtph_ps(r1);
-  } else {
-    const float *p = (const float *)row + c;
-    *w0 = partial ? _mm512_maskz_loadu_ps((__mmask16)mask, p) : _mm512_loadu_ps(p);
-    *w1 =
-        partial ? _mm512_maskz_loadu_ps((__mmask16)(mask >> 16), p + 16) : _mm512_loadu_ps(p + 16);
-  }
-}
+/* ---- micro-kernels ------------------------------------------------------ */
 
 struct lm_tile {
-  const void *xp; /* first prepared x row of the tile */
-  size_t ldx;     /* elements from one x row to the next */
-  const char *w;  /* first W row of the tile */
-  size_t ldw;     /* bytes per W row */
-  float *y;       /* y[m0, n0] */
-  size_t ldy;     /* N */
+  const float *x;     /* first x row of the tile, ldx floats apart */
+  const uint32_t *xw; /* dot: first prepared x row, bf16 pairs, ldx words apart */
+  size_t ldx;
+  const uint32_t *w; /* first panel, ldp words apart */
+  size_t ldp;
+  const uint32_t *next; /* the next group's first panel */
+  unsigned next_panels; /* bit j: this tile pulls panel j of next into L2 */
   int k;
+  size_t words; /* in a panel row: K, or K / 2 rounded up */
+  float *y;     /* y[m0, 16 p0], ldy floats from one row to the next */
+  size_t ldy;
+  const float *bias; /* [16 * NV] */
+  int ncols;         /* columns of y the panels hold, 1 .. 16 * NV */
 };
 
-/* A tile's MR x NR accumulators: cleared, and reduced into out[i * 8 + j]. */
-LM_AVX512_INLINE void lm_gemm_acc_zero(__m512 acc[4][8], int MR, int NR) {
-#pragma GCC unroll 4
-  for (int i = 0; i < MR; i++)
+LM_AVX512_INLINE void lm_gemm_zero(__m512 acc[LM_GEMM_MR][LM_GEMM_NV], int MR, int NV) {
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; j++)
+  for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++)
       acc[i][j] = _mm512_setzero_ps();
 }
 
-LM_AVX512_INLINE void lm_gemm_acc_out(__m512 acc[4][8], int MR, int NR, float *out) {
+/* y = acc + bias, the columns past ncols left alone. */
+LM_AVX512_INLINE void lm_gemm_store(__m512 acc[LM_GEMM_MR][LM_GEMM_NV], int MR, int NV,
+                                    const struct lm_tile *t) {
 #pragma GCC unroll 4
-  for (int i = 0; i < MR; i++)
+  for (int j = 0; j < NV; j++) {
+    int left = t->ncols - 16 * j;
+    __mmask16 mask = (__mmask16)(left >= 16 ? 0xffff : left > 0 ? (1u << left) - 1 : 0);
+    __m512 b = _mm512_loadu_ps(t->bias + 16 * j);
 #pragma GCC unroll 8
-    for (int j = 0; j < NR; j++)
-      out[i * 8 + j] = lm_hsum16(acc[i][j]);
+    for (int i = 0; i < MR; i++)
+      _mm512_mask_storeu_ps(t->y + (size_t)i * t->ldy + 16 * j, mask, _mm512_add_ps(acc[i][j], b));
+  }
 }
 
-/* MR x-rows by NR W-rows of accumulators; MR, NR and DT are constants at
- * every call site, so the arrays below live in registers. */
-LM_AVX512_TARGET static inline __attribute__((always_inline)) void
-lm_gemm_tile(int DT, int MR, int NR, const struct lm_tile *t, float *out) {
-  __m512 acc[4][8];
-  const float *xp = t->xp;
-  const size_t esz = DT == LM_DTYPE_F32 ? 4 : 2;
-  size_t kfull = (size_t)t->k & ~(size_t)31;
-  int rem = t->k & 31;
-  lm_gemm_acc_zero(acc, MR, NR);
-  size_t c0 = 0;
-  if (MR == 1) {
-    /* Decode is bound by how many cache misses are in flight: read 4
-     * consecutive chunks (256 bytes of bf16) of a row before moving to the
-     * next row, and pull the same span of the next tile's rows into L2.
-     * Each accumulator still takes the chunks in k order, so the sums are
-     * the bits the generic loop below would give. */
-    for (; c0 + 128 <= kfull; c0 += 128) {
-      __m512 xa[4], xb[4];
+/* The even (odd = 0) or odd (odd = 1) k of a word of 16-bit pairs. */
+LM_AVX512_INLINE __m512 lm_gemm_widen(int DT, const uint32_t *word, int odd) {
+  __m512i r = _mm512_load_si512(word);
+  if (DT == LM_DTYPE_BF16)
+    return _mm512_castsi512_ps(odd ? _mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u))
+                                   : _mm512_slli_epi32(r, 16));
+  return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(odd ? _mm512_srli_epi32(r, 16) : r));
+}
+
+/* The first tile of rows streams its panels from DRAM: keep misses in
+ * flight ahead of it (for the other tiles these hit L2). Those other tiles
+ * pull the next group's panels into L2 meanwhile, a share each, so its
+ * first tile finds them there. Past a panel's end this touches nothing:
+ * prefetches never fault. */
+LM_AVX512_INLINE void lm_gemm_prefetch(const struct lm_tile *t, size_t u, int NV) {
 #pragma GCC unroll 4
-      for (int u = 0; u < 4; u++) {
-        xa[u] = _mm512_loadu_ps(xp + c0 + 32 * (size_t)u);
-        xb[u] = _mm512_loadu_ps(xp + c0 + 32 * (size_t)u + 16);
-      }
+  for (int j = 0; j < NV; j++)
+    _mm_prefetch((const char *)(t->w + (size_t)j * t->ldp + (u + LM_GEMM_PF) * 16), _MM_HINT_T0);
+#pragma GCC unroll 4
+  for (int j = 0; j < LM_GEMM_NV; j++)
+    if (t->next_panels >> j & 1)
+      _mm_prefetch((const char *)(t->next + (size_t)j * t->ldp + u * 16), _MM_HINT_T1);
+}
+
+/* acc[i][j] += x[i * ldx] * w[j]: one k of MR rows into NV panels. */
+LM_AVX512_INLINE void lm_gemm_fma(__m512 acc[LM_GEMM_MR][LM_GEMM_NV], int MR, int NV,
+                                  const float *x, size_t ldx, const __m512 w[LM_GEMM_NV]) {
 #pragma GCC unroll 8
-      for (int j = 0; j < NR; j++) {
-        const char *next = t->w + (size_t)(j + NR) * t->ldw + c0 * esz;
-        for (size_t b = 0; b < 128 * esz; b += 64)
-          _mm_prefetch(next + b, _MM_HINT_T1);
+  for (int i = 0; i < MR; i++) {
+    __m512 b = _mm512_set1_ps(x[(size_t)i * ldx]);
 #pragma GCC unroll 4
-        for (int u = 0; u < 4; u++) {
-          __m512 w0, w1;
-          lm_gemm_load_w(DT, t->w + (size_t)j * t->ldw, c0 + 32 * (size_t)u, (__mmask32)~0u, 0, &w0,
-                         &w1);
-          acc[0][j] = _mm512_fmadd_ps(xa[u], w0, acc[0][j]);
-          acc[0][j] = _mm512_fmadd_ps(xb[u], w1, acc[0][j]);
-        }
-      }
-    }
+    for (int j = 0; j < NV; j++)
+      acc[i][j] = _mm512_fmadd_ps(b, w[j], acc[i][j]);
   }
-  if (DT == LM_DTYPE_F32 && MR > 1 && rem == 0) {
-    /* f32 W (stored so, or a widened panel): each half chunk in turn, so
-     * MR x-vectors and one W vector leave room for MR x 6 accumulators;
-     * every accumulator still adds its first half's product, then its
-     * second's, as below */
-    for (size_t c = 0; c < kfull; c += 32) {
-#pragma GCC unroll 2
-      for (int half = 0; half < 2; half++) {
-        __m512 xh[4];
+}
+
+/* MR x-rows by NV panels by FMAs; DT, MR and NV are constants at every call
+ * site, so the accumulators live in registers. */
+LM_AVX512_TARGET static inline __attribute__((always_inline)) void
+lm_gemm_kernel(int DT, int MR, int NV, const struct lm_tile *t) {
+  __m512 acc[LM_GEMM_MR][LM_GEMM_NV], e[LM_GEMM_NV];
+  const float *x = t->x;
+  const uint32_t *w = t->w;
+  size_t ldp = t->ldp, pairs = (size_t)t->k / 2;
+  lm_gemm_zero(acc, MR, NV);
+  if (DT == LM_DTYPE_F32) {
+    for (size_t u = 0; u < t->words; u++) {
+      lm_gemm_prefetch(t, u, NV);
 #pragma GCC unroll 4
-        for (int i = 0; i < MR; i++)
-          xh[i] = _mm512_loadu_ps(xp + (size_t)i * t->ldx + c + 16 * half);
-#pragma GCC unroll 8
-        for (int j = 0; j < NR; j++) {
-          __m512 w = _mm512_loadu_ps((const float *)(t->w + (size_t)j * t->ldw) + c + 16 * half);
-#pragma GCC unroll 4
-          for (int i = 0; i < MR; i++)
-            acc[i][j] = _mm512_fmadd_ps(xh[i], w, acc[i][j]);
-        }
-      }
+      for (int j = 0; j < NV; j++)
+        e[j] = _mm512_load_ps((const float *)w + (size_t)j * ldp + u * 16);
+      lm_gemm_fma(acc, MR, NV, x + u, t->ldx, e);
     }
-    lm_gemm_acc_out(acc, MR, NR, out);
+    lm_gemm_store(acc, MR, NV, t);
     return;
   }
-  for (size_t c = c0; c <= kfull; c += 32) {
-    int partial = c == kfull;
-    __mmask32 mask = partial ? (__mmask32)((1ull << rem) - 1) : (__mmask32)~0u;
-    __m512 x0[4], x1[4];
-    if (partial && rem == 0) break;
+  /* the odd halves are widened after the even ones' FMAs, so 8 x 3
+   * accumulators and 3 W vectors fit the 32 registers */
+  for (size_t u = 0; u < t->words; u++) {
+    int halves = u < pairs ? 2 : (t->k & 1); /* an odd K's last word: its even k */
+    lm_gemm_prefetch(t, u, NV);
+#pragma GCC unroll 2
+    for (int h = 0; h < halves; h++) {
 #pragma GCC unroll 4
-    for (int i = 0; i < MR; i++) {
-      x0[i] = _mm512_loadu_ps(xp + (size_t)i * t->ldx + c);
-      x1[i] = _mm512_loadu_ps(xp + (size_t)i * t->ldx + c + 16);
-    }
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; j++) {
-      __m512 w0, w1;
-      /* Decode streams W from DRAM and is bound by how many misses are in
-       * flight: pull the next tile's rows into L2 while this tile runs
-       * (past the last row this touches nothing: prefetches never fault). */
-      if (MR == 1) _mm_prefetch(t->w + (size_t)(j + NR) * t->ldw + c * esz, _MM_HINT_T1);
-      lm_gemm_load_w(DT, t->w + (size_t)j * t->ldw, c, mask, partial, &w0, &w1);
-#pragma GCC unroll 4
-      for (int i = 0; i < MR; i++)
-        acc[i][j] = _mm512_fmadd_ps(x0[i], w0, acc[i][j]);
-#pragma GCC unroll 4
-      for (int i = 0; i < MR; i++)
-        acc[i][j] = _mm512_fmadd_ps(x1[i], w1, acc[i][j]);
+      for (int j = 0; j < NV; j++)
+        e[j] = lm_gemm_widen(DT, w + (size_t)j * ldp + u * 16, h);
+      lm_gemm_fma(acc, MR, NV, x + 2 * u + (size_t)h, t->ldx, e);
     }
   }
-  lm_gemm_acc_out(acc, MR, NR, out);
+  lm_gemm_store(acc, MR, NV, t);
 }
 
-/* The dot-product kernel: MR x-rows by NR bf16 W-rows, x prepared as bf16.
- * Same loop shapes as lm_gemm_tile, one vdpbf16ps per (row, column,
- * chunk); each accumulator takes the chunks in k order whatever MR and NR
- * are. */
+/* The same loop by vdpbf16ps, x prepared as bf16 pairs (zero past K, as W
+ * is, so an odd K's last pair adds 0 x 0). */
 LM_BF16DOT_TARGET static inline __attribute__((always_inline)) void
-lm_gemm_tile_dot(int MR, int NR, const struct lm_tile *t, float *out) {
-  __m512 acc[4][8];
-  const uint16_t *xp = t->xp;
-  size_t kfull = (size_t)t->k & ~(size_t)31;
-  int rem = t->k & 31;
-  lm_gemm_acc_zero(acc, MR, NR);
-  size_t c0 = 0;
-  if (MR == 1) {
-    /* decode: 4 consecutive chunks of a row per visit, next tile's rows
-     * pulled into L2 (see lm_gemm_tile) */
-    for (; c0 + 128 <= kfull; c0 += 128) {
-      __m512i xa[4];
+lm_gemm_kernel_dot(int MR, int NV, const struct lm_tile *t) {
+  __m512 acc[LM_GEMM_MR][LM_GEMM_NV];
+  lm_gemm_zero(acc, MR, NV);
+  for (size_t u = 0; u < t->words; u++) {
+    __m512i wv[LM_GEMM_NV];
+    lm_gemm_prefetch(t, u, NV);
 #pragma GCC unroll 4
-      for (int u = 0; u < 4; u++)
-        xa[u] = _mm512_loadu_si512(xp + c0 + 32 * (size_t)u);
+    for (int j = 0; j < NV; j++)
+      wv[j] = _mm512_load_si512(t->w + (size_t)j * t->ldp + u * 16);
 #pragma GCC unroll 8
-      for (int j = 0; j < NR; j++) {
-        const uint16_t *row = (const uint16_t *)(t->w + (size_t)j * t->ldw) + c0;
-        const char *next = t->w + (size_t)(j + NR) * t->ldw + c0 * 2;
-        for (size_t b = 0; b < 256; b += 64)
-          _mm_prefetch(next + b, _MM_HINT_T1);
+    for (int i = 0; i < MR; i++) {
+      __m512i b = _mm512_set1_epi32((int)t->xw[(size_t)i * t->ldx + u]);
 #pragma GCC unroll 4
-        for (int u = 0; u < 4; u++)
-          acc[0][j] = _mm512_dpbf16_ps(acc[0][j], (__m512bh)xa[u],
-                                       (__m512bh)_mm512_loadu_si512(row + 32 * u));
-      }
+      for (int j = 0; j < NV; j++)
+        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)b, (__m512bh)wv[j]);
     }
   }
-  for (size_t c = c0; c <= kfull; c += 32) {
-    int partial = c == kfull;
-    __mmask32 mask = partial ? (__mmask32)((1ull << rem) - 1) : (__mmask32)~0u;
-    __m512i xv[4];
-    if (partial && rem == 0) break;
-#pragma GCC unroll 4
-    for (int i = 0; i < MR; i++)
-      xv[i] = _mm512_loadu_si512(xp + (size_t)i * t->ldx + c);
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; j++) {
-      const uint16_t *p = (const uint16_t *)(t->w + (size_t)j * t->ldw) + c;
-      if (MR == 1) _mm_prefetch(t->w + (size_t)(j + NR) * t->ldw + c * 2, _MM_HINT_T1);
-      __m512i w = partial ? _mm512_maskz_loadu_epi16(mask, p) : _mm512_loadu_si512(p);
-#pragma GCC unroll 4
-      for (int i = 0; i < MR; i++)
-        acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)xv[i], (__m512bh)w);
-    }
-  }
-  lm_gemm_acc_out(acc, MR, NR, out);
+  lm_gemm_store(acc, MR, NV, t);
 }
 
-typedef void (*lm_tile_fn)(const struct lm_tile *t, float *out);
+typedef void (*lm_tile_fn)(const struct lm_tile *t);
 
 /* Kernel "dtypes": the FMA kernel per stored dtype (LM_DTYPE_F32 = 0,
- * F16 = 1, BF16 = 2), and 3 for bf16 by dot products. */
-#define LM_TILE_DOT      3
+ * F16 = 1, BF16 = 2), and LM_TILE_DOT. Up to 4 rows take up to 4 panels,
+ * up to 8 rows up to 3: at most 24 accumulators next to the W vectors. */
 #define LM_TILE_TARGET_0 LM_AVX512_TARGET
 #define LM_TILE_TARGET_1 LM_AVX512_TARGET
 #define LM_TILE_TARGET_2 LM_AVX512_TARGET
 #define LM_TILE_TARGET_3 LM_BF16DOT_TARGET
-#define LM_TILE_KERNEL(DT, MR, NR, t, out)                                                         \
-  ((DT) == LM_TILE_DOT ? lm_gemm_tile_dot(MR, NR, t, out) : lm_gemm_tile(DT, MR, NR, t, out))
-#define LM_DEF_TILE(DT, MR, NR)                                                                    \
-  LM_TILE_TARGET_##DT static void lm_tile_##DT##_##MR##_##NR(const struct lm_tile *t,              \
-                                                             float *out) {                         \
-    LM_TILE_KERNEL(DT, MR, NR, t, out);                                                            \
+#define LM_TILE_KERNEL(DT, MR, NV, t)                                                              \
+  ((DT) == LM_TILE_DOT ? lm_gemm_kernel_dot(MR, NV, t) : lm_gemm_kernel(DT, MR, NV, t))
+#define LM_DEF_TILE(DT, MR, NV)                                                                    \
+  LM_TILE_TARGET_##DT static void lm_tile_##DT##_##MR##_##NV(const struct lm_tile *t) {            \
+    LM_TILE_KERNEL(DT, MR, NV, t);                                                                 \
   }
-#define LM_DEF_TILES_MR(DT, MR)                                                                    \
-  LM_DEF_TILE(DT, MR, 1)                                                                           \
-  LM_DEF_TILE(DT, MR, 2)                                                                           \
-  LM_DEF_TILE(DT, MR, 3)                                                                           \
-  LM_DEF_TILE(DT, MR, 4)                                                                           \
-  LM_DEF_TILE(DT, MR, 5)                                                                           \
-  LM_DEF_TILE(DT, MR, 6)                                                                           \
-  LM_DEF_TILE(DT, MR, 7)                                                                           \
-  LM_DEF_TILE(DT, MR, 8)
+#define LM_DEF_TILES_NV3(DT, MR)                                                                   \
+  LM_DEF_TILE(DT, MR, 1) LM_DEF_TILE(DT, MR, 2) LM_DEF_TILE(DT, MR, 3)
+#define LM_DEF_TILES_NV4(DT, MR) LM_DEF_TILES_NV3(DT, MR) LM_DEF_TILE(DT, MR, 4)
 #define LM_DEF_TILES(DT)                                                                           \
-  LM_DEF_TILES_MR(DT, 1) LM_DEF_TILES_MR(DT, 2) LM_DEF_TILES_MR(DT, 3) LM_DEF_TILES_MR(DT, 4)
-#define LM_TILE_ROW(DT, MR)                                                                        \
+  LM_DEF_TILES_NV4(DT, 1)                                                                          \
+  LM_DEF_TILES_NV4(DT, 2)                                                                          \
+  LM_DEF_TILES_NV4(DT, 3)                                                                          \
+  LM_DEF_TILES_NV4(DT, 4)                                                                          \
+  LM_DEF_TILES_NV3(DT, 5) LM_DEF_TILES_NV3(DT, 6) LM_DEF_TILES_NV3(DT, 7) LM_DEF_TILES_NV3(DT, 8)
+#define LM_ROW_NV3(DT, MR)                                                                         \
+  { lm_tile_##DT##_##MR##_1, lm_tile_##DT##_##MR##_2, lm_tile_##DT##_##MR##_3, NULL }
+#define LM_ROW_NV4(DT, MR)                                                                         \
   {                                                                                                \
     lm_tile_##DT##_##MR##_1, lm_tile_##DT##_##MR##_2, lm_tile_##DT##_##MR##_3,                     \
-        lm_tile_##DT##_##MR##_4, lm_tile_##DT##_##MR##_5, lm_tile_##DT##_##MR##_6,                 \
-        lm_tile_##DT##_##MR##_7, lm_tile_##DT##_##MR##_8                                           \
+        lm_tile_##DT##_##MR##_4                                                                    \
   }
 #define LM_TILE_TABLE(DT)                                                                          \
-  { LM_TILE_ROW(DT, 1), LM_TILE_ROW(DT, 2), LM_TILE_ROW(DT, 3), LM_TILE_ROW(DT, 4) }
+  {                                                                                                \
+    LM_ROW_NV4(DT, 1), LM_ROW_NV4(DT, 2), LM_ROW_NV4(DT, 3), LM_ROW_NV4(DT, 4), LM_ROW_NV3(DT, 5), \
+        LM_ROW_NV3(DT, 6), LM_ROW_NV3(DT, 7), LM_ROW_NV3(DT, 8)                                    \
+  }
 
 LM_DEF_TILES(0)
 LM_DEF_TILES(1)
 LM_DEF_TILES(2)
 LM_DEF_TILES(3)
 
-static const lm_tile_fn lm_tiles[4][4][8] = {LM_TILE_TABLE(0), LM_TILE_TABLE(1), LM_TILE_TABLE(2),
-                                             LM_TILE_TABLE(3)};
+static const lm_tile_fn lm_tiles[4][LM_GEMM_MR][LM_GEMM_NV] = {LM_TILE_TABLE(0), LM_TILE_TABLE(1),
+                                                               LM_TILE_TABLE(2), LM_TILE_TABLE(3)};
 
-/* Widest NR that fits the 32 vector registers next to MR rows of x: the
- * FMA kernels hold two x vectors per row and chunk (f32 W one, a half
- * chunk at a time), the dot kernels one. */
-static const int lm_tile_nr[5] = {0, 8, 8, 6, 5};
-static const int lm_f32_tile_nr[5] = {0, 8, 8, 8, 6};
-static const int lm_dot_tile_nr[5] = {0, 8, 8, 8, 6};
+/* ---- jobs --------------------------------------------------------------- */
 
-static float lm_gemm_bias(const struct lm_tensor *bias, int64_t n) {
-  return bias ? lm_cpu_elem(bias->data, bias->dtype, (size_t)n) : 0.0f;
-}
+struct lm_gemm_job {
+  float *y;           /* [M, N] */
+  const float *x;     /* [M, K] */
+  const uint32_t *xw; /* dot: [M, xw_ld] x rounded to bf16 pairs */
+  size_t xw_ld;
+  const uint32_t *packed; /* [ceil(N / 16), words, 16], or NULL */
+  const void *w;          /* [N, K] as stored */
+  uint32_t *scratch;      /* per thread [LM_GEMM_NV, words, 16] where not packed */
+  enum lm_dtype dt;
+  const struct lm_tensor *bias;
+  int m, n, k;
+  int avx512;
+  int dot;       /* bf16 weights by dot products */
+  int64_t chunk; /* panels per work item */
+};
 
-/* W rows [nr, K] (bf16 or f16) widened to f32 rows of Kpad, in the order
- * the FMA kernel takes them (bf16: [16 even, 16 odd] per chunk), zero
- * padded. */
-LM_AVX512_TARGET static void lm_gemm_widen(float *dst, const char *w, size_t ldw, int nr, int k,
-                                           enum lm_dtype dt) {
-  size_t kp = lm_kpad(k);
-  int rem = k & 31;
-  for (int r = 0; r < nr; r++) {
-    const void *row = w + (size_t)r * ldw;
-    float *d = dst + (size_t)r * lm_ld(k);
-    for (size_t c = 0; c < kp; c += 32) {
-      int partial = c + 32 > (size_t)k;
-      __mmask32 mask = partial ? (__mmask32)((1ull << rem) - 1) : (__mmask32)~0u;
-      __m512 w0, w1;
-      lm_gemm_load_w(dt, row, c, mask, partial, &w0, &w1);
-      _mm512_store_ps(d + c, w0);
-      _mm512_store_ps(d + c + 16, w1);
-    }
+/* Row m of x rounded to bf16 pairs, zero past K. */
+LM_BF16DOT_TARGET static void lm_gemm_prep_item(void *argp, int64_t m, int tid) {
+  struct lm_gemm_job *j = argp;
+  const float *x = j->x + (size_t)m * j->k;
+  uint32_t *dst = (uint32_t *)j->xw + (size_t)m * j->xw_ld;
+  (void)tid;
+  for (int c = 0; c < j->k; c += 32) {
+    int n = j->k - c < 32 ? j->k - c : 32;
+    __mmask16 lo = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
+    __mmask16 hi = (__mmask16)(n >= 32 ? 0xffff : n > 16 ? (1u << (n - 16)) - 1 : 0);
+    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, x + c + 16),
+                                     _mm512_maskz_loadu_ps(lo, x + c));
+    _mm512_storeu_si512(dst + c / 2, (__m512i)v);
   }
 }
 
-static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t n0, int64_t n1, int tid) {
-  size_t esz = lm_dtype_size(j->dt), kp = lm_kpad(j->k), ld = lm_ld(j->k);
-  size_t xsz = j->dot ? 2 : sizeof(float), ldy = (size_t)j->n;
-  float out[4 * 8], *y = j->y;
-  float *panel = j->panels ? j->panels + (size_t)tid * 8 * ld : NULL;
-  for (int64_t mb = 0; mb < j->m; mb += LM_GEMM_MB) {
-    int64_t mb_end = mb + LM_GEMM_MB < j->m ? mb + LM_GEMM_MB : j->m;
-    int widen = panel && mb_end - mb > 4;
-    /* the half-chunk f32 kernel takes whole chunks of f32 W */
-    int f32_whole = widen || (j->dt == LM_DTYPE_F32 && !j->dot && (j->k & 31) == 0);
-    const int *nr_table = j->dot ? lm_dot_tile_nr : f32_whole ? lm_f32_tile_nr : lm_tile_nr;
-    int nr_step = nr_table[mb_end - mb < 4 ? mb_end - mb : 4];
-    for (int64_t n = n0; n < n1; n += nr_step) {
-      int nr = (int)(n1 - n < nr_step ? n1 - n : nr_step);
-      const char *w = (const char *)j->w + (size_t)n * (size_t)j->k * esz;
-      float bias[8];
-      for (int c = 0; c < nr; c++)
-        bias[c] = lm_gemm_bias(j->bias, n + c);
-      if (widen) lm_gemm_widen(panel, w, (size_t)j->k * esz, nr, j->k, j->dt);
-      for (int64_t m = mb; m < mb_end; m += 4) {
-        int mr = (int)(mb_end - m < 4 ? mb_end - m : 4);
-        struct lm_tile t = {.xp = (const char *)j->xp + (size_t)m * ld * xsz,
-                            .ldx = ld,
-                            .w = widen ? (const char *)panel : w,
-                            .ldw = widen ? ld * sizeof(float) : (size_t)j->k * esz,
-                            .k = widen ? (int)kp : j->k};
-        int kern = j->dot ? LM_TILE_DOT : widen ? LM_DTYPE_F32 : (int)j->dt;
-        lm_tiles[kern][mr - 1][nr - 1](&t, out);
-        for (int i = 0; i < mr; i++) {
-          float *yr = y + (size_t)(m + i) * ldy + n;
-          for (int c = 0; c < nr; c++)
-            yr[c] = out[i * 8 + c] + bias[c];
-        }
+static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t p0, int64_t p1, int tid) {
+  size_t words = lm_gemm_words(j->k, j->dt), ldp = words * 16;
+  uint32_t *scratch = j->packed ? NULL : j->scratch + (size_t)tid * LM_GEMM_NV * ldp;
+  int kern = j->dot ? LM_TILE_DOT : (int)j->dt;
+  for (int mb = 0; mb < j->m; mb += LM_GEMM_MB) {
+    int rows = j->m - mb < LM_GEMM_MB ? j->m - mb : LM_GEMM_MB;
+    int tiles = (rows + LM_GEMM_MR - 1) / LM_GEMM_MR;
+    int nv_max = (rows + tiles - 1) / tiles <= 4 ? 4 : 3;
+    for (int64_t p = p0; p < p1; p += nv_max) {
+      int nv = (int)(p1 - p < nv_max ? p1 - p : nv_max);
+      const uint32_t *w = j->packed ? j->packed + (size_t)p * ldp : scratch;
+      float bias[16 * LM_GEMM_NV];
+      int ncols = j->n - 16 * (int)p < 16 * nv ? j->n - 16 * (int)p : 16 * nv;
+      for (int c = 0; c < 16 * nv; c++)
+        bias[c] = j->bias && c < ncols
+                      ? lm_cpu_elem(j->bias->data, j->bias->dtype, (size_t)(16 * p + c))
+                      : 0.0f;
+      if (!j->packed) lm_gemm_pack(scratch, j->w, j->dt, j->n, j->k, p, nv);
+      /* the panels of the group after this one, whose loads tiles 1 ..
+       * tiles - 1 share */
+      int next_nv =
+          j->packed && p + nv < p1 ? (int)(p1 - p - nv < nv_max ? p1 - p - nv : nv_max) : 0;
+      /* tiles of near-equal rows, so 33 rows run as 7 + 7 + 7 + 6 + 6 */
+      for (int t = 0, m = mb; t < tiles; t++) {
+        int mr = rows / tiles + (t < rows % tiles);
+        unsigned next_panels = 0;
+        for (int b = 0; t > 0 && b < next_nv; b++)
+          if (b % (tiles - 1) == t - 1) next_panels |= 1u << b;
+        struct lm_tile tile = {.x = j->x + (size_t)m * j->k,
+                               .xw = j->xw ? j->xw + (size_t)m * j->xw_ld : NULL,
+                               .ldx = j->dot ? j->xw_ld : (size_t)j->k,
+                               .w = w,
+                               .ldp = ldp,
+                               .next = w + (size_t)nv * ldp,
+                               .next_panels = next_panels,
+                               .k = j->k,
+                               .words = words,
+                               .y = j->y + (size_t)m * j->n + (size_t)p * 16,
+                               .ldy = (size_t)j->n,
+                               .bias = bias,
+                               .ncols = ncols};
+        lm_tiles[kern][mr - 1][nv - 1](&tile);
+        m += mr;
       }
     }
   }
@@ -438,33 +349,36 @@ static void lm_gemm_scalar_range(const struct lm_gemm_job *j, int64_t n0, int64_
   size_t esz = lm_dtype_size(j->dt);
   for (int64_t n = n0; n < n1; n++) {
     const char *w = (const char *)j->w + (size_t)n * (size_t)j->k * esz;
+    float bias = j->bias ? lm_cpu_elem(j->bias->data, j->bias->dtype, (size_t)n) : 0.0f;
     for (int64_t m = 0; m < j->m; m++) {
       const float *x = j->x + (size_t)m * j->k;
       float acc = 0.0f;
       for (int k = 0; k < j->k; k++)
         acc += x[k] * lm_cpu_elem(w, j->dt, (size_t)k);
-      j->y[(size_t)m * j->n + n] = acc + lm_gemm_bias(j->bias, n);
+      j->y[(size_t)m * j->n + n] = acc + bias;
     }
   }
 }
 
-/* One contiguous range of columns; which thread takes it changes nothing
- * in the result. */
+/* One contiguous range of panels (16 columns each); which thread takes it
+ * changes nothing in the result. */
 static void lm_gemm_item(void *argp, int64_t item, int tid) {
   const struct lm_gemm_job *j = argp;
-  int64_t n0 = item * j->chunk, n1 = n0 + j->chunk < j->n ? n0 + j->chunk : j->n;
+  int64_t panels = ((int64_t)j->n + 15) / 16;
+  int64_t p0 = item * j->chunk, p1 = p0 + j->chunk < panels ? p0 + j->chunk : panels;
   if (j->avx512)
-    lm_gemm_avx512_range(j, n0, n1, tid);
+    lm_gemm_avx512_range(j, p0, p1, tid);
   else
-    lm_gemm_scalar_range(j, n0, n1);
+    lm_gemm_scalar_range(j, 16 * p0, 16 * p1 < j->n ? 16 * p1 : j->n);
 }
 
 static int64_t lm_gemm_items(struct lm_gemm_job *j, int n_threads) {
   /* a few items per thread, so a thread whose core is taken by another
    * process leaves its share to the others */
-  int64_t per = (j->n + 4 * n_threads - 1) / (4 * n_threads);
-  j->chunk = (per + 15) & ~(int64_t)15;
-  return (j->n + j->chunk - 1) / j->chunk;
+  int64_t panels = ((int64_t)j->n + 15) / 16;
+  int64_t per = (panels + 4 * n_threads - 1) / (4 * n_threads);
+  j->chunk = (per + LM_GEMM_CHUNK - 1) / LM_GEMM_CHUNK * LM_GEMM_CHUNK;
+  return (panels + j->chunk - 1) / j->chunk;
 }
 
 static struct lm_gemm_job lm_gemm_job_of(const struct lm_cpu *cpu, void *y, const void *x,
@@ -472,7 +386,8 @@ static struct lm_gemm_job lm_gemm_job_of(const struct lm_cpu *cpu, void *y, cons
                                          int rows) {
   return (struct lm_gemm_job){.y = y,
                               .x = x,
-                              .w = w->dev ? w->dev : w->data,
+                              .packed = cpu->avx512 ? w->dev : NULL,
+                              .w = w->data,
                               .dt = w->dtype,
                               .bias = bias,
                               .m = rows,
@@ -482,19 +397,41 @@ static struct lm_gemm_job lm_gemm_job_of(const struct lm_cpu *cpu, void *y, cons
                               .dot = cpu->bf16_dot && w->dtype == LM_DTYPE_BF16};
 }
 
-/* Gives the job its per-thread panels where W is widened and more than one
- * tile of rows meets each W row; without memory for them the tiles widen
- * W themselves (same bits). */
-static void lm_gemm_panels(struct lm_cpu *cpu, struct lm_gemm_job *j) {
-  j->panels = NULL;
-  if (!j->avx512 || j->dot || j->dt == LM_DTYPE_F32 || j->m <= 4) return;
-  size_t bytes = (size_t)cpu->n_threads * 8 * lm_ld(j->k) * sizeof(float);
-  if (lm_cpu_grow(&cpu->panels, &cpu->panels_bytes, bytes) == 0) j->panels = cpu->panels;
+/* Scratch for what the jobs need besides y: x in bf16 pairs for the dot
+ * kernel, per-thread panels for W that is not packed. */
+static int lm_gemm_scratch(struct lm_cpu *cpu, struct lm_gemm_job *jobs, int n, int rows) {
+  size_t xw_ld = (((size_t)jobs[0].k + 31) & ~(size_t)31) / 2 + 16, panel_words = 0;
+  for (int i = 0; i < n; i++)
+    if (!jobs[i].packed) {
+      size_t words = LM_GEMM_NV * 16 * lm_gemm_words(jobs[i].k, jobs[i].dt);
+      if (words > panel_words) panel_words = words;
+    }
+  if (panel_words && lm_cpu_grow(&cpu->panels, &cpu->panels_bytes,
+                                 panel_words * sizeof(uint32_t) * (size_t)cpu->n_threads) != 0)
+    return LM_ENOMEM;
+  if (jobs[0].dot &&
+      lm_cpu_grow(&cpu->xprep, &cpu->xprep_bytes, xw_ld * sizeof(uint32_t) * (size_t)rows) != 0)
+    return LM_ENOMEM;
+  for (int i = 0; i < n; i++) {
+    jobs[i].scratch = cpu->panels;
+    jobs[i].xw = jobs[i].dot ? cpu->xprep : NULL;
+    jobs[i].xw_ld = xw_ld;
+  }
+  if (jobs[0].dot) {
+    if (rows <= LM_DOT_PREP_MB)
+      for (int m = 0; m < rows; m++)
+        lm_gemm_prep_item(&jobs[0], m, 0);
+    else
+      lm_pool_for(cpu->pool, rows, lm_gemm_prep_item, &jobs[0]);
+  }
+  return LM_OK;
 }
 
-/* Bytes of one prepared row of x for this job's kernel. */
-static size_t lm_gemm_prep_bytes(const struct lm_gemm_job *j) {
-  return lm_ld(j->k) * (j->dot ? 2 : sizeof(float));
+/* What a matmul gives when the machine has no memory for its scratch: NaN,
+ * which the engine reports as a failed step rather than a wrong token. */
+static void lm_gemm_fail(float *y, int rows, int n) {
+  for (size_t i = 0; i < (size_t)rows * (size_t)n; i++)
+    y[i] = NAN;
 }
 
 void lm_cpu_matmul(void *st, void *y, const void *x, const struct lm_tensor *w,
@@ -502,42 +439,17 @@ void lm_cpu_matmul(void *st, void *y, const void *x, const struct lm_tensor *w,
   struct lm_cpu *cpu = st;
   struct lm_gemm_job j = lm_gemm_job_of(cpu, y, x, w, bias, rows);
   if (rows <= 0 || j.n <= 0) return;
-  lm_gemm_panels(cpu, &j);
-  if (j.avx512) {
-    /* One prepared copy of x for the whole call. The runner sizes its
-     * activations up front, so failing here means the machine is out of
-     * memory; process x in slices that fit what we already have. */
-    size_t row_bytes = lm_gemm_prep_bytes(&j);
-    int64_t slice = rows;
-    if (lm_cpu_grow((void **)&cpu->xprep, &cpu->xprep_bytes, row_bytes * (size_t)rows) != 0)
-      slice = (int64_t)(cpu->xprep_bytes / row_bytes);
-    if (slice <= 0) {
-      for (size_t i = 0; i < (size_t)rows * (size_t)j.n; i++)
-        ((float *)y)[i] = NAN;
-      return;
-    }
-    for (int64_t m0 = 0; m0 < rows; m0 += slice) {
-      struct lm_gemm_job s = j;
-      s.m = (int)(rows - m0 < slice ? rows - m0 : slice);
-      s.x = (const float *)x + (size_t)m0 * j.k;
-      s.y = (float *)y + (size_t)m0 * j.n;
-      s.xp = cpu->xprep;
-      if (s.m <= LM_GEMM_SERIAL_PREP_ROWS)
-        for (int m = 0; m < s.m; m++)
-          lm_gemm_prep_item(&s, m, 0);
-      else
-        lm_pool_for(cpu->pool, s.m, lm_gemm_prep_item, &s);
-      lm_pool_for(cpu->pool, lm_gemm_items(&s, cpu->n_threads), lm_gemm_item, &s);
-    }
+  if (j.avx512 && lm_gemm_scratch(cpu, &j, 1, rows) != 0) {
+    lm_gemm_fail(y, rows, j.n);
     return;
   }
   lm_pool_for(cpu->pool, lm_gemm_items(&j, cpu->n_threads), lm_gemm_item, &j);
 }
 
-/* Several matrices of the same input (q, k and v; gate and up): x is
- * prepared once and every matrix's column ranges are items of one parallel
- * loop, so a decode step pays one dispatch and one barrier for the group.
- * Each output is computed exactly as lm_cpu_matmul computes it. */
+/* Several matrices of the same input (q, k and v; gate and up): every
+ * matrix's panel ranges are items of one parallel loop, so a decode step
+ * pays one dispatch and one barrier for the group. Each output is computed
+ * exactly as lm_cpu_matmul computes it. */
 struct lm_gemm_group {
   struct lm_gemm_job jobs[LM_CPU_MATMUL_N_MAX];
   int64_t first[LM_CPU_MATMUL_N_MAX + 1]; /* first item of each job */
@@ -562,22 +474,35 @@ void lm_cpu_matmul_n(void *st, void *const *ys, const void *x, const struct lm_t
     g.jobs[i] = lm_gemm_job_of(cpu, ys[i], x, ws[i], biases[i], rows);
     g.first[i + 1] = g.first[i] + lm_gemm_items(&g.jobs[i], cpu->n_threads);
   }
-  if (!same || lm_cpu_grow(&cpu->xprep, &cpu->xprep_bytes,
-                           lm_gemm_prep_bytes(&g.jobs[0]) * (size_t)rows) != 0) {
+  if (!same || lm_gemm_scratch(cpu, g.jobs, n, rows) != 0) {
     for (int i = 0; i < n; i++)
       lm_cpu_matmul(st, ys[i], x, ws[i], biases[i], rows);
     return;
   }
-  /* the jobs share K and dtype, so one set of panels serves them all */
-  lm_gemm_panels(cpu, &g.jobs[0]);
-  for (int i = 0; i < n; i++) {
-    g.jobs[i].xp = cpu->xprep;
-    g.jobs[i].panels = g.jobs[0].panels;
-  }
-  if (rows <= LM_GEMM_SERIAL_PREP_ROWS)
-    for (int m = 0; m < rows; m++)
-      lm_gemm_prep_item(&g.jobs[0], m, 0);
-  else
-    lm_pool_for(cpu->pool, rows, lm_gemm_prep_item, &g.jobs[0]);
   lm_pool_for(cpu->pool, g.first[n], lm_gemm_group_item, &g);
+}
+
+/* ---- packing ------------------------------------------------------------ */
+
+struct lm_pack_job {
+  uint32_t *dst;
+  const struct lm_tensor *w;
+};
+
+static void lm_pack_item(void *argp, int64_t item, int tid) {
+  const struct lm_pack_job *j = argp;
+  int n = (int)j->w->shape[0], k = (int)j->w->shape[1];
+  int64_t panels = ((int64_t)n + 15) / 16, p0 = item * LM_GEMM_CHUNK;
+  int np = (int)(panels - p0 < LM_GEMM_CHUNK ? panels - p0 : LM_GEMM_CHUNK);
+  (void)tid;
+  lm_gemm_pack(j->dst + (size_t)p0 * lm_gemm_words(k, j->w->dtype) * 16, j->w->data, j->w->dtype, n,
+               k, p0, np);
+}
+
+int lm_cpu_pack(struct lm_cpu *cpu, void *dst, const struct lm_tensor *w) {
+  if (!cpu->avx512 || w->n_dims != 2) return LM_EUNSUP;
+  struct lm_pack_job j = {.dst = dst, .w = w};
+  int64_t panels = (w->shape[0] + 15) / 16;
+  lm_pool_for(cpu->pool, (panels + LM_GEMM_CHUNK - 1) / LM_GEMM_CHUNK, lm_pack_item, &j);
+  return LM_OK;
 }

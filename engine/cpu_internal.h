@@ -58,15 +58,16 @@ struct lm_cpu {
   int bf16_dot;          /* 1: bf16 matmuls by AVX512_BF16 dot products (cpu_gemm.c) */
   int mapped_weights;    /* compute from the file mapping, no copy */
   const lm_model *model; /* the one model load_weights was given */
-  void *weights;         /* huge-page copy of the matmul weights, as stored */
+  void *weights;         /* huge-page copy of the matmul weights, packed (cpu_gemm.c) */
   size_t weights_bytes;
   struct lm_tensor **copied; /* [n_copied] tensors whose dev points into weights */
   int n_copied;
-  /* matmul's prepared copy of x (engine thread only): f32, or bf16 for
-   * the dot-product kernels */
-  void *xprep; /* [rows, K rounded up to 32, plus 32] */
+  /* matmul's x rounded to bf16 pairs for the dot-product kernels (engine
+   * thread only) */
+  void *xprep; /* [rows, K rounded up to 32, plus 32] bf16 */
   size_t xprep_bytes;
-  /* matmul's widened W rows, per thread [8, K rounded up to 32, plus 32] f32 */
+  /* matmul's W packed per call where it is not packed at load, per thread
+   * [4 panels, words of K, 16] */
   void *panels;
   size_t panels_bytes;
   float *sample_scratch; /* [n_threads, LM_SAMPLER_SCRATCH_FLOATS(vocab)] */
@@ -100,6 +101,13 @@ static inline size_t lm_cpu_k_index(int i, int d, int bs, enum lm_dtype dt) {
 /* Converts n stored elements to f32. */
 void lm_cpu_convert_row(float *dst, const void *src, enum lm_dtype dt, size_t n);
 
+/* Bytes of a matmul weight [N, K] packed for the AVX-512 kernels: panels
+ * of 16 rows transposed by 32-bit words (cpu_gemm.c). */
+size_t lm_cpu_packed_bytes(const struct lm_tensor *w);
+/* Packs w (as stored in w->data) into dst, 64-byte aligned, of
+ * lm_cpu_packed_bytes; LM_EUNSUP without AVX-512 or for a tensor that is
+ * not 2-D. */
+int lm_cpu_pack(struct lm_cpu *cpu, void *dst, const struct lm_tensor *w);
 void lm_cpu_matmul(void *st, void *y, const void *x, const struct lm_tensor *w,
                    const struct lm_tensor *bias, int rows);
 /* Up to LM_CPU_MATMUL_N_MAX matrices of one input in one parallel loop. */

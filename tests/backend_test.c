@@ -121,6 +121,18 @@ static void test_matmul_shape(struct ctx *c, enum lm_dtype dt, int m, int n, int
   double e = nerr(y, ref, (size_t)m * n);
   check(e < MATMUL_TOL, "matmul %s M=%d N=%d K=%d bias=%d nerr=%.2e (< %.0e)", lm_dtype_name(dt), m,
         n, k, with_bias, e, MATMUL_TOL);
+  /* W packed at load (as load_weights packs a model's) gives the same bits
+   * as W packed per call from the file layout */
+  char err[LM_ERR_LEN];
+  if (c->ops->tensor_load && c->ops->tensor_load(c->st, &w, err) == 0) {
+    float *yp = act(c, (size_t)m * n);
+    c->ops->matmul(c->st, yp, x, &w, with_bias ? &b : NULL, m);
+    int packed = ((struct lm_cpu *)c->st)->avx512; /* the portable kernels read W as stored */
+    check(memcmp(y, yp, (size_t)m * n * sizeof(float)) == 0 && !w.dev == !packed,
+          "matmul %s M=%d N=%d K=%d: loaded W bit-equals W as stored", lm_dtype_name(dt), m, n, k);
+    c->ops->tensor_free(c->st, &w);
+    c->ops->act_free(c->st, yp);
+  }
   free((void *)w.data);
   free((void *)b.data);
   free(wv);
@@ -147,18 +159,29 @@ static void test_matmul(struct ctx *c) {
 }
 
 /* Rows computed alone (M=1) equal the same rows inside M=7, 33, 128, and
- * one thread equals two, bit for bit; K with a partial last chunk and
- * without (the half-chunk f32 kernel). */
+ * one thread equals two, bit for bit; odd and even K, W as stored and W
+ * packed at load. */
 static void test_matmul_invariance(struct ctx *c) {
-  for (int d = 0; d < 6; d++) {
+  for (int d = 0; d < 12; d++) {
     enum lm_dtype dt = k_dtypes[d % 3];
-    int n = 83, k = d < 3 ? 333 : 320, mmax = 128;
+    int n = 83, k = d % 6 < 3 ? 333 : 320, mmax = 128, loaded = d >= 6;
     float *wv = malloc((size_t)n * k * sizeof(float));
     float *x = act(c, (size_t)mmax * k), *y = act(c, (size_t)mmax * n), *y1 = act(c, (size_t)n);
     float *yt = act(c, (size_t)mmax * n);
+    char err[LM_ERR_LEN];
     fill(wv, (size_t)n * k, 0.5f);
     fill(x, (size_t)mmax * k, 1.0f);
     struct lm_tensor w = make_tensor(dt, wv, n, k);
+    /* the second half: W packed at load, as a model's weights are */
+    if (loaded && (!c->ops->tensor_load || c->ops->tensor_load(c->st, &w, err) != 0)) {
+      free((void *)w.data);
+      free(wv);
+      c->ops->act_free(c->st, x);
+      c->ops->act_free(c->st, y);
+      c->ops->act_free(c->st, y1);
+      c->ops->act_free(c->st, yt);
+      continue;
+    }
     int ms[] = {7, 33, 128};
     for (int i = 0; i < 3; i++) {
       int m = ms[i], same = 1;
@@ -167,13 +190,15 @@ static void test_matmul_invariance(struct ctx *c) {
         c->ops->matmul(c->st, y1, x + (size_t)r * k, &w, NULL, 1);
         same &= memcmp(y1, y + (size_t)r * n, (size_t)n * sizeof(float)) == 0;
       }
-      check(same, "matmul %s K=%d rows alone (M=1) bit-equal rows within M=%d", lm_dtype_name(dt),
-            k, m);
+      check(same, "matmul %s K=%d%s rows alone (M=1) bit-equal rows within M=%d", lm_dtype_name(dt),
+            k, loaded ? " loaded" : "", m);
     }
     c->ops->matmul(c->st, y, x, &w, NULL, 33);
     c->ops->matmul(c->st1, yt, x, &w, NULL, 33);
     check(memcmp(y, yt, (size_t)33 * n * sizeof(float)) == 0,
-          "matmul %s K=%d 1 thread bit-equals default threads (M=33)", lm_dtype_name(dt), k);
+          "matmul %s K=%d%s 1 thread bit-equals default threads (M=33)", lm_dtype_name(dt), k,
+          loaded ? " loaded" : "");
+    if (loaded) c->ops->tensor_free(c->st, &w);
     free((void *)w.data);
     free(wv);
     c->ops->act_free(c->st, x);
