@@ -164,8 +164,12 @@ static void test_model(const char *root, const char *name) {
 
   if (rig_open(&g32, dir, 32, 2) == 0) {
     run(&g32, alone, len_alone, 1, 512, out);
+    /* the softmax takes its keys 32 at a time instead of 16: the same f32
+     * sums in another order, so the logits agree to f32 rounding as it
+     * grows through the layers (forward_compare's f32 limit); a wrong
+     * block index gives errors near 1 */
     double e = rel_err(out, ref, V);
-    lm_check(e < 1e-6, "%s: block size 32 == block size 16 (rel err %.2e)", name, e);
+    lm_check(e < 1e-5, "%s: block size 32 == block size 16 (rel err %.2e)", name, e);
     rig_close(&g32);
   }
   if (rig_open(&g1, dir, 16, 1) == 0) {
