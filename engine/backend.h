@@ -119,9 +119,9 @@ struct lm_backend_ops {
   int (*create)(const struct lm_backend_config *cfg, void **st, char *err);
   void (*destroy)(void *st);
   /* Makes one model's weights usable: a backend may keep its own copy of a
-   * tensor in lm_tensor.dev (the GPU in device memory, the CPU on huge
-   * pages). The model must outlive the backend: destroy sets dev back to
-   * NULL. */
+   * tensor in lm_tensor.dev (the GPU in device memory, the CPU its matmul
+   * weights packed in panels on huge pages). The model must outlive the
+   * backend: destroy sets dev back to NULL. */
   int (*load_weights)(void *st, lm_model *m, char *err);
   /* Optional (NULL: ops read lm_tensor.data directly): makes one tensor
    * outside a model usable (sets t->dev), for tests and tools; undone by

@@ -159,8 +159,28 @@ static void test_matmul(struct ctx *c) {
 }
 
 /* Rows computed alone (M=1) equal the same rows inside M=7, 33, 128, and
- * one thread equals two, bit for bit; odd and even K, W as stored and W
- * packed at load. */
+ * one thread equals two, bit for bit. */
+static void check_matmul_invariance(struct ctx *c, const struct lm_tensor *w, const float *x,
+                                    float *y, float *y1, float *yt, int loaded) {
+  int n = (int)w->shape[0], k = (int)w->shape[1];
+  const char *dt = lm_dtype_name(w->dtype), *how = loaded ? " loaded" : "";
+  int ms[] = {7, 33, 128};
+  for (int i = 0; i < 3; i++) {
+    int m = ms[i], same = 1;
+    c->ops->matmul(c->st, y, x, w, NULL, m);
+    for (int r = 0; r < m; r++) {
+      c->ops->matmul(c->st, y1, x + (size_t)r * k, w, NULL, 1);
+      same &= memcmp(y1, y + (size_t)r * n, (size_t)n * sizeof(float)) == 0;
+    }
+    check(same, "matmul %s K=%d%s rows alone (M=1) bit-equal rows within M=%d", dt, k, how, m);
+  }
+  c->ops->matmul(c->st, y, x, w, NULL, 33);
+  c->ops->matmul(c->st1, yt, x, w, NULL, 33);
+  check(memcmp(y, yt, (size_t)33 * n * sizeof(float)) == 0,
+        "matmul %s K=%d%s 1 thread bit-equals default threads (M=33)", dt, k, how);
+}
+
+/* ... for odd and even K, W as stored and W packed at load. */
 static void test_matmul_invariance(struct ctx *c) {
   for (int d = 0; d < 12; d++) {
     enum lm_dtype dt = k_dtypes[d % 3];
@@ -173,32 +193,9 @@ static void test_matmul_invariance(struct ctx *c) {
     fill(x, (size_t)mmax * k, 1.0f);
     struct lm_tensor w = make_tensor(dt, wv, n, k);
     /* the second half: W packed at load, as a model's weights are */
-    if (loaded && (!c->ops->tensor_load || c->ops->tensor_load(c->st, &w, err) != 0)) {
-      free((void *)w.data);
-      free(wv);
-      c->ops->act_free(c->st, x);
-      c->ops->act_free(c->st, y);
-      c->ops->act_free(c->st, y1);
-      c->ops->act_free(c->st, yt);
-      continue;
-    }
-    int ms[] = {7, 33, 128};
-    for (int i = 0; i < 3; i++) {
-      int m = ms[i], same = 1;
-      c->ops->matmul(c->st, y, x, &w, NULL, m);
-      for (int r = 0; r < m; r++) {
-        c->ops->matmul(c->st, y1, x + (size_t)r * k, &w, NULL, 1);
-        same &= memcmp(y1, y + (size_t)r * n, (size_t)n * sizeof(float)) == 0;
-      }
-      check(same, "matmul %s K=%d%s rows alone (M=1) bit-equal rows within M=%d", lm_dtype_name(dt),
-            k, loaded ? " loaded" : "", m);
-    }
-    c->ops->matmul(c->st, y, x, &w, NULL, 33);
-    c->ops->matmul(c->st1, yt, x, &w, NULL, 33);
-    check(memcmp(y, yt, (size_t)33 * n * sizeof(float)) == 0,
-          "matmul %s K=%d%s 1 thread bit-equals default threads (M=33)", lm_dtype_name(dt), k,
-          loaded ? " loaded" : "");
-    if (loaded) c->ops->tensor_free(c->st, &w);
+    if (!loaded || (c->ops->tensor_load && c->ops->tensor_load(c->st, &w, err) == 0))
+      check_matmul_invariance(c, &w, x, y, y1, yt, loaded);
+    if (loaded && w.dev) c->ops->tensor_free(c->st, &w);
     free((void *)w.data);
     free(wv);
     c->ops->act_free(c->st, x);
