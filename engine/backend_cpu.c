@@ -130,7 +130,8 @@ static void lm_cpu_destroy(void *st) {
  * mapping they sit on 4 KiB pages and every page is a TLB miss at that
  * rate; copied into memory on 2 MiB pages, decode reads them markedly
  * faster (docs/BENCHMARKS.md). The copy is packed in panels for the matmul
- * kernels (cpu_gemm.c), the same size as stored. With
+ * kernels (cpu_gemm.c), about the size as stored (rows rounded up to 16, a
+ * 16-bit K to even). With
  * cfg->cpu_mapped_weights (or without AVX-512, whose portable kernels read
  * W as stored) they stay in the mapping and use no extra memory. */
 static int lm_cpu_load_weights(void *st, lm_model *m, char *err) {
@@ -166,8 +167,8 @@ static int lm_cpu_load_weights(void *st, lm_model *m, char *err) {
   char *at = (char *)(((uintptr_t)base + huge - 1) & ~(uintptr_t)(huge - 1));
   madvise(at, mapped - (size_t)(at - (char *)base), MADV_HUGEPAGE);
   for (int i = 0; i < n; i++) {
-    lm_cpu_pack(cpu, at, cpu->copied[i]);
-    cpu->copied[i]->dev = at;
+    /* a tensor the kernels cannot pack stays in the mapping (dev NULL) */
+    if (lm_cpu_pack(cpu, at, cpu->copied[i]) == LM_OK) cpu->copied[i]->dev = at;
     at += lm_cpu_packed_bytes(cpu->copied[i]);
   }
   cpu->weights = base;
@@ -183,7 +184,10 @@ static int lm_cpu_tensor_load(void *st, struct lm_tensor *t, char *err) {
   if (!cpu->avx512 || t->n_dims != 2) return LM_OK;
   void *packed = lm_cpu_aligned(lm_cpu_packed_bytes(t));
   if (!packed) return lm_errf(err, LM_ENOMEM, "cpu backend: cannot pack a tensor");
-  lm_cpu_pack(cpu, packed, t);
+  if (lm_cpu_pack(cpu, packed, t) != LM_OK) { /* computed from t->data as stored */
+    free(packed);
+    return LM_OK;
+  }
   free(t->dev); /* loading again replaces the old copy */
   t->dev = packed;
   return LM_OK;

@@ -2,9 +2,11 @@
  *
  * Batch invariance: every y[m, n] is one f32 chain over k in order,
  * acc = fma(x[m, k], W[n, k], acc) from acc = 0 for k = 0 .. K - 1, then
- * + bias[n]. Tiling over M and N only decides which chains share the
- * registers; no chain is split or reordered, so M = 1 and M = 512 give the
- * same bits for a row, and so does any split of N across threads.
+ * + bias[n] (the dot-product kernel below: one chain over the pairs of k;
+ * the portable fallback: a multiply and an add a k). Tiling over M and N
+ * only decides which chains share the registers; no chain is split or
+ * reordered, so M = 1 and M = 512 give the same bits for a row, and so
+ * does any split of N across threads.
  *
  * Packed W: the kernels read W in panels of 16 rows (16 columns of y),
  * transposed by 32-bit words: word u of a panel is one 64-byte vector, lane
@@ -32,6 +34,7 @@
  * measured, so a process computes the same bits every run. */
 #include <immintrin.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,7 +44,7 @@
 #define LM_GEMM_MR     8  /* most x rows in a micro-kernel */
 #define LM_GEMM_NV     4  /* most panels in a micro-kernel */
 #define LM_GEMM_PF     16 /* words of W prefetched ahead (1 KiB a panel) */
-#define LM_GEMM_CHUNK  12 /* panels per work item: a multiple of every NV */
+#define LM_GEMM_CHUNK  12 /* work items take a multiple of this many panels (of every NV) */
 #define LM_TILE_DOT    3  /* kernel "dtype" for bf16 by dot products */
 #define LM_DOT_PREP_MB 4  /* up to this many rows, x is rounded on the calling thread */
 
@@ -55,8 +58,14 @@ size_t lm_cpu_packed_bytes(const struct lm_tensor *w) {
   return panels * lm_gemm_words((int)w->shape[1], w->dtype) * 64;
 }
 
+/* Whether lm_gemm_pack's gathers reach every row of a panel: their byte
+ * offsets (up to 15 rows) are 32-bit. */
+static int lm_gemm_packable(int k, enum lm_dtype dt) {
+  return (int64_t)k * (int64_t)lm_dtype_size(dt) * 15 <= INT32_MAX;
+}
+
 /* Packs panels [p0, p0 + np) of W (stored [N, K]) into dst. Each word of 16
- * rows is one gather; the 16-bit pair past an odd K is read by halves so
+ * rows is one gather; an odd K's last 16-bit element is read on its own, so
  * nothing past a row (or the tensor) is touched. */
 LM_AVX512_TARGET static void lm_gemm_pack(uint32_t *dst, const void *w, enum lm_dtype dt, int n,
                                           int k, int64_t p0, int np) {
@@ -129,11 +138,11 @@ LM_AVX512_INLINE __m512 lm_gemm_widen(int DT, const uint32_t *word, int odd) {
   return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(odd ? _mm512_srli_epi32(r, 16) : r));
 }
 
-/* The first tile of rows streams its panels from DRAM: keep misses in
- * flight ahead of it (for the other tiles these hit L2). Those other tiles
- * pull the next group's panels into L2 meanwhile, a share each, so its
- * first tile finds them there. Past a panel's end this touches nothing:
- * prefetches never fault. */
+/* Every tile prefetches its panels ahead: the first tile of rows streams
+ * them from DRAM and needs misses in flight (for the others these hit L2).
+ * The tiles after the first also pull the next group's panels into L2, a
+ * share each, so its first tile finds them there. Past a panel's end this
+ * touches nothing: prefetches never fault. */
 LM_AVX512_INLINE void lm_gemm_prefetch(const struct lm_tile *t, size_t u, int NV) {
 #pragma GCC unroll 4
   for (int j = 0; j < NV; j++)
@@ -178,16 +187,22 @@ lm_gemm_kernel(int DT, int MR, int NV, const struct lm_tile *t) {
   }
   /* the odd halves are widened after the even ones' FMAs, so 8 x 3
    * accumulators and 3 W vectors fit the 32 registers */
-  for (size_t u = 0; u < t->words; u++) {
-    int halves = u < pairs ? 2 : (t->k & 1); /* an odd K's last word: its even k */
+  for (size_t u = 0; u < pairs; u++) {
     lm_gemm_prefetch(t, u, NV);
-#pragma GCC unroll 2
-    for (int h = 0; h < halves; h++) {
 #pragma GCC unroll 4
-      for (int j = 0; j < NV; j++)
-        e[j] = lm_gemm_widen(DT, w + (size_t)j * ldp + u * 16, h);
-      lm_gemm_fma(acc, MR, NV, x + 2 * u + (size_t)h, t->ldx, e);
-    }
+    for (int j = 0; j < NV; j++)
+      e[j] = lm_gemm_widen(DT, w + (size_t)j * ldp + u * 16, 0);
+    lm_gemm_fma(acc, MR, NV, x + 2 * u, t->ldx, e);
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++)
+      e[j] = lm_gemm_widen(DT, w + (size_t)j * ldp + u * 16, 1);
+    lm_gemm_fma(acc, MR, NV, x + 2 * u + 1, t->ldx, e);
+  }
+  if (t->k & 1) { /* an odd K's last word holds only its even k */
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++)
+      e[j] = lm_gemm_widen(DT, w + (size_t)j * ldp + pairs * 16, 0);
+    lm_gemm_fma(acc, MR, NV, x + 2 * pairs, t->ldx, e);
   }
   lm_gemm_store(acc, MR, NV, t);
 }
@@ -393,7 +408,7 @@ static struct lm_gemm_job lm_gemm_job_of(const struct lm_cpu *cpu, void *y, cons
                               .m = rows,
                               .n = (int)w->shape[0],
                               .k = (int)w->shape[1],
-                              .avx512 = cpu->avx512,
+                              .avx512 = cpu->avx512 && lm_gemm_packable((int)w->shape[1], w->dtype),
                               .dot = cpu->bf16_dot && w->dtype == LM_DTYPE_BF16};
 }
 
@@ -470,7 +485,8 @@ void lm_cpu_matmul_n(void *st, void *const *ys, const void *x, const struct lm_t
   struct lm_gemm_group g = {.n = n};
   int same = cpu->avx512 && n > 1 && n <= LM_CPU_MATMUL_N_MAX && rows > 0;
   for (int i = 0; same && i < n; i++) {
-    same = ws[i]->dtype == ws[0]->dtype && ws[i]->shape[1] == ws[0]->shape[1];
+    same =
+        ws[i]->dtype == ws[0]->dtype && ws[i]->shape[1] == ws[0]->shape[1] && ws[i]->shape[0] > 0;
     g.jobs[i] = lm_gemm_job_of(cpu, ys[i], x, ws[i], biases[i], rows);
     g.first[i + 1] = g.first[i] + lm_gemm_items(&g.jobs[i], cpu->n_threads);
   }
@@ -500,7 +516,8 @@ static void lm_pack_item(void *argp, int64_t item, int tid) {
 }
 
 int lm_cpu_pack(struct lm_cpu *cpu, void *dst, const struct lm_tensor *w) {
-  if (!cpu->avx512 || w->n_dims != 2) return LM_EUNSUP;
+  if (!cpu->avx512 || w->n_dims != 2 || !lm_gemm_packable((int)w->shape[1], w->dtype))
+    return LM_EUNSUP;
   struct lm_pack_job j = {.dst = dst, .w = w};
   int64_t panels = (w->shape[0] + 15) / 16;
   lm_pool_for(cpu->pool, (panels + LM_GEMM_CHUNK - 1) / LM_GEMM_CHUNK, lm_pack_item, &j);
