@@ -374,7 +374,7 @@ LM_AVX512_TARGET static float lm_sumsq_avx512(const float *x, int n) {
     acc = _mm512_fmadd_ps(v, v, acc);
   }
   if (i < n) {
-    __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << (n - i)) - 1), x + i);
+    __m512 v = _mm512_maskz_loadu_ps(lm_cpu_lanes(n - i), x + i);
     acc = _mm512_fmadd_ps(v, v, acc);
   }
   return lm_hsum16(acc);

@@ -97,11 +97,6 @@ LM_AVX512_INLINE __m512 lm_attn_kv16(int BF, const void *row, int d) {
                                    : _mm512_slli_epi32(x, 16));
 }
 
-/* The first n of 16 lanes (none for n <= 0, all for n >= 16). */
-static inline __mmask16 lm_attn_lanes(int n) {
-  return n >= 16 ? (__mmask16)0xffff : n > 0 ? (__mmask16)((1u << n) - 1) : 0;
-}
-
 /* Stores o * inv to dst in element order (o in lm_attn_kv16's order). */
 LM_AVX512_INLINE void lm_attn_store_o(int NV, int BF, float *dst, const __m512 *o, __m512 inv) {
   if (!BF) {
@@ -189,10 +184,10 @@ LM_AVX512_INLINE void lm_attn_rows_block(int NR, int NV, int BF, const struct lm
     bmax[r] = _mm512_set1_ps(-INFINITY);
   for (int c0 = 0; c0 < nmax; c0 += 16) {
     __m512 s[4];
-    lm_attn_qk(NR, NV, BF, q, kb, bs, c0, lm_attn_lanes(bs - c0), s);
+    lm_attn_qk(NR, NV, BF, q, kb, bs, c0, lm_cpu_lanes(bs - c0), s);
 #pragma GCC unroll 4
     for (int r = 0; r < NR; r++) {
-      s[r] = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), lm_attn_lanes(nv[r] - c0),
+      s[r] = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), lm_cpu_lanes(nv[r] - c0),
                                 _mm512_mul_ps(s[r], _mm512_set1_ps(j->scale)));
       _mm512_store_ps(sc[r] + c0, s[r]);
       bmax[r] = _mm512_max_ps(bmax[r], s[r]);
@@ -206,14 +201,14 @@ LM_AVX512_INLINE void lm_attn_rows_block(int NR, int NV, int BF, const struct lm
     m_new[r] = *m[r] > bm ? *m[r] : bm;
     dm[r] = *m[r] - m_new[r];
   }
-  _mm512_mask_storeu_ps(alpha, lm_attn_lanes(NR),
-                        lm_exp16(_mm512_maskz_loadu_ps(lm_attn_lanes(NR), dm)));
+  _mm512_mask_storeu_ps(alpha, lm_cpu_lanes(NR),
+                        lm_exp16(_mm512_maskz_loadu_ps(lm_cpu_lanes(NR), dm)));
 #pragma GCC unroll 4
   for (int r = 0; r < NR; r++) {
     __m512 psum = _mm512_setzero_ps();
     for (int c0 = 0; c0 < nv[r]; c0 += 16) {
       __m512 p = _mm512_maskz_mov_ps(
-          lm_attn_lanes(nv[r] - c0),
+          lm_cpu_lanes(nv[r] - c0),
           lm_exp16(_mm512_sub_ps(_mm512_load_ps(sc[r] + c0), _mm512_set1_ps(m_new[r]))));
       _mm512_store_ps(sc[r] + c0, p);
       psum = _mm512_add_ps(psum, p);

@@ -76,7 +76,7 @@ LM_AVX512_TARGET static void lm_gemm_pack(uint32_t *dst, const void *w, enum lm_
                          _mm512_set1_epi32((int)row));
   for (int64_t p = p0; p < p0 + np; p++) {
     int rows = n - 16 * (int)p < 16 ? n - 16 * (int)p : 16;
-    __mmask16 valid = (__mmask16)((1u << rows) - 1);
+    __mmask16 valid = lm_cpu_lanes(rows);
     const char *base = (const char *)w + (size_t)p * 16 * row;
     uint32_t *d = dst + (size_t)(p - p0) * kw * 16;
     for (size_t u = 0; u < whole; u++)
@@ -120,8 +120,7 @@ LM_AVX512_INLINE void lm_gemm_store(__m512 acc[LM_GEMM_MR][LM_GEMM_NV], int MR, 
                                     const struct lm_tile *t) {
 #pragma GCC unroll 4
   for (int j = 0; j < NV; j++) {
-    int left = t->ncols - 16 * j;
-    __mmask16 mask = (__mmask16)(left >= 16 ? 0xffff : left > 0 ? (1u << left) - 1 : 0);
+    __mmask16 mask = lm_cpu_lanes(t->ncols - 16 * j);
     __m512 b = _mm512_loadu_ps(t->bias + 16 * j);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; i++)
@@ -301,8 +300,7 @@ LM_BF16DOT_TARGET static void lm_gemm_prep_item(void *argp, int64_t m, int tid) 
   (void)tid;
   for (int c = 0; c < j->k; c += 32) {
     int n = j->k - c < 32 ? j->k - c : 32;
-    __mmask16 lo = (__mmask16)(n >= 16 ? 0xffff : (1u << n) - 1);
-    __mmask16 hi = (__mmask16)(n >= 32 ? 0xffff : n > 16 ? (1u << (n - 16)) - 1 : 0);
+    __mmask16 lo = lm_cpu_lanes(n), hi = lm_cpu_lanes(n - 16);
     __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, x + c + 16),
                                      _mm512_maskz_loadu_ps(lo, x + c));
     _mm512_storeu_si512(dst + c / 2, (__m512i)v);

@@ -78,6 +78,11 @@ struct lm_cpu {
  * buffer is kept on failure). */
 int lm_cpu_grow(void **buf, size_t *have_bytes, size_t want_bytes);
 
+/* The first n of 16 lanes (none for n <= 0, all for n >= 16). */
+static inline __mmask16 lm_cpu_lanes(int n) {
+  return n >= 16 ? (__mmask16)0xffff : n > 0 ? (__mmask16)((1u << n) - 1) : 0;
+}
+
 /* One element of a stored tensor as f32. */
 static inline float lm_cpu_elem(const void *data, enum lm_dtype dt, size_t i) {
   switch (dt) {
