@@ -2,22 +2,25 @@
  *
  * One work item is (sequence, kv head, tile of query heads, tile of query
  * tokens), at most LM_ATTN_ROWS (token, head) rows: the tile's query heads
- * that share the kv head walk the sequence's blocks together, so each K/V
+ * that share the kv head walk the sequence's keys together, so each K/V
  * block is loaded once into L1 and used by every row. A group of up to
  * LM_ATTN_ROWS heads is one head tile; a larger one (multi-query attention)
- * is split into near-equal head tiles of one token each. Each (token, head)
- * row keeps its own online-softmax state and visits its keys block by block
- * in position order, so its result depends only on its own query and
- * context length: not on the tile it shares, the other sequences in the
- * batch or the thread that runs it.
+ * is split into near-equal head tiles of one token each.
  *
- * On AVX-512 the rows go through a block four at a time. The CPU stores K
+ * Each (token, head) row keeps its own online-softmax state and takes its
+ * keys in chunks of LM_ATTN_CHUNK positions (0-63, 64-127, ...) in order:
+ * one max, one rescale of its output and one sum of exponentials per
+ * chunk. The chunks are positions, not blocks, so a row's result depends
+ * only on its own query and context: not on the tile it shares, the other
+ * sequences in the batch, the thread that runs it or the block size.
+ *
+ * On AVX-512 the rows go through a chunk four at a time. The CPU stores K
  * transposed by 32-bit words (lm_cpu_k_index), so a 64-byte load holds one
  * word of 16 keys: each load is widened once and multiplied into the four
  * rows' scores by broadcast query elements, giving 16 scores a vector with
  * no horizontal sums. V is [block_size][head_dim]: each V vector, widened
- * once, is added into the four rows' outputs, which stay in registers
- * across the block's keys.
+ * once, is added into the four rows' outputs, four vectors of each at a
+ * time in registers across the chunk's keys.
  *
  * The cache holds f32 or bf16 (half the bytes to stream per context
  * token). bf16 values are widened exactly and the arithmetic is the f32
@@ -32,8 +35,8 @@
 #include "engine/cpu_internal.h"
 
 #define LM_ATTN_ROWS       32  /* (token, head) rows per work item */
+#define LM_ATTN_CHUNK      64  /* key positions per online-softmax update */
 #define LM_ATTN_MAX_HD     256 /* head_dim limit of the stack buffers */
-#define LM_ATTN_MAX_BS     256 /* block_size limit of the stack buffers */
 #define LM_ATTN_STACK_SEQS 256
 
 struct lm_attn_job {
@@ -74,15 +77,46 @@ static int lm_attn_rows_init(const struct lm_attn_job *j, const struct lm_attn_t
   return pmax;
 }
 
-/* Row r's query and, in *n_valid, how many keys of the current block it
- * reads; n_upto counts the keys from the block's first position through
- * the row's own (<= 0: the block is past the row, NULL). */
+/* Row r's query and, in *n_valid, how many keys of the current chunk it
+ * reads; n_upto counts the keys from the chunk's first position through
+ * the row's own (<= 0: the chunk is past the row, NULL). */
 static inline const float *lm_attn_row_q(const struct lm_attn_job *j, const struct lm_attn_tile *tl,
                                          int r, int n_upto, int *n_valid) {
   int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
   if (n_upto <= 0) return NULL;
-  *n_valid = n_upto < j->bs ? n_upto : j->bs;
+  *n_valid = n_upto < LM_ATTN_CHUNK ? n_upto : LM_ATTN_CHUNK;
   return j->q + ((size_t)t * j->n_heads + h) * (size_t)j->hd;
+}
+
+/* The keys base .. base + n - 1 of a tile's context (base a multiple of
+ * LM_ATTN_CHUNK): as pieces that each lie in one block and one 16-key
+ * vector of the chunk (four with blocks of a multiple of 16), and each
+ * key's V row. */
+struct lm_attn_chunk {
+  int n_pieces;
+  struct lm_attn_piece {
+    const char *k; /* the block's K region */
+    int off, n;    /* its keys off .. off + n - 1 */
+    int k0;        /* the first one's index in the chunk */
+  } piece[LM_ATTN_CHUNK];
+  const char *v[LM_ATTN_CHUNK];
+};
+
+static inline void lm_attn_chunk_init(const struct lm_attn_job *j, const struct lm_attn_tile *tl,
+                                      const int32_t *table, int base, int n,
+                                      struct lm_attn_chunk *ck) {
+  size_t rb = (size_t)j->hd * lm_dtype_size(j->dtype); /* bytes of a V row */
+  ck->n_pieces = 0;
+  for (int k0 = 0; k0 < n;) {
+    int p = base + k0, off = p % j->bs, len = j->bs - off;
+    len = len < 16 - k0 % 16 ? len : 16 - k0 % 16;
+    len = len < n - k0 ? len : n - k0;
+    size_t boff = ((size_t)table[p / j->bs] * j->n_kv + tl->g) * j->block_bytes;
+    ck->piece[ck->n_pieces++] = (struct lm_attn_piece){j->k + boff, off, len, k0};
+    for (int t = 0; t < len; t++)
+      ck->v[k0 + t] = j->v + boff + (size_t)(off + t) * rb;
+    k0 += len;
+  }
 }
 
 /* ---- AVX-512 ---------------------------------------------------------- */
@@ -95,6 +129,12 @@ LM_AVX512_INLINE __m512 lm_attn_kv16(int BF, const void *row, int d) {
   __m512i x = _mm512_loadu_si512((const uint16_t *)row + 32 * (d / 2));
   return _mm512_castsi512_ps(d % 2 ? _mm512_and_si512(x, _mm512_set1_epi32((int)0xffff0000u))
                                    : _mm512_slli_epi32(x, 16));
+}
+
+/* lm_exp16 out of line: inlined, its constants would be kept in registers
+ * across the tile's loops and leave too few for the V accumulators. */
+LM_AVX512_TARGET static __attribute__((noinline)) __m512 lm_attn_exp16(__m512 x) {
+  return lm_exp16(x);
 }
 
 /* Stores o * inv to dst in element order (o in lm_attn_kv16's order). */
@@ -159,79 +199,77 @@ LM_AVX512_INLINE void lm_attn_qk(int NR, int NV, int BF, const float *const *q, 
     s[r] = _mm512_add_ps(_mm512_add_ps(a[r][0], a[r][1]), _mm512_add_ps(a[r][2], a[r][3]));
 }
 
-/* NR rows' pass over one block: scores, the online-softmax update, and the
- * weighted sum of V, whose output vectors (o, in lm_attn_kv16's order)
- * stay in registers four at a time across the block's keys. Row x reads
- * the block's first nv[x] keys (>= 1); each row's arithmetic is what it
+/* NR rows' pass over one chunk: scores, the online-softmax update, and
+ * the weighted sum of V, whose output vectors (o, in lm_attn_kv16's order)
+ * stay in registers four at a time across the chunk's keys. Row x reads
+ * the chunk's first nv[x] keys (>= 1); each row's arithmetic is what it
  * would be alone. */
-LM_AVX512_INLINE void lm_attn_rows_block(int NR, int NV, int BF, const struct lm_attn_job *j,
-                                         const float *const *q, const int *nv, const char *kb,
-                                         const char *vb, float *const *m, float *const *l,
-                                         __m512 *const *o) {
-  const int bs = j->bs;
-  const size_t rb = (size_t)NV * 16 * (BF ? 2 : 4); /* bytes of a V row */
-  float sc[4][LM_ATTN_MAX_BS] __attribute__((aligned(64)));
+LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm_attn_job *j,
+                                         const float *const *q, const int *nv,
+                                         const struct lm_attn_chunk *ck, float *const *m,
+                                         float *const *l, __m512 *const *o) {
+  float sc[4][LM_ATTN_CHUNK] __attribute__((aligned(64)));
   float alpha[4];
-  int nmin = bs, nmax = 0;
+  int nmin = LM_ATTN_CHUNK, nmax = 0;
 #pragma GCC unroll 4
   for (int r = 0; r < NR; r++) {
     nmin = nv[r] < nmin ? nv[r] : nmin;
     nmax = nv[r] > nmax ? nv[r] : nmax;
   }
-  __m512 bmax[4];
-#pragma GCC unroll 4
-  for (int r = 0; r < NR; r++)
-    bmax[r] = _mm512_set1_ps(-INFINITY);
-  for (int c0 = 0; c0 < nmax; c0 += 16) {
+  for (int pi = 0; pi < ck->n_pieces && ck->piece[pi].k0 < nmax; pi++) {
+    const struct lm_attn_piece *pc = &ck->piece[pi];
+    __mmask16 km = lm_cpu_lanes(pc->n);
     __m512 s[4];
-    lm_attn_qk(NR, NV, BF, q, kb, bs, c0, lm_cpu_lanes(bs - c0), s);
+    lm_attn_qk(NR, NV, BF, q, pc->k, j->bs, pc->off, km, s);
 #pragma GCC unroll 4
-    for (int r = 0; r < NR; r++) {
-      s[r] = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), lm_cpu_lanes(nv[r] - c0),
-                                _mm512_mul_ps(s[r], _mm512_set1_ps(j->scale)));
-      _mm512_store_ps(sc[r] + c0, s[r]);
-      bmax[r] = _mm512_max_ps(bmax[r], s[r]);
-    }
+    for (int r = 0; r < NR; r++)
+      _mm512_mask_storeu_ps(sc[r] + pc->k0, km, _mm512_mul_ps(s[r], _mm512_set1_ps(j->scale)));
   }
   /* the rows' new maxima, and exp(old - new) for all rows in one vector */
   float m_new[4], dm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma GCC unroll 4
   for (int r = 0; r < NR; r++) {
-    float bm = _mm512_reduce_max_ps(bmax[r]);
+    __m512 bmax = _mm512_set1_ps(-INFINITY);
+    for (int c0 = 0; c0 < nv[r]; c0 += 16)
+      bmax = _mm512_max_ps(bmax, _mm512_mask_load_ps(_mm512_set1_ps(-INFINITY),
+                                                     lm_cpu_lanes(nv[r] - c0), sc[r] + c0));
+    float bm = _mm512_reduce_max_ps(bmax);
     m_new[r] = *m[r] > bm ? *m[r] : bm;
     dm[r] = *m[r] - m_new[r];
   }
   _mm512_mask_storeu_ps(alpha, lm_cpu_lanes(NR),
-                        lm_exp16(_mm512_maskz_loadu_ps(lm_cpu_lanes(NR), dm)));
+                        lm_attn_exp16(_mm512_maskz_loadu_ps(lm_cpu_lanes(NR), dm)));
 #pragma GCC unroll 4
   for (int r = 0; r < NR; r++) {
     __m512 psum = _mm512_setzero_ps();
     for (int c0 = 0; c0 < nv[r]; c0 += 16) {
       __m512 p = _mm512_maskz_mov_ps(
           lm_cpu_lanes(nv[r] - c0),
-          lm_exp16(_mm512_sub_ps(_mm512_load_ps(sc[r] + c0), _mm512_set1_ps(m_new[r]))));
+          lm_attn_exp16(_mm512_sub_ps(_mm512_load_ps(sc[r] + c0), _mm512_set1_ps(m_new[r]))));
       _mm512_store_ps(sc[r] + c0, p);
       psum = _mm512_add_ps(psum, p);
     }
     *l[r] = *l[r] * alpha[r] + lm_hsum16(psum);
     *m[r] = m_new[r];
   }
-#pragma GCC unroll 4
+  /* four output vectors of each row at a time; not unrolled, so the
+   * accumulators stay in registers */
+#pragma GCC unroll 1
   for (int d0 = 0; d0 < NV; d0 += 4) {
     const int DV = NV - d0 < 4 ? NV - d0 : 4;
-    __m512 ov[4][4];
+    __m512 ov[4][4] = {{_mm512_setzero_ps()}};
 #pragma GCC unroll 4
     for (int r = 0; r < NR; r++)
 #pragma GCC unroll 4
       for (int x = 0; x < DV; x++)
         ov[r][x] = _mm512_mul_ps(o[r][d0 + x], _mm512_set1_ps(alpha[r]));
-    /* the keys every row reads, then the rest of the diagonal block's,
+    /* the keys every row reads, then the rest of the diagonal chunk's,
      * which only some rows read, row by row */
     for (int i = 0; i < nmin; i++) {
       __m512 v[4];
 #pragma GCC unroll 4
       for (int x = 0; x < DV; x++)
-        v[x] = lm_attn_kv16(BF, vb + i * rb, d0 + x);
+        v[x] = lm_attn_kv16(BF, ck->v[i], d0 + x);
 #pragma GCC unroll 4
       for (int r = 0; r < NR; r++)
 #pragma GCC unroll 4
@@ -243,8 +281,8 @@ LM_AVX512_INLINE void lm_attn_rows_block(int NR, int NV, int BF, const struct lm
       for (int i = nmin; i < nv[r]; i++)
 #pragma GCC unroll 4
         for (int x = 0; x < DV; x++)
-          ov[r][x] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r][i]),
-                                     lm_attn_kv16(BF, vb + i * rb, d0 + x), ov[r][x]);
+          ov[r][x] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r][i]), lm_attn_kv16(BF, ck->v[i], d0 + x),
+                                     ov[r][x]);
 #pragma GCC unroll 4
     for (int r = 0; r < NR; r++)
 #pragma GCC unroll 4
@@ -253,54 +291,49 @@ LM_AVX512_INLINE void lm_attn_rows_block(int NR, int NV, int BF, const struct lm
   }
 }
 
-/* Pulls block bi's K and V of the tile's kv head into L1 (l2 = 0) or L2,
- * where some row of the tile reads it. */
-LM_AVX512_INLINE void lm_attn_prefetch(const struct lm_attn_job *j, const struct lm_attn_tile *tl,
-                                       const int32_t *table, int bi, int pmax, int l2) {
-  if (bi * j->bs > pmax || bi >= j->b->max_blocks) return;
-  size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * j->block_bytes;
-  const char *k = j->k + off, *v = j->v + off;
-  for (size_t x = 0; x < j->block_bytes; x += 64) {
-    if (l2) {
-      _mm_prefetch(k + x, _MM_HINT_T1);
-      _mm_prefetch(v + x, _MM_HINT_T1);
-    } else {
-      _mm_prefetch(k + x, _MM_HINT_T0);
-      _mm_prefetch(v + x, _MM_HINT_T0);
+/* Pulls into L2 the K and V of the blocks that hold the positions of
+ * chunk base (<= pmax) and none of the chunk before it. */
+LM_AVX512_INLINE void lm_attn_prefetch(const struct lm_attn_job *j, const int32_t *table, int g,
+                                       int base, int pmax) {
+  int last = base + LM_ATTN_CHUNK - 1 < pmax ? base + LM_ATTN_CHUNK - 1 : pmax;
+  for (int bi = base > 0 ? (base - 1) / j->bs + 1 : 0; bi <= last / j->bs; bi++) {
+    size_t off = ((size_t)table[bi] * j->n_kv + g) * j->block_bytes;
+    for (size_t x = 0; x < j->block_bytes; x += 64) {
+      _mm_prefetch(j->k + off + x, _MM_HINT_T1);
+      _mm_prefetch(j->v + off + x, _MM_HINT_T1);
     }
   }
 }
 
-/* The tile's rows that read block bi, four (then two, then one) at a time. */
+/* The tile's rows that read chunk base, four (then two, then one) at a
+ * time. */
 LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_attn_job *j,
                                              const struct lm_attn_tile *tl) {
   const struct lm_batch *b = j->b;
-  const int bs = j->bs;
-  const size_t bb = j->block_bytes;
   int n_rows = (tl->t1 - tl->t0) * tl->nh;
   int pos[LM_ATTN_ROWS];
   float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS];
   /* o: [n_rows, head_dim] running weighted sum of V */
   __m512 o[LM_ATTN_ROWS][LM_ATTN_MAX_HD / 16];
+  struct lm_attn_chunk ck;
   int pmax = lm_attn_rows_init(j, tl, n_rows, pos, m, l);
   for (int r = 0; r < n_rows; r++)
 #pragma GCC unroll 16
     for (int d = 0; d < NV; d++)
       o[r][d] = _mm512_setzero_ps();
   const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
-  for (int bi = 0; bi * bs <= pmax && bi < b->max_blocks; bi++) {
-    size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * bb;
-    const char *kb = j->k + off, *vb = j->v + off;
-    /* blocks are scattered in the pool, so no hardware prefetcher finds the
-     * next one: pull its K and V into L1 while this one is scored, and the
-     * one after into L2 (decode at 32 sequences: 8 % less time than the
-     * next block alone; further ahead was slower) */
-    lm_attn_prefetch(j, tl, table, bi + 1, pmax, 0);
-    lm_attn_prefetch(j, tl, table, bi + 2, pmax, 1);
+  /* blocks are scattered in the pool, so no hardware prefetcher finds the
+   * next one: the first chunk's K and V are pulled in at once, and each
+   * next chunk's while the one before it is scored */
+  lm_attn_prefetch(j, table, tl->g, 0, pmax);
+  for (int base = 0; base <= pmax; base += LM_ATTN_CHUNK) {
+    int n = pmax + 1 - base < LM_ATTN_CHUNK ? pmax + 1 - base : LM_ATTN_CHUNK;
+    lm_attn_chunk_init(j, tl, table, base, n, &ck);
+    if (base + LM_ATTN_CHUNK <= pmax) lm_attn_prefetch(j, table, tl->g, base + LM_ATTN_CHUNK, pmax);
     const float *q[LM_ATTN_ROWS];
     int nv[LM_ATTN_ROWS], row[LM_ATTN_ROWS], na = 0;
     for (int r = 0; r < n_rows; r++)
-      if ((q[na] = lm_attn_row_q(j, tl, r, pos[r] + 1 - bi * bs, &nv[na]))) row[na++] = r;
+      if ((q[na] = lm_attn_row_q(j, tl, r, pos[r] + 1 - base, &nv[na]))) row[na++] = r;
     for (int x = 0; x < na;) {
       int nr = na - x >= 4 ? 4 : na - x >= 2 ? 2 : 1;
       float *mp[4], *lp[4];
@@ -311,11 +344,11 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_att
         op[y] = o[row[x + y]];
       }
       if (nr == 4)
-        lm_attn_rows_block(4, NV, BF, j, q + x, nv + x, kb, vb, mp, lp, op);
+        lm_attn_rows_chunk(4, NV, BF, j, q + x, nv + x, &ck, mp, lp, op);
       else if (nr == 2)
-        lm_attn_rows_block(2, NV, BF, j, q + x, nv + x, kb, vb, mp, lp, op);
+        lm_attn_rows_chunk(2, NV, BF, j, q + x, nv + x, &ck, mp, lp, op);
       else
-        lm_attn_rows_block(1, NV, BF, j, q + x, nv + x, kb, vb, mp, lp, op);
+        lm_attn_rows_chunk(1, NV, BF, j, q + x, nv + x, &ck, mp, lp, op);
       x += nr;
     }
   }
@@ -373,27 +406,32 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
   const int hd = j->hd, bs = j->bs;
   int n_rows = (tl->t1 - tl->t0) * tl->nh;
   int pos[LM_ATTN_ROWS];
-  float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS], sc[LM_ATTN_MAX_BS];
+  float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS], sc[LM_ATTN_CHUNK];
   float o[LM_ATTN_ROWS][LM_ATTN_MAX_HD]; /* [n_rows, head_dim] */
+  struct lm_attn_chunk ck;
   int pmax = lm_attn_rows_init(j, tl, n_rows, pos, m, l);
   for (int r = 0; r < n_rows; r++)
     for (int d = 0; d < hd; d++)
       o[r][d] = 0.0f;
   const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
-  for (int bi = 0; bi * bs <= pmax && bi < b->max_blocks; bi++) {
-    size_t off = ((size_t)table[bi] * j->n_kv + tl->g) * j->block_bytes;
-    const char *kb = j->k + off, *vb = j->v + off;
+  for (int base = 0; base <= pmax; base += LM_ATTN_CHUNK) {
+    lm_attn_chunk_init(j, tl, table, base,
+                       pmax + 1 - base < LM_ATTN_CHUNK ? pmax + 1 - base : LM_ATTN_CHUNK, &ck);
     for (int r = 0; r < n_rows; r++) {
       int n_valid;
-      const float *q = lm_attn_row_q(j, tl, r, pos[r] + 1 - bi * bs, &n_valid);
+      const float *q = lm_attn_row_q(j, tl, r, pos[r] + 1 - base, &n_valid);
       if (!q) continue;
       float bmax = -INFINITY, psum = 0.0f;
-      for (int i = 0; i < n_valid; i++) {
-        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* by d mod 4, as the AVX-512 path */
-        for (int d = 0; d < hd; d++)
-          acc[d % 4] += q[d] * lm_cpu_elem(kb, j->dtype, lm_cpu_k_index(i, d, bs, j->dtype));
-        sc[i] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * j->scale;
-        bmax = sc[i] > bmax ? sc[i] : bmax;
+      for (int pi = 0; pi < ck.n_pieces && ck.piece[pi].k0 < n_valid; pi++) {
+        const struct lm_attn_piece *pc = &ck.piece[pi];
+        for (int i = pc->k0; i < pc->k0 + pc->n && i < n_valid; i++) {
+          float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* by d mod 4, as the AVX-512 path */
+          for (int d = 0; d < hd; d++)
+            acc[d % 4] += q[d] * lm_cpu_elem(pc->k, j->dtype,
+                                             lm_cpu_k_index(pc->off + i - pc->k0, d, bs, j->dtype));
+          sc[i] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) * j->scale;
+          bmax = sc[i] > bmax ? sc[i] : bmax;
+        }
       }
       float m_new = m[r] > bmax ? m[r] : bmax;
       float alpha = expf(m[r] - m_new);
@@ -407,7 +445,7 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
         o[r][d] *= alpha;
       for (int i = 0; i < n_valid; i++)
         for (int d = 0; d < hd; d++)
-          o[r][d] += sc[i] * lm_cpu_elem(vb, j->dtype, (size_t)i * hd + d);
+          o[r][d] += sc[i] * lm_cpu_elem(ck.v[i], j->dtype, (size_t)d);
     }
   }
   for (int r = 0; r < n_rows; r++) {
