@@ -199,14 +199,43 @@ LM_AVX512_INLINE void lm_attn_qk(int NR, int NV, int BF, const float *const *q, 
     s[r] = _mm512_add_ps(_mm512_add_ps(a[r][0], a[r][1]), _mm512_add_ps(a[r][2], a[r][3]));
 }
 
+/* Pulls a piece's K (k) or V (!k) into L1 (l1) or L2: its keys in every
+ * word row of the K region, or their V rows. */
+LM_AVX512_INLINE void lm_attn_prefetch(const struct lm_attn_job *j, const struct lm_attn_chunk *ck,
+                                       int pi, int k, int l1) {
+  const struct lm_attn_piece *pc = &ck->piece[pi];
+  if (k) {
+    int n_words = j->dtype == LM_DTYPE_BF16 ? j->hd / 2 : j->hd;
+    for (int w = 0; w < n_words; w++) {
+      const char *a = pc->k + ((size_t)w * j->bs + pc->off) * 4;
+      if (l1)
+        _mm_prefetch(a, _MM_HINT_T0);
+      else
+        _mm_prefetch(a, _MM_HINT_T1);
+    }
+    return;
+  }
+  size_t rb = (size_t)j->hd * lm_dtype_size(j->dtype);
+  for (int t = 0; t < pc->n; t++)
+    for (size_t x = 0; x < rb; x += 64) {
+      if (l1)
+        _mm_prefetch(ck->v[pc->k0 + t] + x, _MM_HINT_T0);
+      else
+        _mm_prefetch(ck->v[pc->k0 + t] + x, _MM_HINT_T1);
+    }
+}
+
 /* NR rows' pass over one chunk: scores, the online-softmax update, and
  * the weighted sum of V, whose output vectors (o, in lm_attn_kv16's order)
  * stay in registers four at a time across the chunk's keys. Row x reads
  * the chunk's first nv[x] keys (>= 1); each row's arithmetic is what it
- * would be alone. */
+ * would be alone. With pf (the first rows of the tile to score the chunk),
+ * scoring a piece pulls this piece's V and the next piece's K into L1, and
+ * the same piece of the next chunk (NULL: none) into L2. */
 LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm_attn_job *j,
                                          const float *const *q, const int *nv,
-                                         const struct lm_attn_chunk *ck, float *const *m,
+                                         const struct lm_attn_chunk *ck,
+                                         const struct lm_attn_chunk *next, int pf, float *const *m,
                                          float *const *l, __m512 *const *o) {
   float sc[4][LM_ATTN_CHUNK] __attribute__((aligned(64)));
   float alpha[4];
@@ -220,6 +249,14 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm
     const struct lm_attn_piece *pc = &ck->piece[pi];
     __mmask16 km = lm_cpu_lanes(pc->n);
     __m512 s[4];
+    if (pf) {
+      lm_attn_prefetch(j, ck, pi, 0, 1);
+      if (pi + 1 < ck->n_pieces) lm_attn_prefetch(j, ck, pi + 1, 1, 1);
+      if (next && pi < next->n_pieces) {
+        lm_attn_prefetch(j, next, pi, 1, 0);
+        lm_attn_prefetch(j, next, pi, 0, 0);
+      }
+    }
     lm_attn_qk(NR, NV, BF, q, pc->k, j->bs, pc->off, km, s);
 #pragma GCC unroll 4
     for (int r = 0; r < NR; r++)
@@ -291,20 +328,6 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm
   }
 }
 
-/* Pulls into L2 the K and V of the blocks that hold the positions of
- * chunk base (<= pmax) and none of the chunk before it. */
-LM_AVX512_INLINE void lm_attn_prefetch(const struct lm_attn_job *j, const int32_t *table, int g,
-                                       int base, int pmax) {
-  int last = base + LM_ATTN_CHUNK - 1 < pmax ? base + LM_ATTN_CHUNK - 1 : pmax;
-  for (int bi = base > 0 ? (base - 1) / j->bs + 1 : 0; bi <= last / j->bs; bi++) {
-    size_t off = ((size_t)table[bi] * j->n_kv + g) * j->block_bytes;
-    for (size_t x = 0; x < j->block_bytes; x += 64) {
-      _mm_prefetch(j->k + off + x, _MM_HINT_T1);
-      _mm_prefetch(j->v + off + x, _MM_HINT_T1);
-    }
-  }
-}
-
 /* The tile's rows that read chunk base, four (then two, then one) at a
  * time. */
 LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_attn_job *j,
@@ -315,7 +338,7 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_att
   float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS];
   /* o: [n_rows, head_dim] running weighted sum of V */
   __m512 o[LM_ATTN_ROWS][LM_ATTN_MAX_HD / 16];
-  struct lm_attn_chunk ck;
+  struct lm_attn_chunk ck[2];
   int pmax = lm_attn_rows_init(j, tl, n_rows, pos, m, l);
   for (int r = 0; r < n_rows; r++)
 #pragma GCC unroll 16
@@ -323,13 +346,17 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_att
       o[r][d] = _mm512_setzero_ps();
   const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
   /* blocks are scattered in the pool, so no hardware prefetcher finds the
-   * next one: the first chunk's K and V are pulled in at once, and each
-   * next chunk's while the one before it is scored */
-  lm_attn_prefetch(j, table, tl->g, 0, pmax);
-  for (int base = 0; base <= pmax; base += LM_ATTN_CHUNK) {
-    int n = pmax + 1 - base < LM_ATTN_CHUNK ? pmax + 1 - base : LM_ATTN_CHUNK;
-    lm_attn_chunk_init(j, tl, table, base, n, &ck);
-    if (base + LM_ATTN_CHUNK <= pmax) lm_attn_prefetch(j, table, tl->g, base + LM_ATTN_CHUNK, pmax);
+   * next one: the chunk after the one being scored is described too, for
+   * lm_attn_rows_chunk's prefetches (pulling a whole chunk at once, or only
+   * into L2, was slower) */
+  lm_attn_chunk_init(j, tl, table, 0, pmax + 1 < LM_ATTN_CHUNK ? pmax + 1 : LM_ATTN_CHUNK, &ck[0]);
+  for (int base = 0, c = 0; base <= pmax; base += LM_ATTN_CHUNK, c ^= 1) {
+    int nb = base + LM_ATTN_CHUNK, nn = pmax + 1 - nb;
+    const struct lm_attn_chunk *next = NULL;
+    if (nn > 0) {
+      lm_attn_chunk_init(j, tl, table, nb, nn < LM_ATTN_CHUNK ? nn : LM_ATTN_CHUNK, &ck[c ^ 1]);
+      next = &ck[c ^ 1];
+    }
     const float *q[LM_ATTN_ROWS];
     int nv[LM_ATTN_ROWS], row[LM_ATTN_ROWS], na = 0;
     for (int r = 0; r < n_rows; r++)
@@ -344,11 +371,11 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_att
         op[y] = o[row[x + y]];
       }
       if (nr == 4)
-        lm_attn_rows_chunk(4, NV, BF, j, q + x, nv + x, &ck, mp, lp, op);
+        lm_attn_rows_chunk(4, NV, BF, j, q + x, nv + x, &ck[c], next, x == 0, mp, lp, op);
       else if (nr == 2)
-        lm_attn_rows_chunk(2, NV, BF, j, q + x, nv + x, &ck, mp, lp, op);
+        lm_attn_rows_chunk(2, NV, BF, j, q + x, nv + x, &ck[c], next, x == 0, mp, lp, op);
       else
-        lm_attn_rows_chunk(1, NV, BF, j, q + x, nv + x, &ck, mp, lp, op);
+        lm_attn_rows_chunk(1, NV, BF, j, q + x, nv + x, &ck[c], next, x == 0, mp, lp, op);
       x += nr;
     }
   }
