@@ -451,6 +451,41 @@ static void ref_attention(double *out, const float *q, struct seq *s, int pos, i
   free(w);
 }
 
+/* The step's attention (layer 1) with the same contexts cached in blocks
+ * of bs2 tokens, each sequence's blocks in reverse order, into out. */
+static int attention_in_blocks(struct ctx *c, const struct attn_case *ac, struct seq *seqs,
+                               int n_seqs, int bs2, const float *q, float *out) {
+  int n_kv = ac->n_kv, hd = ac->hd, max_blocks = (100 + bs2 - 1) / bs2 + 1;
+  struct lm_kv_shape shape = {.n_layers = 2,
+                              .n_blocks = n_seqs * max_blocks,
+                              .block_size = bs2,
+                              .n_kv_heads = n_kv,
+                              .head_dim = hd,
+                              .dtype = ac->dtype};
+  int32_t saved[8][64], all[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  char err[LM_ERR_LEN];
+  void *kv = NULL;
+  if (n_seqs > 8 || max_blocks > 64 || c->ops->kv_create(c->st, &shape, &kv, err) != 0) return -1;
+  for (int s = 0; s < n_seqs; s++) {
+    memcpy(saved[s], seqs[s].blocks, sizeof(saved[s]));
+    for (int i = 0; i < max_blocks; i++)
+      seqs[s].blocks[i] = s * max_blocks + max_blocks - 1 - i;
+  }
+  struct built pre, step;
+  build(&pre, c, seqs, all, n_seqs, 1, bs2, n_kv, hd, max_blocks);
+  build(&step, c, seqs, all, n_seqs, 0, bs2, n_kv, hd, max_blocks);
+  c->ops->kv_write(c->st, kv, &shape, 1, pre.k, pre.v, &pre.b);
+  c->ops->kv_write(c->st, kv, &shape, 1, step.k, step.v, &step.b);
+  c->ops->attention(c->st, out, q, kv, &shape, 1, &step.b, n_kv * ac->group,
+                    1.0f / sqrtf((float)hd));
+  built_free(&pre, c);
+  built_free(&step, c);
+  for (int s = 0; s < n_seqs; s++)
+    memcpy(seqs[s].blocks, saved[s], sizeof(saved[s]));
+  c->ops->kv_free(c->st, kv);
+  return 0;
+}
+
 static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
   enum { NSEQ = 4 };
   int hd = ac->hd, bs = ac->bs, n_kv = ac->n_kv, nh = n_kv * ac->group, layer = 1;
@@ -563,6 +598,14 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
   check(memcmp(out1, out, (size_t)t_n * nh * hd * 4) == 0,
         "attention %s hd=%d bs=%d gqa=%d: 1 thread bit-equals default threads", dn, hd, bs,
         ac->group);
+  /* keys are taken in chunks of positions, not blocks: another block size
+   * (one that splits the 16-key vectors, for blocks of 16) gives the same
+   * bits */
+  int bs2 = bs == 16 ? 40 : 16;
+  check(attention_in_blocks(c, ac, seqs, NSEQ, bs2, q, out1) == 0 &&
+            memcmp(out1, out, (size_t)t_n * nh * hd * 4) == 0,
+        "attention %s hd=%d bs=%d gqa=%d: blocks of %d bit-equal blocks of %d", dn, hd, bs,
+        ac->group, bs2, bs);
   free(ref);
   c->ops->act_free(c->st, q);
   c->ops->act_free(c->st, out);
