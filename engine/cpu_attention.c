@@ -2,8 +2,8 @@
  *
  * One work item is (sequence, kv head, tile of query heads, tile of query
  * tokens), at most LM_ATTN_ROWS (token, head) rows: the tile's query heads
- * that share the kv head walk the sequence's keys together, so each K/V
- * block is loaded once into L1 and used by every row. A group of up to
+ * that share the kv head walk the sequence's keys together, so each chunk
+ * of K/V is read from memory once and used by every row. A group of up to
  * LM_ATTN_ROWS heads is one head tile; a larger one (multi-query attention)
  * is split into near-equal head tiles of one token each.
  *
@@ -66,7 +66,9 @@ struct lm_attn_tile {
  * softmax state; returns the largest position, the last key any row reads. */
 static int lm_attn_rows_init(const struct lm_attn_job *j, const struct lm_attn_tile *tl, int n_rows,
                              int *pos, float *m, float *l) {
+  /* no key past the sequence's block table, whatever ctx_len says */
   int pmax = -1, ctx = j->b->ctx_len[tl->s];
+  ctx = ctx < j->b->max_blocks * j->bs ? ctx : j->b->max_blocks * j->bs;
   for (int r = 0; r < n_rows; r++) {
     int p = j->b->positions[tl->t0 + r / tl->nh];
     pos[r] = p < ctx - 1 ? p : ctx - 1;
@@ -90,8 +92,8 @@ static inline const float *lm_attn_row_q(const struct lm_attn_job *j, const stru
 
 /* The keys base .. base + n - 1 of a tile's context (base a multiple of
  * LM_ATTN_CHUNK): as pieces that each lie in one block and one 16-key
- * vector of the chunk (four with blocks of a multiple of 16), and each
- * key's V row. */
+ * vector of the chunk (a full chunk in blocks of a multiple of 16: four),
+ * and each key's V row. */
 struct lm_attn_chunk {
   int n_pieces;
   struct lm_attn_piece {
@@ -199,19 +201,24 @@ LM_AVX512_INLINE void lm_attn_qk(int NR, int NV, int BF, const float *const *q, 
     s[r] = _mm512_add_ps(_mm512_add_ps(a[r][0], a[r][1]), _mm512_add_ps(a[r][2], a[r][3]));
 }
 
-/* Pulls a piece's K (k) or V (!k) into L1 (l1) or L2: its keys in every
- * word row of the K region, or their V rows. */
+/* Pulls a piece's K (k) or V (!k) into L1 (l1) or L2: the lines of its
+ * keys in every word row of the K region (a piece's keys span at most two
+ * lines of a row), or their V rows. */
 LM_AVX512_INLINE void lm_attn_prefetch(const struct lm_attn_job *j, const struct lm_attn_chunk *ck,
                                        int pi, int k, int l1) {
   const struct lm_attn_piece *pc = &ck->piece[pi];
   if (k) {
     int n_words = j->dtype == LM_DTYPE_BF16 ? j->hd / 2 : j->hd;
     for (int w = 0; w < n_words; w++) {
-      const char *a = pc->k + ((size_t)w * j->bs + pc->off) * 4;
-      if (l1)
+      const char *a = pc->k + ((size_t)w * j->bs + pc->off) * 4, *e = a + (pc->n - 1) * 4;
+      int two = ((uintptr_t)a ^ (uintptr_t)e) >= 64;
+      if (l1) {
         _mm_prefetch(a, _MM_HINT_T0);
-      else
+        if (two) _mm_prefetch(e, _MM_HINT_T0);
+      } else {
         _mm_prefetch(a, _MM_HINT_T1);
+        if (two) _mm_prefetch(e, _MM_HINT_T1);
+      }
     }
     return;
   }
@@ -262,6 +269,19 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm
     for (int r = 0; r < NR; r++)
       _mm512_mask_storeu_ps(sc[r] + pc->k0, km, _mm512_mul_ps(s[r], _mm512_set1_ps(j->scale)));
   }
+  /* the pieces these rows do not read (other rows of the tile do), and a
+   * next chunk's pieces beyond this one's */
+  for (int pi = 0; pf && pi < LM_ATTN_CHUNK; pi++) {
+    if (pi < ck->n_pieces && ck->piece[pi].k0 >= nmax) {
+      lm_attn_prefetch(j, ck, pi, 1, 1);
+      lm_attn_prefetch(j, ck, pi, 0, 1);
+    }
+    if (next && pi < next->n_pieces && (pi >= ck->n_pieces || ck->piece[pi].k0 >= nmax)) {
+      lm_attn_prefetch(j, next, pi, 1, 0);
+      lm_attn_prefetch(j, next, pi, 0, 0);
+    }
+    if (pi >= ck->n_pieces && (!next || pi >= next->n_pieces)) break;
+  }
   /* the rows' new maxima, and exp(old - new) for all rows in one vector */
   float m_new[4], dm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma GCC unroll 4
@@ -282,7 +302,8 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm
     for (int c0 = 0; c0 < nv[r]; c0 += 16) {
       __m512 p = _mm512_maskz_mov_ps(
           lm_cpu_lanes(nv[r] - c0),
-          lm_attn_exp16(_mm512_sub_ps(_mm512_load_ps(sc[r] + c0), _mm512_set1_ps(m_new[r]))));
+          lm_attn_exp16(_mm512_sub_ps(_mm512_maskz_load_ps(lm_cpu_lanes(nv[r] - c0), sc[r] + c0),
+                                      _mm512_set1_ps(m_new[r]))));
       _mm512_store_ps(sc[r] + c0, p);
       psum = _mm512_add_ps(psum, p);
     }
@@ -328,8 +349,8 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm
   }
 }
 
-/* The tile's rows that read chunk base, four (then two, then one) at a
- * time. */
+/* The tile: chunk by chunk, the rows that read the chunk four (then two,
+ * then one) at a time, then the outputs. */
 LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_attn_job *j,
                                              const struct lm_attn_tile *tl) {
   const struct lm_batch *b = j->b;

@@ -351,7 +351,7 @@ static void test_rope(struct ctx *c) {
 /* A sequence's whole history, kept by position outside the cache. */
 struct seq {
   int n_ctx_before, n_new; /* tokens cached already, tokens in this step */
-  int32_t blocks[64];      /* its block table */
+  int32_t blocks[128];     /* its block table */
   float *k, *v;            /* [n_ctx_before + n_new, n_kv, hd] */
 };
 
@@ -462,10 +462,17 @@ static int attention_in_blocks(struct ctx *c, const struct attn_case *ac, struct
                               .n_kv_heads = n_kv,
                               .head_dim = hd,
                               .dtype = ac->dtype};
-  int32_t saved[8][64], all[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  int32_t saved[8][128], all[8] = {0, 1, 2, 3, 4, 5, 6, 7};
   char err[LM_ERR_LEN];
   void *kv = NULL;
-  if (n_seqs > 8 || max_blocks > 64 || c->ops->kv_create(c->st, &shape, &kv, err) != 0) return -1;
+  if (n_seqs > 8 || max_blocks > 128 || c->ops->kv_create(c->st, &shape, &kv, err) != 0) return -1;
+  /* unwritten slots hold NaN, as in test_attention_case */
+  size_t n_el = (size_t)shape.n_layers * 2 * shape.n_blocks * n_kv * bs2 * hd;
+  for (size_t i = 0; i < n_el; i++)
+    if (ac->dtype == LM_DTYPE_BF16)
+      ((uint16_t *)kv)[i] = 0x7fc0;
+    else
+      ((float *)kv)[i] = NAN;
   for (int s = 0; s < n_seqs; s++) {
     memcpy(saved[s], seqs[s].blocks, sizeof(saved[s]));
     for (int i = 0; i < max_blocks; i++)
@@ -599,9 +606,11 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
         "attention %s hd=%d bs=%d gqa=%d: 1 thread bit-equals default threads", dn, hd, bs,
         ac->group);
   /* keys are taken in chunks of positions, not blocks: another block size
-   * (one that splits the 16-key vectors, for blocks of 16) gives the same
-   * bits */
-  int bs2 = bs == 16 ? 40 : 16;
+   * (one that splits the 16-key vectors for blocks of 16, and blocks of one
+   * key for blocks of 32) gives the same bits */
+  int bs2 = bs == 16 ? 40 : bs == 32 ? 1 : 16;
+  for (size_t i = 0; i < (size_t)t_n * nh * hd; i++)
+    out1[i] = NAN;
   check(attention_in_blocks(c, ac, seqs, NSEQ, bs2, q, out1) == 0 &&
             memcmp(out1, out, (size_t)t_n * nh * hd * 4) == 0,
         "attention %s hd=%d bs=%d gqa=%d: blocks of %d bit-equal blocks of %d", dn, hd, bs,
