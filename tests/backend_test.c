@@ -451,6 +451,18 @@ static void ref_attention(double *out, const float *q, struct seq *s, int pos, i
   free(w);
 }
 
+/* Every slot of the cache to NaN, as blocks freed by a request whose K/V
+ * went NaN would hold: no key past a row's own may reach its output. */
+static void kv_fill_nan(void *kv, const struct lm_kv_shape *shape) {
+  size_t n = (size_t)shape->n_layers * 2 * shape->n_blocks * shape->n_kv_heads * shape->block_size *
+             shape->head_dim;
+  for (size_t i = 0; i < n; i++)
+    if (shape->dtype == LM_DTYPE_BF16)
+      ((uint16_t *)kv)[i] = 0x7fc0;
+    else
+      ((float *)kv)[i] = NAN;
+}
+
 /* The step's attention (layer 1) with the same contexts cached in blocks
  * of bs2 tokens, each sequence's blocks in reverse order, into out. */
 static int attention_in_blocks(struct ctx *c, const struct attn_case *ac, struct seq *seqs,
@@ -466,13 +478,7 @@ static int attention_in_blocks(struct ctx *c, const struct attn_case *ac, struct
   char err[LM_ERR_LEN];
   void *kv = NULL;
   if (n_seqs > 8 || max_blocks > 128 || c->ops->kv_create(c->st, &shape, &kv, err) != 0) return -1;
-  /* unwritten slots hold NaN, as in test_attention_case */
-  size_t n_el = (size_t)shape.n_layers * 2 * shape.n_blocks * n_kv * bs2 * hd;
-  for (size_t i = 0; i < n_el; i++)
-    if (ac->dtype == LM_DTYPE_BF16)
-      ((uint16_t *)kv)[i] = 0x7fc0;
-    else
-      ((float *)kv)[i] = NAN;
+  kv_fill_nan(kv, &shape);
   for (int s = 0; s < n_seqs; s++) {
     memcpy(saved[s], seqs[s].blocks, sizeof(saved[s]));
     for (int i = 0; i < max_blocks; i++)
@@ -519,16 +525,7 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
     check(0, "kv_create: %s", err);
     return;
   }
-  /* slots nobody wrote hold NaN, as blocks freed by a request whose K/V
-   * went NaN would: no key past a row's own may reach its output */
-  {
-    size_t n = (size_t)shape.n_layers * 2 * shape.n_blocks * n_kv * bs * hd;
-    for (size_t i = 0; i < n; i++)
-      if (ac->dtype == LM_DTYPE_BF16)
-        ((uint16_t *)kv)[i] = 0x7fc0;
-      else
-        ((float *)kv)[i] = NAN;
-  }
+  kv_fill_nan(kv, &shape);
   /* blocks handed out in a scrambled order so tables are not contiguous */
   int next = 0;
   for (int s = 0; s < NSEQ; s++) {
