@@ -90,8 +90,8 @@ static inline const float *lm_attn_row_q(const struct lm_attn_job *j, const stru
   return j->q + ((size_t)t * j->n_heads + h) * (size_t)j->hd;
 }
 
-/* The keys base .. base + n - 1 of a tile's context (base a multiple of
- * LM_ATTN_CHUNK): as pieces that each lie in one block and one 16-key
+/* The keys of chunk base (a multiple of LM_ATTN_CHUNK) up to pmax, the
+ * tile's last key: as pieces that each lie in one block and one 16-key
  * vector of the chunk (a full chunk in blocks of a multiple of 16: four),
  * and each key's V row. */
 struct lm_attn_chunk {
@@ -105,9 +105,10 @@ struct lm_attn_chunk {
 };
 
 static inline void lm_attn_chunk_init(const struct lm_attn_job *j, const struct lm_attn_tile *tl,
-                                      const int32_t *table, int base, int n,
+                                      const int32_t *table, int base, int pmax,
                                       struct lm_attn_chunk *ck) {
   size_t rb = (size_t)j->hd * lm_dtype_size(j->dtype); /* bytes of a V row */
+  int n = pmax + 1 - base < LM_ATTN_CHUNK ? pmax + 1 - base : LM_ATTN_CHUNK;
   ck->n_pieces = 0;
   for (int k0 = 0; k0 < n;) {
     int p = base + k0, off = p % j->bs, len = j->bs - off;
@@ -201,6 +202,14 @@ LM_AVX512_INLINE void lm_attn_qk(int NR, int NV, int BF, const float *const *q, 
     s[r] = _mm512_add_ps(_mm512_add_ps(a[r][0], a[r][1]), _mm512_add_ps(a[r][2], a[r][3]));
 }
 
+/* Pulls the line at a into L1 (l1) or L2. */
+LM_AVX512_INLINE void lm_attn_pull(const char *a, int l1) {
+  if (l1)
+    _mm_prefetch(a, _MM_HINT_T0);
+  else
+    _mm_prefetch(a, _MM_HINT_T1);
+}
+
 /* Pulls a piece's K (k) or V (!k) into L1 (l1) or L2: the lines of its
  * keys in every word row of the K region (a piece's keys span at most two
  * lines of a row), or their V rows. */
@@ -211,25 +220,30 @@ LM_AVX512_INLINE void lm_attn_prefetch(const struct lm_attn_job *j, const struct
     int n_words = j->dtype == LM_DTYPE_BF16 ? j->hd / 2 : j->hd;
     for (int w = 0; w < n_words; w++) {
       const char *a = pc->k + ((size_t)w * j->bs + pc->off) * 4, *e = a + (pc->n - 1) * 4;
-      int two = ((uintptr_t)a ^ (uintptr_t)e) >= 64;
-      if (l1) {
-        _mm_prefetch(a, _MM_HINT_T0);
-        if (two) _mm_prefetch(e, _MM_HINT_T0);
-      } else {
-        _mm_prefetch(a, _MM_HINT_T1);
-        if (two) _mm_prefetch(e, _MM_HINT_T1);
-      }
+      lm_attn_pull(a, l1);
+      if (((uintptr_t)a ^ (uintptr_t)e) >= 64) lm_attn_pull(e, l1);
     }
     return;
   }
   size_t rb = (size_t)j->hd * lm_dtype_size(j->dtype);
   for (int t = 0; t < pc->n; t++)
-    for (size_t x = 0; x < rb; x += 64) {
-      if (l1)
-        _mm_prefetch(ck->v[pc->k0 + t] + x, _MM_HINT_T0);
-      else
-        _mm_prefetch(ck->v[pc->k0 + t] + x, _MM_HINT_T1);
-    }
+    for (size_t x = 0; x < rb; x += 64)
+      lm_attn_pull(ck->v[pc->k0 + t] + x, l1);
+}
+
+/* Step pi of a tile's prefetches while it scores chunk ck: piece pi's V
+ * and piece pi + 1's K into L1, and piece pi of the next chunk (NULL:
+ * none) into L2. Returns 0 once no step is left. */
+LM_AVX512_INLINE int lm_attn_prefetch_step(const struct lm_attn_job *j,
+                                           const struct lm_attn_chunk *ck,
+                                           const struct lm_attn_chunk *next, int pi) {
+  if (pi < ck->n_pieces) lm_attn_prefetch(j, ck, pi, 0, 1);
+  if (pi + 1 < ck->n_pieces) lm_attn_prefetch(j, ck, pi + 1, 1, 1);
+  if (next && pi < next->n_pieces) {
+    lm_attn_prefetch(j, next, pi, 1, 0);
+    lm_attn_prefetch(j, next, pi, 0, 0);
+  }
+  return pi < ck->n_pieces || (next && pi < next->n_pieces);
 }
 
 /* NR rows' pass over one chunk: scores, the online-softmax update, and
@@ -237,8 +251,7 @@ LM_AVX512_INLINE void lm_attn_prefetch(const struct lm_attn_job *j, const struct
  * stay in registers four at a time across the chunk's keys. Row x reads
  * the chunk's first nv[x] keys (>= 1); each row's arithmetic is what it
  * would be alone. With pf (the first rows of the tile to score the chunk),
- * scoring a piece pulls this piece's V and the next piece's K into L1, and
- * the same piece of the next chunk (NULL: none) into L2. */
+ * scoring piece pi runs lm_attn_prefetch_step pi. */
 LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm_attn_job *j,
                                          const float *const *q, const int *nv,
                                          const struct lm_attn_chunk *ck,
@@ -252,36 +265,21 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm
     nmin = nv[r] < nmin ? nv[r] : nmin;
     nmax = nv[r] > nmax ? nv[r] : nmax;
   }
-  for (int pi = 0; pi < ck->n_pieces && ck->piece[pi].k0 < nmax; pi++) {
+  int pi = 0;
+  for (; pi < ck->n_pieces && ck->piece[pi].k0 < nmax; pi++) {
     const struct lm_attn_piece *pc = &ck->piece[pi];
     __mmask16 km = lm_cpu_lanes(pc->n);
     __m512 s[4];
-    if (pf) {
-      lm_attn_prefetch(j, ck, pi, 0, 1);
-      if (pi + 1 < ck->n_pieces) lm_attn_prefetch(j, ck, pi + 1, 1, 1);
-      if (next && pi < next->n_pieces) {
-        lm_attn_prefetch(j, next, pi, 1, 0);
-        lm_attn_prefetch(j, next, pi, 0, 0);
-      }
-    }
+    if (pf) lm_attn_prefetch_step(j, ck, next, pi);
     lm_attn_qk(NR, NV, BF, q, pc->k, j->bs, pc->off, km, s);
 #pragma GCC unroll 4
     for (int r = 0; r < NR; r++)
       _mm512_mask_storeu_ps(sc[r] + pc->k0, km, _mm512_mul_ps(s[r], _mm512_set1_ps(j->scale)));
   }
-  /* the pieces these rows do not read (other rows of the tile do), and a
-   * next chunk's pieces beyond this one's */
-  for (int pi = 0; pf && pi < LM_ATTN_CHUNK; pi++) {
-    if (pi < ck->n_pieces && ck->piece[pi].k0 >= nmax) {
-      lm_attn_prefetch(j, ck, pi, 1, 1);
-      lm_attn_prefetch(j, ck, pi, 0, 1);
-    }
-    if (next && pi < next->n_pieces && (pi >= ck->n_pieces || ck->piece[pi].k0 >= nmax)) {
-      lm_attn_prefetch(j, next, pi, 1, 0);
-      lm_attn_prefetch(j, next, pi, 0, 0);
-    }
-    if (pi >= ck->n_pieces && (!next || pi >= next->n_pieces)) break;
-  }
+  /* the steps of pieces these rows do not read (other rows of the tile
+   * do), and of a next chunk's pieces beyond this one's */
+  while (pf && lm_attn_prefetch_step(j, ck, next, pi))
+    pi++;
   /* the rows' new maxima, and exp(old - new) for all rows in one vector */
   float m_new[4], dm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma GCC unroll 4
@@ -370,12 +368,11 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_att
    * next one: the chunk after the one being scored is described too, for
    * lm_attn_rows_chunk's prefetches (pulling a whole chunk at once, or only
    * into L2, was slower) */
-  lm_attn_chunk_init(j, tl, table, 0, pmax + 1 < LM_ATTN_CHUNK ? pmax + 1 : LM_ATTN_CHUNK, &ck[0]);
+  lm_attn_chunk_init(j, tl, table, 0, pmax, &ck[0]);
   for (int base = 0, c = 0; base <= pmax; base += LM_ATTN_CHUNK, c ^= 1) {
-    int nb = base + LM_ATTN_CHUNK, nn = pmax + 1 - nb;
     const struct lm_attn_chunk *next = NULL;
-    if (nn > 0) {
-      lm_attn_chunk_init(j, tl, table, nb, nn < LM_ATTN_CHUNK ? nn : LM_ATTN_CHUNK, &ck[c ^ 1]);
+    if (base + LM_ATTN_CHUNK <= pmax) {
+      lm_attn_chunk_init(j, tl, table, base + LM_ATTN_CHUNK, pmax, &ck[c ^ 1]);
       next = &ck[c ^ 1];
     }
     const float *q[LM_ATTN_ROWS];
@@ -463,8 +460,7 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
       o[r][d] = 0.0f;
   const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
   for (int base = 0; base <= pmax; base += LM_ATTN_CHUNK) {
-    lm_attn_chunk_init(j, tl, table, base,
-                       pmax + 1 - base < LM_ATTN_CHUNK ? pmax + 1 - base : LM_ATTN_CHUNK, &ck);
+    lm_attn_chunk_init(j, tl, table, base, pmax, &ck);
     for (int r = 0; r < n_rows; r++) {
       int n_valid;
       const float *q = lm_attn_row_q(j, tl, r, pos[r] + 1 - base, &n_valid);

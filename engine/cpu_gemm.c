@@ -164,6 +164,17 @@ LM_AVX512_INLINE void lm_gemm_fma(__m512 acc[LM_GEMM_MR][LM_GEMM_NV], int MR, in
   }
 }
 
+/* One half (odd) of 16-bit word u of NV panels, widened, into the rows'
+ * k = 2u + odd. */
+LM_AVX512_INLINE void lm_gemm_half(__m512 acc[LM_GEMM_MR][LM_GEMM_NV], int DT, int MR, int NV,
+                                   const struct lm_tile *t, size_t u, int odd) {
+  __m512 e[LM_GEMM_NV];
+#pragma GCC unroll 4
+  for (int j = 0; j < NV; j++)
+    e[j] = lm_gemm_widen(DT, t->w + (size_t)j * t->ldp + u * 16, odd);
+  lm_gemm_fma(acc, MR, NV, t->x + 2 * u + (size_t)odd, t->ldx, e);
+}
+
 /* MR x-rows by NV panels by FMAs; DT, MR and NV are constants at every call
  * site, so the accumulators live in registers. */
 LM_AVX512_TARGET static inline __attribute__((always_inline)) void
@@ -188,21 +199,10 @@ lm_gemm_kernel(int DT, int MR, int NV, const struct lm_tile *t) {
    * accumulators and 3 W vectors fit the 32 registers */
   for (size_t u = 0; u < pairs; u++) {
     lm_gemm_prefetch(t, u, NV);
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; j++)
-      e[j] = lm_gemm_widen(DT, w + (size_t)j * ldp + u * 16, 0);
-    lm_gemm_fma(acc, MR, NV, x + 2 * u, t->ldx, e);
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; j++)
-      e[j] = lm_gemm_widen(DT, w + (size_t)j * ldp + u * 16, 1);
-    lm_gemm_fma(acc, MR, NV, x + 2 * u + 1, t->ldx, e);
+    lm_gemm_half(acc, DT, MR, NV, t, u, 0);
+    lm_gemm_half(acc, DT, MR, NV, t, u, 1);
   }
-  if (t->k & 1) { /* an odd K's last word holds only its even k */
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; j++)
-      e[j] = lm_gemm_widen(DT, w + (size_t)j * ldp + pairs * 16, 0);
-    lm_gemm_fma(acc, MR, NV, x + 2 * pairs, t->ldx, e);
-  }
+  if (t->k & 1) lm_gemm_half(acc, DT, MR, NV, t, pairs, 0); /* an odd K's last word: its even k */
   lm_gemm_store(acc, MR, NV, t);
 }
 
