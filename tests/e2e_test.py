@@ -567,6 +567,7 @@ def test_overload_and_drain(args, info):
 
     # graceful drain: a stream in flight finishes, new work is refused
     time.sleep(0.3)
+    t_drain = time.time()
     call = stub.Generate(greedy([1000 + i for i in range(32)], 200, ignore_eos=True), timeout=120)
     first = next(call)
     watch = ns.health_pb2_grpc.HealthStub(channel).Watch(ns.health_pb2.HealthCheckRequest(),
@@ -577,12 +578,16 @@ def test_overload_and_drain(args, info):
         statuses.append(m.status)
         if m.status != ns.health_pb2.HealthCheckResponse.SERVING:
             break
-    rest = list(call)
-    msgs = [first] + rest
+    msgs, ended = [first], "OK"
+    try:
+        msgs += list(call)
+    except grpc.RpcError as e:  # how it ended, with the server's own account below
+        ended = "%s (%s) %.1f s after it was sent" % (e.code(), e.details(), time.time() - t_drain)
     check(statuses and statuses[-1] == ns.health_pb2.HealthCheckResponse.NOT_SERVING,
           "after SIGTERM Health.Watch reports NOT_SERVING", statuses)
-    check(msgs[-1].finish_reason == "length" and len(ids_of(msgs)) == 200,
-          "SIGTERM: the stream in flight finishes all its 200 tokens", len(ids_of(msgs)))
+    finished = check(msgs[-1].finish_reason == "length" and len(ids_of(msgs)) == 200,
+                     "SIGTERM: the stream in flight finishes all its 200 tokens",
+                     "%d tokens, ended %s" % (len(ids_of(msgs)), ended))
     try:
         rc = proc.wait(timeout=40)
     except subprocess.TimeoutExpired:
@@ -590,6 +595,9 @@ def test_overload_and_drain(args, info):
         rc = "killed after 40 s"
     check(rc == 0, "the drained server exits 0", rc)
     found = sanitizer_report(log)
+    if not finished:
+        log.seek(0)
+        print("".join("    | " + line for line in log.readlines()[-12:]), end="")
     check(not found, "the drained server reports no sanitizer errors or leaks", found[:3])
     channel.close()
 
