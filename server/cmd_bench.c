@@ -214,11 +214,12 @@ static void summarize(struct bench *b, const struct job *jobs, int n, double t0,
   r->out_tps = (double)r->output_tokens / r->wall_s;
   r->total_tps = (double)(r->output_tokens + r->prompt_tokens) / r->wall_s;
   /* decode: tokens received while every request was decoding (after the
-   * last first token, up to the first finish) */
+   * last first token, up to the first finish); NAN when there was no such
+   * time (the budget left the last prompt waiting until others had ended) */
   long in_window = 0;
   for (size_t i = 0; i < b->arrivals.n; i++)
     in_window += b->arrivals.v[i] > last_first && b->arrivals.v[i] <= first_done;
-  r->decode_tps = first_done > last_first ? (double)in_window / (first_done - last_first) : 0;
+  r->decode_tps = first_done > last_first ? (double)in_window / (first_done - last_first) : NAN;
   struct lmc_summary t, l;
   lmc_samples_summarize(&b->ttft, &t);
   lmc_samples_summarize(&b->itl, &l);
@@ -233,21 +234,31 @@ static void summarize(struct bench *b, const struct job *jobs, int n, double t0,
 }
 
 static void print_result(const struct bench_opts *o, const struct result *r) {
+  char dec[32];
   if (o->json) {
+    if (isnan(r->decode_tps))
+      snprintf(dec, sizeof(dec), "null");
+    else
+      snprintf(dec, sizeof(dec), "%.2f", r->decode_tps);
     printf("{\"workload\": \"%s\", \"concurrency\": %d, \"requests\": %d, \"prompt_tokens\": %ld, "
            "\"output_tokens\": %ld, \"wall_s\": %.3f, \"output_tok_s\": %.2f, "
-           "\"total_tok_s\": %.2f, \"decode_tok_s\": %.2f, \"ttft_ms\": [%.1f, %.1f, %.1f], "
+           "\"total_tok_s\": %.2f, \"decode_tok_s\": %s, \"ttft_ms\": [%.1f, %.1f, %.1f], "
            "\"itl_ms\": [%.2f, %.2f, %.2f], \"prefix_hit_rate\": %.3f, \"kv_peak\": %.3f}\n",
            r->name, r->concurrency, r->n_requests, r->prompt_tokens, r->output_tokens, r->wall_s,
-           r->out_tps, r->total_tps, r->decode_tps, r->ttft[0], r->ttft[1], r->ttft[2], r->itl[0],
-           r->itl[1], r->itl[2], r->hit_rate, r->kv_peak);
+           r->out_tps, r->total_tps, dec, r->ttft[0], r->ttft[1], r->ttft[2], r->itl[0], r->itl[1],
+           r->itl[2], r->hit_rate, r->kv_peak);
   } else {
-    printf("%-12s c=%-3d n=%-3d out %6ld tok  %7.1f out tok/s  %7.1f total tok/s  decode %7.1f "
+    /* n/a: no time when every request was decoding */
+    if (isnan(r->decode_tps))
+      snprintf(dec, sizeof(dec), "n/a");
+    else
+      snprintf(dec, sizeof(dec), "%.1f", r->decode_tps);
+    printf("%-12s c=%-3d n=%-3d out %6ld tok  %7.1f out tok/s  %7.1f total tok/s  decode %7s "
            "tok/s | TTFT ms p50 %8.1f p90 %8.1f p99 %8.1f | ITL ms p50 %7.1f p90 %7.1f p99 %7.1f "
            "| hit %.2f  KV peak %.2f\n",
-           r->name, r->concurrency, r->n_requests, r->output_tokens, r->out_tps, r->total_tps,
-           r->decode_tps, r->ttft[0], r->ttft[1], r->ttft[2], r->itl[0], r->itl[1], r->itl[2],
-           r->hit_rate, r->kv_peak);
+           r->name, r->concurrency, r->n_requests, r->output_tokens, r->out_tps, r->total_tps, dec,
+           r->ttft[0], r->ttft[1], r->ttft[2], r->itl[0], r->itl[1], r->itl[2], r->hit_rate,
+           r->kv_peak);
   }
   fflush(stdout);
 }
@@ -458,9 +469,11 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o) {
 
 static void gate(const struct bench_opts *o, const char *name, double value, double limit,
                  int at_least, int *all) {
-  int pass = at_least ? value >= limit : value <= limit;
+  int pass = at_least ? value >= limit : value <= limit; /* NAN (not measured) fails */
   *all &= pass;
-  if (o->json)
+  if (o->json && isnan(value))
+    printf("{\"gate\": \"%s\", \"value\": null, \"limit\": %.3f, \"pass\": false}\n", name, limit);
+  else if (o->json)
     printf("{\"gate\": \"%s\", \"value\": %.3f, \"limit\": %.3f, \"pass\": %s}\n", name, value,
            limit, pass ? "true" : "false");
   else
@@ -609,7 +622,7 @@ int lm_cmd_bench(int argc, char **argv) {
 
   struct result r, c1 = {.n_requests = 0};
   long total_out = 0;
-  double decode32 = -1;
+  double decode32 = NAN; /* NAN too when the c=32 run had no decode window */
   if (want(&o, "fixed")) {
     static const int cpu_concs[] = {1, 8, 32, 64}, gpu_concs[] = {1, 16, 64, 256};
     const int *concs = cuda ? gpu_concs : cpu_concs;
@@ -641,7 +654,7 @@ int lm_cmd_bench(int argc, char **argv) {
   else
     printf("output tokens in all: %ld\n", total_out);
 
-  if (!cuda && decode32 >= 0)
+  if (!cuda && want(&o, "fixed"))
     gate(&o, "decode c=32 fraction of compute roofline",
          2 * params * decode32 / (peak_gflops * 1e9), 0.5, 1, &all);
   if (cuda && c1.n_requests > 0) {
