@@ -56,9 +56,11 @@ int lm_backend_kv_dtype(const struct lm_backend_ops *ops, enum lm_dtype weights,
     dt = LM_DTYPE_BF16;
   } else if (strcmp(want, "f32") == 0 || strcmp(want, "float32") == 0) {
     dt = LM_DTYPE_F32;
+  } else if (strcmp(want, "fp8_e5m2") == 0 || strcmp(want, "float8_e5m2") == 0) {
+    dt = LM_DTYPE_F8E5M2;
   } else {
-    return lm_errf(err, LM_EINVAL, "kv cache dtype \"%s\": unknown (expected auto, bf16 or f32)",
-                   want);
+    return lm_errf(err, LM_EINVAL,
+                   "kv cache dtype \"%s\": unknown (expected auto, bf16, f32 or fp8_e5m2)", want);
   }
   if (!(ops->kv_dtypes & (1u << dt)))
     return lm_errf(err, LM_EUNSUP, "kv cache dtype %s: the %s backend does not store it",

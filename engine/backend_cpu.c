@@ -238,9 +238,13 @@ static int lm_cpu_kv_create(void *st, const struct lm_kv_shape *s, void **kv, ch
   if (s->head_dim > LM_CPU_MAX_HEAD_DIM || s->block_size > LM_CPU_MAX_BLOCK_SIZE)
     return lm_errf(err, LM_EUNSUP, "cpu kv cache: head_dim %d / block_size %d above %d / %d",
                    s->head_dim, s->block_size, LM_CPU_MAX_HEAD_DIM, LM_CPU_MAX_BLOCK_SIZE);
-  if (s->dtype != LM_DTYPE_F32 && s->dtype != LM_DTYPE_BF16)
-    return lm_errf(err, LM_EUNSUP, "cpu kv cache: stores f32 or bf16, not %s",
+  if (s->dtype != LM_DTYPE_F32 && s->dtype != LM_DTYPE_BF16 && s->dtype != LM_DTYPE_F8E5M2)
+    return lm_errf(err, LM_EUNSUP, "cpu kv cache: stores f32, bf16 or fp8_e5m2, not %s",
                    lm_dtype_name(s->dtype));
+  /* K is stored by pairs of dims (lm_cpu_k_index): a head fills whole pairs */
+  if (s->dtype != LM_DTYPE_F32 && s->head_dim % 2)
+    return lm_errf(err, LM_EUNSUP, "cpu kv cache: head_dim %d is odd; %s needs it even",
+                   s->head_dim, lm_dtype_name(s->dtype));
   dims[0] = s->n_layers, dims[1] = 2, dims[2] = s->n_blocks, dims[3] = s->n_kv_heads;
   dims[4] = s->block_size, dims[5] = s->head_dim;
   for (int i = 0; i < 6; i++) {
@@ -449,6 +453,7 @@ static void lm_norm_rows(const void *argp, int64_t r0, int64_t r1) {
       break;
     case LM_DTYPE_F16:
     case LM_DTYPE_F32:
+    case LM_DTYPE_F8E5M2:
       for (int i = 0; i < a->dim; i++)
         out[i] = lm_cpu_elem(w, a->w->dtype, (size_t)i) * (x[i] * inv);
       break;
@@ -535,12 +540,72 @@ struct lm_kvw_args {
   const float *k, *v;  /* [T, n_kv_heads, head_dim] */
   const struct lm_kv_shape *s;
   const int32_t *slots;
+  int avx512;
 };
 
-/* Element i of the cache's type (bf16: nearest even) from an f32. */
+/* lm_f32_to_e5m2 on 16 lanes: nearest even, saturating, NaN kept. */
+LM_AVX512_TARGET static __m128i lm_kvw_e5m2_16(__m512 x) {
+  __m512i u = _mm512_castps_si512(x), a = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  __m512i sign = _mm512_and_si512(_mm512_srli_epi32(u, 24), _mm512_set1_epi32(0x80));
+  /* normal: two mantissa bits kept, nearest even; exponent 113 is code 4 */
+  __m512i r = _mm512_add_epi32(
+      a, _mm512_add_epi32(_mm512_set1_epi32(0xfffff),
+                          _mm512_and_si512(_mm512_srli_epi32(a, 21), _mm512_set1_epi32(1))));
+  __m512i code = _mm512_sub_epi32(_mm512_srli_epi32(r, 21), _mm512_set1_epi32(112 << 2));
+  /* below 2^-14: multiples of 2^-16 */
+  __m512i q =
+      _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_castsi512_ps(a), _mm512_set1_ps(65536.0f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  code = _mm512_mask_mov_epi32(code, _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x38800000)), q);
+  code = _mm512_mask_mov_epi32(code, _mm512_cmpge_epu32_mask(a, _mm512_set1_epi32(0x47600000)),
+                               _mm512_set1_epi32(0x7b));
+  code = _mm512_mask_mov_epi32(code, _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000)),
+                               _mm512_set1_epi32(0x7f));
+  return _mm512_cvtepi32_epi8(_mm512_or_si512(code, sign));
+}
+
+/* lm_f32_to_bf16 on 16 lanes: nearest even, NaN kept quiet. */
+LM_AVX512_TARGET static __m256i lm_kvw_bf16_16(__m512 x) {
+  __m512i u = _mm512_castps_si512(x);
+  __m512i r = _mm512_add_epi32(
+      u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                          _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+  __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                          _mm512_set1_epi32(0x7f800000));
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+
+/* One token's head into a bf16 or e5m2 cache, 16 dims at a time: V's
+ * elements in its row, K's pairs of dims down their word rows. */
+LM_AVX512_TARGET static void lm_kvw_head_avx512(char *kreg, char *vreg, const float *k,
+                                                const float *v, int off, int hd, int bs,
+                                                enum lm_dtype dt) {
+  for (int d0 = 0; d0 < hd; d0 += 16) {
+    if (dt == LM_DTYPE_F8E5M2) {
+      _mm_storeu_si128((__m128i *)(vreg + (size_t)off * hd + d0),
+                       lm_kvw_e5m2_16(_mm512_loadu_ps(v + d0)));
+      uint16_t pairs[8];
+      _mm_storeu_si128((__m128i *)pairs, lm_kvw_e5m2_16(_mm512_loadu_ps(k + d0)));
+      for (int p = 0; p < 8; p++)
+        ((uint16_t *)kreg)[(size_t)(d0 / 2 + p) * bs + off] = pairs[p];
+    } else {
+      _mm256_storeu_si256((__m256i *)(vreg + ((size_t)off * hd + d0) * 2),
+                          lm_kvw_bf16_16(_mm512_loadu_ps(v + d0)));
+      uint32_t pairs[8];
+      _mm256_storeu_si256((__m256i *)pairs, lm_kvw_bf16_16(_mm512_loadu_ps(k + d0)));
+      for (int p = 0; p < 8; p++)
+        ((uint32_t *)kreg)[(size_t)(d0 / 2 + p) * bs + off] = pairs[p];
+    }
+  }
+}
+
+/* Element i of the cache's type (bf16, e5m2: nearest even) from an f32. */
 static void lm_kvw_store(void *dst, size_t i, float x, enum lm_dtype dt) {
   if (dt == LM_DTYPE_BF16)
     ((uint16_t *)dst)[i] = lm_f32_to_bf16(x);
+  else if (dt == LM_DTYPE_F8E5M2)
+    ((uint8_t *)dst)[i] = lm_f32_to_e5m2(x);
   else
     ((float *)dst)[i] = x;
 }
@@ -561,6 +626,10 @@ static void lm_kvw_rows(const void *argp, int64_t r0, int64_t r1) {
       size_t region = ((size_t)blk * s->n_kv_heads + h) * bs * hd * elem;
       const float *k = a->k + (size_t)t * row + (size_t)h * hd;
       const float *v = a->v + (size_t)t * row + (size_t)h * hd;
+      if (a->avx512 && s->dtype != LM_DTYPE_F32 && hd % 16 == 0) {
+        lm_kvw_head_avx512(a->kbase + region, a->vbase + region, k, v, off, hd, bs, s->dtype);
+        continue;
+      }
       for (int d = 0; d < hd; d++) {
         lm_kvw_store(a->kbase + region, lm_cpu_k_index(off, d, bs, s->dtype), k[d], s->dtype);
         lm_kvw_store(a->vbase + region, (size_t)off * hd + d, v[d], s->dtype);
@@ -577,7 +646,8 @@ static void lm_cpu_kv_write(void *st, void *kv, const struct lm_kv_shape *shape,
                           .k = k,
                           .v = v,
                           .s = shape,
-                          .slots = b->slot_mapping};
+                          .slots = b->slot_mapping,
+                          .avx512 = ((struct lm_cpu *)st)->avx512};
   lm_cpu_rows(st, b->n_tokens, (int64_t)shape->n_kv_heads * shape->head_dim * 2, lm_kvw_rows, &a);
 }
 
@@ -660,7 +730,7 @@ const struct lm_backend_ops lm_backend_cpu_ops = {
     .tensor_load = lm_cpu_tensor_load,
     .tensor_free = lm_cpu_tensor_free,
     .act_elem_bytes = sizeof(float),
-    .kv_dtypes = (1u << LM_DTYPE_F32) | (1u << LM_DTYPE_BF16),
+    .kv_dtypes = (1u << LM_DTYPE_F32) | (1u << LM_DTYPE_BF16) | (1u << LM_DTYPE_F8E5M2),
     .batched_tokens = 512,
     .act_alloc = lm_cpu_act_alloc,
     .act_free = lm_cpu_act_free,

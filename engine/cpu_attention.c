@@ -22,12 +22,15 @@
  * once, is added into the four rows' outputs, four vectors of each at a
  * time in registers across the chunk's keys.
  *
- * The cache holds f32 or bf16 (half the bytes to stream per context
- * token). bf16 values are widened exactly and the arithmetic is the f32
- * kernel's: a 64-byte load of 32 bf16 values gives its even elements
- * (shift left) and its odd ones (mask) as two f32 vectors; the output
- * rows are kept in that even/odd order and put back in order when they are
- * stored, so a widened value costs one instruction. */
+ * The cache holds f32, bf16 (half the bytes to stream per context token)
+ * or e5m2 (a quarter). Stored values are widened exactly and the
+ * arithmetic is the f32 kernel's: a 64-byte load of 32 bf16 values gives
+ * its even elements (shift left) and its odd ones (mask) as two f32
+ * vectors; the output rows are kept in that even/odd order and put back in
+ * order when they are stored, so a widened value costs one instruction.
+ * e5m2 is the top byte of an f16: 64 values give their even and odd
+ * elements the same way as f16 halves, and the output keeps the same
+ * order. */
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
@@ -124,11 +127,20 @@ static inline void lm_attn_chunk_init(const struct lm_attn_job *j, const struct 
 
 /* ---- AVX-512 ---------------------------------------------------------- */
 
-/* Vector d (of NV) of a K or V row as f32: lanes 16d .. 16d + 15 of an f32
- * row; of a bf16 row (BF), the even elements of 32 (d / 2) .. + 31 for d
- * even and the odd ones for d odd. */
-LM_AVX512_INLINE __m512 lm_attn_kv16(int BF, const void *row, int d) {
-  if (!BF) return _mm512_loadu_ps((const float *)row + 16 * d);
+/* Vector d (of NV) of a K or V row as f32 (KT: the stored type, 0 f32, 1
+ * bf16, 2 e5m2): lanes 16d .. 16d + 15 of an f32 row; of a bf16 or e5m2
+ * row, the even elements of 32 (d / 2) .. + 31 for d even and the odd ones
+ * for d odd. */
+LM_AVX512_INLINE __m512 lm_attn_kv16(int KT, const void *row, int d) {
+  if (!KT) return _mm512_loadu_ps((const float *)row + 16 * d);
+  if (KT == 2) {
+    /* e5m2 is an f16's top byte: the even bytes of 64 shifted up, or the
+     * odd ones masked, then half of the 32 halves widened */
+    __m512i x = _mm512_loadu_si512((const uint8_t *)row + 64 * (d / 4));
+    __m512i h =
+        d % 2 ? _mm512_and_si512(x, _mm512_set1_epi16((short)0xff00)) : _mm512_slli_epi16(x, 8);
+    return _mm512_cvtph_ps(d % 4 < 2 ? _mm512_castsi512_si256(h) : _mm512_extracti64x4_epi64(h, 1));
+  }
   __m512i x = _mm512_loadu_si512((const uint16_t *)row + 32 * (d / 2));
   return _mm512_castsi512_ps(d % 2 ? _mm512_and_si512(x, _mm512_set1_epi32((int)0xffff0000u))
                                    : _mm512_slli_epi32(x, 16));
@@ -141,8 +153,8 @@ LM_AVX512_TARGET static __attribute__((noinline)) __m512 lm_attn_exp16(__m512 x)
 }
 
 /* Stores o * inv to dst in element order (o in lm_attn_kv16's order). */
-LM_AVX512_INLINE void lm_attn_store_o(int NV, int BF, float *dst, const __m512 *o, __m512 inv) {
-  if (!BF) {
+LM_AVX512_INLINE void lm_attn_store_o(int NV, int KT, float *dst, const __m512 *o, __m512 inv) {
+  if (!KT) {
 #pragma GCC unroll 16
     for (int d = 0; d < NV; d++)
       _mm512_storeu_ps(dst + 16 * d, _mm512_mul_ps(o[d], inv));
@@ -163,9 +175,9 @@ LM_AVX512_INLINE void lm_attn_store_o(int NV, int BF, float *dst, const __m512 *
  * a word-transposed K region (km: which of them the region holds): each
  * row sums q[d] k[d] in four accumulators by d mod 4, each in order of d,
  * then (a0 + a1) + (a2 + a3). A bf16 word widens to its even dim (shift)
- * and its odd one (mask). The sums do not depend on NR, so a row's scores
- * do not depend on the rows it is computed with. */
-LM_AVX512_INLINE void lm_attn_qk(int NR, int NV, int BF, const float *const *q, const char *kb,
+ * and its odd one (mask), an e5m2 word to its four dims. The sums do not depend on NR, so a row's
+ * scores do not depend on the rows it is computed with. */
+LM_AVX512_INLINE void lm_attn_qk(int NR, int NV, int KT, const float *const *q, const char *kb,
                                  int bs, int c0, __mmask16 km, __m512 *s) {
   __m512 a[4][4];
 #pragma GCC unroll 4
@@ -177,7 +189,17 @@ LM_AVX512_INLINE void lm_attn_qk(int NR, int NV, int BF, const float *const *q, 
 #pragma GCC unroll 4
   for (int d = 0; d < NV * 16; d += 4) {
     __m512 k[4];
-    if (BF) {
+    if (KT == 2) {
+      /* two 16-bit words of e5m2 pairs: each byte to the top of an f16 */
+      const uint16_t *kw = (const uint16_t *)kb + c0;
+      const __m256i top = _mm256_set1_epi16((short)0xff00);
+      __m256i w0 = _mm256_maskz_loadu_epi16(km, kw + (size_t)(d / 2) * bs);
+      __m256i w1 = _mm256_maskz_loadu_epi16(km, kw + (size_t)(d / 2 + 1) * bs);
+      k[0] = _mm512_cvtph_ps(_mm256_slli_epi16(w0, 8));
+      k[1] = _mm512_cvtph_ps(_mm256_and_si256(w0, top));
+      k[2] = _mm512_cvtph_ps(_mm256_slli_epi16(w1, 8));
+      k[3] = _mm512_cvtph_ps(_mm256_and_si256(w1, top));
+    } else if (KT) {
       const uint32_t *kw = (const uint32_t *)kb + c0;
       __m512i w0 = _mm512_maskz_loadu_epi32(km, kw + (size_t)(d / 2) * bs);
       __m512i w1 = _mm512_maskz_loadu_epi32(km, kw + (size_t)(d / 2 + 1) * bs);
@@ -217,9 +239,10 @@ LM_AVX512_INLINE void lm_attn_prefetch(const struct lm_attn_job *j, const struct
                                        int pi, int k, int l1) {
   const struct lm_attn_piece *pc = &ck->piece[pi];
   if (k) {
-    int n_words = j->dtype == LM_DTYPE_BF16 ? j->hd / 2 : j->hd;
+    size_t wb = j->dtype == LM_DTYPE_F8E5M2 ? 2 : 4; /* bytes of a K word */
+    int n_words = j->hd * (int)lm_dtype_size(j->dtype) / (int)wb;
     for (int w = 0; w < n_words; w++) {
-      const char *a = pc->k + ((size_t)w * j->bs + pc->off) * 4, *e = a + (pc->n - 1) * 4;
+      const char *a = pc->k + ((size_t)w * j->bs + pc->off) * wb, *e = a + (pc->n - 1) * wb;
       lm_attn_pull(a, l1);
       if (((uintptr_t)a ^ (uintptr_t)e) >= 64) lm_attn_pull(e, l1);
     }
@@ -252,7 +275,7 @@ LM_AVX512_INLINE int lm_attn_prefetch_step(const struct lm_attn_job *j,
  * the chunk's first nv[x] keys (>= 1); each row's arithmetic is what it
  * would be alone. With pf (the first rows of the tile to score the chunk),
  * scoring piece pi runs lm_attn_prefetch_step pi. */
-LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm_attn_job *j,
+LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int KT, const struct lm_attn_job *j,
                                          const float *const *q, const int *nv,
                                          const struct lm_attn_chunk *ck,
                                          const struct lm_attn_chunk *next, int pf, float *const *m,
@@ -271,7 +294,7 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm
     __mmask16 km = lm_cpu_lanes(pc->n);
     __m512 s[4];
     if (pf) lm_attn_prefetch_step(j, ck, next, pi);
-    lm_attn_qk(NR, NV, BF, q, pc->k, j->bs, pc->off, km, s);
+    lm_attn_qk(NR, NV, KT, q, pc->k, j->bs, pc->off, km, s);
 #pragma GCC unroll 4
     for (int r = 0; r < NR; r++)
       _mm512_mask_storeu_ps(sc[r] + pc->k0, km, _mm512_mul_ps(s[r], _mm512_set1_ps(j->scale)));
@@ -325,7 +348,7 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm
       __m512 v[4];
 #pragma GCC unroll 4
       for (int x = 0; x < DV; x++)
-        v[x] = lm_attn_kv16(BF, ck->v[i], d0 + x);
+        v[x] = lm_attn_kv16(KT, ck->v[i], d0 + x);
 #pragma GCC unroll 4
       for (int r = 0; r < NR; r++)
 #pragma GCC unroll 4
@@ -337,7 +360,7 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm
       for (int i = nmin; i < nv[r]; i++)
 #pragma GCC unroll 4
         for (int x = 0; x < DV; x++)
-          ov[r][x] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r][i]), lm_attn_kv16(BF, ck->v[i], d0 + x),
+          ov[r][x] = _mm512_fmadd_ps(_mm512_set1_ps(sc[r][i]), lm_attn_kv16(KT, ck->v[i], d0 + x),
                                      ov[r][x]);
 #pragma GCC unroll 4
     for (int r = 0; r < NR; r++)
@@ -349,7 +372,7 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int BF, const struct lm
 
 /* The tile: chunk by chunk, the rows that read the chunk four (then two,
  * then one) at a time, then the outputs. */
-LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_attn_job *j,
+LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int KT, const struct lm_attn_job *j,
                                              const struct lm_attn_tile *tl) {
   const struct lm_batch *b = j->b;
   int n_rows = (tl->t1 - tl->t0) * tl->nh;
@@ -389,18 +412,18 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int BF, const struct lm_att
         op[y] = o[row[x + y]];
       }
       if (nr == 4)
-        lm_attn_rows_chunk(4, NV, BF, j, q + x, nv + x, &ck[c], next, x == 0, mp, lp, op);
+        lm_attn_rows_chunk(4, NV, KT, j, q + x, nv + x, &ck[c], next, x == 0, mp, lp, op);
       else if (nr == 2)
-        lm_attn_rows_chunk(2, NV, BF, j, q + x, nv + x, &ck[c], next, x == 0, mp, lp, op);
+        lm_attn_rows_chunk(2, NV, KT, j, q + x, nv + x, &ck[c], next, x == 0, mp, lp, op);
       else
-        lm_attn_rows_chunk(1, NV, BF, j, q + x, nv + x, &ck[c], next, x == 0, mp, lp, op);
+        lm_attn_rows_chunk(1, NV, KT, j, q + x, nv + x, &ck[c], next, x == 0, mp, lp, op);
       x += nr;
     }
   }
   for (int r = 0; r < n_rows; r++) {
     int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
     float *dst = j->out + ((size_t)t * j->n_heads + h) * NV * 16;
-    lm_attn_store_o(NV, BF, dst, o[r], _mm512_set1_ps(l[r] > 0.0f ? 1.0f / l[r] : 0.0f));
+    lm_attn_store_o(NV, KT, dst, o[r], _mm512_set1_ps(l[r] > 0.0f ? 1.0f / l[r] : 0.0f));
   }
 }
 
@@ -440,6 +463,17 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512_bf16(const struct lm_attn_job *
   case 6: lm_attn_tile_avx512_nv(12, 1, j, tl); break;
   case 7: lm_attn_tile_avx512_nv(14, 1, j, tl); break;
   case 8: lm_attn_tile_avx512_nv(16, 1, j, tl); break;
+  default: break;
+  }
+}
+
+LM_AVX512_TARGET static void lm_attn_tile_avx512_e5m2(const struct lm_attn_job *j,
+                                                      const struct lm_attn_tile *tl) {
+  switch (j->hd / 64) {
+  case 1: lm_attn_tile_avx512_nv(4, 2, j, tl); break;
+  case 2: lm_attn_tile_avx512_nv(8, 2, j, tl); break;
+  case 3: lm_attn_tile_avx512_nv(12, 2, j, tl); break;
+  case 4: lm_attn_tile_avx512_nv(16, 2, j, tl); break;
   default: break;
   }
 }
@@ -532,7 +566,9 @@ static void lm_attn_item(void *argp, int64_t item, int tid) {
   tl.nh = (ht % j->n_htile + 1) * j->group / j->n_htile - tl.h0;
   tl.t0 = j->b->q_start[s] + (int)(item % tiles) * j->q_tile;
   tl.t1 = tl.t0 + j->q_tile < j->b->q_start[s + 1] ? tl.t0 + j->q_tile : j->b->q_start[s + 1];
-  if (j->avx512 && j->dtype == LM_DTYPE_BF16)
+  if (j->avx512 && j->dtype == LM_DTYPE_F8E5M2)
+    lm_attn_tile_avx512_e5m2(j, &tl);
+  else if (j->avx512 && j->dtype == LM_DTYPE_BF16)
     lm_attn_tile_avx512_bf16(j, &tl);
   else if (j->avx512)
     lm_attn_tile_avx512_f32(j, &tl);
@@ -561,7 +597,7 @@ void lm_cpu_attention(void *st, void *out, const void *q, const void *kv,
       .bs = shape->block_size,
       .group = n_heads / shape->n_kv_heads,
       .scale = scale,
-      .avx512 = cpu->avx512 && shape->head_dim % (shape->dtype == LM_DTYPE_BF16 ? 32 : 16) == 0 &&
+      .avx512 = cpu->avx512 && shape->head_dim % (64 / (int)lm_dtype_size(shape->dtype)) == 0 &&
                 shape->head_dim <= LM_ATTN_MAX_HD};
   if (b->n_seqs <= 0 || j.group <= 0) return;
   j.n_htile = (j.group + LM_ATTN_ROWS - 1) / LM_ATTN_ROWS;

@@ -88,19 +88,21 @@ static inline float lm_cpu_elem(const void *data, enum lm_dtype dt, size_t i) {
   switch (dt) {
   case LM_DTYPE_BF16: return lm_bf16_to_f32(((const uint16_t *)data)[i]);
   case LM_DTYPE_F16: return lm_f16_to_f32(((const uint16_t *)data)[i]);
+  case LM_DTYPE_F8E5M2: return lm_e5m2_to_f32(((const uint8_t *)data)[i]);
   case LM_DTYPE_F32: break;
   }
   return ((const float *)data)[i];
 }
 
 /* Element index of dim d of key i in a (block, kv head) region of the K
- * cache, which the CPU stores transposed by 32-bit words: [words of a
- * head][block_size] (a word holds one f32, or the bf16 pair of dims 2w and
- * 2w + 1, the even one in the low half), so one 64-byte load gives a word
- * of 16 consecutive keys. V regions are [block_size][head_dim]. */
+ * cache, which the CPU stores transposed by words: [words of a
+ * head][block_size], a word holding one f32 or a pair of dims 2w and 2w +
+ * 1 (the even one in the low half: 32 bits of bf16, 16 of e5m2), so one
+ * 64-byte (f32, bf16) or 32-byte (e5m2) load gives a word of 16
+ * consecutive keys. V regions are [block_size][head_dim]. */
 static inline size_t lm_cpu_k_index(int i, int d, int bs, enum lm_dtype dt) {
-  if (dt == LM_DTYPE_BF16) return ((size_t)(d / 2) * bs + i) * 2 + d % 2;
-  return (size_t)d * bs + i;
+  if (dt == LM_DTYPE_F32) return (size_t)d * bs + i;
+  return ((size_t)(d / 2) * bs + i) * 2 + d % 2;
 }
 
 /* Converts n stored elements to f32. */

@@ -24,6 +24,7 @@ size_t lm_dtype_size(enum lm_dtype dt) {
   case LM_DTYPE_F32: return 4;
   case LM_DTYPE_F16: return 2;
   case LM_DTYPE_BF16: return 2;
+  case LM_DTYPE_F8E5M2: return 1;
   }
   return 0;
 }
@@ -33,8 +34,28 @@ const char *lm_dtype_name(enum lm_dtype dt) {
   case LM_DTYPE_F32: return "float32";
   case LM_DTYPE_F16: return "float16";
   case LM_DTYPE_BF16: return "bfloat16";
+  case LM_DTYPE_F8E5M2: return "float8_e5m2";
   }
   return "unknown";
+}
+
+uint8_t lm_f32_to_e5m2(float f) {
+  union {
+    float f;
+    uint32_t u;
+  } v = {.f = f};
+  uint32_t sign = (v.u >> 24) & 0x80u, a = v.u & 0x7fffffffu;
+  if (a > 0x7f800000u) return (uint8_t)(sign | 0x7fu);  /* NaN */
+  if (a >= 0x47600000u) return (uint8_t)(sign | 0x7bu); /* >= 57344 */
+  if (a < 0x38800000u) {
+    /* below 2^-14: multiples of 2^-16, rounded to nearest even (4 is
+     * 2^-14, the smallest normal's code) */
+    v.u = a;
+    return (uint8_t)(sign | (uint32_t)lrintf(v.f * 65536.0f));
+  }
+  /* keep two mantissa bits, nearest even; a carry moves the exponent */
+  uint32_t r = a + 0xfffffu + ((a >> 21) & 1u);
+  return (uint8_t)(sign | (((r >> 23) - 112u) << 2) | ((r >> 21) & 3u));
 }
 
 float lm_f16_to_f32(uint16_t h) {

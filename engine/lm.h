@@ -36,6 +36,8 @@ enum lm_dtype {
   LM_DTYPE_F32 = 0,
   LM_DTYPE_F16 = 1,
   LM_DTYPE_BF16 = 2,
+  LM_DTYPE_F8E5M2 = 3, /* 8 bits: 1 sign, 5 exponent, 2 mantissa (the top byte
+                        * of an f16); KV cache only */
 };
 
 size_t lm_dtype_size(enum lm_dtype dt);
@@ -62,6 +64,14 @@ static inline uint16_t lm_f32_to_bf16(float f) {
 
 float lm_f16_to_f32(uint16_t h);
 uint16_t lm_f32_to_f16(float f);
+
+static inline float lm_e5m2_to_f32(uint8_t b) {
+  return lm_f16_to_f32((uint16_t)(b << 8));
+}
+
+/* Nearest even e5m2; magnitudes from the largest finite (57344) up,
+ * infinities included, saturate to it; NaN stays NaN. */
+uint8_t lm_f32_to_e5m2(float f);
 
 /* Writes cp (at most 0x10ffff) as 1 to 4 bytes of UTF-8 at out and returns
  * how many. */

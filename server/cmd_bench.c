@@ -49,7 +49,7 @@ static const char usage[] =
     "                     [--prompt-len N] [--output-len N] [--prefix-len N] [--long-len N]\n"
     "                     [--max-batched-tokens N] [--long-decodes N] [--seed S]\n"
     "                     [--backend auto|cpu|cuda] [--gpu-memory-utilization F]\n"
-    "                     [--kv-cache-dtype auto|bf16|f32]\n"
+    "                     [--kv-cache-dtype auto|bf16|f32|fp8_e5m2]\n"
     "  runs the engine's serving workloads in process and prints throughput,\n"
     "  TTFT and inter-token latency percentiles, prefix-cache hit rate, KV use\n"
     "  and the benchmark gates. Defaults: prompt 128, output 192, prefix 2048,\n"

@@ -21,7 +21,7 @@ static const char usage[] =
     "                        [--repetition-penalty R] [--seed S] [--ignore-eos]\n"
     "                        [--stop STR]... [--stop-token-id ID]... [--min-tokens N]\n"
     "                        [--json] [--threads N] [--backend auto|cpu|cuda]\n"
-    "                        [--cpu-mapped-weights] [--kv-cache-dtype auto|bf16|f32]\n"
+    "                        [--cpu-mapped-weights] [--kv-cache-dtype auto|bf16|f32|fp8_e5m2]\n"
     "  streams the completion of TEXT to stdout. Sampling values not given come\n"
     "  from the model's generation_config.json, then greedy (temperature 0);\n"
     "  --json prints one JSON object per token: {\"id\": ID, \"text\": \"...\"}.\n"

@@ -25,7 +25,7 @@ static const char usage[] =
     "  --max-model-len N             context length (the model's)\n"
     "  --block-size N                tokens per KV block (16)\n"
     "  --kv-cache-bytes N            KV pool size (default: from memory)\n"
-    "  --kv-cache-dtype auto|bf16|f32  KV element type (auto: the weights')\n"
+    "  --kv-cache-dtype auto|bf16|f32|fp8_e5m2  KV element type (auto: the weights')\n"
     "  --gpu-memory-utilization F    CUDA: fraction of device memory (0.9)\n"
     "  --max-waiting N               queued requests before RESOURCE_EXHAUSTED (1024)\n"
     "  --max-request-bytes N         largest request message (4194304)\n"

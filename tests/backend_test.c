@@ -422,6 +422,7 @@ static void built_free(struct built *o, struct ctx *c) {
 
 /* x as the cache of type dt holds it */
 static double kv_held(float x, enum lm_dtype dt) {
+  if (dt == LM_DTYPE_F8E5M2) return lm_e5m2_to_f32(lm_f32_to_e5m2(x));
   return dt == LM_DTYPE_BF16 ? lm_bf16_to_f32(lm_f32_to_bf16(x)) : x;
 }
 
@@ -459,8 +460,64 @@ static void kv_fill_nan(void *kv, const struct lm_kv_shape *shape) {
   for (size_t i = 0; i < n; i++)
     if (shape->dtype == LM_DTYPE_BF16)
       ((uint16_t *)kv)[i] = 0x7fc0;
+    else if (shape->dtype == LM_DTYPE_F8E5M2)
+      ((uint8_t *)kv)[i] = 0x7f;
     else
       ((float *)kv)[i] = NAN;
+}
+
+/* kv_write into a bf16 or e5m2 cache stores what lm_f32_to_bf16 or
+ * lm_f32_to_e5m2 gives, on every kernel path: values at and around
+ * halfway points, below 2^-14, near and past e5m2's largest finite,
+ * infinities and NaN. */
+static void test_kv_write_rounding(struct ctx *c, enum lm_dtype dt) {
+  enum { HD = 32, N_KV = 2, T = 3, BS = 16 };
+  struct lm_kv_shape shape = {.n_layers = 1,
+                              .n_blocks = 2,
+                              .block_size = BS,
+                              .n_kv_heads = N_KV,
+                              .head_dim = HD,
+                              .dtype = dt};
+  static const float special[] = {0.0f,       -0.0f,     1.125f,    -1.375f,  1.0625f,
+                                  1.0078125f, 3e-5f,     -7.7e-6f,  2.3e-5f,  1e-9f,
+                                  1e-41f,     57343.0f,  -61439.0f, 61440.0f, 1e30f,
+                                  INFINITY,   -INFINITY, NAN,       5.0e-5f,  -6.1035e-5f};
+  int n = T * N_KV * HD, same = 1;
+  float *k = act(c, (size_t)n), *v = act(c, (size_t)n);
+  fill(k, (size_t)n, 3.0f);
+  fill(v, (size_t)n, 0.01f);
+  for (int i = 0; i < (int)(sizeof(special) / sizeof(special[0])); i++) {
+    k[i * 5 % n] = special[i];
+    v[i * 7 % n] = special[i];
+  }
+  void *kv = NULL;
+  char err[LM_ERR_LEN];
+  if (c->ops->kv_create(c->st, &shape, &kv, err) != 0) {
+    check(0, "kv_create %s: %s", lm_dtype_name(dt), err);
+    return;
+  }
+  int32_t slots[T] = {0, 17, 31}, pos[T] = {0, 1, 2};
+  struct lm_batch b = {.n_tokens = T, .positions = pos, .slot_mapping = slots};
+  c->ops->kv_write(c->st, kv, &shape, 0, k, v, &b);
+  size_t layer = (size_t)shape.n_blocks * N_KV * BS * HD;
+  for (int t = 0; t < T; t++)
+    for (int h = 0; h < N_KV; h++)
+      for (int d = 0; d < HD; d++) {
+        size_t region = ((size_t)(slots[t] / BS) * N_KV + h) * BS * HD;
+        size_t ki = region + ((size_t)(d / 2) * BS + slots[t] % BS) * 2 + d % 2,
+               vi = layer + region + (size_t)(slots[t] % BS) * HD + d;
+        int x = (t * N_KV + h) * HD + d;
+        if (dt == LM_DTYPE_BF16)
+          same &= ((const uint16_t *)kv)[ki] == lm_f32_to_bf16(k[x]) &&
+                  ((const uint16_t *)kv)[vi] == lm_f32_to_bf16(v[x]);
+        else
+          same &= ((const uint8_t *)kv)[ki] == lm_f32_to_e5m2(k[x]) &&
+                  ((const uint8_t *)kv)[vi] == lm_f32_to_e5m2(v[x]);
+      }
+  check(same, "kv_write %s: every stored element is the f32 rounded by lm.h", lm_dtype_name(dt));
+  c->ops->kv_free(c->st, kv);
+  c->ops->act_free(c->st, k);
+  c->ops->act_free(c->st, v);
 }
 
 /* The step's attention (layer 1) with the same contexts cached in blocks
@@ -555,11 +612,15 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
     const float *ks = seqs[1].k + ((size_t)p * n_kv + h) * hd;
     const float *vs = seqs[1].v + ((size_t)p * n_kv + h) * hd;
     for (int d = 0; d < hd; d++) {
-      /* K word w = d (f32) or the pair d / 2 (bf16, even dim low) of key i */
+      /* K word w = d (f32) or the pair d / 2 (bf16, e5m2: even dim low)
+       * of key i */
       size_t kd =
-          ac->dtype == LM_DTYPE_BF16 ? ((size_t)(d / 2) * bs + i) * 2 + d % 2 : (size_t)d * bs + i;
+          ac->dtype == LM_DTYPE_F32 ? (size_t)d * bs + i : ((size_t)(d / 2) * bs + i) * 2 + d % 2;
       size_t vd = (size_t)i * hd + d;
-      if (ac->dtype == LM_DTYPE_BF16)
+      if (ac->dtype == LM_DTYPE_F8E5M2)
+        same &= ((uint8_t *)kv)[k_off + kd] == lm_f32_to_e5m2(ks[d]) &&
+                ((uint8_t *)kv)[v_off + vd] == lm_f32_to_e5m2(vs[d]);
+      else if (ac->dtype == LM_DTYPE_BF16)
         same &= ((uint16_t *)kv)[k_off + kd] == lm_f32_to_bf16(ks[d]) &&
                 ((uint16_t *)kv)[v_off + vd] == lm_f32_to_bf16(vs[d]);
       else
@@ -650,6 +711,15 @@ static void test_attention(struct ctx *c) {
       {64, 4, 2, 2, LM_DTYPE_F32},
       {64, 24, 2, 4, LM_DTYPE_F32},
       {128, 24, 8, 2, LM_DTYPE_BF16},
+      /* an e5m2 cache (K words of 16 bits; head_dim 32 is not a multiple
+       * of 64 and takes the portable path) */
+      {64, 16, 2, 1, LM_DTYPE_F8E5M2},
+      {128, 16, 8, 2, LM_DTYPE_F8E5M2},
+      {128, 32, 2, 4, LM_DTYPE_F8E5M2},
+      {256, 16, 1, 8, LM_DTYPE_F8E5M2},
+      {32, 16, 2, 2, LM_DTYPE_F8E5M2},
+      {192, 8, 2, 40, LM_DTYPE_F8E5M2},
+      {128, 24, 8, 2, LM_DTYPE_F8E5M2},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
     test_attention_case(c, &cases[i]);
@@ -693,12 +763,43 @@ static void run_suite(const char *isa) {
   test_swiglu_gather_embed(&c);
   test_rope(&c);
   test_attention(&c);
+  test_kv_write_rounding(&c, LM_DTYPE_BF16);
+  test_kv_write_rounding(&c, LM_DTYPE_F8E5M2);
   test_sample(&c);
   c.ops->destroy(c.st);
   c.ops->destroy(c.st1);
 }
 
+/* f32 -> e5m2: every finite code round-trips, a value halfway between
+ * two codes goes to the even one, anything from the largest finite up
+ * saturates, NaN stays NaN. */
+static void test_e5m2(void) {
+  int trip = 1, even = 1, nan = 1;
+  for (int b = 0; b < 256; b++) {
+    int exp = (b >> 2) & 31;
+    if (exp == 31) {
+      nan &= b % 4 == 0 || isnan(lm_e5m2_to_f32((uint8_t)b));
+      continue;
+    }
+    float x = lm_e5m2_to_f32((uint8_t)b);
+    trip &= lm_f32_to_e5m2(x) == b;
+    if ((b & 0x7f) == 0x7b) continue; /* the largest finite: no next code */
+    float y = lm_e5m2_to_f32((uint8_t)(b + 1)), mid = (x + y) / 2;
+    int want = b % 2 ? b + 1 : b;
+    even &= lm_f32_to_e5m2(mid) == want && lm_f32_to_e5m2(nextafterf(mid, 0.0f)) == b &&
+            lm_f32_to_e5m2(nextafterf(mid, 2 * y)) == b + 1;
+  }
+  check(trip, "e5m2: every finite code round-trips through f32");
+  check(even, "e5m2: halfway rounds to even, either side to the nearer code");
+  check(lm_f32_to_e5m2(57344.0f) == 0x7b && lm_f32_to_e5m2(61440.0f) == 0x7b &&
+            lm_f32_to_e5m2(1e30f) == 0x7b && lm_f32_to_e5m2(INFINITY) == 0x7b &&
+            lm_f32_to_e5m2(-INFINITY) == 0xfb,
+        "e5m2: from 57344 up (infinity too) saturates to the largest finite");
+  check(nan && isnan(lm_e5m2_to_f32(lm_f32_to_e5m2(NAN))), "e5m2: NaN stays NaN");
+}
+
 int main(void) {
+  test_e5m2();
   lm_backend *be = NULL;
   char err[LM_ERR_LEN];
   struct lm_backend_config cfg = {0};

@@ -129,8 +129,8 @@ check "a negative temperature is refused naming the flag" grep -q -- "--temperat
 "$lmserve" generate --prompt "hi" --kv-cache-dtype f16 >/dev/null 2>err.txt
 rc=$?
 check "an unknown KV cache dtype is refused (exit 1, one line)" test $rc -eq 1 -a "$(wc -l <err.txt)" -eq 1
-check "the refusal names the KV cache dtypes" grep -q "expected auto, bf16 or f32" err.txt
-for kvd in f32 bf16; do
+check "the refusal names the KV cache dtypes" grep -q "expected auto, bf16, f32 or fp8_e5m2" err.txt
+for kvd in f32 bf16 fp8_e5m2; do
   "$lmserve" generate --prompt "The capital" --max-tokens 8 --kv-cache-dtype $kvd --json >kv_$kvd.txt 2>err.txt
   check "generate with a $kvd KV cache streams 8 tokens" test "$(grep -c '"id"' kv_$kvd.txt)" -eq 8
 done

@@ -48,6 +48,16 @@ The same boundary flips happen there: with x in float32 and K/V in bf16,
 measured 1e-7..1.2e-4; with both rounded, 4e-8..2.2e-3, and on one prompt
 the greedy continuations parted at a top-2 gap of 1.9e-3 of max|logit|.
 
+e5m2 KV cache (--kv-cache-dtype fp8_e5m2, "kv_cache": "e5m2"): the
+reference rounds K and V to e5m2 the same way (nearest even from
+float32). A boundary flip there is one step of 2^-2, but flips are rarer
+by the same factor: measured on the bf16 fixtures (x in float32) 2e-7..
+1e-6 on 23 of 24 prompts and 1.7e-3 on one, all greedy continuations
+identical. Without the reference's rounding the same runs differ by
+4e-2..1.2e-1 and their greedy continuations part within 22 steps (qwen3,
+llama31 and mistral bf16 fixtures): that is what e5m2 costs these random
+models, and what the limit below catches.
+
 Runs that round (matmul inputs or K/V) are held to REL_ERR_BF16 = 1e-2 and
 a greedy near-tie of NEAR_TIE_BF16 = 1e-2 of max|logit|; the model's
 arithmetic is held to REL_ERR and NEAR_TIE by the same comparison with
@@ -134,7 +144,7 @@ def cmd_check(a):
     with open(a.ours) as f:
         ours = json.load(f)
     dtype = stored_dtype(a.model)
-    rounds = ours.get("matmul_inputs") == "bf16" or ours.get("kv_cache") == "bf16"
+    rounds = ours.get("matmul_inputs") == "bf16" or ours.get("kv_cache") in ("bf16", "e5m2")
     limit, near_tie = (REL_ERR_BF16, NEAR_TIE_BF16) if rounds else (REL_ERR, NEAR_TIE)
     name = os.path.basename(os.path.normpath(a.model))
     n = len(ref["last_logits"])

@@ -57,6 +57,7 @@ for dir in "$root"/$glob/; do
   round=()
   grep -q '"matmul_inputs": "bf16"' "$ours" && round+=(--bf16-matmul-inputs)
   grep -q '"kv_cache": "bf16"' "$ours" && round+=(--bf16-kv-cache)
+  grep -q '"kv_cache": "e5m2"' "$ours" && round+=(--e5m2-kv-cache)
   if ! "$py" "$here/torch_ref.py" "${round[@]}" --model "$dir" --prompts "$prompts" --greedy "$steps" --out "$ref"; then
     echo "FAIL $name: reference run failed"
     status=1

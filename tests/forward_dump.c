@@ -212,7 +212,9 @@ int main(int argc, char **argv) {
   int x_bf16 = !strcmp(be->ops->name, "cpu") && ((struct lm_cpu *)be->st)->bf16_dot &&
                m->w.layers[0].wq.dtype == LM_DTYPE_BF16;
   fprintf(f, "{\"matmul_inputs\": \"%s\",\n\"kv_cache\": \"%s\",\n", x_bf16 ? "bf16" : "f32",
-          lm_runner_kv_shape(r)->dtype == LM_DTYPE_BF16 ? "bf16" : "f32");
+          lm_runner_kv_shape(r)->dtype == LM_DTYPE_BF16     ? "bf16"
+          : lm_runner_kv_shape(r)->dtype == LM_DTYPE_F8E5M2 ? "e5m2"
+                                                            : "f32");
   fputs("\"last_logits\": [", f);
   for (int s = 0; s < n_seqs; s++) {
     fputs(s ? ",\n[" : "[", f);

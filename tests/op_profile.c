@@ -5,7 +5,7 @@
  * for sampling, and the matmuls' FLOP rate beside the FMA probe.
  *
  * usage: op_profile --model DIR [--prompt N] [--decode N] [--batch N] [--threads N]
- *                   [--kv-cache-dtype auto|bf16|f32] */
+ *                   [--kv-cache-dtype auto|bf16|f32|fp8_e5m2] */
 #include "engine/backend.h"
 #include "engine/model.h"
 #include "engine/roofline.h"

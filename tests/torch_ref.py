@@ -77,6 +77,7 @@ class Model:
         self.model_type = c["model_type"]
         self.bf16_matmul_inputs = False
         self.bf16_kv_cache = False
+        self.e5m2_kv_cache = False
         if self.model_type not in ("llama", "mistral", "qwen2", "qwen3"):
             raise SystemExit(f"torch_ref: unsupported model_type {self.model_type}")
         self.hidden = c["hidden_size"]
@@ -148,6 +149,22 @@ def round_bf16(x):
     return x.to(torch.float32).to(torch.bfloat16).to(x.dtype)
 
 
+def round_e5m2(x):
+    """x rounded to float8 e5m2 (nearest even, through float32 as lmserve
+    does; from the largest finite, 57344, up saturating to it)."""
+    f = x.to(torch.float32)
+    a = f.abs()
+    bits = a.view(torch.int32).to(torch.int64)
+    # normal: keep two mantissa bits, nearest even (a carry moves the exponent)
+    kept = ((bits + 0xFFFFF + ((bits >> 21) & 1)) >> 21) << 21
+    normal = kept.to(torch.int32).view(torch.float32)
+    # below 2^-14: multiples of 2^-16 (torch.round is nearest even)
+    sub = torch.round(a * 65536.0) / 65536.0
+    r = torch.where(a < 2.0 ** -14, sub, normal)
+    r = torch.where(a >= 57344.0, torch.full_like(r, 57344.0), r)
+    return (torch.sign(f) * r).to(x.dtype)
+
+
 def forward_f64(m, ids, cache):
     """Logits [vocab] after the last of ids, processing all of ids at once.
     cache holds per layer (k, v) [n_kv, past, head_dim] of earlier tokens and
@@ -178,6 +195,8 @@ def forward_f64(m, ids, cache):
         k = k * cos + rotate_half(k) * sin
         if m.bf16_kv_cache:
             k, v = round_bf16(k), round_bf16(v)
+        if m.e5m2_kv_cache:
+            k, v = round_e5m2(k), round_e5m2(v)
         if len(cache) <= i:
             cache.append((k, v))
         else:
@@ -280,11 +299,15 @@ def main():
                     "does for bf16 weights on CPUs with AVX512_BF16")
     ap.add_argument("--bf16-kv-cache", action="store_true",
                     help="hold K (after RoPE) and V rounded to bf16, as a bf16 KV cache does")
+    ap.add_argument("--e5m2-kv-cache", action="store_true",
+                    help="hold K (after RoPE) and V rounded to float8 e5m2, as an fp8_e5m2 KV "
+                    "cache does")
     a = ap.parse_args()
     torch.set_num_threads(2)
     m = Model(a.model, torch.float32 if a.f32_kv_cache else torch.float64)
     m.bf16_matmul_inputs = a.bf16_matmul_inputs
     m.bf16_kv_cache = a.bf16_kv_cache
+    m.e5m2_kv_cache = a.e5m2_kv_cache
     with open(a.prompts) as f:
         prompts = json.load(f)["prompts"]
     lines = {"last_logits": [], "greedy": [], "greedy_gaps": []}

@@ -92,6 +92,8 @@ run forward-vs-pytorch-asan tests/forward_compare.sh build/asan/forward_dump "$a
 # bf16 kernels are checked whichever this CPU picks by default
 run forward-vs-pytorch-f32-inputs env LM_CPU_ISA=avx512 tests/forward_compare.sh build/opt/forward_dump "$fixtures" 64 '*-bf16' --kv-cache-dtype f32
 run forward-vs-pytorch-bf16-dot env LM_CPU_ISA=bf16dot tests/forward_compare.sh build/opt/forward_dump "$fixtures" 24 '*-bf16'
+# an fp8_e5m2 KV cache, the reference rounding K and V the same way
+run forward-vs-pytorch-e5m2-kv env LM_CPU_ISA=avx512 tests/forward_compare.sh build/opt/forward_dump "$fixtures" 64 '*-bf16' --kv-cache-dtype fp8_e5m2
 # the same against Transformers' own logits (tests/data/hf, made on a GPU
 # machine by tools/gpu-run.sh)
 run forward-vs-transformers tests/hf_compare.sh build/opt/forward_dump "$fixtures"
