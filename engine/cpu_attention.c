@@ -427,55 +427,46 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int KT, const struct lm_att
   }
 }
 
-/* NV fixed at every head size the AVX-512 path takes (head_dim a multiple
- * of 16 up to LM_ATTN_MAX_HD for f32, of 32 for bf16) */
-LM_AVX512_TARGET static void lm_attn_tile_avx512_f32(const struct lm_attn_job *j,
-                                                     const struct lm_attn_tile *tl) {
-  switch (j->hd / 16) {
-  case 1: lm_attn_tile_avx512_nv(1, 0, j, tl); break;
-  case 2: lm_attn_tile_avx512_nv(2, 0, j, tl); break;
-  case 3: lm_attn_tile_avx512_nv(3, 0, j, tl); break;
-  case 4: lm_attn_tile_avx512_nv(4, 0, j, tl); break;
-  case 5: lm_attn_tile_avx512_nv(5, 0, j, tl); break;
-  case 6: lm_attn_tile_avx512_nv(6, 0, j, tl); break;
-  case 7: lm_attn_tile_avx512_nv(7, 0, j, tl); break;
-  case 8: lm_attn_tile_avx512_nv(8, 0, j, tl); break;
-  case 9: lm_attn_tile_avx512_nv(9, 0, j, tl); break;
-  case 10: lm_attn_tile_avx512_nv(10, 0, j, tl); break;
-  case 11: lm_attn_tile_avx512_nv(11, 0, j, tl); break;
-  case 12: lm_attn_tile_avx512_nv(12, 0, j, tl); break;
-  case 13: lm_attn_tile_avx512_nv(13, 0, j, tl); break;
-  case 14: lm_attn_tile_avx512_nv(14, 0, j, tl); break;
-  case 15: lm_attn_tile_avx512_nv(15, 0, j, tl); break;
-  case 16: lm_attn_tile_avx512_nv(16, 0, j, tl); break;
+/* The tile at NV and KT fixed: head_dim / 16 vectors (a multiple of 1, 2
+ * or 4 for f32, bf16 or e5m2: lm_cpu_attention takes the AVX-512 path only
+ * then, and up to LM_ATTN_MAX_HD) and the stored type. */
+LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
+                                                 const struct lm_attn_tile *tl) {
+  int kt = j->dtype == LM_DTYPE_F32 ? 0 : j->dtype == LM_DTYPE_BF16 ? 1 : 2;
+#define LM_ATTN_CASE(KT, NV)                                                                       \
+  case (KT) << 5 | (NV): lm_attn_tile_avx512_nv(NV, KT, j, tl); break
+  switch (kt << 5 | j->hd / 16) {
+    LM_ATTN_CASE(0, 1);
+    LM_ATTN_CASE(0, 2);
+    LM_ATTN_CASE(0, 3);
+    LM_ATTN_CASE(0, 4);
+    LM_ATTN_CASE(0, 5);
+    LM_ATTN_CASE(0, 6);
+    LM_ATTN_CASE(0, 7);
+    LM_ATTN_CASE(0, 8);
+    LM_ATTN_CASE(0, 9);
+    LM_ATTN_CASE(0, 10);
+    LM_ATTN_CASE(0, 11);
+    LM_ATTN_CASE(0, 12);
+    LM_ATTN_CASE(0, 13);
+    LM_ATTN_CASE(0, 14);
+    LM_ATTN_CASE(0, 15);
+    LM_ATTN_CASE(0, 16);
+    LM_ATTN_CASE(1, 2);
+    LM_ATTN_CASE(1, 4);
+    LM_ATTN_CASE(1, 6);
+    LM_ATTN_CASE(1, 8);
+    LM_ATTN_CASE(1, 10);
+    LM_ATTN_CASE(1, 12);
+    LM_ATTN_CASE(1, 14);
+    LM_ATTN_CASE(1, 16);
+    LM_ATTN_CASE(2, 4);
+    LM_ATTN_CASE(2, 8);
+    LM_ATTN_CASE(2, 12);
+    LM_ATTN_CASE(2, 16);
   default: break;
   }
-}
-
-LM_AVX512_TARGET static void lm_attn_tile_avx512_bf16(const struct lm_attn_job *j,
-                                                      const struct lm_attn_tile *tl) {
-  switch (j->hd / 32) {
-  case 1: lm_attn_tile_avx512_nv(2, 1, j, tl); break;
-  case 2: lm_attn_tile_avx512_nv(4, 1, j, tl); break;
-  case 3: lm_attn_tile_avx512_nv(6, 1, j, tl); break;
-  case 4: lm_attn_tile_avx512_nv(8, 1, j, tl); break;
-  case 5: lm_attn_tile_avx512_nv(10, 1, j, tl); break;
-  case 6: lm_attn_tile_avx512_nv(12, 1, j, tl); break;
-  case 7: lm_attn_tile_avx512_nv(14, 1, j, tl); break;
-  case 8: lm_attn_tile_avx512_nv(16, 1, j, tl); break;
-  default: break;
-  }
-}
-
-LM_AVX512_TARGET static void lm_attn_tile_avx512_e5m2(const struct lm_attn_job *j,
-                                                      const struct lm_attn_tile *tl) {
-  switch (j->hd / 64) {
-  case 1: lm_attn_tile_avx512_nv(4, 2, j, tl); break;
-  case 2: lm_attn_tile_avx512_nv(8, 2, j, tl); break;
-  case 3: lm_attn_tile_avx512_nv(12, 2, j, tl); break;
-  case 4: lm_attn_tile_avx512_nv(16, 2, j, tl); break;
-  default: break;
-  }
+#undef LM_ATTN_CASE
 }
 
 /* ---- portable fallback (same algorithm, scalar) ------------------------ */
@@ -566,12 +557,8 @@ static void lm_attn_item(void *argp, int64_t item, int tid) {
   tl.nh = (ht % j->n_htile + 1) * j->group / j->n_htile - tl.h0;
   tl.t0 = j->b->q_start[s] + (int)(item % tiles) * j->q_tile;
   tl.t1 = tl.t0 + j->q_tile < j->b->q_start[s + 1] ? tl.t0 + j->q_tile : j->b->q_start[s + 1];
-  if (j->avx512 && j->dtype == LM_DTYPE_F8E5M2)
-    lm_attn_tile_avx512_e5m2(j, &tl);
-  else if (j->avx512 && j->dtype == LM_DTYPE_BF16)
-    lm_attn_tile_avx512_bf16(j, &tl);
-  else if (j->avx512)
-    lm_attn_tile_avx512_f32(j, &tl);
+  if (j->avx512)
+    lm_attn_tile_avx512(j, &tl);
   else
     lm_attn_tile_scalar(j, &tl);
 }
