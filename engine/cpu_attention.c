@@ -171,6 +171,22 @@ LM_AVX512_INLINE void lm_attn_store_o(int NV, int KT, float *dst, const __m512 *
   }
 }
 
+/* The word at index at of a bf16 or e5m2 K region (KT 1, 2) for 16 keys
+ * (km: which of them the region holds), widened: the pair's even dim in
+ * even, its odd dim in odd. e5m2 goes through f16, whose top byte it is. */
+LM_AVX512_INLINE void lm_attn_k_pair(int KT, const char *kb, size_t at, __mmask16 km, __m512 *even,
+                                     __m512 *odd) {
+  if (KT == 2) {
+    __m256i w = _mm256_maskz_loadu_epi16(km, (const uint16_t *)kb + at);
+    *even = _mm512_cvtph_ps(_mm256_slli_epi16(w, 8));
+    *odd = _mm512_cvtph_ps(_mm256_and_si256(w, _mm256_set1_epi16((short)0xff00)));
+  } else {
+    __m512i w = _mm512_maskz_loadu_epi32(km, (const uint32_t *)kb + at);
+    *even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    *odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32((int)0xffff0000u)));
+  }
+}
+
 /* Scores of NR rows (queries q[0 .. NR-1]) against the 16 keys from c0 of
  * a word-transposed K region (km: which of them the region holds): each
  * row sums q[d] k[d] in four accumulators by d mod 4, each in order of d,
@@ -185,28 +201,12 @@ LM_AVX512_INLINE void lm_attn_qk(int NR, int NV, int KT, const float *const *q, 
 #pragma GCC unroll 4
     for (int x = 0; x < 4; x++)
       a[r][x] = _mm512_setzero_ps();
-  const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
 #pragma GCC unroll 4
   for (int d = 0; d < NV * 16; d += 4) {
     __m512 k[4];
-    if (KT == 2) {
-      /* two 16-bit words of e5m2 pairs: each byte to the top of an f16 */
-      const uint16_t *kw = (const uint16_t *)kb + c0;
-      const __m256i top = _mm256_set1_epi16((short)0xff00);
-      __m256i w0 = _mm256_maskz_loadu_epi16(km, kw + (size_t)(d / 2) * bs);
-      __m256i w1 = _mm256_maskz_loadu_epi16(km, kw + (size_t)(d / 2 + 1) * bs);
-      k[0] = _mm512_cvtph_ps(_mm256_slli_epi16(w0, 8));
-      k[1] = _mm512_cvtph_ps(_mm256_and_si256(w0, top));
-      k[2] = _mm512_cvtph_ps(_mm256_slli_epi16(w1, 8));
-      k[3] = _mm512_cvtph_ps(_mm256_and_si256(w1, top));
-    } else if (KT) {
-      const uint32_t *kw = (const uint32_t *)kb + c0;
-      __m512i w0 = _mm512_maskz_loadu_epi32(km, kw + (size_t)(d / 2) * bs);
-      __m512i w1 = _mm512_maskz_loadu_epi32(km, kw + (size_t)(d / 2 + 1) * bs);
-      k[0] = _mm512_castsi512_ps(_mm512_slli_epi32(w0, 16));
-      k[1] = _mm512_castsi512_ps(_mm512_and_si512(w0, hi));
-      k[2] = _mm512_castsi512_ps(_mm512_slli_epi32(w1, 16));
-      k[3] = _mm512_castsi512_ps(_mm512_and_si512(w1, hi));
+    if (KT) {
+      lm_attn_k_pair(KT, kb, c0 + (size_t)(d / 2) * bs, km, &k[0], &k[1]);
+      lm_attn_k_pair(KT, kb, c0 + (size_t)(d / 2 + 1) * bs, km, &k[2], &k[3]);
     } else {
       const float *kf = (const float *)kb + c0;
 #pragma GCC unroll 4
