@@ -190,9 +190,9 @@ LM_AVX512_INLINE void lm_attn_k_pair(int KT, const char *kb, size_t at, __mmask1
 /* Scores of NR rows (queries q[0 .. NR-1]) against the 16 keys from c0 of
  * a word-transposed K region (km: which of them the region holds): each
  * row sums q[d] k[d] in four accumulators by d mod 4, each in order of d,
- * then (a0 + a1) + (a2 + a3). A bf16 word widens to its even dim (shift)
- * and its odd one (mask), an e5m2 word to its four dims. The sums do not depend on NR, so a row's
- * scores do not depend on the rows it is computed with. */
+ * then (a0 + a1) + (a2 + a3). A bf16 or e5m2 word widens to its even
+ * dim and its odd one (lm_attn_k_pair). The sums do not depend on NR, so
+ * a row's scores do not depend on the rows it is computed with. */
 LM_AVX512_INLINE void lm_attn_qk(int NR, int NV, int KT, const float *const *q, const char *kb,
                                  int bs, int c0, __mmask16 km, __m512 *s) {
   __m512 a[4][4];
