@@ -40,20 +40,10 @@ int lm_cpu_grow(void **buf, size_t *have_bytes, size_t want_bytes) {
 
 LM_AVX512_TARGET static void lm_cpu_convert_avx512(float *dst, const void *src, enum lm_dtype dt,
                                                    size_t n) {
-  size_t i = 0;
-  if (dt == LM_DTYPE_BF16) {
-    for (; i + 16 <= n; i += 16) {
-      __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)src + i));
-      _mm512_storeu_ps(dst + i,
-                       _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
-    }
-  } else if (dt == LM_DTYPE_F16) {
-    for (; i + 16 <= n; i += 16)
-      _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(
-                                    (const __m256i *)((const uint16_t *)src + i))));
+  for (size_t i = 0; i < n; i += 16) {
+    int left = n - i < 16 ? (int)(n - i) : 16;
+    _mm512_mask_storeu_ps(dst + i, lm_cpu_lanes(left), lm_cpu_load16(src, dt, i, left));
   }
-  for (; i < n; i++)
-    dst[i] = lm_cpu_elem(src, dt, i);
 }
 
 static int lm_cpu_has_avx512(void) {
@@ -386,7 +376,7 @@ LM_AVX512_TARGET static float lm_sumsq_avx512(const float *x, int n) {
 
 /* res += delta (when delta), then out = w * (x * inv) with inv from the
  * mean of squares of x (res when adding): the scalar loop's arithmetic,
- * 16 elements at a time, for an f32, f16 or bf16 weight. */
+ * 16 elements at a time. */
 LM_AVX512_TARGET static void lm_norm_row_avx512(const struct lm_norm_args *a, float *out,
                                                 float *res, const float *x, const float *d) {
   int n = a->dim;
@@ -401,20 +391,11 @@ LM_AVX512_TARGET static void lm_norm_row_avx512(const struct lm_norm_args *a, fl
   }
   float ss = lm_sumsq_avx512(x, n);
   __m512 inv = _mm512_set1_ps(1.0f / sqrtf(ss / (float)n + a->eps));
-  const void *w = a->w->data;
   for (int i = 0; i < n; i += 16) {
     __mmask16 m = lm_cpu_lanes(n - i);
-    __m512 wv;
-    if (a->w->dtype == LM_DTYPE_F32) {
-      wv = _mm512_maskz_loadu_ps(m, (const float *)w + i);
-    } else {
-      __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + i);
-      wv = a->w->dtype == LM_DTYPE_F16
-               ? _mm512_cvtph_ps(h)
-               : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
     _mm512_mask_storeu_ps(out + i, m,
-                          _mm512_mul_ps(wv, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv)));
+                          _mm512_mul_ps(lm_cpu_load16(a->w->data, a->w->dtype, (size_t)i, n - i),
+                                        _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv)));
   }
 }
 
@@ -430,7 +411,7 @@ static void lm_norm_rows(const void *argp, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; r++) {
     const float *x = a->x + (size_t)r * a->dim;
     float *out = a->out + (size_t)r * a->dim;
-    if (a->avx512 && a->w->dtype != LM_DTYPE_F8E5M2) {
+    if (a->avx512) {
       lm_norm_row_avx512(a, out, a->delta ? a->residual + (size_t)r * a->dim : NULL, x,
                          a->delta ? a->delta + (size_t)r * a->dim : NULL);
       continue;
@@ -540,7 +521,7 @@ struct lm_kvw_args {
   const float *k, *v;  /* [T, n_kv_heads, head_dim] */
   const struct lm_kv_shape *s;
   const int32_t *slots;
-  int avx512;
+  int by16; /* lm_kvw_head_avx512 (AVX-512, a bf16 or e5m2 cache, head_dim % 16 == 0) */
 };
 
 /* lm_f32_to_e5m2 on 16 lanes: nearest even, saturating, NaN kept. */
@@ -626,7 +607,7 @@ static void lm_kvw_rows(const void *argp, int64_t r0, int64_t r1) {
       size_t region = ((size_t)blk * s->n_kv_heads + h) * bs * hd * elem;
       const float *k = a->k + (size_t)t * row + (size_t)h * hd;
       const float *v = a->v + (size_t)t * row + (size_t)h * hd;
-      if (a->avx512 && s->dtype != LM_DTYPE_F32 && hd % 16 == 0) {
+      if (a->by16) {
         lm_kvw_head_avx512(a->kbase + region, a->vbase + region, k, v, off, hd, bs, s->dtype);
         continue;
       }
@@ -647,7 +628,8 @@ static void lm_cpu_kv_write(void *st, void *kv, const struct lm_kv_shape *shape,
                           .v = v,
                           .s = shape,
                           .slots = b->slot_mapping,
-                          .avx512 = ((struct lm_cpu *)st)->avx512};
+                          .by16 = ((struct lm_cpu *)st)->avx512 && shape->dtype != LM_DTYPE_F32 &&
+                                  shape->head_dim % 16 == 0};
   lm_cpu_rows(st, b->n_tokens, (int64_t)shape->n_kv_heads * shape->head_dim * 2, lm_kvw_rows, &a);
 }
 

@@ -239,7 +239,7 @@ LM_AVX512_INLINE void lm_attn_prefetch(const struct lm_attn_job *j, const struct
                                        int pi, int k, int l1) {
   const struct lm_attn_piece *pc = &ck->piece[pi];
   if (k) {
-    size_t wb = j->dtype == LM_DTYPE_F8E5M2 ? 2 : 4; /* bytes of a K word */
+    size_t wb = lm_cpu_k_word_bytes(j->dtype);
     int n_words = j->hd * (int)lm_dtype_size(j->dtype) / (int)wb;
     for (int w = 0; w < n_words; w++) {
       const char *a = pc->k + ((size_t)w * j->bs + pc->off) * wb, *e = a + (pc->n - 1) * wb;
@@ -432,7 +432,7 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int KT, const struct lm_att
  * then, and up to LM_ATTN_MAX_HD) and the stored type. */
 LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
                                                  const struct lm_attn_tile *tl) {
-  int kt = j->dtype == LM_DTYPE_F32 ? 0 : j->dtype == LM_DTYPE_BF16 ? 1 : 2;
+  int kt = j->dtype == LM_DTYPE_F8E5M2 ? 2 : j->dtype == LM_DTYPE_BF16;
 #define LM_ATTN_CASE(KT, NV)                                                                       \
   case (KT) << 5 | (NV): lm_attn_tile_avx512_nv(NV, KT, j, tl); break
   switch (kt << 5 | j->hd / 16) {

@@ -94,6 +94,29 @@ static inline float lm_cpu_elem(const void *data, enum lm_dtype dt, size_t i) {
   return ((const float *)data)[i];
 }
 
+/* Elements n from i of a stored f32, f16, bf16 or e5m2 row as f32 (n >= 16:
+ * all 16 lanes; the rest zero), widened exactly. */
+LM_AVX512_INLINE __m512 lm_cpu_load16(const void *src, enum lm_dtype dt, size_t i, int n) {
+  __mmask16 m = lm_cpu_lanes(n);
+  switch (dt) {
+  case LM_DTYPE_F32: return _mm512_maskz_loadu_ps(m, (const float *)src + i);
+  case LM_DTYPE_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)src + i));
+  case LM_DTYPE_BF16:
+    return _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)src + i)), 16));
+  case LM_DTYPE_F8E5M2: /* the top byte of an f16 */
+    return _mm512_cvtph_ps(_mm256_slli_epi16(
+        _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(m, (const uint8_t *)src + i)), 8));
+  }
+  return _mm512_setzero_ps();
+}
+
+/* Bytes of a word of the CPU's K cache (lm_cpu_k_index): one f32, or a
+ * pair of bf16 or e5m2 values. */
+static inline size_t lm_cpu_k_word_bytes(enum lm_dtype dt) {
+  return dt == LM_DTYPE_F8E5M2 ? 2 : 4;
+}
+
 /* Element index of dim d of key i in a (block, kv head) region of the K
  * cache, which the CPU stores transposed by words: [words of a
  * head][block_size], a word holding one f32 or a pair of dims 2w and 2w +
@@ -101,8 +124,8 @@ static inline float lm_cpu_elem(const void *data, enum lm_dtype dt, size_t i) {
  * 64-byte (f32, bf16) or 32-byte (e5m2) load gives a word of 16
  * consecutive keys. V regions are [block_size][head_dim]. */
 static inline size_t lm_cpu_k_index(int i, int d, int bs, enum lm_dtype dt) {
-  if (dt == LM_DTYPE_F32) return (size_t)d * bs + i;
-  return ((size_t)(d / 2) * bs + i) * 2 + d % 2;
+  int per = (int)(lm_cpu_k_word_bytes(dt) / lm_dtype_size(dt)); /* elements a word */
+  return ((size_t)(d / per) * bs + i) * per + d % per;
 }
 
 /* Converts n stored elements to f32. */
