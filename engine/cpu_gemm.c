@@ -40,13 +40,14 @@
 
 #include "engine/cpu_internal.h"
 
-#define LM_GEMM_MB     64 /* x rows a thread takes through its panels at once */
-#define LM_GEMM_MR     8  /* most x rows in a micro-kernel */
-#define LM_GEMM_NV     4  /* most panels in a micro-kernel */
-#define LM_GEMM_PF     16 /* words of W prefetched ahead (1 KiB a panel) */
-#define LM_GEMM_CHUNK  12 /* work items take a multiple of this many panels (of every NV) */
-#define LM_TILE_DOT    3  /* kernel "dtype" for bf16 by dot products */
-#define LM_DOT_PREP_MB 4  /* up to this many rows, x is rounded on the calling thread */
+#define LM_GEMM_MB        64  /* x rows a thread takes through its panels at once */
+#define LM_GEMM_MR        8   /* most x rows in a micro-kernel */
+#define LM_GEMM_NV        4   /* most panels in a micro-kernel */
+#define LM_GEMM_PF        16  /* words of W prefetched ahead (1 KiB a panel) */
+#define LM_GEMM_CHUNK     12  /* a multiple of every NV */
+#define LM_GEMM_ITEMS_MAX 256 /* work items of one matrix */
+#define LM_TILE_DOT       3   /* kernel "dtype" for bf16 by dot products */
+#define LM_DOT_PREP_MB    4   /* up to this many rows, x is rounded on the calling thread */
 
 /* Words in a packed row of K elements of dt. */
 static size_t lm_gemm_words(int k, enum lm_dtype dt) {
@@ -288,8 +289,9 @@ struct lm_gemm_job {
   const struct lm_tensor *bias;
   int m, n, k;
   int avx512;
-  int dot;       /* bf16 weights by dot products */
-  int64_t chunk; /* panels per work item */
+  int dot;                              /* bf16 weights by dot products */
+  int64_t unit;                         /* panels in a group */
+  int64_t start[LM_GEMM_ITEMS_MAX + 1]; /* item i: groups start[i] .. start[i + 1] */
 };
 
 /* Row m of x rounded to bf16 pairs, zero past K. */
@@ -307,14 +309,22 @@ LM_BF16DOT_TARGET static void lm_gemm_prep_item(void *argp, int64_t m, int tid) 
   }
 }
 
+/* Panels a micro-kernel takes for a block of rows (up to LM_GEMM_MB): 4
+ * where its tiles have up to 4 rows, else 3. */
+static int lm_gemm_nv_max(int rows) {
+  int tiles;
+  if (rows > LM_GEMM_MB) rows = LM_GEMM_MB;
+  tiles = (rows + LM_GEMM_MR - 1) / LM_GEMM_MR;
+  return (rows + tiles - 1) / tiles <= 4 ? 4 : 3;
+}
+
 static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t p0, int64_t p1, int tid) {
   size_t words = lm_gemm_words(j->k, j->dt), ldp = words * 16;
   uint32_t *scratch = j->packed ? NULL : j->scratch + (size_t)tid * LM_GEMM_NV * ldp;
   int kern = j->dot ? LM_TILE_DOT : (int)j->dt;
   for (int mb = 0; mb < j->m; mb += LM_GEMM_MB) {
     int rows = j->m - mb < LM_GEMM_MB ? j->m - mb : LM_GEMM_MB;
-    int tiles = (rows + LM_GEMM_MR - 1) / LM_GEMM_MR;
-    int nv_max = (rows + tiles - 1) / tiles <= 4 ? 4 : 3;
+    int tiles = (rows + LM_GEMM_MR - 1) / LM_GEMM_MR, nv_max = lm_gemm_nv_max(rows);
     for (int64_t p = p0; p < p1; p += nv_max) {
       int nv = (int)(p1 - p < nv_max ? p1 - p : nv_max);
       const uint32_t *w = j->packed ? j->packed + (size_t)p * ldp : scratch;
@@ -378,20 +388,30 @@ static void lm_gemm_scalar_range(const struct lm_gemm_job *j, int64_t n0, int64_
 static void lm_gemm_item(void *argp, int64_t item, int tid) {
   const struct lm_gemm_job *j = argp;
   int64_t panels = ((int64_t)j->n + 15) / 16;
-  int64_t p0 = item * j->chunk, p1 = p0 + j->chunk < panels ? p0 + j->chunk : panels;
+  int64_t p0 = j->start[item] * j->unit, p1 = j->start[item + 1] * j->unit;
+  if (p1 > panels) p1 = panels;
   if (j->avx512)
     lm_gemm_avx512_range(j, p0, p1, tid);
   else
     lm_gemm_scalar_range(j, 16 * p0, 16 * p1 < j->n ? 16 * p1 : j->n);
 }
 
+/* Work items of whole groups of panels (as many as a micro-kernel takes,
+ * or 12, a multiple of every group size, where there are many), sized
+ * guided: each takes 1 / (2 x threads) of the groups left, at least one.
+ * The large items come first, and the last ones are single groups, so the
+ * threads finish within a group of each other, and a thread whose core is
+ * taken by another process leaves its share to the others. */
 static int64_t lm_gemm_items(struct lm_gemm_job *j, int n_threads) {
-  /* a few items per thread, so a thread whose core is taken by another
-   * process leaves its share to the others */
-  int64_t panels = ((int64_t)j->n + 15) / 16;
-  int64_t per = (panels + 4 * n_threads - 1) / (4 * n_threads);
-  j->chunk = (per + LM_GEMM_CHUNK - 1) / LM_GEMM_CHUNK * LM_GEMM_CHUNK;
-  return (panels + j->chunk - 1) / j->chunk;
+  int64_t panels = ((int64_t)j->n + 15) / 16, n = 0;
+  j->unit = panels >= (int64_t)LM_GEMM_CHUNK * 8 * n_threads ? LM_GEMM_CHUNK : lm_gemm_nv_max(j->m);
+  j->start[0] = 0;
+  for (int64_t left = (panels + j->unit - 1) / j->unit; left > 0; n++) {
+    int64_t size = n + 1 == LM_GEMM_ITEMS_MAX ? left : (left + 2 * n_threads - 1) / (2 * n_threads);
+    j->start[n + 1] = j->start[n] + size;
+    left -= size;
+  }
+  return n;
 }
 
 static struct lm_gemm_job lm_gemm_job_of(const struct lm_cpu *cpu, void *y, const void *x,
