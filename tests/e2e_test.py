@@ -572,8 +572,10 @@ def test_overload_and_drain(args, info):
     first = next(call)
     watch = ns.health_pb2_grpc.HealthStub(channel).Watch(ns.health_pb2.HealthCheckRequest(),
                                                           timeout=60)
+    # the watch is established (its first status came) before the drain
+    # starts: a call that reaches the server after SIGTERM is refused
+    statuses = [next(watch).status]
     proc.send_signal(signal.SIGTERM)
-    statuses = []
     for m in watch:
         statuses.append(m.status)
         if m.status != ns.health_pb2.HealthCheckResponse.SERVING:
