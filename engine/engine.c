@@ -158,17 +158,16 @@ static void *engine_main(void *arg) {
 
 /* ---- create / destroy --------------------------------------------------- */
 
-/* Blocks for the pool: exactly n_kv_blocks, else as many as kv_cache_bytes
- * holds; by default, what the backend has room for (the GPU: its memory
- * share less weights and activations), else an eighth of host memory, at
- * most 2 GiB; never more than max_num_seqs full-length sequences need. */
+/* Blocks of kv_dtype for the pool: exactly n_kv_blocks, else as many as
+ * kv_cache_bytes holds; by default, what the backend has room for (the
+ * GPU: its memory share less weights and activations), else an eighth of
+ * host memory, at most 2 GiB; never more than max_num_seqs full-length
+ * sequences need. */
 static int pool_blocks(const struct lm_engine_config *c, const struct lm_config *mc,
-                       const lm_backend *be, int64_t *n_blocks, char *err) {
+                       const lm_backend *be, enum lm_dtype kv_dtype, int64_t *n_blocks, char *err) {
   const struct lm_backend_ops *ops = be->ops;
-  struct lm_kv_shape shape = {mc->n_layers, 1,           c->block_size, mc->n_kv_heads,
-                              mc->head_dim, LM_DTYPE_F32};
-  int rc = lm_backend_kv_dtype(ops, mc->dtype, c->kv_cache_dtype, &shape.dtype, err);
-  if (rc != LM_OK) return rc;
+  struct lm_kv_shape shape = {mc->n_layers, 1,       c->block_size, mc->n_kv_heads,
+                              mc->head_dim, kv_dtype};
   if (c->n_kv_blocks > 0) {
     *n_blocks = c->n_kv_blocks;
     return LM_OK;
@@ -181,8 +180,8 @@ static int pool_blocks(const struct lm_engine_config *c, const struct lm_config 
     size_t reserve = lm_runner_activation_bytes(mc, c->max_num_batched_tokens, c->max_num_seqs,
                                                 ops->act_elem_bytes) +
                      ((size_t)256 << 20);
-    rc = ops->kv_budget(be->st, reserve, c->max_num_batched_tokens, c->max_num_seqs,
-                        c->max_model_len, &bytes, err);
+    int rc = ops->kv_budget(be->st, reserve, c->max_num_batched_tokens, c->max_num_seqs,
+                            c->max_model_len, &bytes, err);
     if (rc != LM_OK) return rc;
   } else if (bytes == 0) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
@@ -290,7 +289,11 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
     e->cfg.max_num_batched_tokens = e->be->ops->batched_tokens;
   const struct lm_config *mc = &e->m->cfg;
   int64_t n_blocks = 0;
-  if ((rc = pool_blocks(&e->cfg, mc, e->be, &n_blocks, err)) != LM_OK) goto err;
+  enum lm_dtype kv_dtype;
+  if ((rc = lm_backend_kv_dtype(e->be->ops, mc->dtype, e->cfg.kv_cache_dtype, &kv_dtype, err)) !=
+          LM_OK ||
+      (rc = pool_blocks(&e->cfg, mc, e->be, kv_dtype, &n_blocks, err)) != LM_OK)
+    goto err;
   e->cfg.n_kv_blocks = (int)n_blocks;
   e->attn_ctx_tokens = lm_config_layer_params(mc) / (2.0 * mc->n_heads * mc->head_dim);
   struct lm_runner_config rcfg = {
@@ -299,7 +302,7 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
       .max_batch_tokens = e->cfg.max_num_batched_tokens,
       .max_seqs = e->cfg.max_num_seqs,
       .max_model_len = e->cfg.max_model_len,
-      .kv_dtype = e->cfg.kv_cache_dtype,
+      .kv_dtype = lm_dtype_name(kv_dtype),
   };
   if ((rc = lm_runner_create(e->m, e->be, &rcfg, &e->runner, err)) != LM_OK) goto err;
   e->pool = lm_runner_kv_pool(e->runner);
