@@ -171,53 +171,55 @@ LM_AVX512_INLINE void lm_attn_store_o(int NV, int KT, float *dst, const __m512 *
   }
 }
 
-/* The word at index at of a bf16 or e5m2 K region (KT 1, 2) for 16 keys
- * (km: which of them the region holds), widened: the pair's even dim in
- * even, its odd dim in odd. e5m2 goes through f16, whose top byte it is. */
-LM_AVX512_INLINE void lm_attn_k_pair(int KT, const char *kb, size_t at, __mmask16 km, __m512 *even,
+/* The word at kw of a bf16 or e5m2 K region (KT 1, 2) for 16 keys (km:
+ * which of them the region holds), widened: the pair's even dim in even,
+ * its odd dim in odd. e5m2 goes through f16, whose top byte it is. */
+LM_AVX512_INLINE void lm_attn_k_pair(int KT, const char *kw, __mmask16 km, __m512 *even,
                                      __m512 *odd) {
   if (KT == 2) {
-    __m256i w = _mm256_maskz_loadu_epi16(km, (const uint16_t *)kb + at);
+    __m256i w = _mm256_maskz_loadu_epi16(km, kw);
     *even = _mm512_cvtph_ps(_mm256_slli_epi16(w, 8));
     *odd = _mm512_cvtph_ps(_mm256_and_si256(w, _mm256_set1_epi16((short)0xff00)));
   } else {
-    __m512i w = _mm512_maskz_loadu_epi32(km, (const uint32_t *)kb + at);
+    __m512i w = _mm512_maskz_loadu_epi32(km, kw);
     *even = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
     *odd = _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32((int)0xffff0000u)));
   }
 }
 
-/* Scores of NR rows (queries q[0 .. NR-1]) against the 16 keys from c0 of
- * a word-transposed K region (km: which of them the region holds): each
- * row sums q[d] k[d] in four accumulators by d mod 4, each in order of d,
- * then (a0 + a1) + (a2 + a3). A bf16 or e5m2 word widens to its even
- * dim and its odd one (lm_attn_k_pair). The sums do not depend on NR, so
- * a row's scores do not depend on the rows it is computed with. */
-LM_AVX512_INLINE void lm_attn_qk(int NR, int NV, int KT, const float *const *q, const char *kb,
-                                 int bs, int c0, __mmask16 km, __m512 *s) {
+/* Scores of NR rows (queries q, head_dim = NV * 16 floats apart) against
+ * the 16 keys at kw, the first word of a word-transposed K region (words
+ * ws bytes apart; km: which of the keys the region holds): each row sums
+ * q[d] k[d] in four accumulators by d mod 4, each in order of d, then
+ * (a0 + a1) + (a2 + a3). A bf16 or e5m2 word widens to its even dim and
+ * its odd one (lm_attn_k_pair). The sums do not depend on NR, so a row's
+ * scores do not depend on the rows it is computed with. */
+LM_AVX512_INLINE void lm_attn_qk(int NR, int NV, int KT, const float *q, const char *kw, size_t ws,
+                                 __mmask16 km, __m512 *s) {
   __m512 a[4][4];
 #pragma GCC unroll 4
   for (int r = 0; r < NR; r++)
 #pragma GCC unroll 4
     for (int x = 0; x < 4; x++)
       a[r][x] = _mm512_setzero_ps();
-#pragma GCC unroll 4
+#pragma GCC unroll 2
   for (int d = 0; d < NV * 16; d += 4) {
     __m512 k[4];
     if (KT) {
-      lm_attn_k_pair(KT, kb, c0 + (size_t)(d / 2) * bs, km, &k[0], &k[1]);
-      lm_attn_k_pair(KT, kb, c0 + (size_t)(d / 2 + 1) * bs, km, &k[2], &k[3]);
+      lm_attn_k_pair(KT, kw, km, &k[0], &k[1]);
+      lm_attn_k_pair(KT, kw + ws, km, &k[2], &k[3]);
+      kw += 2 * ws;
     } else {
-      const float *kf = (const float *)kb + c0;
 #pragma GCC unroll 4
       for (int x = 0; x < 4; x++)
-        k[x] = _mm512_maskz_loadu_ps(km, kf + (size_t)(d + x) * bs);
+        k[x] = _mm512_maskz_loadu_ps(km, kw + x * ws);
+      kw += 4 * ws;
     }
 #pragma GCC unroll 4
     for (int r = 0; r < NR; r++)
 #pragma GCC unroll 4
       for (int x = 0; x < 4; x++)
-        a[r][x] = _mm512_fmadd_ps(_mm512_set1_ps(q[r][d + x]), k[x], a[r][x]);
+        a[r][x] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * NV * 16 + d + x]), k[x], a[r][x]);
   }
 #pragma GCC unroll 4
   for (int r = 0; r < NR; r++)
@@ -254,54 +256,52 @@ LM_AVX512_INLINE void lm_attn_prefetch(const struct lm_attn_job *j, const struct
       lm_attn_pull(ck->v[pc->k0 + t] + x, l1);
 }
 
-/* Step pi of a tile's prefetches while it scores chunk ck: piece pi's V
- * and piece pi + 1's K into L1, and piece pi of the next chunk (NULL:
- * none) into L2. Returns 0 once no step is left. */
+/* Step pi of a tile's prefetches while rows score chunk ck: with pk (the
+ * first rows to score it), piece pi + 1's K into L1 and piece pi of the
+ * next chunk (NULL: none) into L2; with pv (the last), piece pi's V into
+ * L1 for the weighted sums that follow. Returns 0 once no step is left. */
 LM_AVX512_INLINE int lm_attn_prefetch_step(const struct lm_attn_job *j,
                                            const struct lm_attn_chunk *ck,
-                                           const struct lm_attn_chunk *next, int pi) {
-  if (pi < ck->n_pieces) lm_attn_prefetch(j, ck, pi, 0, 1);
-  if (pi + 1 < ck->n_pieces) lm_attn_prefetch(j, ck, pi + 1, 1, 1);
-  if (next && pi < next->n_pieces) {
+                                           const struct lm_attn_chunk *next, int pi, int pk,
+                                           int pv) {
+  if (pv && pi < ck->n_pieces) lm_attn_prefetch(j, ck, pi, 0, 1);
+  if (pk && pi + 1 < ck->n_pieces) lm_attn_prefetch(j, ck, pi + 1, 1, 1);
+  if (pk && next && pi < next->n_pieces) {
     lm_attn_prefetch(j, next, pi, 1, 0);
     lm_attn_prefetch(j, next, pi, 0, 0);
   }
-  return pi < ck->n_pieces || (next && pi < next->n_pieces);
+  return (pv && pi < ck->n_pieces) ||
+         (pk && (pi + 1 < ck->n_pieces || (next && pi < next->n_pieces)));
 }
 
-/* NR rows' pass over one chunk: scores, the online-softmax update, and
- * the weighted sum of V, whose output vectors (o, in lm_attn_kv16's order)
- * stay in registers four at a time across the chunk's keys. Row x reads
- * the chunk's first nv[x] keys (>= 1); each row's arithmetic is what it
- * would be alone. With pf (the first rows of the tile to score the chunk),
- * scoring piece pi runs lm_attn_prefetch_step pi. */
-LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int KT, const struct lm_attn_job *j,
-                                         const float *const *q, const int *nv,
-                                         const struct lm_attn_chunk *ck,
-                                         const struct lm_attn_chunk *next, int pf, float *const *m,
-                                         float *const *l, __m512 *const *o) {
-  float sc[4][LM_ATTN_CHUNK] __attribute__((aligned(64)));
-  float alpha[4];
-  int nmin = LM_ATTN_CHUNK, nmax = 0;
+/* NR consecutive rows of a tile against one chunk: their scores (queries
+ * q, head_dim floats apart) and the online-softmax update. Row x reads the
+ * chunk's first nv[x] keys (>= 1); afterwards sc[x] holds its
+ * exp(score - new max) and alpha[x] exp(old max - new max), the factor of
+ * its output so far. Each row's arithmetic is what it would be alone. */
+LM_AVX512_INLINE void
+lm_attn_rows_score(int NR, int NV, int KT, const struct lm_attn_job *j, const float *q,
+                   const int *nv, const struct lm_attn_chunk *ck, const struct lm_attn_chunk *next,
+                   int pk, int pv, float (*sc)[LM_ATTN_CHUNK], float *m, float *l, float *alpha) {
+  size_t ws = (size_t)j->bs * lm_cpu_k_word_bytes(j->dtype);
+  int nmax = 0;
 #pragma GCC unroll 4
-  for (int r = 0; r < NR; r++) {
-    nmin = nv[r] < nmin ? nv[r] : nmin;
+  for (int r = 0; r < NR; r++)
     nmax = nv[r] > nmax ? nv[r] : nmax;
-  }
   int pi = 0;
   for (; pi < ck->n_pieces && ck->piece[pi].k0 < nmax; pi++) {
     const struct lm_attn_piece *pc = &ck->piece[pi];
     __mmask16 km = lm_cpu_lanes(pc->n);
     __m512 s[4];
-    if (pf) lm_attn_prefetch_step(j, ck, next, pi);
-    lm_attn_qk(NR, NV, KT, q, pc->k, j->bs, pc->off, km, s);
+    if (pk || pv) lm_attn_prefetch_step(j, ck, next, pi, pk, pv);
+    lm_attn_qk(NR, NV, KT, q, pc->k + (size_t)pc->off * lm_cpu_k_word_bytes(j->dtype), ws, km, s);
 #pragma GCC unroll 4
     for (int r = 0; r < NR; r++)
       _mm512_mask_storeu_ps(sc[r] + pc->k0, km, _mm512_mul_ps(s[r], _mm512_set1_ps(j->scale)));
   }
   /* the steps of pieces these rows do not read (other rows of the tile
    * do), and of a next chunk's pieces beyond this one's */
-  while (pf && lm_attn_prefetch_step(j, ck, next, pi))
+  while ((pk || pv) && lm_attn_prefetch_step(j, ck, next, pi, pk, pv))
     pi++;
   /* the rows' new maxima, and exp(old - new) for all rows in one vector */
   float m_new[4], dm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -312,8 +312,8 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int KT, const struct lm
       bmax = _mm512_max_ps(bmax, _mm512_mask_load_ps(_mm512_set1_ps(-INFINITY),
                                                      lm_cpu_lanes(nv[r] - c0), sc[r] + c0));
     float bm = _mm512_reduce_max_ps(bmax);
-    m_new[r] = *m[r] > bm ? *m[r] : bm;
-    dm[r] = *m[r] - m_new[r];
+    m_new[r] = m[r] > bm ? m[r] : bm;
+    dm[r] = m[r] - m_new[r];
   }
   _mm512_mask_storeu_ps(alpha, lm_cpu_lanes(NR),
                         lm_attn_exp16(_mm512_maskz_loadu_ps(lm_cpu_lanes(NR), dm)));
@@ -328,11 +328,23 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int KT, const struct lm
       _mm512_store_ps(sc[r] + c0, p);
       psum = _mm512_add_ps(psum, p);
     }
-    *l[r] = *l[r] * alpha[r] + lm_hsum16(psum);
-    *m[r] = m_new[r];
+    l[r] = l[r] * alpha[r] + lm_hsum16(psum);
+    m[r] = m_new[r];
   }
-  /* four output vectors of each row at a time; not unrolled, so the
-   * accumulators stay in registers */
+}
+
+/* The same rows' weighted sums of the chunk's V: o = o * alpha + sum of
+ * sc[i] v[i], the output vectors (in lm_attn_kv16's order) four at a time
+ * in registers across the chunk's keys. */
+LM_AVX512_INLINE void lm_attn_rows_pv(int NR, int NV, int KT, const int *nv,
+                                      const struct lm_attn_chunk *ck,
+                                      const float (*sc)[LM_ATTN_CHUNK], const float *alpha,
+                                      __m512 (*o)[LM_ATTN_MAX_HD / 16]) {
+  int nmin = LM_ATTN_CHUNK;
+#pragma GCC unroll 4
+  for (int r = 0; r < NR; r++)
+    nmin = nv[r] < nmin ? nv[r] : nmin;
+    /* not unrolled, so the accumulators stay in registers */
 #pragma GCC unroll 1
   for (int d0 = 0; d0 < NV; d0 += 4) {
     const int DV = NV - d0 < 4 ? NV - d0 : 4;
@@ -370,26 +382,45 @@ LM_AVX512_INLINE void lm_attn_rows_chunk(int NR, int NV, int KT, const struct lm
   }
 }
 
-/* The tile: chunk by chunk, the rows that read the chunk four (then two,
- * then one) at a time, then the outputs. */
+/* How many rows from r go through a chunk together: the run of rows that
+ * read it (nv > 0), four, two or one. */
+static inline int lm_attn_run(const int *nv, int r, int n_rows) {
+  int n = 1;
+  while (n < 4 && r + n < n_rows && nv[r + n] > 0)
+    n++;
+  return n == 4 ? 4 : n >= 2 ? 2 : 1;
+}
+
+/* The tile: chunk by chunk, the scores of the rows that read the chunk
+ * four (then two, then one) at a time, then their weighted sums of V, so
+ * that K and the queries are in L1 for the one and V and the outputs for
+ * the other; then the outputs. */
 LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int KT, const struct lm_attn_job *j,
                                              const struct lm_attn_tile *tl) {
   const struct lm_batch *b = j->b;
   int n_rows = (tl->t1 - tl->t0) * tl->nh;
-  int pos[LM_ATTN_ROWS];
-  float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS];
+  int pos[LM_ATTN_ROWS], nv[LM_ATTN_ROWS];
+  float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS], alpha[LM_ATTN_ROWS];
+  float sc[LM_ATTN_ROWS][LM_ATTN_CHUNK] __attribute__((aligned(64)));
+  /* the rows' queries, head_dim floats apart */
+  float qr[LM_ATTN_ROWS * LM_ATTN_MAX_HD] __attribute__((aligned(64)));
   /* o: [n_rows, head_dim] running weighted sum of V */
   __m512 o[LM_ATTN_ROWS][LM_ATTN_MAX_HD / 16];
   struct lm_attn_chunk ck[2];
   int pmax = lm_attn_rows_init(j, tl, n_rows, pos, m, l);
-  for (int r = 0; r < n_rows; r++)
+  for (int r = 0; r < n_rows; r++) {
+    int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
+    const float *src = j->q + ((size_t)t * j->n_heads + h) * NV * 16;
 #pragma GCC unroll 16
-    for (int d = 0; d < NV; d++)
+    for (int d = 0; d < NV; d++) {
+      _mm512_store_ps(qr + (r * NV + d) * 16, _mm512_loadu_ps(src + 16 * d));
       o[r][d] = _mm512_setzero_ps();
+    }
+  }
   const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
   /* blocks are scattered in the pool, so no hardware prefetcher finds the
    * next one: the chunk after the one being scored is described too, for
-   * lm_attn_rows_chunk's prefetches (pulling a whole chunk at once, or only
+   * lm_attn_rows_score's prefetches (pulling a whole chunk at once, or only
    * into L2, was slower) */
   lm_attn_chunk_init(j, tl, table, 0, pmax, &ck[0]);
   for (int base = 0, c = 0; base <= pmax; base += LM_ATTN_CHUNK, c ^= 1) {
@@ -398,26 +429,39 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int KT, const struct lm_att
       lm_attn_chunk_init(j, tl, table, base + LM_ATTN_CHUNK, pmax, &ck[c ^ 1]);
       next = &ck[c ^ 1];
     }
-    const float *q[LM_ATTN_ROWS];
-    int nv[LM_ATTN_ROWS], row[LM_ATTN_ROWS], na = 0;
-    for (int r = 0; r < n_rows; r++)
-      if ((q[na] = lm_attn_row_q(j, tl, r, pos[r] + 1 - base, &nv[na]))) row[na++] = r;
-    for (int x = 0; x < na;) {
-      int nr = na - x >= 4 ? 4 : na - x >= 2 ? 2 : 1;
-      float *mp[4], *lp[4];
-      __m512 *op[4];
-      for (int y = 0; y < nr; y++) {
-        mp[y] = &m[row[x + y]];
-        lp[y] = &l[row[x + y]];
-        op[y] = o[row[x + y]];
+    int first = -1, last = -1;
+    for (int r = 0; r < n_rows; r++) {
+      int n = pos[r] + 1 - base;
+      nv[r] = n < LM_ATTN_CHUNK ? n : LM_ATTN_CHUNK;
+      if (n > 0) {
+        if (first < 0) first = r;
+        last = r;
       }
+    }
+    for (int r = first; r >= 0 && r <= last;) {
+      int nr = nv[r] > 0 ? lm_attn_run(nv, r, n_rows) : 0, pk = r == first, pv = r + nr > last;
+      const float *q = qr + r * NV * 16;
       if (nr == 4)
-        lm_attn_rows_chunk(4, NV, KT, j, q + x, nv + x, &ck[c], next, x == 0, mp, lp, op);
+        lm_attn_rows_score(4, NV, KT, j, q, nv + r, &ck[c], next, pk, pv, sc + r, m + r, l + r,
+                           alpha + r);
       else if (nr == 2)
-        lm_attn_rows_chunk(2, NV, KT, j, q + x, nv + x, &ck[c], next, x == 0, mp, lp, op);
-      else
-        lm_attn_rows_chunk(1, NV, KT, j, q + x, nv + x, &ck[c], next, x == 0, mp, lp, op);
-      x += nr;
+        lm_attn_rows_score(2, NV, KT, j, q, nv + r, &ck[c], next, pk, pv, sc + r, m + r, l + r,
+                           alpha + r);
+      else if (nr == 1)
+        lm_attn_rows_score(1, NV, KT, j, q, nv + r, &ck[c], next, pk, pv, sc + r, m + r, l + r,
+                           alpha + r);
+      r += nr ? nr : 1;
+    }
+    for (int r = first; r >= 0 && r <= last;) {
+      int nr = nv[r] > 0 ? lm_attn_run(nv, r, n_rows) : 0;
+      const float(*s)[LM_ATTN_CHUNK] = (const float(*)[LM_ATTN_CHUNK])(sc + r);
+      if (nr == 4)
+        lm_attn_rows_pv(4, NV, KT, nv + r, &ck[c], s, alpha + r, o + r);
+      else if (nr == 2)
+        lm_attn_rows_pv(2, NV, KT, nv + r, &ck[c], s, alpha + r, o + r);
+      else if (nr == 1)
+        lm_attn_rows_pv(1, NV, KT, nv + r, &ck[c], s, alpha + r, o + r);
+      r += nr ? nr : 1;
     }
   }
   for (int r = 0; r < n_rows; r++) {
