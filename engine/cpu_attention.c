@@ -429,17 +429,16 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int KT, const struct lm_att
       lm_attn_chunk_init(j, tl, table, base + LM_ATTN_CHUNK, pmax, &ck[c ^ 1]);
       next = &ck[c ^ 1];
     }
-    int first = -1, last = -1;
+    /* the groups of rows that read the chunk: g0[x], g0[x] + 1, ... */
+    int g0[LM_ATTN_ROWS], ng = 0;
     for (int r = 0; r < n_rows; r++) {
       int n = pos[r] + 1 - base;
       nv[r] = n < LM_ATTN_CHUNK ? n : LM_ATTN_CHUNK;
-      if (n > 0) {
-        if (first < 0) first = r;
-        last = r;
-      }
     }
-    for (int r = first; r >= 0 && r <= last;) {
-      int nr = nv[r] > 0 ? lm_attn_run(nv, r, n_rows) : 0, pk = r == first, pv = r + nr > last;
+    for (int r = 0; r<n_rows; r += nv[r]> 0 ? lm_attn_run(nv, r, n_rows) : 1)
+      if (nv[r] > 0) g0[ng++] = r;
+    for (int x = 0; x < ng; x++) {
+      int r = g0[x], nr = lm_attn_run(nv, r, n_rows), pk = x == 0, pv = x == ng - 1;
       const float *q = qr + r * NV * 16;
       if (nr == 4)
         lm_attn_rows_score(4, NV, KT, j, q, nv + r, &ck[c], next, pk, pv, sc + r, m + r, l + r,
@@ -447,21 +446,19 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int KT, const struct lm_att
       else if (nr == 2)
         lm_attn_rows_score(2, NV, KT, j, q, nv + r, &ck[c], next, pk, pv, sc + r, m + r, l + r,
                            alpha + r);
-      else if (nr == 1)
+      else
         lm_attn_rows_score(1, NV, KT, j, q, nv + r, &ck[c], next, pk, pv, sc + r, m + r, l + r,
                            alpha + r);
-      r += nr ? nr : 1;
     }
-    for (int r = first; r >= 0 && r <= last;) {
-      int nr = nv[r] > 0 ? lm_attn_run(nv, r, n_rows) : 0;
+    for (int x = 0; x < ng; x++) {
+      int r = g0[x], nr = lm_attn_run(nv, r, n_rows);
       const float(*s)[LM_ATTN_CHUNK] = (const float(*)[LM_ATTN_CHUNK])(sc + r);
       if (nr == 4)
         lm_attn_rows_pv(4, NV, KT, nv + r, &ck[c], s, alpha + r, o + r);
       else if (nr == 2)
         lm_attn_rows_pv(2, NV, KT, nv + r, &ck[c], s, alpha + r, o + r);
-      else if (nr == 1)
+      else
         lm_attn_rows_pv(1, NV, KT, nv + r, &ck[c], s, alpha + r, o + r);
-      r += nr ? nr : 1;
     }
   }
   for (int r = 0; r < n_rows; r++) {
