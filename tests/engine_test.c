@@ -24,7 +24,8 @@
 #include "tests/check.h"
 
 static char model_dir[4096];
-static int n_ids = 32000; /* prompts draw ids from [3, n_ids): ordinary tokens */
+static const char *backend = "cpu"; /* argv[4]: the engine on another backend */
+static int n_ids = 32000;           /* prompts draw ids from [3, n_ids): ordinary tokens */
 
 /* ---- a request and everything it produced ------------------------------ */
 
@@ -166,7 +167,7 @@ static lm_engine *open_engine(int prefix_caching, int batched_tokens, int n_bloc
   lm_engine *e = NULL;
   lm_engine_config_init(&c);
   c.model_dir = model_dir;
-  c.backend = "cpu";
+  c.backend = backend;
   c.backend_cfg.n_threads = 2;
   c.enable_prefix_caching = prefix_caching;
   c.max_num_batched_tokens = batched_tokens;
@@ -746,9 +747,10 @@ static void test_compute_budget(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: engine_test FIXTURES_DIR\n");
+    fprintf(stderr, "usage: engine_test FIXTURES_DIR [MODEL [RANDOM_OPS [BACKEND]]]\n");
     return 2;
   }
+  if (argc > 4) backend = argv[4];
   setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in the log as it happens */
   snprintf(model_dir, sizeof(model_dir), "%s/%s", argv[1], argc > 2 ? argv[2] : "qwen3-bf16");
   test_batch_invariance();

