@@ -151,7 +151,6 @@ mkdir -p tests/data/hf
 cp -f "$out"/hf/*.json tests/data/hf/ 2>/dev/null
 run hf-compare-cuda 90 tests/hf_compare.sh $bin/forward_dump "$fixtures" cuda
 run hf-compare-cpu 90 tests/hf_compare.sh $bin/forward_dump "$fixtures" cpu
-run engine-test-cuda 120 $bin/engine_test "$fixtures" qwen3-bf16 2000 cuda
 
 # 4. sanitizers on the op tests (whole models under them take too long)
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -160,7 +159,10 @@ for tool in memcheck racecheck; do
     "$fixtures"
 done
 
-# 5. benchmarks
+# 5. the engine's own tests (preemption, prefix cache, aborts) on the CUDA backend
+run engine-test-cuda 120 $bin/engine_test "$fixtures" qwen3-bf16 2000 cuda
+
+# 6. benchmarks
 [ $quick -eq 1 ] || run gemm-bench 90 $bin/gemm_bench
 
 finish
