@@ -14,20 +14,24 @@
  * depend on its q and its keys alone, whichever kernel runs it and
  * whatever else is in the batch.
  *
+ * Both kernels stage each 32-key tile of K and V in shared memory once for
+ * all the rows of a block, with asynchronous copies (cp.async) two tiles
+ * deep, so the next tile's reads overlap this tile's arithmetic.
+ *
  * Decodes (a sequence with one query token): there is only one row per
  * head, so parallelism comes from the splits. lm_attn_decode_kernel gives
- * each (sequence, split, head) its own warp, reading K/V straight from the
- * pool, and writes the split's partial to the workspace;
+ * each (sequence, split, KV head) a block, a warp per query head of the
+ * group, and writes each split's partial to the workspace;
  * lm_attn_fold_kernel folds a row's partials in split order and writes out.
  *
  * Prefill chunks (more than one query token): many rows share the same
- * keys, so lm_attn_prefill_kernel gives a block the rows of a few
- * consecutive tokens and the query heads of one KV head (one row per
- * warp), stages each 32-key tile of K and V in shared memory once for all
- * its warps, and each warp folds its splits as it goes. Blocks are laid
- * over the step's tokens (not over sequences x longest chunk), so a step
- * of one long chunk and many decodes launches few idle blocks; a block
- * whose tokens span sequences takes them one sequence at a time.
+ * keys, so lm_attn_prefill_kernel gives a block the rows of several
+ * consecutive tokens and the query heads of one KV head (a warp owns
+ * LM_ATTN_PREFILL_ROWS rows: one head, consecutive tokens), and each warp
+ * folds its splits as it goes. Blocks are laid over the step's tokens (not
+ * over sequences x longest chunk), so a step of one long chunk and many
+ * decodes launches few idle blocks; a block whose tokens span sequences
+ * takes them one sequence at a time.
  *
  * K and V rows are read 16 bytes at a time: the pool's base must be
  * 16-byte aligned (cudaMalloc's is), and head_dim a multiple of 32 makes
@@ -39,18 +43,20 @@
 
 #include "kernels/cuda_check.cuh"
 
-#define LM_ATTN_TILE          32                               /* keys per tile: one per lane */
-#define LM_ATTN_NV            (LM_CUDA_ATTN_MAX_HEAD_DIM / 32) /* most dims a lane owns */
-#define LM_ATTN_DECODE_WARPS  4 /* warps (rows) per block in the decode and fold kernels */
-#define LM_ATTN_PREFILL_WARPS 8 /* warps (rows) per block in the prefill kernel */
+#define LM_ATTN_TILE          32 /* keys per tile: one per lane */
+#define LM_ATTN_DECODE_WARPS  4  /* warps (rows) per block in the fold kernel */
+#define LM_ATTN_PREFILL_WARPS 8  /* warps per block in the prefill kernel */
+#define LM_ATTN_PREFILL_ROWS  4  /* rows per warp in the prefill kernel */
 #define LM_ATTN_PAD           8 /* bf16 after each staged K/V row: keeps 16-byte rows, spreads banks */
 #define LM_ATTN_FULL          0xffffffffu
 
-/* One row's online-softmax state; lane i's acc[c] is dim i + 32 c. */
-struct lm_attn_part {
-  float m;               /* largest score so far (-inf: no key yet) */
-  float l;               /* sum of exp(score - m) */
-  float acc[LM_ATTN_NV]; /* sum of exp(score - m) * v, this lane's dims */
+/* One row's online-softmax state; lane i's acc[c] is dim i + 32 c. NV (a
+ * power of two, at least head_dim / 32) sizes the registers it takes; only
+ * the first head_dim / 32 are used. */
+template <int NV> struct lm_attn_part {
+  float m;       /* largest score so far (-inf: no key yet) */
+  float l;       /* sum of exp(score - m) */
+  float acc[NV]; /* sum of exp(score - m) * v, this lane's dims */
 };
 
 /* What every kernel reads; the pointers are device pointers. */
@@ -71,11 +77,11 @@ struct lm_attn_args {
   float scale;
 };
 
-static __device__ __forceinline__ void lm_attn_empty(struct lm_attn_part *a) {
+template <int NV> static __device__ __forceinline__ void lm_attn_empty(struct lm_attn_part<NV> *a) {
   a->m = -INFINITY;
   a->l = 0.0f;
 #pragma unroll
-  for (int c = 0; c < LM_ATTN_NV; c++)
+  for (int c = 0; c < NV; c++)
     a->acc[c] = 0.0f;
 }
 
@@ -109,7 +115,8 @@ static __device__ __forceinline__ float lm_attn_hi(uint32_t w) {
  * q: [hd] f32, read by every lane (shared memory); k_row, v_row: this
  * lane's key row [hd] bf16, 16-byte aligned, global or shared, read only
  * when lane < n_valid. */
-static __device__ __forceinline__ void lm_attn_tile(struct lm_attn_part *a, const float *q,
+template <int NV>
+static __device__ __forceinline__ void lm_attn_tile(struct lm_attn_part<NV> *a, const float *q,
                                                     const uint16_t *k_row, const uint16_t *v_row,
                                                     int n_valid, int hd, float scale) {
   const int lane = threadIdx.x & 31, nv = hd >> 5;
@@ -146,38 +153,40 @@ static __device__ __forceinline__ void lm_attn_tile(struct lm_attn_part *a, cons
   a->l = __fmaf_rn(a->l, rescale, psum);
   a->m = m_new;
 #pragma unroll
-  for (int c = 0; c < LM_ATTN_NV; c++)
+  for (int c = 0; c < NV; c++)
     if (c < nv) a->acc[c] = __fmul_rn(a->acc[c], rescale);
   for (int j = 0; j < n_valid; j++) {
     float pj = __shfl_sync(LM_ATTN_FULL, p, j);
     const uint16_t *vj = reinterpret_cast<const uint16_t *>(
         __shfl_sync(LM_ATTN_FULL, reinterpret_cast<unsigned long long>(v_row), j));
 #pragma unroll
-    for (int c = 0; c < LM_ATTN_NV; c++)
+    for (int c = 0; c < NV; c++)
       if (c < nv) a->acc[c] = __fmaf_rn(pj, lm_ld_bf16(vj, (size_t)(lane + 32 * c)), a->acc[c]);
   }
 }
 
 /* a = a (+) b, the partials of consecutive key ranges, a's first. */
-static __device__ __forceinline__ void lm_attn_combine(struct lm_attn_part *a,
-                                                       const struct lm_attn_part *b, int hd) {
+template <int NV>
+static __device__ __forceinline__ void lm_attn_combine(struct lm_attn_part<NV> *a,
+                                                       const struct lm_attn_part<NV> *b, int hd) {
   const int nv = hd >> 5;
   float m = fmaxf(a->m, b->m);
   float ea = a->m == -INFINITY ? 0.0f : expf(__fsub_rn(a->m, m));
   float eb = b->m == -INFINITY ? 0.0f : expf(__fsub_rn(b->m, m));
   a->l = __fmaf_rn(a->l, ea, __fmul_rn(b->l, eb));
 #pragma unroll
-  for (int c = 0; c < LM_ATTN_NV; c++)
+  for (int c = 0; c < NV; c++)
     if (c < nv) a->acc[c] = __fmaf_rn(a->acc[c], ea, __fmul_rn(b->acc[c], eb));
   a->m = m;
 }
 
 /* dst: [hd] = acc / l in bf16; a row with no keys (l == 0) is zero, as on the CPU. */
-static __device__ __forceinline__ void lm_attn_store(uint16_t *dst, const struct lm_attn_part *a,
-                                                     int hd) {
+template <int NV>
+static __device__ __forceinline__ void lm_attn_store(uint16_t *dst,
+                                                     const struct lm_attn_part<NV> *a, int hd) {
   const int lane = threadIdx.x & 31, nv = hd >> 5;
 #pragma unroll
-  for (int c = 0; c < LM_ATTN_NV; c++)
+  for (int c = 0; c < NV; c++)
     if (c < nv) dst[lane + 32 * c] = lm_to_bf16(a->l > 0.0f ? __fdiv_rn(a->acc[c], a->l) : 0.0f);
 }
 
@@ -187,20 +196,93 @@ static __device__ __forceinline__ void lm_attn_load_q(float *q_f, const uint16_t
     q_f[d] = lm_ld_bf16(q_row, (size_t)d);
 }
 
+/* ---- tiles in shared memory --------------------------------------------- */
+
+static __device__ __forceinline__ void lm_cp_async16(void *smem, const void *gmem) {
+  unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
+}
+
+/* Waits until at most n of this thread's copy groups are still in flight. */
+template <int n> static __device__ __forceinline__ void lm_cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(n));
+}
+
+/* Staged tiles: k_s, v_s: [2][32][hd + LM_ATTN_PAD] bf16 (two tiles deep),
+ * then the block's queries as f32. */
+static __host__ __device__ size_t lm_attn_tiles_bytes(int hd) {
+  return 4 * (size_t)LM_ATTN_TILE * (hd + LM_ATTN_PAD) * sizeof(uint16_t);
+}
+
+/* Queues, by every thread of the block, the copy of keys ts..ts+n-1 of KV
+ * head g (K and V rows) into buffer buf of the staged tiles, as one copy
+ * group per thread (empty for threads with nothing to copy). */
+static __device__ __forceinline__ void lm_attn_stage(const struct lm_attn_args &a,
+                                                     const int32_t *table, int g, int ts, int n,
+                                                     unsigned char *smem, int buf) {
+  const int ld = a.hd + LM_ATTN_PAD, units = a.hd / 8; /* 16-byte units per row */
+  uint16_t *k_s = reinterpret_cast<uint16_t *>(smem) + (size_t)buf * LM_ATTN_TILE * ld;
+  uint16_t *v_s = k_s + 2 * (size_t)LM_ATTN_TILE * ld;
+  for (int i = threadIdx.x; i < n * units; i += blockDim.x) {
+    int j = i / units, u = i % units;
+    size_t row = lm_attn_key_row(a, table, g, ts + j);
+    lm_cp_async16(k_s + (size_t)j * ld + u * 8, a.k + row + u * 8);
+    lm_cp_async16(v_s + (size_t)j * ld + u * 8, a.v + row + u * 8);
+  }
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+
+/* Lane's K row of buffer buf. */
+static __device__ __forceinline__ const uint16_t *lm_attn_k_s(const unsigned char *smem, int hd,
+                                                              int buf) {
+  const int ld = hd + LM_ATTN_PAD;
+  return reinterpret_cast<const uint16_t *>(smem) +
+         ((size_t)buf * LM_ATTN_TILE + (threadIdx.x & 31)) * ld;
+}
+
+/* Keys k0..k1-1 of KV head g, tile by tile: stages tile i + 1 while the
+ * block works on tile i; fold(ts, k_row, v_row) is called by every thread
+ * once per tile with its lane's staged rows, between barriers. k0, k1 and
+ * the tile count are the same in the whole block. */
+template <typename F>
+static __device__ __forceinline__ void lm_attn_walk(const struct lm_attn_args &a,
+                                                    const int32_t *table, int g, int k0, int k1,
+                                                    unsigned char *smem, F fold) {
+  const int ld = a.hd + LM_ATTN_PAD;
+  const int n_tiles = k1 > k0 ? (k1 - k0 + LM_ATTN_TILE - 1) / LM_ATTN_TILE : 0;
+  if (n_tiles > 0)
+    lm_attn_stage(a, table, g, k0, k1 - k0 < LM_ATTN_TILE ? k1 - k0 : LM_ATTN_TILE, smem, 0);
+  for (int i = 0; i < n_tiles; i++) {
+    int ts = k0 + i * LM_ATTN_TILE;
+    if (i + 1 < n_tiles) {
+      int next = ts + LM_ATTN_TILE;
+      lm_attn_stage(a, table, g, next, k1 - next < LM_ATTN_TILE ? k1 - next : LM_ATTN_TILE, smem,
+                    (i + 1) & 1);
+      lm_cp_async_wait<1>();
+    } else {
+      lm_cp_async_wait<0>();
+    }
+    __syncthreads(); /* every thread's copies of tile i have landed */
+    const uint16_t *k_row = lm_attn_k_s(smem, a.hd, i & 1);
+    fold(ts, k_row, k_row + 2 * (size_t)LM_ATTN_TILE * ld);
+    __syncthreads(); /* tile i is read before tile i + 2 overwrites it */
+  }
+}
+
 /* ---- decodes ------------------------------------------------------------ */
 
-/* Warp w = (s, split, h), h fastest so that a block's warps mostly share a
- * KV head's keys in L1. Writes the split's partial of sequence s's one
- * token, head h, to ws; sequences that are not decodes, and splits past a
- * token's last key, have nothing to do. */
-static __global__ void lm_attn_decode_kernel(struct lm_attn_args a) {
-  __shared__ __align__(16) float q_s[LM_ATTN_DECODE_WARPS][LM_CUDA_ATTN_MAX_HEAD_DIM];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  long long w = (long long)blockIdx.x * LM_ATTN_DECODE_WARPS + warp;
-  int h = (int)(w % a.n_heads);
-  long long rest = w / a.n_heads;
-  int split = (int)(rest % a.max_splits);
-  long long s = rest / a.max_splits;
+/* Block (x, y): sequence s = x / max_splits, split x % max_splits; KV head
+ * g = y / n_hsub and its query heads [hsub * hpb, hsub * hpb + hpb)
+ * (hsub = y % n_hsub, hpb = heads_per_block), a warp each. Writes the
+ * split's partial of sequence s's one token for each head to ws; sequences
+ * that are not decodes, and splits past the token's last key, have nothing
+ * to do (the whole block returns). */
+template <int NV> static __global__ void lm_attn_decode_kernel(struct lm_attn_args a) {
+  extern __shared__ __align__(16) unsigned char lm_attn_smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, hd = a.hd;
+  const int hpb = a.heads_per_block, n_hsub = (a.group + hpb - 1) / hpb;
+  const int s = blockIdx.x / a.max_splits, split = blockIdx.x % a.max_splits;
+  const int g = blockIdx.y / n_hsub, w_head = (blockIdx.y % n_hsub) * hpb + warp;
   if (s >= a.n_seqs) return;
   int t = a.q_start[s];
   if (a.q_start[s + 1] - t != 1) return;
@@ -208,36 +290,38 @@ static __global__ void lm_attn_decode_kernel(struct lm_attn_args a) {
   int k0 = split * LM_CUDA_ATTN_SPLIT_KEYS;
   if (k0 > p) return;
   int k1 = p + 1 < k0 + LM_CUDA_ATTN_SPLIT_KEYS ? p + 1 : k0 + LM_CUDA_ATTN_SPLIT_KEYS;
-  int g = h / a.group;
+  const bool mine = w_head < a.group;
+  const int h = g * a.group + w_head;
   const int32_t *table = a.block_tables + (size_t)s * a.max_blocks;
 
-  float *q_f = q_s[warp]; /* [hd] */
-  lm_attn_load_q(q_f, a.q + ((size_t)t * a.n_heads + h) * a.hd, a.hd);
-  __syncwarp();
+  float *q_f =
+      reinterpret_cast<float *>(lm_attn_smem + lm_attn_tiles_bytes(hd)) + (size_t)warp * hd;
+  if (mine) lm_attn_load_q(q_f, a.q + ((size_t)t * a.n_heads + h) * hd, hd);
 
-  struct lm_attn_part part;
+  struct lm_attn_part<NV> part;
   lm_attn_empty(&part);
-  for (int ts = k0; ts < k1; ts += LM_ATTN_TILE) {
-    int n_valid = k1 - ts < LM_ATTN_TILE ? k1 - ts : LM_ATTN_TILE;
-    size_t row = lane < n_valid ? lm_attn_key_row(a, table, g, ts + lane) : 0;
-    lm_attn_tile(&part, q_f, a.k + row, a.v + row, n_valid, a.hd, a.scale);
-  }
+  lm_attn_walk(a, table, g, k0, k1, lm_attn_smem,
+               [&](int ts, const uint16_t *k_row, const uint16_t *v_row) {
+                 int n_valid = k1 - ts < LM_ATTN_TILE ? k1 - ts : LM_ATTN_TILE;
+                 if (mine) lm_attn_tile(&part, q_f, k_row, v_row, n_valid, hd, a.scale);
+               });
+  if (!mine) return;
 
   /* dst: [2 + hd] = m, l, acc */
-  float *dst = a.ws + (((size_t)s * a.max_splits + split) * a.n_heads + h) * (size_t)(a.hd + 2);
+  float *dst = a.ws + (((size_t)s * a.max_splits + split) * a.n_heads + h) * (size_t)(hd + 2);
   if (lane == 0) {
     dst[0] = part.m;
     dst[1] = part.l;
   }
-  const int nv = a.hd >> 5;
+  const int nv = hd >> 5;
 #pragma unroll
-  for (int c = 0; c < LM_ATTN_NV; c++)
+  for (int c = 0; c < NV; c++)
     if (c < nv) dst[2 + lane + 32 * c] = part.acc[c];
 }
 
 /* Warp w = (s, h): folds the partials of sequence s's one token, head h,
  * in split order (the same fold the prefill kernel does as it goes). */
-static __global__ void lm_attn_fold_kernel(struct lm_attn_args a) {
+template <int NV> static __global__ void lm_attn_fold_kernel(struct lm_attn_args a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   long long w = (long long)blockIdx.x * LM_ATTN_DECODE_WARPS + warp;
   int h = (int)(w % a.n_heads);
@@ -249,7 +333,7 @@ static __global__ void lm_attn_fold_kernel(struct lm_attn_args a) {
   int n_splits = p >= 0 ? p / LM_CUDA_ATTN_SPLIT_KEYS + 1 : 0;
   const int nv = a.hd >> 5;
 
-  struct lm_attn_part run, part;
+  struct lm_attn_part<NV> run, part;
   lm_attn_empty(&run);
   lm_attn_empty(&part);
   for (int i = 0; i < n_splits; i++) {
@@ -258,7 +342,7 @@ static __global__ void lm_attn_fold_kernel(struct lm_attn_args a) {
     part.m = src[0];
     part.l = src[1];
 #pragma unroll
-    for (int c = 0; c < LM_ATTN_NV; c++)
+    for (int c = 0; c < NV; c++)
       if (c < nv) part.acc[c] = src[2 + lane + 32 * c];
     lm_attn_combine(&run, &part, a.hd);
   }
@@ -267,40 +351,34 @@ static __global__ void lm_attn_fold_kernel(struct lm_attn_args a) {
 
 /* ---- prefill chunks ----------------------------------------------------- */
 
-/* Dynamic shared memory of the prefill kernel for head_dim hd:
- *   k_s, v_s: [32, hd + LM_ATTN_PAD] bf16 each; q_s: [LM_ATTN_PREFILL_WARPS, hd] f32
- * (41,984 bytes at hd = 256, under the 48 KiB a block gets without opting in). */
-static size_t lm_attn_prefill_smem_bytes(int hd) {
-  return 2 * (size_t)LM_ATTN_TILE * (hd + LM_ATTN_PAD) * sizeof(uint16_t) +
-         (size_t)LM_ATTN_PREFILL_WARPS * hd * sizeof(float);
-}
-
 /* Block (x, y): tokens [x * tpb, x * tpb + tpb) of the step (tpb =
  * tokens_per_block), KV head g = y / n_hsub and its query heads
  * [hsub * hpb, hsub * hpb + hpb) (hsub = y % n_hsub, hpb = heads_per_block).
- * Warp w owns the row (token x * tpb + w / hpb, head g * group + hsub * hpb +
- * w % hpb). The block's tokens are taken one sequence at a time (a
- * segment); segments of decodes are skipped (the decode kernels own them).
- * Every loop that reaches a __syncthreads depends only on values the whole
- * block shares. */
-static __global__ void lm_attn_prefill_kernel(struct lm_attn_args a) {
+ * Warp w owns the rows of head g * group + hsub * hpb + w % hpb and tokens
+ * x * tpb + (w / hpb) * R + r, r = 0..R-1 (R = LM_ATTN_PREFILL_ROWS). The
+ * block's tokens are taken one sequence at a time (a segment); segments of
+ * decodes are skipped (the decode kernels own them). Every loop that
+ * reaches a __syncthreads depends only on values the whole block shares. */
+template <int NV>
+static __global__ void __launch_bounds__(LM_ATTN_PREFILL_WARPS * 32, NV <= 4 ? 2 : 1)
+    lm_attn_prefill_kernel(struct lm_attn_args a) {
   extern __shared__ __align__(16) unsigned char lm_attn_smem[];
-  __shared__ int last_s[LM_ATTN_PREFILL_WARPS]; /* each warp's last key, -1 if idle */
-  const int hd = a.hd, ld = hd + LM_ATTN_PAD;
-  uint16_t *k_s = reinterpret_cast<uint16_t *>(lm_attn_smem);              /* [32, ld] */
-  uint16_t *v_s = k_s + (size_t)LM_ATTN_TILE * ld;                         /* [32, ld] */
-  float *q_s = reinterpret_cast<float *>(v_s + (size_t)LM_ATTN_TILE * ld); /* [warps, hd] */
+  __shared__ int
+      last_s[LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS]; /* each row's last key, -1 if idle */
+  const int hd = a.hd, R = LM_ATTN_PREFILL_ROWS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hpb = a.heads_per_block, tpb = a.tokens_per_block;
   const int n_hsub = (a.group + hpb - 1) / hpb;
   const int g = blockIdx.y / n_hsub, hsub = blockIdx.y % n_hsub;
-  const int w_head = hsub * hpb + warp % hpb;             /* within the KV head's group */
-  const bool w_ok = warp / hpb < tpb && w_head < a.group; /* 8 % hpb, or past the group */
+  const int w_head = hsub * hpb + warp % hpb; /* within the KV head's group */
+  const bool w_ok =
+      (warp / hpb + 1) * R <= tpb && w_head < a.group; /* 8 % hpb, or past the group */
   const int h = g * a.group + w_head;
   const int t_first = blockIdx.x * tpb;
   const int t_end = t_first + tpb < a.n_tokens ? t_first + tpb : a.n_tokens;
-  const int tw = t_first + warp / hpb;  /* this warp's token */
-  float *q_f = q_s + (size_t)warp * hd; /* [hd] */
+  const int tw0 = t_first + (warp / hpb) * R; /* this warp's first token */
+  float *q_f = reinterpret_cast<float *>(lm_attn_smem + lm_attn_tiles_bytes(hd)) +
+               (size_t)warp * R * hd; /* [R, hd] */
 
   for (int t = t_first; t < t_end;) {
     int s = a.seq_of_token[t];
@@ -308,54 +386,98 @@ static __global__ void lm_attn_prefill_kernel(struct lm_attn_args a) {
     int seg_end = seq_end < t_end ? seq_end : t_end;
     if (seg_end <= t) seg_end = t + 1; /* an inconsistent batch: step on, compute nothing */
     if (seq_end - seq_first > 1 && t >= seq_first && t < seq_end) {
-      bool mine = w_ok && tw >= t && tw < seg_end;
-      int p = mine ? lm_attn_last_key(a, tw) : -1;
-      if (mine) lm_attn_load_q(q_f, a.q + ((size_t)tw * a.n_heads + h) * hd, hd);
-      if (lane == 0) last_s[warp] = p;
+      int p[LM_ATTN_PREFILL_ROWS];
+      bool mine[LM_ATTN_PREFILL_ROWS];
+#pragma unroll
+      for (int r = 0; r < LM_ATTN_PREFILL_ROWS; r++) {
+        int tw = tw0 + r;
+        mine[r] = w_ok && tw >= t && tw < seg_end;
+        p[r] = mine[r] ? lm_attn_last_key(a, tw) : -1;
+        if (mine[r])
+          lm_attn_load_q(q_f + (size_t)r * hd, a.q + ((size_t)tw * a.n_heads + h) * hd, hd);
+        if (lane == 0) last_s[warp * R + r] = p[r];
+      }
       __syncthreads();
       int kmax = -1; /* the segment's last key: the block stages keys 0..kmax */
-      for (int i = 0; i < LM_ATTN_PREFILL_WARPS; i++)
+      for (int i = 0; i < LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS; i++)
         kmax = last_s[i] > kmax ? last_s[i] : kmax;
       const int32_t *table = a.block_tables + (size_t)s * a.max_blocks;
 
-      struct lm_attn_part run, cur;
-      lm_attn_empty(&run);
-      lm_attn_empty(&cur);
-      for (int ts = 0; ts <= kmax; ts += LM_ATTN_TILE) {
-        int n_stage = kmax + 1 - ts < LM_ATTN_TILE ? kmax + 1 - ts : LM_ATTN_TILE;
-        int units = hd / 8; /* 16-byte units per row */
-        for (int i = threadIdx.x; i < n_stage * units; i += blockDim.x) {
-          int j = i / units, u = i % units;
-          size_t row = lm_attn_key_row(a, table, g, ts + j);
-          *reinterpret_cast<uint4 *>(k_s + (size_t)j * ld + u * 8) =
-              *reinterpret_cast<const uint4 *>(a.k + row + u * 8);
-          *reinterpret_cast<uint4 *>(v_s + (size_t)j * ld + u * 8) =
-              *reinterpret_cast<const uint4 *>(a.v + row + u * 8);
-        }
-        __syncthreads();
-        if (p >= ts) { /* the same in every lane of the warp */
-          /* a new split: fold the finished one, as the fold kernel does */
-          if (ts > 0 && ts % LM_CUDA_ATTN_SPLIT_KEYS == 0) {
-            lm_attn_combine(&run, &cur, hd);
-            lm_attn_empty(&cur);
-          }
-          int n_valid = p + 1 - ts < LM_ATTN_TILE ? p + 1 - ts : LM_ATTN_TILE;
-          lm_attn_tile(&cur, q_f, k_s + (size_t)lane * ld, v_s + (size_t)lane * ld, n_valid, hd,
-                       a.scale);
-        }
-        __syncthreads(); /* the tile is read before the next one overwrites it */
+      struct lm_attn_part<NV> run[LM_ATTN_PREFILL_ROWS], cur[LM_ATTN_PREFILL_ROWS];
+#pragma unroll
+      for (int r = 0; r < LM_ATTN_PREFILL_ROWS; r++) {
+        lm_attn_empty(&run[r]);
+        lm_attn_empty(&cur[r]);
       }
-      if (mine) {
-        if (p >= 0) lm_attn_combine(&run, &cur, hd);
-        lm_attn_store(a.out + ((size_t)tw * a.n_heads + h) * hd, &run, hd);
+      lm_attn_walk(a, table, g, 0, kmax + 1, lm_attn_smem,
+                   [&](int ts, const uint16_t *k_row, const uint16_t *v_row) {
+#pragma unroll
+                     for (int r = 0; r < LM_ATTN_PREFILL_ROWS; r++) {
+                       if (p[r] < ts) continue; /* the same in every lane of the warp */
+                       /* a new split: fold the finished one, as the fold kernel does */
+                       if (ts > 0 && ts % LM_CUDA_ATTN_SPLIT_KEYS == 0) {
+                         lm_attn_combine(&run[r], &cur[r], hd);
+                         lm_attn_empty(&cur[r]);
+                       }
+                       int n_valid = p[r] + 1 - ts < LM_ATTN_TILE ? p[r] + 1 - ts : LM_ATTN_TILE;
+                       lm_attn_tile(&cur[r], q_f + (size_t)r * hd, k_row, v_row, n_valid, hd,
+                                    a.scale);
+                     }
+                   });
+#pragma unroll
+      for (int r = 0; r < LM_ATTN_PREFILL_ROWS; r++) {
+        if (!mine[r]) continue;
+        if (p[r] >= 0) lm_attn_combine(&run[r], &cur[r], hd);
+        lm_attn_store(a.out + ((size_t)(tw0 + r) * a.n_heads + h) * hd, &run[r], hd);
       }
-      __syncthreads(); /* last_s and q_s are read before the next segment writes them */
+      __syncthreads(); /* last_s and the queries are read before the next segment writes them */
     }
     t = seg_end;
   }
 }
 
 /* ---- host ---------------------------------------------------------------- */
+
+/* Dynamic shared memory: the staged tiles, then rows x hd f32 queries
+ * (100,352 bytes for the prefill kernel at hd = 256; 51,200 at hd = 128). */
+static size_t lm_attn_smem_bytes(int hd, int rows) {
+  return lm_attn_tiles_bytes(hd) + (size_t)rows * hd * sizeof(float);
+}
+
+/* Launches kernel with smem bytes of dynamic shared memory, opting in above
+ * the 48 KiB a block gets by default. */
+template <typename K>
+static void lm_attn_launch(K kernel, dim3 grid, int threads, size_t smem, cudaStream_t st,
+                           const struct lm_attn_args &a) {
+  if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               (int)smem) != cudaSuccess)
+    return; /* the error stays for the stream's next check */
+  kernel<<<grid, threads, smem, st>>>(a);
+}
+
+/* The step's kernels with NV registers of state per row. */
+template <int NV>
+static void lm_attn_run(const struct lm_attn_args &a, const struct lm_cuda_attn_batch *b,
+                        int n_hsub, cudaStream_t st) {
+  const int hd = a.hd;
+  /* One long chunk alone has no decodes; otherwise any sequence may be one. */
+  bool any_decode = !(b->n_seqs == 1 && b->max_q_len > 1);
+  if (any_decode) {
+    if (a.max_splits > 0)
+      lm_attn_launch(lm_attn_decode_kernel<NV>,
+                     dim3((unsigned)(a.n_seqs * a.max_splits), (unsigned)(a.n_kv * n_hsub)),
+                     32 * a.heads_per_block, lm_attn_smem_bytes(hd, a.heads_per_block), st, a);
+    /* also with no keys at all: the rows are then written as zeros */
+    size_t rows = (size_t)a.n_seqs * a.n_heads;
+    lm_attn_fold_kernel<NV>
+        <<<lm_cdiv(rows, LM_ATTN_DECODE_WARPS), LM_ATTN_DECODE_WARPS * 32, 0, st>>>(a);
+  }
+  if (b->max_q_len > 1) {
+    dim3 grid(lm_cdiv((size_t)a.n_tokens, (size_t)a.tokens_per_block), (unsigned)(a.n_kv * n_hsub));
+    lm_attn_launch(lm_attn_prefill_kernel<NV>, grid, LM_ATTN_PREFILL_WARPS * 32,
+                   lm_attn_smem_bytes(hd, LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS), st, a);
+  }
+}
 
 extern "C" size_t lm_cuda_attention_workspace_bytes(int max_seqs, int n_heads, int head_dim,
                                                     int max_model_len) {
@@ -395,26 +517,18 @@ extern "C" void lm_cuda_attention(uint16_t *out, const uint16_t *q, const struct
   a.max_ctx_len = b->max_ctx_len > 0 ? b->max_ctx_len : 0;
   a.max_splits = (int)lm_cdiv((size_t)a.max_ctx_len, LM_CUDA_ATTN_SPLIT_KEYS);
   a.heads_per_block = a.group < LM_ATTN_PREFILL_WARPS ? a.group : LM_ATTN_PREFILL_WARPS;
-  a.tokens_per_block = LM_ATTN_PREFILL_WARPS / a.heads_per_block;
+  a.tokens_per_block = LM_ATTN_PREFILL_WARPS / a.heads_per_block * LM_ATTN_PREFILL_ROWS;
+  int n_hsub = (a.group + a.heads_per_block - 1) / a.heads_per_block;
   a.scale = scale;
 
-  /* One long chunk alone has no decodes; otherwise any sequence may be one. */
-  bool any_decode = !(b->n_seqs == 1 && b->max_q_len > 1);
-  if (any_decode) {
-    if (a.max_splits > 0) {
-      size_t warps = (size_t)a.n_seqs * a.max_splits * n_heads;
-      lm_attn_decode_kernel<<<lm_cdiv(warps, LM_ATTN_DECODE_WARPS), LM_ATTN_DECODE_WARPS * 32, 0,
-                              st>>>(a);
-    }
-    /* also with no keys at all: the rows are then written as zeros */
-    size_t rows = (size_t)a.n_seqs * n_heads;
-    lm_attn_fold_kernel<<<lm_cdiv(rows, LM_ATTN_DECODE_WARPS), LM_ATTN_DECODE_WARPS * 32, 0, st>>>(
-        a);
-  }
-  if (b->max_q_len > 1) {
-    int n_hsub = (a.group + a.heads_per_block - 1) / a.heads_per_block;
-    dim3 grid(lm_cdiv((size_t)a.n_tokens, (size_t)a.tokens_per_block), (unsigned)(n_kv * n_hsub));
-    lm_attn_prefill_kernel<<<grid, LM_ATTN_PREFILL_WARPS * 32, lm_attn_prefill_smem_bytes(hd),
-                             st>>>(a);
-  }
+  /* the registers a row's state takes: the next power of two of hd / 32 */
+  int nv = hd / 32;
+  if (nv <= 1)
+    lm_attn_run<1>(a, b, n_hsub, st);
+  else if (nv <= 2)
+    lm_attn_run<2>(a, b, n_hsub, st);
+  else if (nv <= 4)
+    lm_attn_run<4>(a, b, n_hsub, st);
+  else
+    lm_attn_run<8>(a, b, n_hsub, st);
 }

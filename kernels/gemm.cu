@@ -29,8 +29,8 @@
 
 #define LM_GEMM_WORKSPACE_BYTES ((size_t)32 << 20)
 #define LM_GEMM_MAX_PLANS       64
-/* Rows the plan's heuristic query is made for: a mid-size batch, so the
- * pinned kernel suits prefill chunks without being poor for decodes. */
+/* The largest of the row counts the heuristic is asked for candidates at
+ * (lm_gemm_choose): a mid-size batch. */
 #define LM_GEMM_PLAN_QUERY_M    256
 #define LM_GEMM_PLAN_CANDIDATES 16
 /* Activations may start anywhere a 16-byte vector load can: ask only for
@@ -255,39 +255,208 @@ static int lm_gemm_algo_ok(lm_cuda_gemm *g, const struct lm_gemm_plan *p,
   return st == CUBLAS_STATUS_SUCCESS && res.workspaceSize <= LM_GEMM_WORKSPACE_BYTES;
 }
 
-/* Pins the first heuristic candidate without split-K that is valid for
- * M = 1 and M = p->max_m; 0, or -1 with err written. */
+/* ---- choosing the algorithm ---------------------------------------------- */
+
+/* The heuristic ranks algorithms for one M; a pinned algorithm serves every
+ * M, and the one ranked first for a mid-size batch can take twice the
+ * time of another at M = 1, where decodes spend their steps. So the
+ * candidates of several M's queries are timed at the M's below and the one
+ * whose worst ratio to the fastest candidate is lowest is pinned. Each is
+ * first checked to give a row the same bits at M = 1 as inside a batch
+ * (first and last row of LM_GEMM_TUNE_MAX_M), the property pinning is for. */
+#define LM_GEMM_TUNE_ALGOS 24
+#define LM_GEMM_TUNE_REPS  5
+static const int lm_gemm_tune_m[] = {1, 16, 128, 512};
+#define LM_GEMM_TUNE_N_M   ((int)(sizeof lm_gemm_tune_m / sizeof lm_gemm_tune_m[0]))
+#define LM_GEMM_TUNE_MAX_M 512
+
+/* bf16 values of magnitude in [1/128, 1/64) and either sign, from a hash of
+ * the index: finite inputs for the timing and the bit check */
+static __global__ void lm_gemm_fill_kernel(uint16_t *p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    p[i] = (uint16_t)(0x3c00u | (h & 0x807fu)); /* sign, 7 mantissa bits, exponent of 1/128 */
+  }
+}
+
+struct lm_gemm_tune {
+  cudaStream_t stream;
+  cudaEvent_t start, stop;
+  uint16_t *w, *x;
+  void *y, *y1;
+  void *row_a, *row_b; /* host: one output row each */
+};
+
+static void lm_gemm_tune_free(struct lm_gemm_tune *t) {
+  if (t->stream) cudaStreamSynchronize(t->stream);
+  cudaFree(t->w);
+  cudaFree(t->x);
+  cudaFree(t->y);
+  cudaFree(t->y1);
+  if (t->start) cudaEventDestroy(t->start);
+  if (t->stop) cudaEventDestroy(t->stop);
+  if (t->stream) cudaStreamDestroy(t->stream);
+  free(t->row_a);
+  free(t->row_b);
+  cudaGetLastError(); /* a failed tuning falls back; keep it out of a later lm_cuda_sync */
+}
+
+static int lm_gemm_tune_init(struct lm_gemm_tune *t, const struct lm_gemm_plan *p, int max_m) {
+  size_t out = p->out_f32 ? 4 : 2;
+  memset(t, 0, sizeof *t);
+  /* the trials share the handle's workspace with GEMMs already queued */
+  if (cudaDeviceSynchronize() != cudaSuccess) return -1;
+  if (cudaStreamCreateWithFlags(&t->stream, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaEventCreate(&t->start) != cudaSuccess || cudaEventCreate(&t->stop) != cudaSuccess ||
+      cudaMalloc((void **)&t->w, (size_t)p->n * p->k * 2) != cudaSuccess ||
+      cudaMalloc((void **)&t->x, (size_t)max_m * p->k * 2) != cudaSuccess ||
+      cudaMalloc(&t->y, (size_t)max_m * p->n * out) != cudaSuccess ||
+      cudaMalloc(&t->y1, (size_t)p->n * out) != cudaSuccess ||
+      !(t->row_a = malloc((size_t)p->n * out)) || !(t->row_b = malloc((size_t)p->n * out)))
+    return -1;
+  lm_gemm_fill_kernel<<<1024, 256, 0, t->stream>>>(t->w, (size_t)p->n * p->k, 1u);
+  lm_gemm_fill_kernel<<<256, 256, 0, t->stream>>>(t->x, (size_t)max_m * p->k, 2u);
+  return cudaGetLastError() == cudaSuccess ? 0 : -1;
+}
+
+static int lm_gemm_matmul(lm_cuda_gemm *g, cublasLtMatrixLayout_t a_layout,
+                          const cublasLtMatmulAlgo_t *algo, void *y, const uint16_t *x,
+                          const uint16_t *w, int M, int N, int K, int out_f32, void *stream,
+                          char *err, size_t err_len);
+
+/* Whether algo gives rows 0 and max_m - 1 the same bits alone as in a batch of max_m. */
+static int lm_gemm_tune_same_bits(lm_cuda_gemm *g, struct lm_gemm_tune *t,
+                                  const struct lm_gemm_plan *p, const cublasLtMatmulAlgo_t *algo,
+                                  int max_m) {
+  size_t out = p->out_f32 ? 4 : 2, row = (size_t)p->n * out;
+  int rows[2] = {0, max_m - 1};
+  if (lm_gemm_matmul(g, p->a_layout, algo, t->y, t->x, t->w, max_m, p->n, p->k, p->out_f32,
+                     t->stream, NULL, 0) != 0)
+    return 0;
+  for (int i = 0; i < 2; i++) {
+    if (lm_gemm_matmul(g, p->a_layout, algo, t->y1, t->x + (size_t)rows[i] * p->k, t->w, 1, p->n,
+                       p->k, p->out_f32, t->stream, NULL, 0) != 0 ||
+        cudaMemcpyAsync(t->row_a, (char *)t->y + (size_t)rows[i] * row, row, cudaMemcpyDeviceToHost,
+                        t->stream) != cudaSuccess ||
+        cudaMemcpyAsync(t->row_b, t->y1, row, cudaMemcpyDeviceToHost, t->stream) != cudaSuccess ||
+        cudaStreamSynchronize(t->stream) != cudaSuccess || memcmp(t->row_a, t->row_b, row) != 0)
+      return 0;
+  }
+  return 1;
+}
+
+/* Mean seconds of one algo run at M rows, or a negative number if it failed. */
+static double lm_gemm_tune_time(lm_cuda_gemm *g, struct lm_gemm_tune *t,
+                                const struct lm_gemm_plan *p, const cublasLtMatmulAlgo_t *algo,
+                                int M) {
+  float ms = 0;
+  for (int i = 0; i < LM_GEMM_TUNE_REPS + 1; i++) {
+    if (i == 1 && cudaEventRecord(t->start, t->stream) != cudaSuccess) return -1;
+    if (lm_gemm_matmul(g, p->a_layout, algo, t->y, t->x, t->w, M, p->n, p->k, p->out_f32, t->stream,
+                       NULL, 0) != 0)
+      return -1;
+  }
+  if (cudaEventRecord(t->stop, t->stream) != cudaSuccess ||
+      cudaEventSynchronize(t->stop) != cudaSuccess ||
+      cudaEventElapsedTime(&ms, t->start, t->stop) != cudaSuccess)
+    return -1;
+  return ms * 1e-3 / LM_GEMM_TUNE_REPS;
+}
+
+/* Of n algorithms, the index of the one to pin: timed as above when the
+ * device has room for the trial buffers, else the first (the heuristic's
+ * own order), or -1 if none keeps a row's bits. */
+static int lm_gemm_tune(lm_cuda_gemm *g, struct lm_gemm_plan *p, const cublasLtMatmulAlgo_t *algos,
+                        int n) {
+  double t[LM_GEMM_TUNE_ALGOS][LM_GEMM_TUNE_N_M], best[LM_GEMM_TUNE_N_M];
+  int ok[LM_GEMM_TUNE_ALGOS], max_m = p->max_m < LM_GEMM_TUNE_MAX_M ? p->max_m : LM_GEMM_TUNE_MAX_M;
+  int choice = -1;
+  struct lm_gemm_tune tb;
+  if (lm_gemm_tune_init(&tb, p, max_m) != 0) {
+    lm_gemm_tune_free(&tb);
+    return 0;
+  }
+  for (int j = 0; j < LM_GEMM_TUNE_N_M; j++)
+    best[j] = 1e30;
+  for (int i = 0; i < n; i++) {
+    ok[i] = max_m < 2 || lm_gemm_tune_same_bits(g, &tb, p, &algos[i], max_m);
+    for (int j = 0; j < LM_GEMM_TUNE_N_M && ok[i]; j++) {
+      t[i][j] = lm_gemm_tune_m[j] <= max_m
+                    ? lm_gemm_tune_time(g, &tb, p, &algos[i], lm_gemm_tune_m[j])
+                    : 0;
+      if (t[i][j] < 0) ok[i] = 0;
+    }
+    for (int j = 0; j < LM_GEMM_TUNE_N_M && ok[i]; j++)
+      if (t[i][j] < best[j]) best[j] = t[i][j];
+  }
+  double best_score = 1e30;
+  for (int i = 0; i < n; i++) {
+    if (!ok[i]) continue;
+    double worst = 0;
+    for (int j = 0; j < LM_GEMM_TUNE_N_M; j++)
+      if (lm_gemm_tune_m[j] <= max_m && t[i][j] / best[j] > worst) worst = t[i][j] / best[j];
+    if (worst < best_score) {
+      best_score = worst;
+      choice = i;
+    }
+  }
+  lm_gemm_tune_free(&tb);
+  return choice;
+}
+
+/* Pins, of the heuristic's candidates without split-K for a few M's that
+ * are valid for M = 1 and M = p->max_m, the one lm_gemm_tune picks; 0, or
+ * -1 with err written. */
 static int lm_gemm_choose(lm_cuda_gemm *g, struct lm_gemm_plan *p, char *err, size_t err_len) {
+  static const int query_ms[] = {1, 16, LM_GEMM_PLAN_QUERY_M};
   cublasLtMatmulHeuristicResult_t cand[LM_GEMM_PLAN_CANDIDATES];
+  cublasLtMatmulAlgo_t algos[LM_GEMM_TUNE_ALGOS];
   cublasLtMatmulPreference_t pref = NULL;
   cublasLtMatrixLayout_t b = NULL, d = NULL;
-  int rc = -1, n_cand = 0;
-  int query_m = p->max_m < LM_GEMM_PLAN_QUERY_M ? p->max_m : LM_GEMM_PLAN_QUERY_M;
-  memset(cand, 0, sizeof cand);
+  int rc = -1, n_cand = 0, n_algos = 0;
   LM_LT_CHECK(lm_gemm_pref(&pref, 1), "matmul preference");
-  LM_LT_CHECK(lm_gemm_bd_layouts(&b, &d, query_m, p->n, p->k, p->out_f32), "matrix layout");
-  LM_LT_CHECK(lm_lt.heuristic(g->handle, g->desc, p->a_layout, b, d, d, pref,
-                              LM_GEMM_PLAN_CANDIDATES, cand, &n_cand),
-              "algorithm heuristic");
-  for (int i = 0; i < n_cand; i++) {
-    int32_t splitk = 0;
-    size_t written = 0;
-    if (cand[i].state != CUBLAS_STATUS_SUCCESS) continue;
-    if (lm_lt.algo_get(&cand[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk,
-                       &written) != CUBLAS_STATUS_SUCCESS ||
-        splitk != 1)
-      continue;
-    if (!lm_gemm_algo_ok(g, p, &cand[i].algo, 1) || !lm_gemm_algo_ok(g, p, &cand[i].algo, p->max_m))
-      continue;
-    p->algo = cand[i].algo;
-    rc = 0;
-    break;
+  for (int q = 0; q < (int)(sizeof query_ms / sizeof query_ms[0]); q++) {
+    int query_m = p->max_m < query_ms[q] ? p->max_m : query_ms[q];
+    memset(cand, 0, sizeof cand);
+    LM_LT_CHECK(lm_gemm_bd_layouts(&b, &d, query_m, p->n, p->k, p->out_f32), "matrix layout");
+    LM_LT_CHECK(lm_lt.heuristic(g->handle, g->desc, p->a_layout, b, d, d, pref,
+                                LM_GEMM_PLAN_CANDIDATES, cand, &n_cand),
+                "algorithm heuristic");
+    lm_gemm_bd_free(b, d);
+    b = d = NULL;
+    for (int i = 0; i < n_cand && n_algos < LM_GEMM_TUNE_ALGOS; i++) {
+      int32_t splitk = 0;
+      size_t written = 0;
+      int seen = 0;
+      if (cand[i].state != CUBLAS_STATUS_SUCCESS) continue;
+      if (lm_lt.algo_get(&cand[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk,
+                         &written) != CUBLAS_STATUS_SUCCESS ||
+          splitk != 1)
+        continue;
+      for (int j = 0; j < n_algos && !seen; j++)
+        seen = !memcmp(&algos[j], &cand[i].algo, sizeof algos[j]);
+      if (seen || !lm_gemm_algo_ok(g, p, &cand[i].algo, 1) ||
+          !lm_gemm_algo_ok(g, p, &cand[i].algo, p->max_m))
+        continue;
+      algos[n_algos++] = cand[i].algo;
+    }
+  }
+  if (n_algos > 0) {
+    int i = n_algos > 1 ? lm_gemm_tune(g, p, algos, n_algos) : 0;
+    if (i >= 0) {
+      p->algo = algos[i];
+      rc = 0;
+    }
   }
   if (rc != 0 && err && err_len)
     snprintf(err, err_len,
              "cuBLASLt: no algorithm without split-K for N=%d K=%d (%s output) valid for M = 1..%d "
-             "among %d candidates",
-             p->n, p->k, p->out_f32 ? "f32" : "bf16", p->max_m, n_cand);
+             "that gives a row the same bits in any batch, among %d candidates",
+             p->n, p->k, p->out_f32 ? "f32" : "bf16", p->max_m, n_algos);
 err:
   lm_gemm_bd_free(b, d);
   if (pref) lm_lt.pref_destroy(pref);

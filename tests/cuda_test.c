@@ -13,7 +13,8 @@
  * harness itself), then says the CUDA backend was skipped. With
  * LMSERVE_REQUIRE_GPU=1 a missing GPU is a failure instead.
  *
- * usage: cuda_test [--ops-only] FIXTURES_DIR   (models from tools/make_model.py --all) */
+ * usage: cuda_test [--ops-only | --attention-only] FIXTURES_DIR
+ *   (models from tools/make_model.py --all) */
 #include <dirent.h>
 #include <math.h>
 #include <stdarg.h>
@@ -814,6 +815,8 @@ static void test_attention(void) {
       {128, 2, 8, 2, {{16, 16}, {47, 1}}, "GQA group 8"},
       {64, 2, 2, 3, {{600, 1}, {500, 30}, {1030, 1}}, "over 512 keys, across splits"},
       {128, 2, 4, 1, {{480, 64}}, "a 64-token chunk across the 512-key split"},
+      {256, 2, 2, 2, {{20, 40}, {530, 1}}, "head_dim 256"},
+      {96, 1, 4, 3, {{10, 70}, {33, 1}, {0, 5}}, "head_dim 96"},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
     test_attention_case(&cases[i]);
@@ -1587,11 +1590,14 @@ int main(int argc, char **argv) {
   char why[256] = "", err[LM_ERR_LEN] = "";
   char names[32][64];
   /* --ops-only: the op and sampling checks alone, short enough for
-   * compute-sanitizer */
+   * compute-sanitizer; --attention-only: the attention checks alone, for
+   * its slower racecheck */
   int ops_only = argc > 2 && !strcmp(argv[1], "--ops-only");
-  if (ops_only) argv++, argc--;
+  int attention_only = argc > 2 && !strcmp(argv[1], "--attention-only");
+  if (ops_only || attention_only) argv++, argc--;
+  ops_only |= attention_only;
   if (argc < 2) {
-    fprintf(stderr, "usage: cuda_test [--ops-only] FIXTURES_DIR\n");
+    fprintf(stderr, "usage: cuda_test [--ops-only | --attention-only] FIXTURES_DIR\n");
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in the log as it happens */
@@ -1627,7 +1633,10 @@ int main(int argc, char **argv) {
                   g_side[i].backend, err[0] ? "; missing:" : "", err))
       rc = LM_EUNSUP;
   }
-  if (rc == LM_OK) run_op_checks();
+  if (rc == LM_OK && attention_only)
+    test_attention();
+  else if (rc == LM_OK)
+    run_op_checks();
   for (int i = 0; i < 2; i++) {
     lm_backend_destroy(g_side[i].be);
     g_side[i].be = NULL;

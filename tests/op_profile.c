@@ -1,11 +1,13 @@
 /* op_profile.c - where a decode step's time goes: wraps each backend op
- * of the CPU backend with a timer (the CPU ops are synchronous), prefills
- * --batch sequences of --prompt tokens each, decodes them together for
- * --decode steps (greedy) and prints milliseconds per step for each op and
- * for sampling, and the matmuls' FLOP rate beside the FMA probe.
+ * with a timer, prefills --batch sequences of --prompt tokens each, decodes
+ * them together for --decode steps (greedy) and prints milliseconds per
+ * step for each op and for sampling, and the matmuls' FLOP rate beside the
+ * FMA probe. The CPU ops are synchronous; on an asynchronous backend
+ * (--backend cuda) each timed op waits for the device, so the decode runs
+ * twice: as it runs in serving (the per-step time), then op by op.
  *
  * usage: op_profile --model DIR [--prompt N] [--decode N] [--batch N] [--threads N]
- *                   [--kv-cache-dtype auto|bf16|f32|fp8_e5m2] */
+ *                   [--kv-cache-dtype auto|bf16|f32|fp8_e5m2] [--backend cpu|cuda] */
 #include "engine/backend.h"
 #include "engine/model.h"
 #include "engine/roofline.h"
@@ -20,10 +22,16 @@ static struct lm_backend_ops real, wrapped;
 static double T[16];
 static long N[16];
 static int n_ops;
+static void *sync_st; /* the backend to wait for after each op, if asynchronous */
+static void wait_device(void) {
+  char err[LM_ERR_LEN];
+  if (sync_st) real.sync(sync_st, err);
+}
 #define W(idx, name, args, call)                                                                   \
   static void w_##name args {                                                                      \
     double t = lm_now_s();                                                                         \
     real.name call;                                                                                \
+    wait_device();                                                                                 \
     T[idx] += lm_now_s() - t;                                                                      \
     N[idx]++;                                                                                      \
   }
@@ -65,7 +73,7 @@ int main(int argc, char **argv) {
   lm_model *m = NULL;
   lm_backend *be = NULL;
   lm_runner *r = NULL;
-  const char *dir = NULL, *kv_dtype = NULL;
+  const char *dir = NULL, *kv_dtype = NULL, *backend = "cpu";
   int P = 128, D = 64, S = 1, threads = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--model"))
@@ -80,15 +88,17 @@ int main(int argc, char **argv) {
       threads = atoi(argv[i + 1]);
     else if (!strcmp(argv[i], "--kv-cache-dtype"))
       kv_dtype = argv[i + 1];
+    else if (!strcmp(argv[i], "--backend"))
+      backend = argv[i + 1];
   }
   if (!dir || P <= 0 || D <= 0 || S <= 0 || S > 256) {
     fprintf(stderr, "usage: op_profile --model DIR [--prompt N] [--decode N] [--batch N<=256] "
-                    "[--threads N] [--kv-cache-dtype auto|bf16|f32]\n");
+                    "[--threads N] [--kv-cache-dtype auto|bf16|f32] [--backend cpu|cuda]\n");
     return 2;
   }
   struct lm_backend_config c = {.n_threads = threads};
   lm_kv_seq kv[256] = {{0}};
-  if (lm_model_load(dir, &m, err) || lm_backend_create("cpu", &c, &be, err) ||
+  if (lm_model_load(dir, &m, err) || lm_backend_create(backend, &c, &be, err) ||
       be->ops->load_weights(be->st, m, err)) {
     fprintf(stderr, "op_profile: %s\n", err);
     return 1;
@@ -108,25 +118,27 @@ int main(int argc, char **argv) {
   if (real.logits) wrapped.logits = w_logits;
   n_ops = (int)(sizeof(names) / sizeof(names[0]));
   be->ops = &wrapped;
-  int per_seq = (P + D) / 16 + 2;
-  struct lm_runner_config rc = {16, S * per_seq, P > S ? P : S, S, P + D, kv_dtype};
+  int async = strcmp(backend, "cpu") != 0 && real.sync;
+  int per_seq = (P + 2 * D) / 16 + 2;
+  struct lm_runner_config rc = {16, S * per_seq, P > S ? P : S, S, P + 2 * D, kv_dtype};
   if (lm_runner_create(m, be, &rc, &r, err)) {
     fprintf(stderr, "op_profile: %s\n", err);
     return 1;
   }
   for (int s = 0; s < S; s++)
-    if (lm_kv_seq_reserve(&kv[s], lm_runner_kv_pool(r), P + D, err)) {
+    if (lm_kv_seq_reserve(&kv[s], lm_runner_kv_pool(r), P + 2 * D, err)) {
       fprintf(stderr, "op_profile: %s\n", err);
       return 1;
     }
-  int32_t *ids = malloc((size_t)(P + D) * sizeof(int32_t));
+  int32_t *ids = malloc((size_t)(P + 2 * D) * sizeof(int32_t));
   struct lm_seq_chunk *ch = calloc((size_t)S, sizeof(*ch));
   struct lm_sample_row *rows = calloc((size_t)S, sizeof(*rows));
   struct lm_sample_result *res = calloc((size_t)S, sizeof(*res));
-  for (int i = 0; i < P + D; i++)
+  for (int i = 0; i < P + 2 * D; i++)
     ids[i] = 1000 + i % 30000;
   const void *l;
   int nl;
+  if (async) sync_st = be->st;
   double tp = lm_now_s();
   for (int s = 0; s < S; s++) {
     ch[0] = (struct lm_seq_chunk){&kv[s], ids, P, 1};
@@ -135,26 +147,43 @@ int main(int argc, char **argv) {
   tp = lm_now_s() - tp;
   printf("prefill %d x %d tokens: %.1f tok/s; matmul %.0f ms, lm_head %.0f ms, attention %.0f ms\n",
          S, P, S * P / tp, (T[3] + T[9]) * 1e3, T[10] * 1e3, T[6] * 1e3);
-  memset(T, 0, sizeof(T));
-  memset(N, 0, sizeof(N));
   struct lm_sampling sp = {0};
   for (int s = 0; s < S; s++) /* greedy without logprobs, as the bench asks */
     rows[s] = (struct lm_sample_row){.params = &sp, .skip_logprob = 1};
+  int first = 0;
+  if (async) { /* the decode as served: no op waits for the device */
+    be->ops = &real;
+    double t0 = lm_now_s();
+    for (int i = 0; i < D; i++) {
+      for (int s = 0; s < S; s++)
+        ch[s] = (struct lm_seq_chunk){&kv[s], ids + P + i, 1, 1};
+      lm_runner_step(r, ch, S, &l, &nl, err);
+      be->ops->sample(be->st, l, S, m->cfg.vocab_size, rows, res, err);
+    }
+    double t = lm_now_s() - t0;
+    printf("batch %d, context %d..%d, as served: per step %.2f ms (%.1f tok/s)\n", S, P, P + D,
+           t / D * 1e3, S * D / t);
+    be->ops = &wrapped;
+    first = D;
+  }
+  memset(T, 0, sizeof(T));
+  memset(N, 0, sizeof(N));
   double ts = 0, t0 = lm_now_s();
   for (int i = 0; i < D; i++) {
     for (int s = 0; s < S; s++)
-      ch[s] = (struct lm_seq_chunk){&kv[s], ids + P + i, 1, 1};
+      ch[s] = (struct lm_seq_chunk){&kv[s], ids + P + first + i, 1, 1};
     lm_runner_step(r, ch, S, &l, &nl, err);
     double t = lm_now_s();
     be->ops->sample(be->st, l, S, m->cfg.vocab_size, rows, res, err);
     ts += lm_now_s() - t;
   }
   double tot = lm_now_s() - t0;
-  lm_pool *probe = __builtin_cpu_supports("avx512f") ? lm_pool_create(c.n_threads) : NULL;
+  lm_pool *probe = !async && __builtin_cpu_supports("avx512f") ? lm_pool_create(c.n_threads) : NULL;
   double peak = probe ? lm_bench_fma_gflops(probe) : 0;
   if (probe) lm_pool_destroy(probe);
-  printf("batch %d, context %d..%d: per step %.2f ms (%.1f tok/s); sample %.2f ms\n", S, P, P + D,
-         tot / D * 1e3, S * D / tot, ts / D * 1e3);
+  printf("batch %d, context %d..%d%s: per step %.2f ms (%.1f tok/s); sample %.2f ms\n", S,
+         P + first, P + first + D, async ? ", op by op" : "", tot / D * 1e3, S * D / tot,
+         ts / D * 1e3);
   double sum = 0;
   for (int i = 0; i < n_ops; i++) {
     if (!N[i]) continue;
@@ -165,6 +194,8 @@ int main(int argc, char **argv) {
   if (peak > 0)
     printf("matmul + logits %.1f GFLOP/s = %.0f %% of the FMA probe (%.0f GFLOP/s)\n", gf / tm,
            100 * gf / tm / peak, peak);
+  else
+    printf("matmul + logits %.1f GFLOP/s\n", gf / tm);
   printf("ops total %.2f ms, unaccounted %.2f ms\n", sum / D * 1e3, (tot - sum - ts) / D * 1e3);
   free(ids);
   free(ch);

@@ -11,7 +11,7 @@
 # Carry build/gpu to the GPU machine and run tools/gpu-run.sh there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-targets=(//tests:cuda_test //tests:forward_dump //tests:engine_test //tests:gemm_bench
+targets=(//tests:cuda_test //tests:forward_dump //tests:engine_test //tests:gemm_bench //tests:op_profile
   //server:lmserve //clients:lmserve-client)
 bazel build --config=portable "${targets[@]}"
 rm -rf build/gpu

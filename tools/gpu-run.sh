@@ -18,7 +18,11 @@
 # line, the commit, one line per step and "N passed, N failed, N skipped";
 # results.tgz with each step's log and hf/*.json.
 #
-#   tools/gpu-run.sh [OUTDIR] [--quick]     correctness, then the GEMM benchmark
+#   tools/gpu-run.sh [OUTDIR] [--quick] [--reuse-oracle]
+#                                           correctness, then the GEMM benchmark
+#                                           (--quick: without it; --reuse-oracle:
+#                                           the committed tests/data/hf/*.json
+#                                           rather than new Transformers logits)
 #   tools/gpu-run.sh [OUTDIR] --bench       the 8B serving benchmark
 #   tools/gpu-run.sh [OUTDIR] --e2e         the same through the gRPC server
 #                                           (after --bench made the model):
@@ -26,10 +30,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-build/gpu-results}
-quick=0 bench=0 e2e=0
+quick=0 bench=0 e2e=0 reuse=0
 for a in "$@"; do
   case $a in
   --quick) quick=1 ;;
+  --reuse-oracle) reuse=1 ;;
   --bench) bench=1 ;;
   --e2e) e2e=1 bench=1 ;;
   *) out=$a ;;
@@ -137,6 +142,11 @@ if [ $bench -eq 1 ]; then
   else
     run bench-8b 0 gates_pass $bin/lmserve bench --backend cuda --model "$fixtures/llama31-8b" \
       --json
+    # where a decode step's time goes, op by op, at batch 1 and 16
+    for b in 1 16; do
+      run "op-profile-8b-c$b" 90 $bin/op_profile --backend cuda --model "$fixtures/llama31-8b" \
+        --batch $b --prompt 512 --decode 32
+    done
   fi
   finish
 fi
@@ -146,18 +156,21 @@ fi
 run cuda-test 150 $bin/cuda_test "$fixtures"
 
 # 3. the oracle: Transformers on the GPU, written where CI reads it
-run hf-logits 150 "$py" tools/hf_logits.py --fixtures "$fixtures" --out "$out/hf" --device cuda
-mkdir -p tests/data/hf
-cp -f "$out"/hf/*.json tests/data/hf/ 2>/dev/null
+if [ $reuse -eq 0 ] || ! ls tests/data/hf/*.json >/dev/null 2>&1; then
+  run hf-logits 150 "$py" tools/hf_logits.py --fixtures "$fixtures" --out "$out/hf" --device cuda
+  mkdir -p tests/data/hf
+  cp -f "$out"/hf/*.json tests/data/hf/ 2>/dev/null
+fi
 run hf-compare-cuda 90 tests/hf_compare.sh $bin/forward_dump "$fixtures" cuda
 run hf-compare-cpu 90 tests/hf_compare.sh $bin/forward_dump "$fixtures" cpu
 
-# 4. sanitizers on the op tests (whole models under them take too long)
+# 4. sanitizers on the op tests (whole models under them take too long);
+# racecheck, much slower, on the kernels that share memory between warps
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-for tool in memcheck racecheck; do
-  run "sanitizer-$tool" 150 "$sanitizer" --tool "$tool" --error-exitcode 1 $bin/cuda_test --ops-only \
-    "$fixtures"
-done
+run sanitizer-memcheck 150 "$sanitizer" --tool memcheck --error-exitcode 1 $bin/cuda_test \
+  --ops-only "$fixtures"
+run sanitizer-racecheck 150 "$sanitizer" --tool racecheck --error-exitcode 1 $bin/cuda_test \
+  --attention-only "$fixtures"
 
 # 5. the engine's own tests (preemption, prefix cache, aborts) on the CUDA backend
 run engine-test-cuda 120 $bin/engine_test "$fixtures" qwen3-bf16 2000 cuda

@@ -26,6 +26,7 @@ Usage (from the repository root):
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import struct
@@ -251,23 +252,33 @@ def split_shards(tensors, n, elem_size):
     return groups
 
 
-def write_weights(out, arch, tensors, dtype, seed, shards):
-    """Writes model.safetensors, or shards + model.safetensors.index.json."""
+def write_file(path, arch, group, dtype, seed):
+    """Writes one safetensors file holding the tensors of group."""
     st_dtype, _, elem = DTYPES[dtype]
+    with open(path, "wb") as f:
+        f.write(safetensors_header(group, st_dtype, elem))
+        for name, shape, init in sorted(group):
+            for b in tensor_chunks(arch, name, shape, init, seed, dtype):
+                f.write(b)
+
+
+def write_weights(out, arch, tensors, dtype, seed, shards):
+    """Writes model.safetensors, or shards (a process each: the values of a
+    tensor depend on its name alone) + model.safetensors.index.json."""
+    _, _, elem = DTYPES[dtype]
     if shards == 1:
         files = [("model.safetensors", tensors)]
     else:
         files = [(f"model-{i + 1:05d}-of-{shards:05d}.safetensors", g)
                  for i, g in enumerate(split_shards(tensors, shards, elem))]
-    weight_map, total = {}, 0
-    for fname, group in files:
-        with open(os.path.join(out, fname), "wb") as f:
-            f.write(safetensors_header(group, st_dtype, elem))
-            for name, shape, init in sorted(group):
-                for b in tensor_chunks(arch, name, shape, init, seed, dtype):
-                    f.write(b)
-                weight_map[name] = fname
-                total += int(np.prod(shape)) * elem
+    jobs = [(os.path.join(out, fname), arch, group, dtype, seed) for fname, group in files]
+    if len(jobs) == 1:
+        write_file(*jobs[0])
+    else:
+        with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+            pool.starmap(write_file, jobs)
+    weight_map = {name: fname for fname, group in files for name, _, _ in group}
+    total = sum(int(np.prod(shape)) * elem for _, shape, _ in tensors)
     if shards > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
