@@ -33,7 +33,11 @@ def cuda_library(name, srcs, hdrs = [], deps = [], copts = []):
             name = name + "_" + src.replace("/", "_").replace(".", "_"),
             srcs = [src] + hdrs,
             outs = [obj],
+            # nvcc names its temporary files after its process id, which is
+            # the same in every sandbox: each compile gets its own TMPDIR
             cmd = " ".join([
+                "tmp=$$(mktemp -d) &&",
+                "TMPDIR=$$tmp",
                 NVCC,
                 "-c",
                 "-O3",
@@ -42,7 +46,7 @@ def cuda_library(name, srcs, hdrs = [], deps = [], copts = []):
                 "--Werror=all-warnings",
                 "-I.",
                 "-I$(GENDIR)",
-            ] + CUDA_ARCH_FLAGS + copts + ["$(location " + src + ")", "-o", "$@"]),
+            ] + CUDA_ARCH_FLAGS + copts + ["$(location " + src + ")", "-o", "$@", "; rc=$$?; rm -rf $$tmp; exit $$rc"]),
         )
         objs.append(obj)
     native.cc_library(

@@ -444,15 +444,17 @@ static size_t lm_attn_smem_bytes(int hd, int rows) {
   return lm_attn_tiles_bytes(hd) + (size_t)rows * hd * sizeof(float);
 }
 
-/* Launches kernel with smem bytes of dynamic shared memory, opting in above
- * the 48 KiB a block gets by default. */
-template <typename K>
-static void lm_attn_launch(K kernel, dim3 grid, int threads, size_t smem, cudaStream_t st,
-                           const struct lm_attn_args &a) {
-  if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               (int)smem) != cudaSuccess)
-    return; /* the error stays for the stream's next check */
-  kernel<<<grid, threads, smem, st>>>(a);
+/* Opts the NV kernels in to the dynamic shared memory they take at their
+ * largest head_dim (32 NV), above the 48 KiB a block gets by default. */
+template <int NV> static cudaError_t lm_attn_opt_in() {
+  cudaError_t e =
+      cudaFuncSetAttribute(lm_attn_decode_kernel<NV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           (int)lm_attn_smem_bytes(32 * NV, LM_ATTN_PREFILL_WARPS));
+  if (e == cudaSuccess)
+    e = cudaFuncSetAttribute(
+        lm_attn_prefill_kernel<NV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        (int)lm_attn_smem_bytes(32 * NV, LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS));
+  return e;
 }
 
 /* The step's kernels with NV registers of state per row. */
@@ -460,13 +462,17 @@ template <int NV>
 static void lm_attn_run(const struct lm_attn_args &a, const struct lm_cuda_attn_batch *b,
                         int n_hsub, cudaStream_t st) {
   const int hd = a.hd;
+  /* once per process (one device); if it failed, the launches below fail
+   * and the stream's next check reports it */
+  static const cudaError_t opted = lm_attn_opt_in<NV>();
+  (void)opted;
   /* One long chunk alone has no decodes; otherwise any sequence may be one. */
   bool any_decode = !(b->n_seqs == 1 && b->max_q_len > 1);
   if (any_decode) {
     if (a.max_splits > 0)
-      lm_attn_launch(lm_attn_decode_kernel<NV>,
-                     dim3((unsigned)(a.n_seqs * a.max_splits), (unsigned)(a.n_kv * n_hsub)),
-                     32 * a.heads_per_block, lm_attn_smem_bytes(hd, a.heads_per_block), st, a);
+      lm_attn_decode_kernel<NV>
+          <<<dim3((unsigned)(a.n_seqs * a.max_splits), (unsigned)(a.n_kv * n_hsub)),
+             32 * a.heads_per_block, lm_attn_smem_bytes(hd, a.heads_per_block), st>>>(a);
     /* also with no keys at all: the rows are then written as zeros */
     size_t rows = (size_t)a.n_seqs * a.n_heads;
     lm_attn_fold_kernel<NV>
@@ -474,8 +480,9 @@ static void lm_attn_run(const struct lm_attn_args &a, const struct lm_cuda_attn_
   }
   if (b->max_q_len > 1) {
     dim3 grid(lm_cdiv((size_t)a.n_tokens, (size_t)a.tokens_per_block), (unsigned)(a.n_kv * n_hsub));
-    lm_attn_launch(lm_attn_prefill_kernel<NV>, grid, LM_ATTN_PREFILL_WARPS * 32,
-                   lm_attn_smem_bytes(hd, LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS), st, a);
+    lm_attn_prefill_kernel<NV>
+        <<<grid, LM_ATTN_PREFILL_WARPS * 32,
+           lm_attn_smem_bytes(hd, LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS), st>>>(a);
   }
 }
 

@@ -260,12 +260,18 @@ static int lm_gemm_algo_ok(lm_cuda_gemm *g, const struct lm_gemm_plan *p,
 /* The heuristic ranks algorithms for one M; a pinned algorithm serves every
  * M, and the one ranked first for a mid-size batch can take twice the
  * time of another at M = 1, where decodes spend their steps. So the
- * candidates of several M's queries are timed at the M's below and the one
- * whose worst ratio to the fastest candidate is lowest is pinned. Each is
- * first checked to give a row the same bits at M = 1 as inside a batch
- * (first and last row of LM_GEMM_TUNE_MAX_M), the property pinning is for. */
-#define LM_GEMM_TUNE_ALGOS 24
-#define LM_GEMM_TUNE_REPS  5
+ * candidates of several M's queries are each first checked to give a row
+ * the same bits at M = 1 as inside a batch of LM_GEMM_TUNE_MAX_M (the
+ * property pinning is for), then timed at the M's below (the fastest of
+ * LM_GEMM_TUNE_ROUNDS rounds, candidates interleaved, after a warm-up), and
+ * scored by their worst ratio to the fastest candidate over those M's. The
+ * pick is the first candidate, in the heuristic's order, scoring within
+ * LM_GEMM_TUNE_MARGIN of the best, so timing noise between near equals does
+ * not change the algorithm (and a model's bits) from one start to the next. */
+#define LM_GEMM_TUNE_ALGOS  24
+#define LM_GEMM_TUNE_REPS   5
+#define LM_GEMM_TUNE_ROUNDS 3
+#define LM_GEMM_TUNE_MARGIN 1.05
 static const int lm_gemm_tune_m[] = {1, 16, 128, 512};
 #define LM_GEMM_TUNE_N_M   ((int)(sizeof lm_gemm_tune_m / sizeof lm_gemm_tune_m[0]))
 #define LM_GEMM_TUNE_MAX_M 512
@@ -302,7 +308,9 @@ static void lm_gemm_tune_free(struct lm_gemm_tune *t) {
   if (t->stream) cudaStreamDestroy(t->stream);
   free(t->row_a);
   free(t->row_b);
-  cudaGetLastError(); /* a failed tuning falls back; keep it out of a later lm_cuda_sync */
+  /* no error was pending when the trials began (lm_gemm_tune): one now is
+   * theirs, and a failed trial falls back rather than fail a later step */
+  cudaGetLastError();
 }
 
 static int lm_gemm_tune_init(struct lm_gemm_tune *t, const struct lm_gemm_plan *p, int max_m) {
@@ -328,12 +336,15 @@ static int lm_gemm_matmul(lm_cuda_gemm *g, cublasLtMatrixLayout_t a_layout,
                           const uint16_t *w, int M, int N, int K, int out_f32, void *stream,
                           char *err, size_t err_len);
 
-/* Whether algo gives rows 0 and max_m - 1 the same bits alone as in a batch of max_m. */
+/* Whether algo gives row 0 and a row near max_m - 1 the same bits alone as
+ * in a batch of max_m (the latter where its x row starts 16-byte aligned). */
 static int lm_gemm_tune_same_bits(lm_cuda_gemm *g, struct lm_gemm_tune *t,
                                   const struct lm_gemm_plan *p, const cublasLtMatmulAlgo_t *algo,
                                   int max_m) {
   size_t out = p->out_f32 ? 4 : 2, row = (size_t)p->n * out;
   int rows[2] = {0, max_m - 1};
+  while (rows[1] > 0 && (size_t)rows[1] * p->k * 2 % LM_GEMM_MIN_ALIGN_BYTES)
+    rows[1]--;
   if (lm_gemm_matmul(g, p->a_layout, algo, t->y, t->x, t->w, max_m, p->n, p->k, p->out_f32,
                      t->stream, NULL, 0) != 0)
     return 0;
@@ -367,43 +378,53 @@ static double lm_gemm_tune_time(lm_cuda_gemm *g, struct lm_gemm_tune *t,
   return ms * 1e-3 / LM_GEMM_TUNE_REPS;
 }
 
-/* Of n algorithms, the index of the one to pin: timed as above when the
- * device has room for the trial buffers, else the first (the heuristic's
- * own order), or -1 if none keeps a row's bits. */
+/* Of n algorithms, the index of the one to pin, as above; the first
+ * (the heuristic's own order) unchecked when the device has no room for the
+ * trial buffers or an error from earlier work is pending (left for the
+ * caller's next check); -1 if none keeps a row's bits. */
 static int lm_gemm_tune(lm_cuda_gemm *g, struct lm_gemm_plan *p, const cublasLtMatmulAlgo_t *algos,
                         int n) {
   double t[LM_GEMM_TUNE_ALGOS][LM_GEMM_TUNE_N_M], best[LM_GEMM_TUNE_N_M];
   int ok[LM_GEMM_TUNE_ALGOS], max_m = p->max_m < LM_GEMM_TUNE_MAX_M ? p->max_m : LM_GEMM_TUNE_MAX_M;
   int choice = -1;
   struct lm_gemm_tune tb;
+  if (cudaPeekAtLastError() != cudaSuccess) return 0;
   if (lm_gemm_tune_init(&tb, p, max_m) != 0) {
     lm_gemm_tune_free(&tb);
     return 0;
   }
-  for (int j = 0; j < LM_GEMM_TUNE_N_M; j++)
-    best[j] = 1e30;
   for (int i = 0; i < n; i++) {
     ok[i] = max_m < 2 || lm_gemm_tune_same_bits(g, &tb, p, &algos[i], max_m);
-    for (int j = 0; j < LM_GEMM_TUNE_N_M && ok[i]; j++) {
-      t[i][j] = lm_gemm_tune_m[j] <= max_m
-                    ? lm_gemm_tune_time(g, &tb, p, &algos[i], lm_gemm_tune_m[j])
-                    : 0;
-      if (t[i][j] < 0) ok[i] = 0;
-    }
-    for (int j = 0; j < LM_GEMM_TUNE_N_M && ok[i]; j++)
-      if (t[i][j] < best[j]) best[j] = t[i][j];
-  }
-  double best_score = 1e30;
-  for (int i = 0; i < n; i++) {
-    if (!ok[i]) continue;
-    double worst = 0;
     for (int j = 0; j < LM_GEMM_TUNE_N_M; j++)
-      if (lm_gemm_tune_m[j] <= max_m && t[i][j] / best[j] > worst) worst = t[i][j] / best[j];
-    if (worst < best_score) {
-      best_score = worst;
-      choice = i;
-    }
+      t[i][j] = 1e30;
   }
+  /* warm-up: the clocks rise before the first timed candidate */
+  for (int i = 0; i < n; i++)
+    if (ok[i]) {
+      lm_gemm_tune_time(g, &tb, p, &algos[i], max_m);
+      break;
+    }
+  for (int r = 0; r < LM_GEMM_TUNE_ROUNDS; r++)
+    for (int i = 0; i < n; i++)
+      for (int j = 0; j < LM_GEMM_TUNE_N_M && ok[i] && lm_gemm_tune_m[j] <= max_m; j++) {
+        double x = lm_gemm_tune_time(g, &tb, p, &algos[i], lm_gemm_tune_m[j]);
+        if (x < 0) ok[i] = 0;
+        if (x < t[i][j]) t[i][j] = x;
+      }
+  for (int j = 0; j < LM_GEMM_TUNE_N_M; j++) {
+    best[j] = 1e30;
+    for (int i = 0; i < n; i++)
+      if (ok[i] && t[i][j] < best[j]) best[j] = t[i][j];
+  }
+  double score[LM_GEMM_TUNE_ALGOS], best_score = 1e30;
+  for (int i = 0; i < n; i++) {
+    score[i] = 0;
+    for (int j = 0; j < LM_GEMM_TUNE_N_M && lm_gemm_tune_m[j] <= max_m; j++)
+      if (t[i][j] / best[j] > score[i]) score[i] = t[i][j] / best[j];
+    if (ok[i] && score[i] < best_score) best_score = score[i];
+  }
+  for (int i = 0; i < n && choice < 0; i++)
+    if (ok[i] && score[i] <= best_score * LM_GEMM_TUNE_MARGIN) choice = i;
   lm_gemm_tune_free(&tb);
   return choice;
 }
@@ -423,9 +444,10 @@ static int lm_gemm_choose(lm_cuda_gemm *g, struct lm_gemm_plan *p, char *err, si
     int query_m = p->max_m < query_ms[q] ? p->max_m : query_ms[q];
     memset(cand, 0, sizeof cand);
     LM_LT_CHECK(lm_gemm_bd_layouts(&b, &d, query_m, p->n, p->k, p->out_f32), "matrix layout");
-    LM_LT_CHECK(lm_lt.heuristic(g->handle, g->desc, p->a_layout, b, d, d, pref,
-                                LM_GEMM_PLAN_CANDIDATES, cand, &n_cand),
-                "algorithm heuristic");
+    /* a query that finds nothing answers NOT_SUPPORTED: the others may */
+    if (lm_lt.heuristic(g->handle, g->desc, p->a_layout, b, d, d, pref, LM_GEMM_PLAN_CANDIDATES,
+                        cand, &n_cand) != CUBLAS_STATUS_SUCCESS)
+      n_cand = 0;
     lm_gemm_bd_free(b, d);
     b = d = NULL;
     for (int i = 0; i < n_cand && n_algos < LM_GEMM_TUNE_ALGOS; i++) {
@@ -446,7 +468,7 @@ static int lm_gemm_choose(lm_cuda_gemm *g, struct lm_gemm_plan *p, char *err, si
     }
   }
   if (n_algos > 0) {
-    int i = n_algos > 1 ? lm_gemm_tune(g, p, algos, n_algos) : 0;
+    int i = lm_gemm_tune(g, p, algos, n_algos);
     if (i >= 0) {
       p->algo = algos[i];
       rc = 0;

@@ -817,6 +817,9 @@ static void test_attention(void) {
       {128, 2, 4, 1, {{480, 64}}, "a 64-token chunk across the 512-key split"},
       {256, 2, 2, 2, {{20, 40}, {530, 1}}, "head_dim 256"},
       {96, 1, 4, 3, {{10, 70}, {33, 1}, {0, 5}}, "head_dim 96"},
+      {32, 2, 3, 2, {{30, 20}, {45, 1}}, "head_dim 32, GQA group 3"},
+      {160, 1, 6, 2, {{12, 33}, {40, 1}}, "head_dim 160, GQA group 6"},
+      {64, 1, 16, 2, {{8, 20}, {530, 1}}, "GQA group 16"},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
     test_attention_case(&cases[i]);

