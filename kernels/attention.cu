@@ -25,10 +25,11 @@
  * lm_attn_fold_kernel folds a row's partials in split order and writes out.
  *
  * Prefill chunks (more than one query token): many rows share the same
- * keys, so lm_attn_prefill_kernel gives a block the rows of several
- * consecutive tokens and the query heads of one KV head (a warp owns
- * LM_ATTN_PREFILL_ROWS rows: one head, consecutive tokens), and each warp
- * folds its splits as it goes. Blocks are laid over the step's tokens (not
+ * keys, so lm_attn_prefill_kernel gives a block the rows of a few
+ * consecutive tokens and the query heads of one KV head (a warp owns one
+ * row, or LM_ATTN_PREFILL_ROWS rows of one head and consecutive tokens in
+ * steps long enough to fill the device that way), and each warp folds its
+ * splits as it goes. Blocks are laid over the step's tokens (not
  * over sequences x longest chunk), so a step of one long chunk and many
  * decodes launches few idle blocks; a block whose tokens span sequences
  * takes them one sequence at a time.
@@ -46,7 +47,7 @@
 #define LM_ATTN_TILE          32 /* keys per tile: one per lane */
 #define LM_ATTN_DECODE_WARPS  4  /* warps (rows) per block in the fold kernel */
 #define LM_ATTN_PREFILL_WARPS 8  /* warps per block in the prefill kernel */
-#define LM_ATTN_PREFILL_ROWS  4  /* rows per warp in the prefill kernel */
+#define LM_ATTN_PREFILL_ROWS  4  /* rows per warp in the prefill kernel, for long chunks */
 #define LM_ATTN_PAD           8 /* bf16 after each staged K/V row: keeps 16-byte rows, spreads banks */
 #define LM_ATTN_FULL          0xffffffffu
 
@@ -355,17 +356,17 @@ template <int NV> static __global__ void lm_attn_fold_kernel(struct lm_attn_args
  * tokens_per_block), KV head g = y / n_hsub and its query heads
  * [hsub * hpb, hsub * hpb + hpb) (hsub = y % n_hsub, hpb = heads_per_block).
  * Warp w owns the rows of head g * group + hsub * hpb + w % hpb and tokens
- * x * tpb + (w / hpb) * R + r, r = 0..R-1 (R = LM_ATTN_PREFILL_ROWS). The
+ * x * tpb + (w / hpb) * R + r, r = 0..R-1 (R: 1, or LM_ATTN_PREFILL_ROWS for
+ * steps with enough tokens to fill the device with such blocks). The
  * block's tokens are taken one sequence at a time (a segment); segments of
  * decodes are skipped (the decode kernels own them). Every loop that
  * reaches a __syncthreads depends only on values the whole block shares. */
-template <int NV>
+template <int NV, int R>
 static __global__ void __launch_bounds__(LM_ATTN_PREFILL_WARPS * 32, NV <= 4 ? 2 : 1)
     lm_attn_prefill_kernel(struct lm_attn_args a) {
   extern __shared__ __align__(16) unsigned char lm_attn_smem[];
-  __shared__ int
-      last_s[LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS]; /* each row's last key, -1 if idle */
-  const int hd = a.hd, R = LM_ATTN_PREFILL_ROWS;
+  __shared__ int last_s[LM_ATTN_PREFILL_WARPS * R]; /* each row's last key, -1 if idle */
+  const int hd = a.hd;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hpb = a.heads_per_block, tpb = a.tokens_per_block;
   const int n_hsub = (a.group + hpb - 1) / hpb;
@@ -386,10 +387,10 @@ static __global__ void __launch_bounds__(LM_ATTN_PREFILL_WARPS * 32, NV <= 4 ? 2
     int seg_end = seq_end < t_end ? seq_end : t_end;
     if (seg_end <= t) seg_end = t + 1; /* an inconsistent batch: step on, compute nothing */
     if (seq_end - seq_first > 1 && t >= seq_first && t < seq_end) {
-      int p[LM_ATTN_PREFILL_ROWS];
-      bool mine[LM_ATTN_PREFILL_ROWS];
+      int p[R];
+      bool mine[R];
 #pragma unroll
-      for (int r = 0; r < LM_ATTN_PREFILL_ROWS; r++) {
+      for (int r = 0; r < R; r++) {
         int tw = tw0 + r;
         mine[r] = w_ok && tw >= t && tw < seg_end;
         p[r] = mine[r] ? lm_attn_last_key(a, tw) : -1;
@@ -399,20 +400,20 @@ static __global__ void __launch_bounds__(LM_ATTN_PREFILL_WARPS * 32, NV <= 4 ? 2
       }
       __syncthreads();
       int kmax = -1; /* the segment's last key: the block stages keys 0..kmax */
-      for (int i = 0; i < LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS; i++)
+      for (int i = 0; i < LM_ATTN_PREFILL_WARPS * R; i++)
         kmax = last_s[i] > kmax ? last_s[i] : kmax;
       const int32_t *table = a.block_tables + (size_t)s * a.max_blocks;
 
-      struct lm_attn_part<NV> run[LM_ATTN_PREFILL_ROWS], cur[LM_ATTN_PREFILL_ROWS];
+      struct lm_attn_part<NV> run[R], cur[R];
 #pragma unroll
-      for (int r = 0; r < LM_ATTN_PREFILL_ROWS; r++) {
+      for (int r = 0; r < R; r++) {
         lm_attn_empty(&run[r]);
         lm_attn_empty(&cur[r]);
       }
       lm_attn_walk(a, table, g, 0, kmax + 1, lm_attn_smem,
                    [&](int ts, const uint16_t *k_row, const uint16_t *v_row) {
 #pragma unroll
-                     for (int r = 0; r < LM_ATTN_PREFILL_ROWS; r++) {
+                     for (int r = 0; r < R; r++) {
                        if (p[r] < ts) continue; /* the same in every lane of the warp */
                        /* a new split: fold the finished one, as the fold kernel does */
                        if (ts > 0 && ts % LM_CUDA_ATTN_SPLIT_KEYS == 0) {
@@ -425,7 +426,7 @@ static __global__ void __launch_bounds__(LM_ATTN_PREFILL_WARPS * 32, NV <= 4 ? 2
                      }
                    });
 #pragma unroll
-      for (int r = 0; r < LM_ATTN_PREFILL_ROWS; r++) {
+      for (int r = 0; r < R; r++) {
         if (!mine[r]) continue;
         if (p[r] >= 0) lm_attn_combine(&run[r], &cur[r], hd);
         lm_attn_store(a.out + ((size_t)(tw0 + r) * a.n_heads + h) * hd, &run[r], hd);
@@ -451,10 +452,27 @@ template <int NV> static cudaError_t lm_attn_opt_in() {
       cudaFuncSetAttribute(lm_attn_decode_kernel<NV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            (int)lm_attn_smem_bytes(32 * NV, LM_ATTN_PREFILL_WARPS));
   if (e == cudaSuccess)
+    e = cudaFuncSetAttribute(lm_attn_prefill_kernel<NV, 1>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)lm_attn_smem_bytes(32 * NV, LM_ATTN_PREFILL_WARPS));
+  if (e == cudaSuccess)
     e = cudaFuncSetAttribute(
-        lm_attn_prefill_kernel<NV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        lm_attn_prefill_kernel<NV, LM_ATTN_PREFILL_ROWS>,
+        cudaFuncAttributeMaxDynamicSharedMemorySize,
         (int)lm_attn_smem_bytes(32 * NV, LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS));
   return e;
+}
+
+/* The device's multiprocessors (one device per process); 1 if unknown. */
+static int lm_attn_sm_count(void) {
+  static const int n = [] {
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      return 1;
+    return sms > 0 ? sms : 1;
+  }();
+  return n;
 }
 
 /* The step's kernels with NV registers of state per row. */
@@ -479,10 +497,26 @@ static void lm_attn_run(const struct lm_attn_args &a, const struct lm_cuda_attn_
         <<<lm_cdiv(rows, LM_ATTN_DECODE_WARPS), LM_ATTN_DECODE_WARPS * 32, 0, st>>>(a);
   }
   if (b->max_q_len > 1) {
-    dim3 grid(lm_cdiv((size_t)a.n_tokens, (size_t)a.tokens_per_block), (unsigned)(a.n_kv * n_hsub));
-    lm_attn_prefill_kernel<NV>
-        <<<grid, LM_ATTN_PREFILL_WARPS * 32,
-           lm_attn_smem_bytes(hd, LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS), st>>>(a);
+    /* Several rows a warp read each staged tile for more tokens, but make
+     * fewer blocks: only where those still fill the device twice over
+     * (long chunks), else a row a warp (short chunks over a long context,
+     * such as a prompt after a cached prefix). The rows' bits are the same. */
+    struct lm_attn_args pa = a;
+    int warp_tokens = LM_ATTN_PREFILL_WARPS / a.heads_per_block;
+    size_t blocks = lm_cdiv((size_t)a.n_tokens, (size_t)warp_tokens * LM_ATTN_PREFILL_ROWS) *
+                    (size_t)(a.n_kv * n_hsub);
+    bool rows = blocks >= 2 * (size_t)lm_attn_sm_count();
+    pa.tokens_per_block = warp_tokens * (rows ? LM_ATTN_PREFILL_ROWS : 1);
+    dim3 grid(lm_cdiv((size_t)a.n_tokens, (size_t)pa.tokens_per_block),
+              (unsigned)(a.n_kv * n_hsub));
+    if (rows)
+      lm_attn_prefill_kernel<NV, LM_ATTN_PREFILL_ROWS>
+          <<<grid, LM_ATTN_PREFILL_WARPS * 32,
+             lm_attn_smem_bytes(hd, LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS), st>>>(pa);
+    else
+      lm_attn_prefill_kernel<NV, 1>
+          <<<grid, LM_ATTN_PREFILL_WARPS * 32, lm_attn_smem_bytes(hd, LM_ATTN_PREFILL_WARPS), st>>>(
+              pa);
   }
 }
 
@@ -524,7 +558,7 @@ extern "C" void lm_cuda_attention(uint16_t *out, const uint16_t *q, const struct
   a.max_ctx_len = b->max_ctx_len > 0 ? b->max_ctx_len : 0;
   a.max_splits = (int)lm_cdiv((size_t)a.max_ctx_len, LM_CUDA_ATTN_SPLIT_KEYS);
   a.heads_per_block = a.group < LM_ATTN_PREFILL_WARPS ? a.group : LM_ATTN_PREFILL_WARPS;
-  a.tokens_per_block = LM_ATTN_PREFILL_WARPS / a.heads_per_block * LM_ATTN_PREFILL_ROWS;
+  a.tokens_per_block = 0; /* lm_attn_run's choice */
   int n_hsub = (a.group + a.heads_per_block - 1) / a.heads_per_block;
   a.scale = scale;
 

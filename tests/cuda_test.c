@@ -820,6 +820,7 @@ static void test_attention(void) {
       {32, 2, 3, 2, {{30, 20}, {45, 1}}, "head_dim 32, GQA group 3"},
       {160, 1, 6, 2, {{12, 33}, {40, 1}}, "head_dim 160, GQA group 6"},
       {64, 1, 16, 2, {{8, 20}, {530, 1}}, "GQA group 16"},
+      {64, 8, 4, 1, {{0, 600}}, "a 600-token prefill over 8 KV heads (four rows a warp)"},
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
     test_attention_case(&cases[i]);
