@@ -64,6 +64,12 @@ for m in $what; do
   for _ in $(seq 1 600); do
     "$bindir"/lmserve-client generate --server "127.0.0.1:$port" --prompt hi --max-tokens 1 \
       >/dev/null 2>&1 && break
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      echo "bench_server: lmserve serve exited:" >&2
+      cat "$tmp/server.log" >&2
+      server_pid=
+      exit 1
+    fi
     sleep 0.2
   done
   # in process first (the server is idle): `lmserve bench --only fixed`

