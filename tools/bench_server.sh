@@ -20,6 +20,11 @@ bindir=${LMSERVE_BIN_DIR:-bin}
 py=/usr/bin/python3
 [ -x $py ] || py=python3 # machines without Debian's Python (the GPU ones)
 backend=${LMSERVE_BACKEND:-cpu}
+# On a GPU the server and the in-process benchmark hold the model and a KV
+# pool on one device at once: the server takes 45 % of its memory, and the
+# benchmark what is left of 90 %.
+gpu_share=()
+[ "$backend" = cuda ] && gpu_share=(--gpu-memory-utilization 0.45)
 what=${*:-tiny bench}
 tmp=$(mktemp -d)
 server_pid=
@@ -58,7 +63,8 @@ for m in $what; do
     ;;
   esac
   port=$(free_port)
-  "$bindir"/lmserve serve --backend "$backend" --model "$model" --port "$port" --metrics-port "$(free_port)" \
+  "$bindir"/lmserve serve --backend "$backend" "${gpu_share[@]}" --model "$model" --port "$port" \
+    --metrics-port "$(free_port)" \
     --log-level warn >"$tmp/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do
