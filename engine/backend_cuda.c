@@ -297,9 +297,11 @@ static int load_group(struct lm_cuda *cu, struct lm_tensor **ts, int n, char *er
   return LM_OK;
 }
 
-static int plan(struct lm_cuda *cu, int N, int K, int out_f32, char *err) {
+/* Pins the algorithm for w's shape, choosing among the candidates on w itself. */
+static int plan(struct lm_cuda *cu, const struct lm_tensor *w, int N, int out_f32, char *err) {
   char why[LM_ERR_LEN];
-  if (lm_cuda_gemm_plan(cu->gemm, N, K, out_f32, LM_CUDA_PLAN_MAX_M, why, sizeof(why)) != 0)
+  int K = (int)w->shape[1];
+  if (lm_cuda_gemm_plan(cu->gemm, N, K, out_f32, LM_CUDA_PLAN_MAX_M, w->dev, why, sizeof(why)) != 0)
     return lm_errf(err, LM_EUNSUP, "cuda: GEMM %dx%d: %s", N, K, why);
   if (cu->n_shapes < (int)(sizeof(cu->shapes) / sizeof(cu->shapes[0]))) {
     cu->shapes[cu->n_shapes].N = N;
@@ -316,17 +318,18 @@ static int plan_rows(struct lm_cuda *cu, int T, char *err) {
   char why[LM_ERR_LEN];
   if (T <= cu->planned_m) return LM_OK;
   for (int i = 0; i < cu->n_shapes; i++)
-    if (lm_cuda_gemm_plan(cu->gemm, cu->shapes[i].N, cu->shapes[i].K, cu->shapes[i].out_f32, T, why,
-                          sizeof(why)) != 0)
+    if (lm_cuda_gemm_plan(cu->gemm, cu->shapes[i].N, cu->shapes[i].K, cu->shapes[i].out_f32, T,
+                          NULL, why, sizeof(why)) != 0)
       return lm_errf(err, LM_EUNSUP, "cuda: GEMM for %d rows: %s", T, why);
   cu->planned_m = T;
   return LM_OK;
 }
 
-/* A fused GEMM: its f32 output is split into bf16 activations. */
-static int plan_fused(struct lm_cuda *cu, int N, int K, char *err) {
+/* A fused GEMM of N rows of weights from w on (a group stored side by
+ * side): its f32 output is split into bf16 activations. */
+static int plan_fused(struct lm_cuda *cu, const struct lm_tensor *w, int N, char *err) {
   if (N > cu->widest_f32) cu->widest_f32 = N;
-  return plan(cu, N, K, 1, err);
+  return plan(cu, w, N, 1, err);
 }
 
 static int lm_cuda_be_load_weights(void *st, lm_model *m, char *err) {
@@ -365,9 +368,12 @@ static int lm_cuda_be_load_weights(void *st, lm_model *m, char *err) {
       return rc;
   }
 #undef LOAD1
-  if ((rc = plan_fused(cu, Q + 2 * KV, H, err)) != LM_OK ||
-      (rc = plan_fused(cu, 2 * I, H, err)) != LM_OK || (rc = plan(cu, H, Q, 0, err)) != LM_OK ||
-      (rc = plan(cu, H, I, 0, err)) != LM_OK || (rc = plan(cu, c->vocab_size, H, 1, err)) != LM_OK)
+  const struct lm_layer_weights *l0 = &w->layers[0];
+  if ((rc = plan_fused(cu, &l0->wq, Q + 2 * KV, err)) != LM_OK ||
+      (rc = plan_fused(cu, &l0->w_gate, 2 * I, err)) != LM_OK ||
+      (rc = plan(cu, &l0->wo, H, 0, err)) != LM_OK ||
+      (rc = plan(cu, &l0->w_down, H, 0, err)) != LM_OK ||
+      (rc = plan(cu, &w->lm_head, c->vocab_size, 1, err)) != LM_OK)
     return rc;
   return LM_OK;
 }
@@ -626,7 +632,7 @@ static void gemm(struct lm_cuda *cu, void *y, const void *x, const struct lm_ten
   /* planned at load for LM_CUDA_PLAN_MAX_M rows; a larger step re-checks
    * the same algorithm for its row count */
   int max_m = rows > LM_CUDA_PLAN_MAX_M ? rows : LM_CUDA_PLAN_MAX_M;
-  if (lm_cuda_gemm_plan(cu->gemm, N, K, out_f32, max_m, why, sizeof(why)) != 0 ||
+  if (lm_cuda_gemm_plan(cu->gemm, N, K, out_f32, max_m, w->dev, why, sizeof(why)) != 0 ||
       lm_cuda_gemm_run(cu->gemm, y, x, w->dev, rows, N, K, out_f32, cu->stream, why, sizeof(why)) !=
           0)
     fail(cu, LM_EIO, why);

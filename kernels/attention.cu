@@ -477,9 +477,9 @@ static int lm_attn_sm_count(void) {
 
 /* The step's kernels with NV registers of state per row. */
 template <int NV>
-static void lm_attn_run(const struct lm_attn_args &a, const struct lm_cuda_attn_batch *b,
-                        int n_hsub, cudaStream_t st) {
-  const int hd = a.hd;
+static void lm_attn_run(struct lm_attn_args a, const struct lm_cuda_attn_batch *b,
+                        cudaStream_t st) {
+  const int hd = a.hd, n_hsub = (a.group + a.heads_per_block - 1) / a.heads_per_block;
   /* once per process (one device); if it failed, the launches below fail
    * and the stream's next check reports it */
   static const cudaError_t opted = lm_attn_opt_in<NV>();
@@ -501,22 +501,20 @@ static void lm_attn_run(const struct lm_attn_args &a, const struct lm_cuda_attn_
      * fewer blocks: only where those still fill the device twice over
      * (long chunks), else a row a warp (short chunks over a long context,
      * such as a prompt after a cached prefix). The rows' bits are the same. */
-    struct lm_attn_args pa = a;
     int warp_tokens = LM_ATTN_PREFILL_WARPS / a.heads_per_block;
     size_t blocks = lm_cdiv((size_t)a.n_tokens, (size_t)warp_tokens * LM_ATTN_PREFILL_ROWS) *
                     (size_t)(a.n_kv * n_hsub);
     bool rows = blocks >= 2 * (size_t)lm_attn_sm_count();
-    pa.tokens_per_block = warp_tokens * (rows ? LM_ATTN_PREFILL_ROWS : 1);
-    dim3 grid(lm_cdiv((size_t)a.n_tokens, (size_t)pa.tokens_per_block),
-              (unsigned)(a.n_kv * n_hsub));
+    a.tokens_per_block = warp_tokens * (rows ? LM_ATTN_PREFILL_ROWS : 1);
+    dim3 grid(lm_cdiv((size_t)a.n_tokens, (size_t)a.tokens_per_block), (unsigned)(a.n_kv * n_hsub));
     if (rows)
       lm_attn_prefill_kernel<NV, LM_ATTN_PREFILL_ROWS>
           <<<grid, LM_ATTN_PREFILL_WARPS * 32,
-             lm_attn_smem_bytes(hd, LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS), st>>>(pa);
+             lm_attn_smem_bytes(hd, LM_ATTN_PREFILL_WARPS * LM_ATTN_PREFILL_ROWS), st>>>(a);
     else
       lm_attn_prefill_kernel<NV, 1>
           <<<grid, LM_ATTN_PREFILL_WARPS * 32, lm_attn_smem_bytes(hd, LM_ATTN_PREFILL_WARPS), st>>>(
-              pa);
+              a);
   }
 }
 
@@ -558,18 +556,17 @@ extern "C" void lm_cuda_attention(uint16_t *out, const uint16_t *q, const struct
   a.max_ctx_len = b->max_ctx_len > 0 ? b->max_ctx_len : 0;
   a.max_splits = (int)lm_cdiv((size_t)a.max_ctx_len, LM_CUDA_ATTN_SPLIT_KEYS);
   a.heads_per_block = a.group < LM_ATTN_PREFILL_WARPS ? a.group : LM_ATTN_PREFILL_WARPS;
-  a.tokens_per_block = 0; /* lm_attn_run's choice */
-  int n_hsub = (a.group + a.heads_per_block - 1) / a.heads_per_block;
+  a.tokens_per_block = 0; /* lm_attn_run's choice, by the step's length */
   a.scale = scale;
 
   /* the registers a row's state takes: the next power of two of hd / 32 */
   int nv = hd / 32;
   if (nv <= 1)
-    lm_attn_run<1>(a, b, n_hsub, st);
+    lm_attn_run<1>(a, b, st);
   else if (nv <= 2)
-    lm_attn_run<2>(a, b, n_hsub, st);
+    lm_attn_run<2>(a, b, st);
   else if (nv <= 4)
-    lm_attn_run<4>(a, b, n_hsub, st);
+    lm_attn_run<4>(a, b, st);
   else
-    lm_attn_run<8>(a, b, n_hsub, st);
+    lm_attn_run<8>(a, b, st);
 }

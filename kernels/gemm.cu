@@ -292,14 +292,15 @@ static __global__ void lm_gemm_fill_kernel(uint16_t *p, size_t n, uint32_t seed)
 struct lm_gemm_tune {
   cudaStream_t stream;
   cudaEvent_t start, stop;
-  uint16_t *w, *x;
+  const uint16_t *w; /* the weights the trials read: the caller's, or w_own */
+  uint16_t *w_own, *x;
   void *y, *y1;
   void *row_a, *row_b; /* host: one output row each */
 };
 
 static void lm_gemm_tune_free(struct lm_gemm_tune *t) {
   if (t->stream) cudaStreamSynchronize(t->stream);
-  cudaFree(t->w);
+  cudaFree(t->w_own);
   cudaFree(t->x);
   cudaFree(t->y);
   cudaFree(t->y1);
@@ -313,20 +314,25 @@ static void lm_gemm_tune_free(struct lm_gemm_tune *t) {
   cudaGetLastError();
 }
 
-static int lm_gemm_tune_init(struct lm_gemm_tune *t, const struct lm_gemm_plan *p, int max_m) {
+static int lm_gemm_tune_init(struct lm_gemm_tune *t, const struct lm_gemm_plan *p,
+                             const uint16_t *w, int max_m) {
   size_t out = p->out_f32 ? 4 : 2;
   memset(t, 0, sizeof *t);
   /* the trials share the handle's workspace with GEMMs already queued */
   if (cudaDeviceSynchronize() != cudaSuccess) return -1;
   if (cudaStreamCreateWithFlags(&t->stream, cudaStreamNonBlocking) != cudaSuccess ||
       cudaEventCreate(&t->start) != cudaSuccess || cudaEventCreate(&t->stop) != cudaSuccess ||
-      cudaMalloc((void **)&t->w, (size_t)p->n * p->k * 2) != cudaSuccess ||
+      (!w && cudaMalloc((void **)&t->w_own, (size_t)p->n * p->k * 2) != cudaSuccess) ||
       cudaMalloc((void **)&t->x, (size_t)max_m * p->k * 2) != cudaSuccess ||
       cudaMalloc(&t->y, (size_t)max_m * p->n * out) != cudaSuccess ||
       cudaMalloc(&t->y1, (size_t)p->n * out) != cudaSuccess ||
       !(t->row_a = malloc((size_t)p->n * out)) || !(t->row_b = malloc((size_t)p->n * out)))
     return -1;
-  lm_gemm_fill_kernel<<<1024, 256, 0, t->stream>>>(t->w, (size_t)p->n * p->k, 1u);
+  t->w = w;
+  if (!w) {
+    lm_gemm_fill_kernel<<<1024, 256, 0, t->stream>>>(t->w_own, (size_t)p->n * p->k, 1u);
+    t->w = t->w_own;
+  }
   lm_gemm_fill_kernel<<<256, 256, 0, t->stream>>>(t->x, (size_t)max_m * p->k, 2u);
   return cudaGetLastError() == cudaSuccess ? 0 : -1;
 }
@@ -382,14 +388,14 @@ static double lm_gemm_tune_time(lm_cuda_gemm *g, struct lm_gemm_tune *t,
  * (the heuristic's own order) unchecked when the device has no room for the
  * trial buffers or an error from earlier work is pending (left for the
  * caller's next check); -1 if none keeps a row's bits. */
-static int lm_gemm_tune(lm_cuda_gemm *g, struct lm_gemm_plan *p, const cublasLtMatmulAlgo_t *algos,
-                        int n) {
+static int lm_gemm_tune(lm_cuda_gemm *g, struct lm_gemm_plan *p, const uint16_t *w,
+                        const cublasLtMatmulAlgo_t *algos, int n) {
   double t[LM_GEMM_TUNE_ALGOS][LM_GEMM_TUNE_N_M], best[LM_GEMM_TUNE_N_M];
   int ok[LM_GEMM_TUNE_ALGOS], max_m = p->max_m < LM_GEMM_TUNE_MAX_M ? p->max_m : LM_GEMM_TUNE_MAX_M;
   int choice = -1;
   struct lm_gemm_tune tb;
   if (cudaPeekAtLastError() != cudaSuccess) return 0;
-  if (lm_gemm_tune_init(&tb, p, max_m) != 0) {
+  if (lm_gemm_tune_init(&tb, p, w, max_m) != 0) {
     lm_gemm_tune_free(&tb);
     return 0;
   }
@@ -432,7 +438,8 @@ static int lm_gemm_tune(lm_cuda_gemm *g, struct lm_gemm_plan *p, const cublasLtM
 /* Pins, of the heuristic's candidates without split-K for a few M's that
  * are valid for M = 1 and M = p->max_m, the one lm_gemm_tune picks; 0, or
  * -1 with err written. */
-static int lm_gemm_choose(lm_cuda_gemm *g, struct lm_gemm_plan *p, char *err, size_t err_len) {
+static int lm_gemm_choose(lm_cuda_gemm *g, struct lm_gemm_plan *p, const uint16_t *w, char *err,
+                          size_t err_len) {
   static const int query_ms[] = {1, 16, LM_GEMM_PLAN_QUERY_M};
   cublasLtMatmulHeuristicResult_t cand[LM_GEMM_PLAN_CANDIDATES];
   cublasLtMatmulAlgo_t algos[LM_GEMM_TUNE_ALGOS];
@@ -468,7 +475,7 @@ static int lm_gemm_choose(lm_cuda_gemm *g, struct lm_gemm_plan *p, char *err, si
     }
   }
   if (n_algos > 0) {
-    int i = lm_gemm_tune(g, p, algos, n_algos);
+    int i = lm_gemm_tune(g, p, w, algos, n_algos);
     if (i >= 0) {
       p->algo = algos[i];
       rc = 0;
@@ -485,8 +492,8 @@ err:
   return rc;
 }
 
-extern "C" int lm_cuda_gemm_plan(lm_cuda_gemm *g, int N, int K, int out_f32, int max_m, char *err,
-                                 size_t err_len) {
+extern "C" int lm_cuda_gemm_plan(lm_cuda_gemm *g, int N, int K, int out_f32, int max_m,
+                                 const uint16_t *w, char *err, size_t err_len) {
   struct lm_gemm_plan *p;
   int rc = -1;
   if (N <= 0 || K <= 0 || max_m <= 0) {
@@ -519,7 +526,7 @@ extern "C" int lm_cuda_gemm_plan(lm_cuda_gemm *g, int N, int K, int out_f32, int
   p->max_m = max_m;
   LM_LT_CHECK(lm_lt.layout_create(&p->a_layout, CUDA_R_16BF, (uint64_t)K, (uint64_t)N, K),
               "matrix layout");
-  if (lm_gemm_choose(g, p, err, err_len) != 0) goto err;
+  if (lm_gemm_choose(g, p, w, err, err_len) != 0) goto err;
   g->n_plans++;
   return 0;
 err:

@@ -22,9 +22,11 @@ int lm_cuda_gemm_create(lm_cuda_gemm **out, char *err, size_t err_len);
 void lm_cuda_gemm_free(lm_cuda_gemm *g);
 
 /* Chooses and pins the algorithm for [M, K] x [N, K]^T -> [M, N] (f32 output
- * when out_f32), for every M in 1..max_m. Idempotent per (N, K, out_f32). */
-int lm_cuda_gemm_plan(lm_cuda_gemm *g, int N, int K, int out_f32, int max_m, char *err,
-                      size_t err_len);
+ * when out_f32), for every M in 1..max_m. Idempotent per (N, K, out_f32).
+ * The candidates are tried on w (device [N, K] bf16, such as the model's own
+ * weights), or on a trial matrix made for the purpose when w is NULL. */
+int lm_cuda_gemm_plan(lm_cuda_gemm *g, int N, int K, int out_f32, int max_m, const uint16_t *w,
+                      char *err, size_t err_len);
 
 /* y: [M, N] (bf16, or f32 when out_f32) = x: [M, K] bf16 @ w: [N, K] bf16 ^T.
  * The shape must have been planned. Returns 0, or -1 with err written. */

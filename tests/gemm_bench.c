@@ -102,7 +102,7 @@ int main(int argc, char **argv) {
   double worst = 0;
   for (size_t i = 0; i < sizeof(k_shapes) / sizeof(k_shapes[0]); i++) {
     const struct shape *s = &k_shapes[i];
-    if (lm_cuda_gemm_plan(g, s->N, s->K, s->out_f32, max_m, err, sizeof(err)) != 0) {
+    if (lm_cuda_gemm_plan(g, s->N, s->K, s->out_f32, max_m, NULL, err, sizeof(err)) != 0) {
       fprintf(stderr, "gemm_bench: plan %s: %s\n", s->name, err);
       return 1;
     }

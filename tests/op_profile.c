@@ -65,6 +65,28 @@ W(9, matmul_n,
   (st, y, x, w, b, n, r))
 W(10, logits, (void *st, void *o, const void *x, const struct lm_tensor *w, int r),
   (st, o, x, w, r))
+/* D decode steps of S sequences from token `from` of their ids; returns
+ * the seconds taken, and those in sampling in *sample_s. */
+static double decode(lm_runner *r, lm_backend *be, lm_kv_seq *kv, const int32_t *ids, int from,
+                     int S, int D, int vocab, struct lm_seq_chunk *ch,
+                     const struct lm_sample_row *rows, struct lm_sample_result *res,
+                     double *sample_s) {
+  char err[LM_ERR_LEN];
+  const void *l;
+  int nl;
+  double t0 = lm_now_s();
+  *sample_s = 0;
+  for (int i = 0; i < D; i++) {
+    for (int s = 0; s < S; s++)
+      ch[s] = (struct lm_seq_chunk){&kv[s], ids + from + i, 1, 1};
+    lm_runner_step(r, ch, S, &l, &nl, err);
+    double t = lm_now_s();
+    be->ops->sample(be->st, l, S, vocab, rows, res, err);
+    *sample_s += lm_now_s() - t;
+  }
+  return lm_now_s() - t0;
+}
+
 static const char *names[] = {"embed",  "rmsnorm",  "add_rmsnorm", "matmul",
                               "rope",   "kv_write", "attention",   "swiglu",
                               "gather", "matmul_n", "logits"};
@@ -150,17 +172,11 @@ int main(int argc, char **argv) {
   struct lm_sampling sp = {0};
   for (int s = 0; s < S; s++) /* greedy without logprobs, as the bench asks */
     rows[s] = (struct lm_sample_row){.params = &sp, .skip_logprob = 1};
-  int first = 0;
+  int first = 0, vocab = m->cfg.vocab_size;
+  double ts;
   if (async) { /* the decode as served: no op waits for the device */
     be->ops = &real;
-    double t0 = lm_now_s();
-    for (int i = 0; i < D; i++) {
-      for (int s = 0; s < S; s++)
-        ch[s] = (struct lm_seq_chunk){&kv[s], ids + P + i, 1, 1};
-      lm_runner_step(r, ch, S, &l, &nl, err);
-      be->ops->sample(be->st, l, S, m->cfg.vocab_size, rows, res, err);
-    }
-    double t = lm_now_s() - t0;
+    double t = decode(r, be, kv, ids, P, S, D, vocab, ch, rows, res, &ts);
     printf("batch %d, context %d..%d, as served: per step %.2f ms (%.1f tok/s)\n", S, P, P + D,
            t / D * 1e3, S * D / t);
     be->ops = &wrapped;
@@ -168,16 +184,7 @@ int main(int argc, char **argv) {
   }
   memset(T, 0, sizeof(T));
   memset(N, 0, sizeof(N));
-  double ts = 0, t0 = lm_now_s();
-  for (int i = 0; i < D; i++) {
-    for (int s = 0; s < S; s++)
-      ch[s] = (struct lm_seq_chunk){&kv[s], ids + P + first + i, 1, 1};
-    lm_runner_step(r, ch, S, &l, &nl, err);
-    double t = lm_now_s();
-    be->ops->sample(be->st, l, S, m->cfg.vocab_size, rows, res, err);
-    ts += lm_now_s() - t;
-  }
-  double tot = lm_now_s() - t0;
+  double tot = decode(r, be, kv, ids, P + first, S, D, vocab, ch, rows, res, &ts);
   lm_pool *probe = !async && __builtin_cpu_supports("avx512f") ? lm_pool_create(c.n_threads) : NULL;
   double peak = probe ? lm_bench_fma_gflops(probe) : 0;
   if (probe) lm_pool_destroy(probe);

@@ -67,12 +67,12 @@ deadline=${LMSERVE_GPU_DEADLINE:-540}
 notrun=0
 
 # run NAME LIMIT COMMAND...: one step, its output in OUTDIR/NAME.log, cut
-# at LIMIT seconds (0: at the deadline); returns the step's status
+# at LIMIT seconds (or at the deadline); returns the step's status
 run() {
   local name=$1 limit=$2 start=$SECONDS
   shift 2
   local left=$((deadline - SECONDS - 10))
-  if [ "$limit" -eq 0 ] || [ "$left" -lt "$limit" ]; then limit=$left; fi
+  [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -lt 15 ]; then
     notrun=$((notrun + 1))
     say "not run $name: the run's deadline (${deadline}s) is near"
