@@ -1,5 +1,7 @@
-/* gemm.cu - y = x @ w^T through cuBLASLt, with one pinned algorithm per
- * weight shape.
+/* gemm.cu - y = x @ w^T: lmserve's own MMA kernel (gemm_mma.cu) for every
+ * shape it takes, which is every shape of a real model; cuBLASLt, with one
+ * pinned algorithm per weight shape, for the rest, when LMSERVE_GEMM=cublaslt
+ * asks for it, and for the heuristic's choice that benchmarks compare with.
  *
  * cuBLASLt is opened with dlopen at the first lm_cuda_gemm_create, not
  * linked: the lmserve binary then starts on machines without the CUDA
@@ -26,6 +28,7 @@
 #include <string.h>
 
 #include "kernels/cuda_check.cuh"
+#include "kernels/gemm_mma.cuh"
 
 #define LM_GEMM_WORKSPACE_BYTES ((size_t)32 << 20)
 #define LM_GEMM_MAX_PLANS       64
@@ -131,14 +134,17 @@ static int lm_lt_fail(char *err, size_t err_len, const char *what, cublasStatus_
 
 struct lm_gemm_plan {
   int n, k, out_f32, max_m;
+  int own; /* gemm_mma.cu; else the pinned algo */
   cublasLtMatmulAlgo_t algo;
   cublasLtMatrixLayout_t a_layout; /* w: column-major K x N, ld K */
 };
 
 struct lm_cuda_gemm {
-  cublasLtHandle_t handle;
+  cublasLtHandle_t handle;   /* NULL when cuBLASLt is not loaded */
   cublasLtMatmulDesc_t desc; /* f32 compute and scale, op(A) = A^T, op(B) = B */
-  void *workspace;           /* device, LM_GEMM_WORKSPACE_BYTES */
+  void *workspace;           /* device, LM_GEMM_WORKSPACE_BYTES: cuBLASLt's, or
+                              * gemm_mma.cu's partial sums */
+  int cublaslt_only;         /* LMSERVE_GEMM=cublaslt */
   struct lm_gemm_plan plans[LM_GEMM_MAX_PLANS];
   int n_plans;
 };
@@ -156,10 +162,12 @@ extern "C" int lm_cuda_gemm_create(lm_cuda_gemm **out, char *err, size_t err_len
   int rc = -1;
   int32_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
   cudaError_t ce;
+  const char *env = getenv("LMSERVE_GEMM");
   *out = NULL;
   pthread_once(&lm_lt_once, lm_lt_load);
-  if (!lm_lt_loaded) {
-    if (err && err_len) snprintf(err, err_len, "%s", lm_lt_load_err);
+  if (env && strcmp(env, "cublaslt") != 0 && strcmp(env, "own") != 0) {
+    if (err && err_len)
+      snprintf(err, err_len, "LMSERVE_GEMM=%s: use \"own\" (the default) or \"cublaslt\"", env);
     return -1;
   }
   g = (lm_cuda_gemm *)calloc(1, sizeof *g);
@@ -172,8 +180,18 @@ extern "C" int lm_cuda_gemm_create(lm_cuda_gemm **out, char *err, size_t err_len
     cudaGetLastError(); /* not sticky; keep it out of a later lm_cuda_sync */
     g->workspace = NULL;
     if (err && err_len)
-      snprintf(err, err_len, "gemm: cannot allocate the %zu MiB cuBLASLt workspace: %s",
+      snprintf(err, err_len, "gemm: cannot allocate the %zu MiB GEMM workspace: %s",
                LM_GEMM_WORKSPACE_BYTES >> 20, cudaGetErrorString(ce));
+    goto err;
+  }
+  g->cublaslt_only = env && !strcmp(env, "cublaslt");
+  if (!lm_lt_loaded) {
+    /* the own kernel needs no library; a shape it cannot take says why */
+    if (!g->cublaslt_only) {
+      *out = g;
+      return 0;
+    }
+    if (err && err_len) snprintf(err, err_len, "%s", lm_lt_load_err);
     goto err;
   }
   LM_LT_CHECK(lm_lt.create(&g->handle), "create");
@@ -504,6 +522,10 @@ extern "C" int lm_cuda_gemm_plan(lm_cuda_gemm *g, int N, int K, int out_f32, int
   p = lm_gemm_find(g, N, K, out_f32);
   if (p) {
     if (max_m <= p->max_m) return 0;
+    if (p->own) { /* any M: the order of the sums is the shape's */
+      p->max_m = max_m;
+      return 0;
+    }
     /* the pinned algorithm must not change under rows already computed with it */
     if (!lm_gemm_algo_ok(g, p, &p->algo, max_m)) {
       if (err && err_len)
@@ -524,6 +546,17 @@ extern "C" int lm_cuda_gemm_plan(lm_cuda_gemm *g, int N, int K, int out_f32, int
   p->k = K;
   p->out_f32 = out_f32 != 0;
   p->max_m = max_m;
+  if (!g->cublaslt_only && lm_gemm_mma_supported(N, K)) {
+    p->own = 1;
+    g->n_plans++;
+    return 0;
+  }
+  if (!g->handle) {
+    if (err && err_len)
+      snprintf(err, err_len, "gemm N=%d K=%d needs cuBLASLt (K is not a multiple of 8): %s", N, K,
+               lm_lt_load_err);
+    return -1;
+  }
   LM_LT_CHECK(lm_lt.layout_create(&p->a_layout, CUDA_R_16BF, (uint64_t)K, (uint64_t)N, K),
               "matrix layout");
   if (lm_gemm_choose(g, p, w, err, err_len) != 0) goto err;
@@ -591,6 +624,9 @@ extern "C" int lm_cuda_gemm_run(lm_cuda_gemm *g, void *y, const uint16_t *x, con
     return -1;
   }
   if (M == 0) return 0;
+  if (p->own)
+    return lm_gemm_mma_run(y, x, w, M, N, K, out_f32, LM_GEMM_MMA_AUTO, (float *)g->workspace,
+                           LM_GEMM_WORKSPACE_BYTES, stream, err, err_len);
   return lm_gemm_matmul(g, p->a_layout, &p->algo, y, x, w, M, N, K, out_f32, stream, err, err_len);
 }
 
@@ -605,6 +641,10 @@ extern "C" int lm_cuda_gemm_run_heuristic(lm_cuda_gemm *g, void *y, const uint16
     return -1;
   }
   if (M == 0) return 0;
+  if (!g->handle) {
+    if (err && err_len) snprintf(err, err_len, "%s", lm_lt_load_err);
+    return -1;
+  }
   st = lm_lt.layout_create(&a, CUDA_R_16BF, (uint64_t)K, (uint64_t)N, K);
   if (st != CUBLAS_STATUS_SUCCESS) return lm_lt_fail(err, err_len, "matrix layout", st);
   rc = lm_gemm_matmul(g, a, NULL, y, x, w, M, N, K, out_f32, stream, err, err_len);

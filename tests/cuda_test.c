@@ -32,6 +32,7 @@
 #include "engine/runner.h"
 #include "engine/sampler.h"
 #include "kernels/cuda_device.cuh"
+#include "kernels/gemm_mma.cuh"
 #include "tests/check.h"
 
 /* Thresholds on ||a - b|| / ||a||. bf16 keeps 8 significant bits: one
@@ -497,6 +498,85 @@ static void test_matmul(void) {
     wt_free(&w);
     wt_free(&b);
     free(wv), free(bv), free(x);
+  }
+}
+
+/* The own GEMM kernel directly (GPU only): each shape's rows keep their
+ * bits at every M (every tile shape), in both modes, alone and in a batch,
+ * and are within f32 summation error of a float64 sum of the same bf16
+ * inputs. The shapes have several K splits, a K that is not a multiple of
+ * the 32-wide chunk, and N not a multiple of the 8-column group. */
+static void test_gemm_mma(void) {
+  static const struct {
+    int N, K, out_f32;
+  } shapes[] = {{200, 1064, 1}, {136, 608, 0}, {77, 96, 1}, {1030, 4104, 0}};
+  static const int ms[] = {1, 3, 16, 17, 40, 64, 65, 300};
+  enum { NM = sizeof(ms) / sizeof(ms[0]), MMAX = 300 };
+  char err[LM_ERR_LEN] = "";
+  if (g_self_check) return;
+  for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+    const int N = shapes[si].N, K = shapes[si].K, f32 = shapes[si].out_f32, out = f32 ? 4 : 2;
+    const int splits = lm_gemm_mma_splits(N, K);
+    size_t ws_bytes = (size_t)16 * MMAX * N * 4, ybytes = (size_t)MMAX * N * out;
+    uint16_t *hx = malloc((size_t)MMAX * K * 2), *hw = malloc((size_t)N * K * 2);
+    unsigned char *ref = malloc(ybytes), *got = malloc(ybytes);
+    void *stream = NULL;
+    uint16_t *dx = lm_cuda_malloc((size_t)MMAX * K * 2), *dw = lm_cuda_malloc((size_t)N * K * 2);
+    void *dy = lm_cuda_malloc(ybytes);
+    float *ws = lm_cuda_malloc(ws_bytes);
+    int ok = hx && hw && ref && got && dx && dw && dy && ws &&
+             lm_cuda_stream_create(&stream, err, sizeof(err)) == 0;
+    for (size_t i = 0; ok && i < (size_t)MMAX * K; i++)
+      hx[i] = lm_f32_to_bf16(frand());
+    for (size_t i = 0; ok && i < (size_t)N * K; i++)
+      hw[i] = lm_f32_to_bf16(frand() * 0.25f);
+    ok = ok && lm_cuda_h2d(dx, hx, (size_t)MMAX * K * 2, stream, err, sizeof(err)) == 0 &&
+         lm_cuda_h2d(dw, hw, (size_t)N * K * 2, stream, err, sizeof(err)) == 0;
+    /* the reference: M = MMAX in the registers mode */
+    ok = ok &&
+         lm_gemm_mma_run(dy, dx, dw, MMAX, N, K, f32, LM_GEMM_MMA_REGISTERS, ws, ws_bytes, stream,
+                         err, sizeof(err)) == 0 &&
+         lm_cuda_d2h(ref, dy, ybytes, stream, err, sizeof(err)) == 0 &&
+         lm_cuda_sync(stream, err, sizeof(err)) == 0;
+    if (!lm_check(ok, "gemm_mma N=%d K=%d: set-up and first run%s%s", N, K, err[0] ? ": " : "",
+                  err))
+      goto done;
+    double e2 = 0, r2 = 0;
+    for (int m = 0; m < MMAX; m++)
+      for (int n = 0; n < N; n++) {
+        double sum = 0;
+        for (int k = 0; k < K; k++)
+          sum +=
+              (double)lm_bf16_to_f32(hx[(size_t)m * K + k]) * lm_bf16_to_f32(hw[(size_t)n * K + k]);
+        size_t i = (size_t)m * N + n;
+        double v = f32 ? ((float *)ref)[i] : lm_bf16_to_f32(((uint16_t *)ref)[i]);
+        e2 += (v - sum) * (v - sum);
+        r2 += sum * sum;
+      }
+    double e = sqrt(e2 / (r2 > 0 ? r2 : 1));
+    lm_check(e <= (f32 ? 1e-4 : 5e-3),
+             "gemm_mma N=%d K=%d (%d splits, %s output) vs a float64 sum: nerr=%.2e", N, K, splits,
+             f32 ? "f32" : "bf16", e);
+    int same = 1, runs = 0;
+    for (int mode = LM_GEMM_MMA_REGISTERS; mode <= LM_GEMM_MMA_PARTIALS; mode++)
+      for (int j = 0; j < NM && ok; j++) {
+        /* the last rows of a batch of ms[j] rows starting at row MMAX - ms[j] */
+        int M = ms[j], r0 = MMAX - M;
+        ok = lm_gemm_mma_run(dy, dx + (size_t)r0 * K, dw, M, N, K, f32, mode, ws, ws_bytes, stream,
+                             err, sizeof(err)) == 0 &&
+             lm_cuda_d2h(got, dy, (size_t)M * N * out, stream, err, sizeof(err)) == 0 &&
+             lm_cuda_sync(stream, err, sizeof(err)) == 0;
+        same &= ok && !memcmp(got, ref + (size_t)r0 * N * out, (size_t)M * N * out);
+        runs += ok;
+      }
+    lm_check(
+        ok && same,
+        "gemm_mma N=%d K=%d (%d splits): rows bit-equal at M = 1..%d, both modes (%d runs)%s%s", N,
+        K, splits, MMAX, runs, err[0] ? ": " : "", err);
+  done:
+    lm_cuda_free(dx), lm_cuda_free(dw), lm_cuda_free(dy), lm_cuda_free(ws);
+    if (stream) lm_cuda_stream_destroy(stream);
+    free(hx), free(hw), free(ref), free(got);
   }
 }
 
@@ -1583,6 +1663,7 @@ static void run_op_checks(void) {
   test_norms();
   test_swiglu_gather();
   test_matmul();
+  test_gemm_mma();
   test_matmul_n();
   test_logits();
   test_rope();

@@ -1,9 +1,10 @@
-/* gemm_bench.c - what pinning one cuBLASLt algorithm per weight shape
- * costs (kernels/gemm.cuh): for the GEMM shapes of Llama-3.1-8B and
- * Qwen3-8B and batch sizes from one decode row to a long prefill chunk, the
- * pinned algorithm's time against the heuristic's own choice for that M,
- * side by side in one run. Prints one line per (shape, M) and the worst
- * ratio; without a GPU it prints SKIPPED.
+/* gemm_bench.c - what lmserve's batch-invariant GEMM (kernels/gemm.cuh:
+ * the own MMA kernel, or with LMSERVE_GEMM=cublaslt one pinned cuBLASLt
+ * algorithm per shape) costs: for the GEMM shapes of Llama-3.1-8B and
+ * Qwen3-8B and batch sizes from one decode row to a long prefill chunk, its
+ * time against cuBLASLt's heuristic choice for that M (split-K and all),
+ * side by side in one run, and the weights' read rate. Prints one line per
+ * (shape, M) and the worst ratio; without a GPU it prints SKIPPED.
  *
  * usage: gemm_bench [--iters N] */
 #include <stdio.h>
@@ -35,15 +36,21 @@ static int run_once(lm_cuda_gemm *g, int pinned, void *y, const uint16_t *x, con
                                              LM_ERR_LEN);
 }
 
-/* Seconds per GEMM over iters runs after two warm-up runs; < 0 on failure. */
+/* Seconds per GEMM over iters runs after two warm-up runs; < 0 on failure.
+ * The runs cycle through copies of the weights in w (w_bytes in all), so a
+ * shape smaller than the L2 cache is still read from memory, as in a model. */
 static double time_gemm(lm_cuda_gemm *g, int pinned, void *y, const uint16_t *x, const uint16_t *w,
-                        int M, const struct shape *s, void *stream, int iters, char *err) {
+                        size_t w_bytes, int M, const struct shape *s, void *stream, int iters,
+                        char *err) {
+  size_t one = (size_t)s->N * s->K, copies = w_bytes / (one * 2);
+  if (copies > 8) copies = 8;
   for (int i = 0; i < 2; i++)
     if (run_once(g, pinned, y, x, w, M, s, stream, err) != 0) return -1;
   if (lm_cuda_sync(stream, err, LM_ERR_LEN) != 0) return -1;
   double t0 = lm_now_s();
   for (int i = 0; i < iters; i++)
-    if (run_once(g, pinned, y, x, w, M, s, stream, err) != 0) return -1;
+    if (run_once(g, pinned, y, x, w + (size_t)(i % copies) * one, M, s, stream, err) != 0)
+      return -1;
   if (lm_cuda_sync(stream, err, LM_ERR_LEN) != 0) return -1;
   return (lm_now_s() - t0) / iters;
 }
@@ -94,11 +101,14 @@ int main(int argc, char **argv) {
   char name[256] = "";
   unsigned long long total = 0;
   lm_cuda_device_info(name, sizeof(name), &total);
-  printf("gemm_bench: %s, %d iterations per point; pinned = one algorithm per shape for every M, "
-         "heuristic = cuBLASLt's choice for that M\n",
-         name, iters);
-  printf("%-22s %6s %12s %12s %8s %10s\n", "shape", "M", "pinned_us", "heur_us", "ratio",
-         "pinned_TF");
+  const char *env = getenv("LMSERVE_GEMM");
+  printf("gemm_bench: %s, %d iterations per point; lmserve = %s for every M, heuristic = "
+         "cuBLASLt's choice for that M\n",
+         name, iters,
+         env && !strcmp(env, "cublaslt") ? "one pinned cuBLASLt algorithm per shape"
+                                         : "the own MMA kernel");
+  printf("%-22s %6s %12s %12s %8s %10s %10s\n", "shape", "M", "lmserve_us", "heur_us", "ratio",
+         "lmserve_TF", "w_GB/s");
   double worst = 0;
   for (size_t i = 0; i < sizeof(k_shapes) / sizeof(k_shapes[0]); i++) {
     const struct shape *s = &k_shapes[i];
@@ -108,11 +118,11 @@ int main(int argc, char **argv) {
     }
     for (size_t j = 0; j < sizeof(k_ms) / sizeof(k_ms[0]); j++) {
       int M = k_ms[j];
-      /* t[1] pinned, t[0] heuristic: alternating rounds, so drift hits both alike */
+      /* t[1] lmserve, t[0] heuristic: alternating rounds, so drift hits both alike */
       double t[2] = {0, 0};
       for (int round = 0; round < 3; round++)
         for (int pinned = 1; pinned >= 0; pinned--) {
-          double dt = time_gemm(g, pinned, y, x, w, M, s, stream, iters, err);
+          double dt = time_gemm(g, pinned, y, x, w, max_w, M, s, stream, iters, err);
           if (dt < 0) {
             fprintf(stderr, "gemm_bench: %s M=%d: %s\n", s->name, M, err);
             return 1;
@@ -121,11 +131,12 @@ int main(int argc, char **argv) {
         }
       double ratio = t[1] / t[0];
       if (ratio > worst) worst = ratio;
-      printf("%-22s %6d %12.1f %12.1f %8.3f %10.1f\n", s->name, M, t[1] * 1e6, t[0] * 1e6, ratio,
-             2.0 * M * s->N * (double)s->K / t[1] / 1e12);
+      printf("%-22s %6d %12.1f %12.1f %8.3f %10.1f %10.0f\n", s->name, M, t[1] * 1e6, t[0] * 1e6,
+             ratio, 2.0 * M * s->N * (double)s->K / t[1] / 1e12,
+             2.0 * s->N * (double)s->K / t[1] / 1e9);
     }
   }
-  printf("worst pinned/heuristic time ratio: %.3f\n", worst);
+  printf("worst lmserve/heuristic time ratio: %.3f\n", worst);
   lm_cuda_free(w);
   lm_cuda_free(x);
   lm_cuda_free(y);
