@@ -237,8 +237,8 @@ static int lm_gemm_mma_launch(void *y, const uint16_t *x, const uint16_t *w, int
         <<<grid, block, 0, stream>>>(y, ws, x, w, M, N, K, splits, split_chunks, out_f32);
     if (splits > 1) {
       unsigned blocks = lm_cdiv(mn, 256);
-      lm_gemm_mma_fold < <<blocks<4096 ? blocks : 4096, 256, 0, stream>>>(y, ws, mn, splits,
-                                                                          out_f32);
+      if (blocks > 4096) blocks = 4096;
+      lm_gemm_mma_fold<<<blocks, 256, 0, stream>>>(y, ws, mn, splits, out_f32);
     }
   } else {
     lm_gemm_mma_kernel<MT, NT, WM, WN, U, false>
