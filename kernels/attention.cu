@@ -4,7 +4,8 @@
  * The unit of work is one (query row, head) "row": a warp owns a row and
  * walks its keys 0..p in tiles of 32 keys at absolute offsets (0, 32, ...),
  * grouped into splits of LM_CUDA_ATTN_SPLIT_KEYS at absolute offsets
- * (0, 512, ...). A split's partial softmax state (m, l, acc) is built by
+ * (0, 128, ...): at batch 1 a 2k context is 16 splits a KV head, decoded in
+ * parallel. A split's partial softmax state (m, l, acc) is built by
  * lm_attn_tile from an empty state over the split's tiles in order, and the
  * partials are folded left in split order by lm_attn_combine into an empty
  * state; out = acc / l. Every operation of both functions is an explicitly

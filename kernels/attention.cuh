@@ -4,7 +4,7 @@
  *
  * Every query token at position p attends to keys 0..p of its sequence,
  * read through the block table. The keys are cut into splits of
- * LM_CUDA_ATTN_SPLIT_KEYS at absolute positions (0..511, 512..1023, ...);
+ * LM_CUDA_ATTN_SPLIT_KEYS at absolute positions (0..127, 128..255, ...);
  * each split's partial softmax (max, sum, weighted V) is computed by one
  * device function in a fixed order, and the partials are folded left in
  * split order. A token's output is therefore a function of its own q and
@@ -27,7 +27,7 @@
 extern "C" {
 #endif
 
-#define LM_CUDA_ATTN_SPLIT_KEYS   512
+#define LM_CUDA_ATTN_SPLIT_KEYS   128
 #define LM_CUDA_ATTN_MAX_HEAD_DIM 256
 
 struct lm_cuda_attn_batch {

@@ -31,8 +31,10 @@
 #define LM_MMA_SPLIT_WARPS      2048
 #define LM_MMA_MIN_SPLIT_CHUNKS 8
 #define LM_MMA_MAX_SPLITS       16
-/* the partials mode is used below this many warps in the registers mode */
-#define LM_MMA_PARTIAL_WARPS 4096
+/* the partials mode is used below this many warps (direct kernel) or
+ * blocks (tiled kernel) in the registers mode: a few per SM of an H100 */
+#define LM_MMA_PARTIAL_WARPS  4096
+#define LM_MMA_PARTIAL_BLOCKS 264
 
 extern "C" int lm_gemm_mma_supported(int N, int K) {
   return N > 0 && K > 0 && K % 8 == 0;
@@ -191,6 +193,154 @@ static __global__ void __launch_bounds__(32 * WM * WN)
   }
 }
 
+/* ---- larger M: tiles staged in shared memory ------------------------------
+ *
+ * A block of WM x 4 warps computes a (WM x 64) x 128 tile of y (a warp 64 x
+ * 32: MT = NT = 4), its x and w rows staged chunk by chunk in shared memory
+ * by cp.async, LM_MMA_STAGES chunks deep. A stage holds each row's 32 k's
+ * as 64 contiguous bytes, and a warp reads its fragments with the same
+ * 16-byte-per-lane pattern as the kernel above (eight lanes read 128
+ * contiguous bytes: no bank conflicts), so the MMAs, their order, and the
+ * splits' fold are those of lm_gemm_mma_kernel. */
+#define LM_MMA_STAGES    4
+#define LM_MMA_TILE_N    128
+#define LM_MMA_TILE_WN   4
+#define LM_MMA_ROW_BYTES (LM_MMA_CHUNK * 2)
+
+static __host__ __device__ constexpr size_t lm_mma_tiled_smem(int wm) {
+  return (size_t)LM_MMA_STAGES * (wm * 64 + LM_MMA_TILE_N) * LM_MMA_ROW_BYTES;
+}
+
+/* 16 bytes from src to shared dst, or zeros when !valid (src is not read) */
+static __device__ __forceinline__ void lm_mma_cp16(void *dst, const void *src, bool valid) {
+  unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+
+/* Queues chunk c's rows of x (the block's m rows) and w (its n rows) into
+ * stage buffer st, one copy group per thread; chunks past c_end load nothing. */
+template <int WM>
+static __device__ __forceinline__ void lm_mma_stage(unsigned char *smem, int st, int c, int c_end,
+                                                    const uint16_t *x, const uint16_t *w, int M,
+                                                    int N, int K, int m_blk, int n_blk) {
+  constexpr int BM = WM * 64, THREADS = 32 * WM * LM_MMA_TILE_WN;
+  unsigned char *a_s = smem + (size_t)st * (BM + LM_MMA_TILE_N) * LM_MMA_ROW_BYTES;
+  unsigned char *b_s = a_s + (size_t)BM * LM_MMA_ROW_BYTES;
+  if (c < c_end) {
+#pragma unroll
+    for (int p = threadIdx.x; p < BM * 4; p += THREADS) {
+      int row = p >> 2, q = p & 3, k = c * LM_MMA_CHUNK + 8 * q, r = m_blk + row;
+      bool ok = r < M && k < K;
+      lm_mma_cp16(a_s + row * LM_MMA_ROW_BYTES + 16 * q, ok ? x + (size_t)r * K + k : x, ok);
+    }
+#pragma unroll
+    for (int p = threadIdx.x; p < LM_MMA_TILE_N * 4; p += THREADS) {
+      int row = p >> 2, q = p & 3, k = c * LM_MMA_CHUNK + 8 * q, n = n_blk + row;
+      bool ok = n < N && k < K;
+      lm_mma_cp16(b_s + row * LM_MMA_ROW_BYTES + 16 * q, ok ? w + (size_t)n * K + k : w, ok);
+    }
+  }
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+
+/* Grid (N / 128, M / (WM x 64), splits when PARTIAL); the modes as in
+ * lm_gemm_mma_kernel. */
+template <int WM, bool PARTIAL>
+static __global__ void __launch_bounds__(32 * WM * LM_MMA_TILE_WN)
+    lm_gemm_mma_tiled_kernel(void *y, float *ws, const uint16_t *__restrict__ x,
+                             const uint16_t *__restrict__ w, int M, int N, int K, int splits,
+                             int split_chunks, int out_f32) {
+  extern __shared__ __align__(16) unsigned char lm_mma_smem[];
+  constexpr int BM = WM * 64, MT = 4, NT = 4;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int m_blk = blockIdx.y * BM, n_blk = blockIdx.x * LM_MMA_TILE_N;
+  const int wm0 = (warp / LM_MMA_TILE_WN) * 64, wn0 = (warp % LM_MMA_TILE_WN) * 32;
+  const int chunks = (K + LM_MMA_CHUNK - 1) / LM_MMA_CHUNK;
+  const int s_lo = PARTIAL ? (int)blockIdx.z : 0, s_hi = PARTIAL ? s_lo + 1 : splits;
+  const int c_lo = min(chunks, s_lo * split_chunks), c_end = min(chunks, s_hi * split_chunks);
+
+  float acc[MT][NT][4], tot[MT][NT][4] = {};
+#pragma unroll
+  for (int i = 0; i < MT; i++)
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++)
+        acc[i][j][e] = 0.0f;
+
+#pragma unroll
+  for (int st = 0; st < LM_MMA_STAGES - 1; st++)
+    lm_mma_stage<WM>(lm_mma_smem, st, c_lo + st, c_end, x, w, M, N, K, m_blk, n_blk);
+
+  int s = s_lo; /* the split acc belongs to */
+  for (int c = c_lo; c < c_end; c++) {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(LM_MMA_STAGES - 2));
+    __syncthreads(); /* chunk c has landed everywhere; chunk c - 1's stage is free */
+    lm_mma_stage<WM>(lm_mma_smem, (c - c_lo + LM_MMA_STAGES - 1) % LM_MMA_STAGES,
+                     c + LM_MMA_STAGES - 1, c_end, x, w, M, N, K, m_blk, n_blk);
+    if (!PARTIAL && c == (s + 1) * split_chunks) { /* a split ends: fold it */
+#pragma unroll
+      for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            tot[i][j][e] = s == 0 ? acc[i][j][e] : __fadd_rn(tot[i][j][e], acc[i][j][e]);
+            acc[i][j][e] = 0.0f;
+          }
+      s++;
+    }
+    const unsigned char *a_s = lm_mma_smem + (size_t)((c - c_lo) % LM_MMA_STAGES) *
+                                                 (BM + LM_MMA_TILE_N) * LM_MMA_ROW_BYTES;
+    const unsigned char *b_s = a_s + (size_t)BM * LM_MMA_ROW_BYTES;
+    uint4 a[MT][2], b[NT];
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+      for (int h = 0; h < 2; h++)
+        a[i][h] = *(const uint4 *)(a_s + (wm0 + 16 * i + 8 * h + g) * LM_MMA_ROW_BYTES + 16 * t);
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+      b[j] = *(const uint4 *)(b_s + (wn0 + 8 * j + g) * LM_MMA_ROW_BYTES + 16 * t);
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+      for (int j = 0; j < NT; j++) {
+        lm_mma(acc[i][j], a[i][0].x, a[i][1].x, a[i][0].y, a[i][1].y, b[j].x, b[j].y);
+        lm_mma(acc[i][j], a[i][0].z, a[i][1].z, a[i][0].w, a[i][1].w, b[j].z, b[j].w);
+      }
+  }
+  asm volatile("cp.async.wait_group 0;\n" ::);
+
+  const int m0 = m_blk + wm0, n0 = n_blk + wn0;
+  if (!PARTIAL) {
+    /* the last split with chunks, then any empty ones after it (as the
+     * registers kernel adds their zero sums) */
+    for (; s < splits; s++)
+#pragma unroll
+      for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            tot[i][j][e] = s == 0 ? acc[i][j][e] : __fadd_rn(tot[i][j][e], acc[i][j][e]);
+            acc[i][j][e] = 0.0f;
+          }
+  }
+  void *dst = PARTIAL && splits > 1 ? (void *)(ws + (size_t)s_lo * M * N) : y;
+  const int f32 = (PARTIAL && splits > 1) || out_f32;
+#pragma unroll
+  for (int i = 0; i < MT; i++)
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+      const float *v = PARTIAL ? acc[i][j] : tot[i][j];
+      int r = m0 + 16 * i + g, n = n0 + 8 * j + 2 * t;
+      lm_mma_store(dst, f32, M, N, r, n, v[0], v[1]);
+      lm_mma_store(dst, f32, M, N, r + 8, n, v[2], v[3]);
+    }
+}
+
 /* y = ws[0] + ws[1] + ... left to right: the registers mode's additions */
 static __global__ void lm_gemm_mma_fold(void *y, const float *__restrict__ ws, size_t mn,
                                         int splits, int out_f32) {
@@ -206,46 +356,101 @@ static __global__ void lm_gemm_mma_fold(void *y, const float *__restrict__ ws, s
   }
 }
 
+/* The launch both kernels share: the splits, the mode, the fold. */
+struct lm_mma_launch {
+  int splits, split_chunks, partial;
+  size_t mn;
+};
+
+/* Fills l for an M x N x K product; AUTO takes the partials mode when the
+ * registers mode would launch fewer than busy_units (warps or blocks: its
+ * `units`) and the partial sums fit ws. -1 with err written if the asked
+ * mode cannot run. */
+static int lm_mma_plan(struct lm_mma_launch *l, int M, int N, int K, int mode, size_t units,
+                       size_t busy_units, const float *ws, size_t ws_bytes, char *err,
+                       size_t err_len) {
+  const int chunks = (K + LM_MMA_CHUNK - 1) / LM_MMA_CHUNK;
+  l->splits = lm_gemm_mma_splits(N, K);
+  l->split_chunks = (chunks + l->splits - 1) / l->splits;
+  l->mn = (size_t)M * N;
+  int fits = l->splits == 1 || (ws && (size_t)l->splits * l->mn * 4 <= ws_bytes);
+  if (mode == LM_GEMM_MMA_AUTO)
+    mode =
+        l->splits > 1 && fits && units < busy_units ? LM_GEMM_MMA_PARTIALS : LM_GEMM_MMA_REGISTERS;
+  if (mode == LM_GEMM_MMA_PARTIALS && !fits) {
+    if (err && err_len)
+      snprintf(err, err_len, "gemm: %d partial sums of %dx%d do not fit the %zu-byte workspace",
+               l->splits, M, N, ws_bytes);
+    return -1;
+  }
+  l->partial = mode == LM_GEMM_MMA_PARTIALS;
+  return 0;
+}
+
+static int lm_mma_fold_launch(const struct lm_mma_launch *l, void *y, const float *ws, int out_f32,
+                              cudaStream_t stream, char *err, size_t err_len) {
+  if (l->partial && l->splits > 1) {
+    unsigned blocks = lm_cdiv(l->mn, 256);
+    if (blocks > 4096) blocks = 4096;
+    lm_gemm_mma_fold<<<blocks, 256, 0, stream>>>(y, ws, l->mn, l->splits, out_f32);
+  }
+  LM_CUDA_CHECK(cudaGetLastError(), err, err_len, "gemm launch");
+  return 0;
+}
+
 template <int MT, int NT, int WM, int WN, int U>
 static int lm_gemm_mma_launch(void *y, const uint16_t *x, const uint16_t *w, int M, int N, int K,
                               int out_f32, int mode, float *ws, size_t ws_bytes,
                               cudaStream_t stream, char *err, size_t err_len) {
-  const int splits = lm_gemm_mma_splits(N, K);
-  const int chunks = (K + LM_MMA_CHUNK - 1) / LM_MMA_CHUNK;
-  const int split_chunks = (chunks + splits - 1) / splits;
-  const size_t mn = (size_t)M * N;
-  const int fits = splits == 1 || (ws && (size_t)splits * mn * 4 <= ws_bytes);
+  struct lm_mma_launch l;
   dim3 grid(lm_cdiv(N, WN * NT * 8), lm_cdiv(M, WM * MT * 16), 1), block(32 * WM * WN);
-  if (mode == LM_GEMM_MMA_AUTO)
-    mode = splits > 1 && fits &&
-                   (size_t)lm_cdiv(M, MT * 16) * lm_cdiv(N, NT * 8) < LM_MMA_PARTIAL_WARPS
-               ? LM_GEMM_MMA_PARTIALS
-               : LM_GEMM_MMA_REGISTERS;
-  if (mode == LM_GEMM_MMA_PARTIALS && !fits) {
-    if (err && err_len)
-      snprintf(err, err_len, "gemm: %d partial sums of %dx%d do not fit the %zu-byte workspace",
-               splits, M, N, ws_bytes);
+  size_t warps = (size_t)lm_cdiv(M, MT * 16) * lm_cdiv(N, NT * 8);
+  if (lm_mma_plan(&l, M, N, K, mode, warps, LM_MMA_PARTIAL_WARPS, ws, ws_bytes, err, err_len))
     return -1;
-  }
-  if (grid.y > 65535) {
-    if (err && err_len) snprintf(err, err_len, "gemm: M=%d is too many rows", M);
-    return -1;
-  }
-  if (mode == LM_GEMM_MMA_PARTIALS) {
-    grid.z = splits;
+  if (l.partial) {
+    grid.z = l.splits;
     lm_gemm_mma_kernel<MT, NT, WM, WN, U, true>
-        <<<grid, block, 0, stream>>>(y, ws, x, w, M, N, K, splits, split_chunks, out_f32);
-    if (splits > 1) {
-      unsigned blocks = lm_cdiv(mn, 256);
-      if (blocks > 4096) blocks = 4096;
-      lm_gemm_mma_fold<<<blocks, 256, 0, stream>>>(y, ws, mn, splits, out_f32);
-    }
+        <<<grid, block, 0, stream>>>(y, ws, x, w, M, N, K, l.splits, l.split_chunks, out_f32);
   } else {
     lm_gemm_mma_kernel<MT, NT, WM, WN, U, false>
-        <<<grid, block, 0, stream>>>(y, ws, x, w, M, N, K, splits, split_chunks, out_f32);
+        <<<grid, block, 0, stream>>>(y, ws, x, w, M, N, K, l.splits, l.split_chunks, out_f32);
   }
-  LM_CUDA_CHECK(cudaGetLastError(), err, err_len, "gemm launch");
-  return 0;
+  return lm_mma_fold_launch(&l, y, ws, out_f32, stream, err, err_len);
+}
+
+/* Opts the tiled kernels in to their shared memory (above the default
+ * 48 KiB for WM = 2), once per process. */
+template <int WM> static cudaError_t lm_mma_tiled_opt_in() {
+  cudaError_t e =
+      cudaFuncSetAttribute(lm_gemm_mma_tiled_kernel<WM, false>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)lm_mma_tiled_smem(WM));
+  if (e == cudaSuccess)
+    e = cudaFuncSetAttribute(lm_gemm_mma_tiled_kernel<WM, true>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)lm_mma_tiled_smem(WM));
+  return e;
+}
+
+template <int WM>
+static int lm_gemm_mma_launch_tiled(void *y, const uint16_t *x, const uint16_t *w, int M, int N,
+                                    int K, int out_f32, int mode, float *ws, size_t ws_bytes,
+                                    cudaStream_t stream, char *err, size_t err_len) {
+  static const cudaError_t opted = lm_mma_tiled_opt_in<WM>();
+  struct lm_mma_launch l;
+  dim3 grid(lm_cdiv(N, LM_MMA_TILE_N), lm_cdiv(M, WM * 64), 1), block(32 * WM * LM_MMA_TILE_WN);
+  LM_CUDA_CHECK(opted, err, err_len, "gemm: shared memory opt-in");
+  if (lm_mma_plan(&l, M, N, K, mode, (size_t)grid.x * grid.y, LM_MMA_PARTIAL_BLOCKS, ws, ws_bytes,
+                  err, err_len))
+    return -1;
+  if (l.partial) {
+    grid.z = l.splits;
+    lm_gemm_mma_tiled_kernel<WM, true><<<grid, block, lm_mma_tiled_smem(WM), stream>>>(
+        y, ws, x, w, M, N, K, l.splits, l.split_chunks, out_f32);
+  } else {
+    lm_gemm_mma_tiled_kernel<WM, false><<<grid, block, lm_mma_tiled_smem(WM), stream>>>(
+        y, ws, x, w, M, N, K, l.splits, l.split_chunks, out_f32);
+  }
+  return lm_mma_fold_launch(&l, y, ws, out_f32, stream, err, err_len);
 }
 
 extern "C" int lm_gemm_mma_run(void *y, const uint16_t *x, const uint16_t *w, int M, int N, int K,
@@ -270,9 +475,10 @@ extern "C" int lm_gemm_mma_run(void *y, const uint16_t *x, const uint16_t *w, in
   if (M <= 32)
     return lm_gemm_mma_launch<2, 2, 1, 4, 4>(y, x, w, M, N, K, out_f32, mode, ws, ws_bytes, st, err,
                                              err_len);
+  /* more rows: tiles staged in shared memory */
   if (M <= 64)
-    return lm_gemm_mma_launch<4, 2, 1, 4, 2>(y, x, w, M, N, K, out_f32, mode, ws, ws_bytes, st, err,
-                                             err_len);
-  return lm_gemm_mma_launch<4, 4, 2, 2, 1>(y, x, w, M, N, K, out_f32, mode, ws, ws_bytes, st, err,
-                                           err_len);
+    return lm_gemm_mma_launch_tiled<1>(y, x, w, M, N, K, out_f32, mode, ws, ws_bytes, st, err,
+                                       err_len);
+  return lm_gemm_mma_launch_tiled<2>(y, x, w, M, N, K, out_f32, mode, ws, ws_bytes, st, err,
+                                     err_len);
 }
