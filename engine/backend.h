@@ -112,6 +112,11 @@ struct lm_backend_config {
    * pool, activations together); 0 means 0.9. lm_engine_create copies
    * lm_engine_config.gpu_memory_utilization here. */
   float gpu_memory_utilization;
+  /* GPU: the GEMMs, each batch invariant (docs/CUDA.md): "cublaslt" (NULL:
+   * one pinned cuBLASLt algorithm per weight shape; the fastest prefill) or
+   * "mma" (lmserve's own kernels; the fastest decode at small batches,
+   * slower prefill). */
+  const char *gemm;
 };
 
 struct lm_backend_ops {

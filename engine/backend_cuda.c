@@ -183,7 +183,7 @@ static int lm_cuda_be_create(const struct lm_backend_config *cfg, void **st, cha
     lm_cuda_be_destroy(cu);
     return lm_errf(err, LM_EIO, "cuda: cannot start: %s", why);
   }
-  if (lm_cuda_gemm_create(&cu->gemm, why, sizeof(why)) != 0) {
+  if (lm_cuda_gemm_create(&cu->gemm, cfg ? cfg->gemm : NULL, why, sizeof(why)) != 0) {
     lm_cuda_be_destroy(cu);
     return lm_errf(err, LM_EUNSUP, "cuda: %s", why);
   }

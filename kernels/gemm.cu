@@ -1,7 +1,7 @@
-/* gemm.cu - y = x @ w^T: lmserve's own MMA kernel (gemm_mma.cu) for every
- * shape it takes, which is every shape of a real model; cuBLASLt, with one
- * pinned algorithm per weight shape, for the rest, when LMSERVE_GEMM=cublaslt
- * asks for it, and for the heuristic's choice that benchmarks compare with.
+/* gemm.cu - y = x @ w^T: cuBLASLt with one pinned algorithm per weight
+ * shape, or (kind "mma") lmserve's own MMA kernel, gemm_mma.cu, for every
+ * shape it takes, which is every shape of a real model; and the heuristic's
+ * choice that benchmarks compare with.
  *
  * cuBLASLt is opened with dlopen at the first lm_cuda_gemm_create, not
  * linked: the lmserve binary then starts on machines without the CUDA
@@ -144,7 +144,7 @@ struct lm_cuda_gemm {
   cublasLtMatmulDesc_t desc; /* f32 compute and scale, op(A) = A^T, op(B) = B */
   void *workspace;           /* device, LM_GEMM_WORKSPACE_BYTES: cuBLASLt's, or
                               * gemm_mma.cu's partial sums */
-  int cublaslt_only;         /* LMSERVE_GEMM=cublaslt */
+  int use_mma;               /* kind "mma" */
   struct lm_gemm_plan plans[LM_GEMM_MAX_PLANS];
   int n_plans;
 };
@@ -157,17 +157,16 @@ static struct lm_gemm_plan *lm_gemm_find(lm_cuda_gemm *g, int N, int K, int out_
   return NULL;
 }
 
-extern "C" int lm_cuda_gemm_create(lm_cuda_gemm **out, char *err, size_t err_len) {
+extern "C" int lm_cuda_gemm_create(lm_cuda_gemm **out, const char *kind, char *err,
+                                   size_t err_len) {
   lm_cuda_gemm *g = NULL;
   int rc = -1;
   int32_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
   cudaError_t ce;
-  const char *env = getenv("LMSERVE_GEMM");
   *out = NULL;
   pthread_once(&lm_lt_once, lm_lt_load);
-  if (env && strcmp(env, "cublaslt") != 0 && strcmp(env, "own") != 0) {
-    if (err && err_len)
-      snprintf(err, err_len, "LMSERVE_GEMM=%s: use \"own\" (the default) or \"cublaslt\"", env);
+  if (kind && strcmp(kind, "cublaslt") != 0 && strcmp(kind, "mma") != 0) {
+    if (err && err_len) snprintf(err, err_len, "gemm \"%s\": use \"cublaslt\" or \"mma\"", kind);
     return -1;
   }
   g = (lm_cuda_gemm *)calloc(1, sizeof *g);
@@ -184,10 +183,10 @@ extern "C" int lm_cuda_gemm_create(lm_cuda_gemm **out, char *err, size_t err_len
                LM_GEMM_WORKSPACE_BYTES >> 20, cudaGetErrorString(ce));
     goto err;
   }
-  g->cublaslt_only = env && !strcmp(env, "cublaslt");
+  g->use_mma = kind && !strcmp(kind, "mma");
   if (!lm_lt_loaded) {
     /* the own kernel needs no library; a shape it cannot take says why */
-    if (!g->cublaslt_only) {
+    if (g->use_mma) {
       *out = g;
       return 0;
     }
@@ -546,7 +545,7 @@ extern "C" int lm_cuda_gemm_plan(lm_cuda_gemm *g, int N, int K, int out_f32, int
   p->k = K;
   p->out_f32 = out_f32 != 0;
   p->max_m = max_m;
-  if (!g->cublaslt_only && lm_gemm_mma_supported(N, K)) {
+  if (g->use_mma && lm_gemm_mma_supported(N, K)) {
     p->own = 1;
     g->n_plans++;
     return 0;

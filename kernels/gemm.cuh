@@ -18,7 +18,10 @@ extern "C" {
 
 typedef struct lm_cuda_gemm lm_cuda_gemm;
 
-int lm_cuda_gemm_create(lm_cuda_gemm **out, char *err, size_t err_len);
+/* kind: "cublaslt" (or NULL): one pinned cuBLASLt algorithm per shape;
+ * "mma": gemm_mma.cu for every shape it takes (K a multiple of 8), cuBLASLt
+ * for the rest. */
+int lm_cuda_gemm_create(lm_cuda_gemm **out, const char *kind, char *err, size_t err_len);
 void lm_cuda_gemm_free(lm_cuda_gemm *g);
 
 /* Chooses and pins the algorithm for [M, K] x [N, K]^T -> [M, N] (f32 output

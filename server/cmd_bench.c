@@ -49,7 +49,7 @@ static const char usage[] =
     "                     [--prompt-len N] [--output-len N] [--prefix-len N] [--long-len N]\n"
     "                     [--max-batched-tokens N] [--long-decodes N] [--seed S]\n"
     "                     [--backend auto|cpu|cuda] [--gpu-memory-utilization F]\n"
-    "                     [--kv-cache-dtype auto|bf16|f32|fp8_e5m2]\n"
+    "                     [--kv-cache-dtype auto|bf16|f32|fp8_e5m2] [--gemm cublaslt|mma]\n"
     "  runs the engine's serving workloads in process and prints throughput,\n"
     "  TTFT and inter-token latency percentiles, prefix-cache hit rate, KV use\n"
     "  and the benchmark gates. Defaults: prompt 128, output 192, prefix 2048,\n"
@@ -62,7 +62,7 @@ static const char usage[] =
 /* prompt_len, output_len and budget are 0 until given or defaulted for
  * the backend (main) */
 struct bench_opts {
-  const char *model, *only, *backend, *kv_dtype;
+  const char *model, *only, *backend, *kv_dtype, *gemm;
   long threads, prompt_len, output_len, prefix_len, long_len, budget, long_decodes, seed;
   double gpu_memory_utilization; /* 0: the engine's default */
   int json;
@@ -457,6 +457,12 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o) {
       bad = lm_cli_float(a, v, 0.01, 1, &o->gpu_memory_utilization);
     } else if (!strcmp(a, "--kv-cache-dtype")) {
       o->kv_dtype = v;
+    } else if (!strcmp(a, "--gemm")) {
+      o->gemm = v;
+      if (strcmp(v, "cublaslt") && strcmp(v, "mma")) {
+        fprintf(stderr, "lmserve bench: --gemm takes cublaslt or mma, not '%s'\n", v);
+        return -1;
+      }
     } else {
       fprintf(stderr, "lmserve bench: unknown flag '%s'\n%s", a, usage);
       return -1;
@@ -548,6 +554,7 @@ int lm_cmd_bench(int argc, char **argv) {
   cfg.backend = o.backend;
   cfg.kv_cache_dtype = o.kv_dtype;
   cfg.backend_cfg.n_threads = (int)o.threads;
+  cfg.backend_cfg.gemm = o.gemm;
   if (o.gpu_memory_utilization > 0) cfg.gpu_memory_utilization = (float)o.gpu_memory_utilization;
   cfg.max_num_batched_tokens = (int)o.budget;
   cfg.max_model_len =

@@ -22,6 +22,7 @@ static const char usage[] =
     "                        [--stop STR]... [--stop-token-id ID]... [--min-tokens N]\n"
     "                        [--json] [--threads N] [--backend auto|cpu|cuda]\n"
     "                        [--cpu-mapped-weights] [--kv-cache-dtype auto|bf16|f32|fp8_e5m2]\n"
+    "                        [--gemm cublaslt|mma]\n"
     "  streams the completion of TEXT to stdout. Sampling values not given come\n"
     "  from the model's generation_config.json, then greedy (temperature 0);\n"
     "  --json prints one JSON object per token: {\"id\": ID, \"text\": \"...\"}.\n"
@@ -34,7 +35,7 @@ static const char usage[] =
 #define MAX_STOPS 16
 
 struct gen_opts {
-  const char *model, *prompt, *backend, *kv_dtype;
+  const char *model, *prompt, *backend, *kv_dtype, *gemm;
   long max_tokens, threads, min_tokens;
   int json, ignore_eos, mapped_weights, seed_set, chat;
   uint64_t seed;
@@ -75,6 +76,10 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o) {
       o->backend = v;
     } else if (!strcmp(a, "--kv-cache-dtype")) {
       o->kv_dtype = v;
+    } else if (!strcmp(a, "--gemm")) {
+      o->gemm = v;
+      bad = !v || (strcmp(v, "cublaslt") && strcmp(v, "mma"));
+      if (bad) fprintf(stderr, "lmserve generate: --gemm: cublaslt or mma\n");
     } else if (!strcmp(a, "--max-tokens")) {
       bad = lm_cli_int(a, v, 1, 1 << 24, &o->max_tokens);
     } else if (!strcmp(a, "--min-tokens")) {
@@ -275,6 +280,7 @@ int lm_cmd_generate(int argc, char **argv) {
   cfg.kv_cache_dtype = o.kv_dtype;
   cfg.backend_cfg.n_threads = (int)o.threads;
   cfg.backend_cfg.cpu_mapped_weights = o.mapped_weights;
+  cfg.backend_cfg.gemm = o.gemm;
   cfg.max_num_seqs = 1;
   if (o.prompt) {
     /* a prompt has at most one token per byte, plus a few added (BOS): a

@@ -27,6 +27,9 @@ static const char usage[] =
     "  --kv-cache-bytes N            KV pool size (default: from memory)\n"
     "  --kv-cache-dtype auto|bf16|f32|fp8_e5m2  KV element type (auto: the weights')\n"
     "  --gpu-memory-utilization F    CUDA: fraction of device memory (0.9)\n"
+    "  --gemm cublaslt|mma           CUDA GEMMs, both batch invariant: cublaslt (pinned\n"
+    "                                cuBLASLt, fastest prefill) or mma (lmserve's kernel,\n"
+    "                                fastest decode at small batches) (cublaslt)\n"
     "  --max-waiting N               queued requests before RESOURCE_EXHAUSTED (1024)\n"
     "  --max-request-bytes N         largest request message (4194304)\n"
     "  --metrics-port N              Prometheus /metrics (off; 0 picks a free one)\n"
@@ -97,6 +100,11 @@ static int parse(int argc, char **argv, struct lm_serve_opts *o, struct lm_engin
     else if (!strcmp(a, "--gpu-memory-utilization")) {
       bad = lm_cli_float(a, v, 0.01, 1, &d);
       ec->gpu_memory_utilization = (float)d;
+    }
+    else if (!strcmp(a, "--gemm")) {
+      bad = !v || (strcmp(v, "cublaslt") && strcmp(v, "mma"));
+      ec->backend_cfg.gemm = v;
+      if (bad) fprintf(stderr, "lmserve serve: --gemm: cublaslt or mma\n");
     }
     else if (!strcmp(a, "--drain-seconds")) {
       bad = lm_cli_float(a, v, 0, 1e6, &o->drain_s);

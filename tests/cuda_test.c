@@ -13,7 +13,8 @@
  * harness itself), then says the CUDA backend was skipped. With
  * LMSERVE_REQUIRE_GPU=1 a missing GPU is a failure instead.
  *
- * usage: cuda_test [--ops-only | --attention-only] FIXTURES_DIR
+ * usage: cuda_test [--gemm cublaslt|mma] [--ops-only | --attention-only] FIXTURES_DIR
+ *   (--gemm: the CUDA backend's GEMMs, backend.h; default cublaslt)
  *   (models from tools/make_model.py --all) */
 #include <dirent.h>
 #include <math.h>
@@ -60,6 +61,8 @@ struct side {
 static struct side g_side[2] = {{"A", "cpu", NULL}, {"B", "cuda", NULL}};
 /* No GPU: both sides are the CPU and every comparison must be exact. */
 static int g_self_check;
+/* the backends' lm_backend_config.gemm (--gemm) */
+static const char *g_gemm;
 
 static double tol(double t) {
   return g_self_check ? 0.0 : t;
@@ -1127,7 +1130,7 @@ static void rig_close(struct rig *g) {
 /* A fresh backend of side s serving the model at dir (a backend serves one
  * model), with room for every prompt and its decodes. */
 static int rig_open(struct rig *g, const struct side *s, const char *dir, char *err) {
-  struct lm_backend_config bcfg = {0};
+  struct lm_backend_config bcfg = {.gemm = g_gemm};
   struct lm_runner_config rcfg = {.block_size = 16,
                                   .n_blocks = 128,
                                   .max_batch_tokens = N_PROMPTS * CHUNK,
@@ -1384,6 +1387,7 @@ static lm_engine *engine_open(const struct side *s, const char *dir) {
   c.max_num_batched_tokens = 256;
   c.max_model_len = 1024;
   c.enable_prefix_caching = 1;
+  c.backend_cfg.gemm = g_gemm;
   if (lm_engine_create(&c, &e, err) != LM_OK) {
     printf("# engine on side %s (%s): %s\n", s->label, s->backend, err);
     return NULL;
@@ -1677,12 +1681,18 @@ int main(int argc, char **argv) {
   /* --ops-only: the op and sampling checks alone, short enough for
    * compute-sanitizer; --attention-only: the attention checks alone, for
    * its slower racecheck */
+  if (argc > 3 && !strcmp(argv[1], "--gemm")) {
+    g_gemm = argv[2];
+    argv += 2, argc -= 2;
+  }
   int ops_only = argc > 2 && !strcmp(argv[1], "--ops-only");
   int attention_only = argc > 2 && !strcmp(argv[1], "--attention-only");
   if (ops_only || attention_only) argv++, argc--;
   ops_only |= attention_only;
   if (argc < 2) {
-    fprintf(stderr, "usage: cuda_test [--ops-only | --attention-only] FIXTURES_DIR\n");
+    fprintf(
+        stderr,
+        "usage: cuda_test [--gemm cublaslt|mma] [--ops-only | --attention-only] FIXTURES_DIR\n");
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in the log as it happens */
@@ -1703,12 +1713,13 @@ int main(int argc, char **argv) {
     char dev[256] = "";
     unsigned long long bytes = 0;
     lm_cuda_device_info(dev, sizeof(dev), &bytes);
-    printf("# side A: cpu, side B: cuda on %s (%.1f GiB)\n", dev, (double)bytes / (1 << 30));
+    printf("# side A: cpu, side B: cuda on %s (%.1f GiB), GEMMs: %s\n", dev,
+           (double)bytes / (1 << 30), g_gemm ? g_gemm : "cublaslt");
   }
 
   int rc = LM_OK;
   for (int i = 0; i < 2 && rc == LM_OK; i++) {
-    struct lm_backend_config cfg = {0};
+    struct lm_backend_config cfg = {.gemm = g_gemm};
     rc = lm_backend_create(g_side[i].backend, &cfg, &g_side[i].be, err);
     lm_check(rc == LM_OK, "side %s: lm_backend_create(\"%s\")%s%s", g_side[i].label,
              g_side[i].backend, rc ? ": " : "", rc ? err : "");

@@ -1,10 +1,10 @@
-/* gemm_bench.c - what lmserve's batch-invariant GEMM (kernels/gemm.cuh:
- * the own MMA kernel, or with LMSERVE_GEMM=cublaslt one pinned cuBLASLt
- * algorithm per shape) costs: for the GEMM shapes of Llama-3.1-8B and
- * Qwen3-8B and batch sizes from one decode row to a long prefill chunk, its
- * time against cuBLASLt's heuristic choice for that M (split-K and all),
- * side by side in one run, and the weights' read rate. Prints one line per
- * (shape, M) and the worst ratio; without a GPU it prints SKIPPED.
+/* gemm_bench.c - what lmserve's two batch-invariant GEMMs (kernels/gemm.cuh:
+ * "mma", the own kernel, and "cublaslt", one pinned cuBLASLt algorithm per
+ * shape) cost: for the GEMM shapes of Llama-3.1-8B and Qwen3-8B and batch
+ * sizes from one decode row to a long prefill chunk, each one's time
+ * against cuBLASLt's heuristic choice for that M (split-K and all), side by
+ * side in one run, and the mma kernel's weight read rate. Prints one line
+ * per (shape, M) and the worst ratios; without a GPU it prints SKIPPED.
  *
  * usage: gemm_bench [--iters N] */
 #include <stdio.h>
@@ -29,28 +29,32 @@ static const struct shape k_shapes[] = {
 
 static const int k_ms[] = {1, 8, 32, 128, 512, 2048};
 
-static int run_once(lm_cuda_gemm *g, int pinned, void *y, const uint16_t *x, const uint16_t *w,
+/* the three ways: cuBLASLt's heuristic, the pinned algorithm, the mma kernel */
+enum { HEURISTIC, PINNED, MMA, N_WAYS };
+
+static int run_once(lm_cuda_gemm *const *g, int way, void *y, const uint16_t *x, const uint16_t *w,
                     int M, const struct shape *s, void *stream, char *err) {
-  return pinned ? lm_cuda_gemm_run(g, y, x, w, M, s->N, s->K, s->out_f32, stream, err, LM_ERR_LEN)
-                : lm_cuda_gemm_run_heuristic(g, y, x, w, M, s->N, s->K, s->out_f32, stream, err,
-                                             LM_ERR_LEN);
+  if (way == HEURISTIC)
+    return lm_cuda_gemm_run_heuristic(g[0], y, x, w, M, s->N, s->K, s->out_f32, stream, err,
+                                      LM_ERR_LEN);
+  return lm_cuda_gemm_run(g[way == MMA], y, x, w, M, s->N, s->K, s->out_f32, stream, err,
+                          LM_ERR_LEN);
 }
 
 /* Seconds per GEMM over iters runs after two warm-up runs; < 0 on failure.
  * The runs cycle through copies of the weights in w (w_bytes in all), so a
  * shape smaller than the L2 cache is still read from memory, as in a model. */
-static double time_gemm(lm_cuda_gemm *g, int pinned, void *y, const uint16_t *x, const uint16_t *w,
-                        size_t w_bytes, int M, const struct shape *s, void *stream, int iters,
-                        char *err) {
+static double time_gemm(lm_cuda_gemm *const *g, int way, void *y, const uint16_t *x,
+                        const uint16_t *w, size_t w_bytes, int M, const struct shape *s,
+                        void *stream, int iters, char *err) {
   size_t one = (size_t)s->N * s->K, copies = w_bytes / (one * 2);
   if (copies > 8) copies = 8;
   for (int i = 0; i < 2; i++)
-    if (run_once(g, pinned, y, x, w, M, s, stream, err) != 0) return -1;
+    if (run_once(g, way, y, x, w, M, s, stream, err) != 0) return -1;
   if (lm_cuda_sync(stream, err, LM_ERR_LEN) != 0) return -1;
   double t0 = lm_now_s();
   for (int i = 0; i < iters; i++)
-    if (run_once(g, pinned, y, x, w + (size_t)(i % copies) * one, M, s, stream, err) != 0)
-      return -1;
+    if (run_once(g, way, y, x, w + (size_t)(i % copies) * one, M, s, stream, err) != 0) return -1;
   if (lm_cuda_sync(stream, err, LM_ERR_LEN) != 0) return -1;
   return (lm_now_s() - t0) / iters;
 }
@@ -65,9 +69,10 @@ int main(int argc, char **argv) {
     return 0;
   }
   void *stream = NULL;
-  lm_cuda_gemm *g = NULL;
+  lm_cuda_gemm *g[2] = {NULL, NULL}; /* cublaslt, mma */
   if (lm_cuda_stream_create(&stream, err, sizeof(err)) != 0 ||
-      lm_cuda_gemm_create(&g, err, sizeof(err)) != 0) {
+      lm_cuda_gemm_create(&g[0], "cublaslt", err, sizeof(err)) != 0 ||
+      lm_cuda_gemm_create(&g[1], "mma", err, sizeof(err)) != 0) {
     fprintf(stderr, "gemm_bench: %s\n", err);
     return 1;
   }
@@ -101,46 +106,46 @@ int main(int argc, char **argv) {
   char name[256] = "";
   unsigned long long total = 0;
   lm_cuda_device_info(name, sizeof(name), &total);
-  const char *env = getenv("LMSERVE_GEMM");
-  printf("gemm_bench: %s, %d iterations per point; lmserve = %s for every M, heuristic = "
-         "cuBLASLt's choice for that M\n",
-         name, iters,
-         env && !strcmp(env, "cublaslt") ? "one pinned cuBLASLt algorithm per shape"
-                                         : "the own MMA kernel");
-  printf("%-22s %6s %12s %12s %8s %10s %10s\n", "shape", "M", "lmserve_us", "heur_us", "ratio",
-         "lmserve_TF", "w_GB/s");
-  double worst = 0;
+  printf("gemm_bench: %s, %d iterations per point; mma = lmserve's kernel, pinned = one cuBLASLt "
+         "algorithm per shape (both for every M), heuristic = cuBLASLt's choice for that M\n",
+         name, iters);
+  printf("%-22s %6s %9s %9s %9s %9s %9s %8s %8s\n", "shape", "M", "mma_us", "pinned_us", "heur_us",
+         "mma/heur", "pin/heur", "mma_TF", "mma_GB/s");
+  double worst[N_WAYS] = {0, 0, 0};
   for (size_t i = 0; i < sizeof(k_shapes) / sizeof(k_shapes[0]); i++) {
     const struct shape *s = &k_shapes[i];
-    if (lm_cuda_gemm_plan(g, s->N, s->K, s->out_f32, max_m, NULL, err, sizeof(err)) != 0) {
-      fprintf(stderr, "gemm_bench: plan %s: %s\n", s->name, err);
-      return 1;
-    }
+    for (int k = 0; k < 2; k++)
+      if (lm_cuda_gemm_plan(g[k], s->N, s->K, s->out_f32, max_m, NULL, err, sizeof(err)) != 0) {
+        fprintf(stderr, "gemm_bench: plan %s: %s\n", s->name, err);
+        return 1;
+      }
     for (size_t j = 0; j < sizeof(k_ms) / sizeof(k_ms[0]); j++) {
       int M = k_ms[j];
-      /* t[1] lmserve, t[0] heuristic: alternating rounds, so drift hits both alike */
-      double t[2] = {0, 0};
+      /* alternating rounds, so drift hits every way alike */
+      double t[N_WAYS] = {0, 0, 0};
       for (int round = 0; round < 3; round++)
-        for (int pinned = 1; pinned >= 0; pinned--) {
-          double dt = time_gemm(g, pinned, y, x, w, max_w, M, s, stream, iters, err);
+        for (int way = 0; way < N_WAYS; way++) {
+          double dt = time_gemm(g, way, y, x, w, max_w, M, s, stream, iters, err);
           if (dt < 0) {
             fprintf(stderr, "gemm_bench: %s M=%d: %s\n", s->name, M, err);
             return 1;
           }
-          t[pinned] += dt / 3;
+          t[way] += dt / 3;
         }
-      double ratio = t[1] / t[0];
-      if (ratio > worst) worst = ratio;
-      printf("%-22s %6d %12.1f %12.1f %8.3f %10.1f %10.0f\n", s->name, M, t[1] * 1e6, t[0] * 1e6,
-             ratio, 2.0 * M * s->N * (double)s->K / t[1] / 1e12,
-             2.0 * s->N * (double)s->K / t[1] / 1e9);
+      for (int way = PINNED; way <= MMA; way++)
+        if (t[way] / t[HEURISTIC] > worst[way]) worst[way] = t[way] / t[HEURISTIC];
+      printf("%-22s %6d %9.1f %9.1f %9.1f %9.3f %9.3f %8.1f %8.0f\n", s->name, M, t[MMA] * 1e6,
+             t[PINNED] * 1e6, t[HEURISTIC] * 1e6, t[MMA] / t[HEURISTIC], t[PINNED] / t[HEURISTIC],
+             2.0 * M * s->N * (double)s->K / t[MMA] / 1e12,
+             2.0 * s->N * (double)s->K / t[MMA] / 1e9);
     }
   }
-  printf("worst lmserve/heuristic time ratio: %.3f\n", worst);
+  printf("worst time ratio to the heuristic: mma %.3f, pinned %.3f\n", worst[MMA], worst[PINNED]);
   lm_cuda_free(w);
   lm_cuda_free(x);
   lm_cuda_free(y);
-  lm_cuda_gemm_free(g);
+  lm_cuda_gemm_free(g[0]);
+  lm_cuda_gemm_free(g[1]);
   lm_cuda_stream_destroy(stream);
   return 0;
 }

@@ -95,7 +95,7 @@ int main(int argc, char **argv) {
   lm_model *m = NULL;
   lm_backend *be = NULL;
   lm_runner *r = NULL;
-  const char *dir = NULL, *kv_dtype = NULL, *backend = "cpu";
+  const char *dir = NULL, *kv_dtype = NULL, *backend = "cpu", *gemm = NULL;
   int P = 128, D = 64, S = 1, threads = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--model"))
@@ -112,13 +112,16 @@ int main(int argc, char **argv) {
       kv_dtype = argv[i + 1];
     else if (!strcmp(argv[i], "--backend"))
       backend = argv[i + 1];
+    else if (!strcmp(argv[i], "--gemm"))
+      gemm = argv[i + 1];
   }
   if (!dir || P <= 0 || D <= 0 || S <= 0 || S > 256) {
     fprintf(stderr, "usage: op_profile --model DIR [--prompt N] [--decode N] [--batch N<=256] "
-                    "[--threads N] [--kv-cache-dtype auto|bf16|f32] [--backend cpu|cuda]\n");
+                    "[--threads N] [--kv-cache-dtype auto|bf16|f32] [--backend cpu|cuda] "
+                    "[--gemm cublaslt|mma]\n");
     return 2;
   }
-  struct lm_backend_config c = {.n_threads = threads};
+  struct lm_backend_config c = {.n_threads = threads, .gemm = gemm};
   lm_kv_seq kv[256] = {{0}};
   if (lm_model_load(dir, &m, err) || lm_backend_create(backend, &c, &be, err) ||
       be->ops->load_weights(be->st, m, err)) {
