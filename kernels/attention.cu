@@ -116,14 +116,7 @@ static __device__ __forceinline__ float lm_attn_hi(uint32_t w) {
  * first n_valid (1..32, the same in every lane) are visible to the row.
  * q: [hd] f32, read by every lane (shared memory); k_row, v_row: this
  * lane's key row [hd] bf16, 16-byte aligned, global or shared, read only
- * when lane < n_valid.
- *
- * The sums run as LM_ATTN_CHAINS independent chains added at the end (a
- * fixed order, so the same bits in every kernel that calls this): the dot
- * product's chain c takes elements 2c, 2c + 1 of every 8, the weighted V
- * sum's chain c keys c, c + 4, ...; one long chain of dependent FMAs would
- * leave the warp waiting on each. */
-#define LM_ATTN_CHAINS 4
+ * when lane < n_valid. */
 template <int NV>
 static __device__ __forceinline__ void lm_attn_tile(struct lm_attn_part<NV> *a, const float *q,
                                                     const uint16_t *k_row, const uint16_t *v_row,
@@ -131,21 +124,22 @@ static __device__ __forceinline__ void lm_attn_tile(struct lm_attn_part<NV> *a, 
   const int lane = threadIdx.x & 31, nv = hd >> 5;
   float s = -INFINITY;
   if (lane < n_valid) {
-    float dot[LM_ATTN_CHAINS] = {0.0f, 0.0f, 0.0f, 0.0f};
+    /* one sequential dot product per key, d = 0..hd-1 */
+    float dot = 0.0f;
     for (int d = 0; d < hd; d += 8) {
       uint4 kw = *reinterpret_cast<const uint4 *>(k_row + d);
       float4 q0 = *reinterpret_cast<const float4 *>(q + d);
       float4 q1 = *reinterpret_cast<const float4 *>(q + d + 4);
-      dot[0] = __fmaf_rn(q0.x, lm_attn_lo(kw.x), dot[0]);
-      dot[1] = __fmaf_rn(q0.z, lm_attn_lo(kw.y), dot[1]);
-      dot[2] = __fmaf_rn(q1.x, lm_attn_lo(kw.z), dot[2]);
-      dot[3] = __fmaf_rn(q1.z, lm_attn_lo(kw.w), dot[3]);
-      dot[0] = __fmaf_rn(q0.y, lm_attn_hi(kw.x), dot[0]);
-      dot[1] = __fmaf_rn(q0.w, lm_attn_hi(kw.y), dot[1]);
-      dot[2] = __fmaf_rn(q1.y, lm_attn_hi(kw.z), dot[2]);
-      dot[3] = __fmaf_rn(q1.w, lm_attn_hi(kw.w), dot[3]);
+      dot = __fmaf_rn(q0.x, lm_attn_lo(kw.x), dot);
+      dot = __fmaf_rn(q0.y, lm_attn_hi(kw.x), dot);
+      dot = __fmaf_rn(q0.z, lm_attn_lo(kw.y), dot);
+      dot = __fmaf_rn(q0.w, lm_attn_hi(kw.y), dot);
+      dot = __fmaf_rn(q1.x, lm_attn_lo(kw.z), dot);
+      dot = __fmaf_rn(q1.y, lm_attn_hi(kw.z), dot);
+      dot = __fmaf_rn(q1.z, lm_attn_lo(kw.w), dot);
+      dot = __fmaf_rn(q1.w, lm_attn_hi(kw.w), dot);
     }
-    s = __fmul_rn(__fadd_rn(__fadd_rn(dot[0], dot[1]), __fadd_rn(dot[2], dot[3])), scale);
+    s = __fmul_rn(dot, scale);
   }
   float tmax = s;
   for (int o = 16; o > 0; o >>= 1)
@@ -160,32 +154,17 @@ static __device__ __forceinline__ void lm_attn_tile(struct lm_attn_part<NV> *a, 
     psum = __fadd_rn(psum, __shfl_xor_sync(LM_ATTN_FULL, psum, o));
   a->l = __fmaf_rn(a->l, rescale, psum);
   a->m = m_new;
-  float pv[LM_ATTN_CHAINS][NV];
-#pragma unroll
-  for (int u = 0; u < LM_ATTN_CHAINS; u++)
-#pragma unroll
-    for (int c = 0; c < NV; c++)
-      pv[u][c] = 0.0f;
-  for (int j0 = 0; j0 < n_valid; j0 += LM_ATTN_CHAINS) {
-#pragma unroll
-    for (int u = 0; u < LM_ATTN_CHAINS; u++) {
-      const int j = j0 + u; /* p is 0 past n_valid, but those rows may be stale */
-      float pj = __shfl_sync(LM_ATTN_FULL, p, j & 31);
-      const uint16_t *vj = reinterpret_cast<const uint16_t *>(
-          __shfl_sync(LM_ATTN_FULL, reinterpret_cast<unsigned long long>(v_row), j & 31));
-      if (j < n_valid) {
-#pragma unroll
-        for (int c = 0; c < NV; c++)
-          if (c < nv) pv[u][c] = __fmaf_rn(pj, lm_ld_bf16(vj, (size_t)(lane + 32 * c)), pv[u][c]);
-      }
-    }
-  }
 #pragma unroll
   for (int c = 0; c < NV; c++)
-    if (c < nv)
-      a->acc[c] =
-          __fmaf_rn(a->acc[c], rescale,
-                    __fadd_rn(__fadd_rn(pv[0][c], pv[1][c]), __fadd_rn(pv[2][c], pv[3][c])));
+    if (c < nv) a->acc[c] = __fmul_rn(a->acc[c], rescale);
+  for (int j = 0; j < n_valid; j++) {
+    float pj = __shfl_sync(LM_ATTN_FULL, p, j);
+    const uint16_t *vj = reinterpret_cast<const uint16_t *>(
+        __shfl_sync(LM_ATTN_FULL, reinterpret_cast<unsigned long long>(v_row), j));
+#pragma unroll
+    for (int c = 0; c < NV; c++)
+      if (c < nv) a->acc[c] = __fmaf_rn(pj, lm_ld_bf16(vj, (size_t)(lane + 32 * c)), a->acc[c]);
+  }
 }
 
 /* a = a (+) b, the partials of consecutive key ranges, a's first. */
