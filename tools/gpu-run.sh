@@ -29,7 +29,7 @@
 #                                           server: end-to-end / in-process
 #                                           tok/s >= 0.97
 #   tools/gpu-run.sh [OUTDIR] --all [--reuse-oracle]
-#                                           all three in one call (about 7
+#                                           all three in one call (about 8
 #                                           minutes on an H200 with the oracle
 #                                           reused)
 set -uo pipefail
@@ -140,6 +140,8 @@ if [ $check -eq 1 ]; then
   # 2. the CUDA backend against the CPU backend: every op, whole models, the
   # engine's batch invariance (first: it is what everything else rests on)
   run cuda-test 150 $bin/cuda_test "$fixtures"
+  # the same with the other batch-invariant GEMM (--gemm mma)
+  run cuda-test-mma 150 $bin/cuda_test --gemm mma "$fixtures"
 
   # 3. the oracle: Transformers on the GPU, written where CI reads it
   if [ $reuse -eq 0 ] || ! ls tests/data/hf/*.json >/dev/null 2>&1; then
@@ -161,7 +163,7 @@ if [ $check -eq 1 ]; then
   # 5. the engine's own tests (preemption, prefix cache, aborts) on the CUDA backend
   run engine-test-cuda 120 $bin/engine_test "$fixtures" qwen3-bf16 2000 cuda
 
-  # 6. what pinning one GEMM algorithm per shape costs
+  # 6. what each batch-invariant GEMM costs against cuBLASLt's heuristic
   [ $quick -eq 1 ] || run gemm-bench 90 $bin/gemm_bench
 fi
 
@@ -175,6 +177,8 @@ if [ $bench -eq 1 ] && [ -f "$m8/.complete" ]; then
   # the serving benchmark: its gates must all pass
   run bench-8b 300 $bin/lmserve bench --backend cuda --model "$m8" --json &&
     run bench-8b-gates 15 bash -c '! grep -q "\"pass\": false" "$1"' gates "$out/bench-8b.log"
+  # the same with the mma GEMMs: faster decode at small batches, slower prefill
+  run bench-8b-mma 300 $bin/lmserve bench --backend cuda --gemm mma --model "$m8"
   # where a decode step's time goes, op by op, at batch 1 and 16
   for b in 1 16; do
     run "op-profile-8b-c$b" 60 $bin/op_profile --backend cuda --model "$m8" \
