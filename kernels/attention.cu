@@ -43,6 +43,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <atomic>
+
 #include "kernels/cuda_check.cuh"
 
 #define LM_ATTN_TILE          32 /* keys per tile: one per lane */
@@ -481,10 +483,11 @@ template <int NV>
 static void lm_attn_run(struct lm_attn_args a, const struct lm_cuda_attn_batch *b,
                         cudaStream_t st) {
   const int hd = a.hd, n_hsub = (a.group + a.heads_per_block - 1) / a.heads_per_block;
-  /* once per process (one device); if it failed, the launches below fail
-   * and the stream's next check reports it */
-  static const cudaError_t opted = lm_attn_opt_in<NV>();
-  (void)opted;
+  /* once per process (one device), retried until it succeeds (a failure
+   * may be an earlier error the call reports); if it failed, the launches
+   * below fail and the stream's next check reports it */
+  static std::atomic<bool> opted{false};
+  if (!opted.load() && lm_attn_opt_in<NV>() == cudaSuccess) opted.store(true);
   /* One long chunk alone has no decodes; otherwise any sequence may be one. */
   bool any_decode = !(b->n_seqs == 1 && b->max_q_len > 1);
   if (any_decode) {

@@ -169,6 +169,10 @@ extern "C" int lm_cuda_gemm_create(lm_cuda_gemm **out, const char *kind, char *e
     if (err && err_len) snprintf(err, err_len, "gemm \"%s\": use \"cublaslt\" or \"mma\"", kind);
     return -1;
   }
+  if (!lm_lt_loaded && !(kind && !strcmp(kind, "mma"))) {
+    if (err && err_len) snprintf(err, err_len, "%s (--gemm mma needs no cuBLASLt)", lm_lt_load_err);
+    return -1;
+  }
   g = (lm_cuda_gemm *)calloc(1, sizeof *g);
   if (!g) {
     if (err && err_len) snprintf(err, err_len, "gemm: out of memory");
@@ -184,14 +188,9 @@ extern "C" int lm_cuda_gemm_create(lm_cuda_gemm **out, const char *kind, char *e
     goto err;
   }
   g->use_mma = kind && !strcmp(kind, "mma");
-  if (!lm_lt_loaded) {
-    /* the own kernel needs no library; a shape it cannot take says why */
-    if (g->use_mma) {
-      *out = g;
-      return 0;
-    }
-    if (err && err_len) snprintf(err, err_len, "%s", lm_lt_load_err);
-    goto err;
+  if (!lm_lt_loaded) { /* mma: a shape the kernel cannot take says why */
+    *out = g;
+    return 0;
   }
   LM_LT_CHECK(lm_lt.create(&g->handle), "create");
   LM_LT_CHECK(lm_lt.desc_create(&g->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul descriptor");

@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <atomic>
+
 #include "kernels/cuda_check.cuh"
 
 #define LM_MMA_CHUNK 32
@@ -89,6 +91,22 @@ static __device__ __forceinline__ void lm_mma_store(void *y, int out_f32, int M,
       if (n + 1 < N) p[1] = lm_to_bf16(v1);
     }
   }
+}
+
+/* Split s's sums in acc join the running sum tot (the first split's are
+ * it), and acc starts again from zero: the one fold every mode does. */
+template <int MT, int NT>
+static __device__ __forceinline__ void lm_mma_fold_split(float (&tot)[MT][NT][4],
+                                                         float (&acc)[MT][NT][4], int s) {
+#pragma unroll
+  for (int i = 0; i < MT; i++)
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        tot[i][j][e] = s == 0 ? acc[i][j][e] : __fadd_rn(tot[i][j][e], acc[i][j][e]);
+        acc[i][j][e] = 0.0f;
+      }
 }
 
 /* Blocks of WM x WN warps; grid (N / block columns, M / block rows, splits
@@ -164,22 +182,20 @@ static __global__ void __launch_bounds__(32 * WM * WN)
           }
       }
     }
+    if (PARTIAL) {
+      void *dst = splits > 1 ? (void *)(ws + (size_t)s * M * N) : y;
+      int f32 = splits > 1 || out_f32;
 #pragma unroll
-    for (int i = 0; i < MT; i++)
+      for (int i = 0; i < MT; i++)
 #pragma unroll
-      for (int j = 0; j < NT; j++) {
-        if (PARTIAL) {
+        for (int j = 0; j < NT; j++) {
           int r = m0 + 16 * i + g, n = n0 + 8 * j + 2 * t;
-          void *dst = splits > 1 ? (void *)(ws + (size_t)s * M * N) : y;
-          int f32 = splits > 1 || out_f32;
           lm_mma_store(dst, f32, M, N, r, n, acc[i][j][0], acc[i][j][1]);
           lm_mma_store(dst, f32, M, N, r + 8, n, acc[i][j][2], acc[i][j][3]);
-        } else {
-#pragma unroll
-          for (int e = 0; e < 4; e++)
-            tot[i][j][e] = s == 0 ? acc[i][j][e] : __fadd_rn(tot[i][j][e], acc[i][j][e]);
         }
-      }
+    } else {
+      lm_mma_fold_split<MT, NT>(tot, acc, s);
+    }
   }
   if (!PARTIAL) {
 #pragma unroll
@@ -279,18 +295,8 @@ static __global__ void __launch_bounds__(32 * WM * LM_MMA_TILE_WN)
     __syncthreads(); /* chunk c has landed everywhere; chunk c - 1's stage is free */
     lm_mma_stage<WM>(lm_mma_smem, (c - c_lo + LM_MMA_STAGES - 1) % LM_MMA_STAGES,
                      c + LM_MMA_STAGES - 1, c_end, x, w, M, N, K, m_blk, n_blk);
-    if (!PARTIAL && c == (s + 1) * split_chunks) { /* a split ends: fold it */
-#pragma unroll
-      for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            tot[i][j][e] = s == 0 ? acc[i][j][e] : __fadd_rn(tot[i][j][e], acc[i][j][e]);
-            acc[i][j][e] = 0.0f;
-          }
-      s++;
-    }
+    if (!PARTIAL && c == (s + 1) * split_chunks) /* a split ends: fold it */
+      lm_mma_fold_split<MT, NT>(tot, acc, s++);
     const unsigned char *a_s = lm_mma_smem + (size_t)((c - c_lo) % LM_MMA_STAGES) *
                                                  (BM + LM_MMA_TILE_N) * LM_MMA_ROW_BYTES;
     const unsigned char *b_s = a_s + (size_t)BM * LM_MMA_ROW_BYTES;
@@ -318,15 +324,7 @@ static __global__ void __launch_bounds__(32 * WM * LM_MMA_TILE_WN)
     /* the last split with chunks, then any empty ones after it (as the
      * registers kernel adds their zero sums) */
     for (; s < splits; s++)
-#pragma unroll
-      for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int j = 0; j < NT; j++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            tot[i][j][e] = s == 0 ? acc[i][j][e] : __fadd_rn(tot[i][j][e], acc[i][j][e]);
-            acc[i][j][e] = 0.0f;
-          }
+      lm_mma_fold_split<MT, NT>(tot, acc, s);
   }
   void *dst = PARTIAL && splits > 1 ? (void *)(ws + (size_t)s_lo * M * N) : y;
   const int f32 = (PARTIAL && splits > 1) || out_f32;
@@ -387,8 +385,10 @@ static int lm_mma_plan(struct lm_mma_launch *l, int M, int N, int K, int mode, s
   return 0;
 }
 
+/* After the main kernel's launch: its launch error, else the fold's. */
 static int lm_mma_fold_launch(const struct lm_mma_launch *l, void *y, const float *ws, int out_f32,
                               cudaStream_t stream, char *err, size_t err_len) {
+  LM_CUDA_CHECK(cudaGetLastError(), err, err_len, "gemm launch");
   if (l->partial && l->splits > 1) {
     unsigned blocks = lm_cdiv(l->mn, 256);
     if (blocks > 4096) blocks = 4096;
@@ -435,10 +435,15 @@ template <int WM>
 static int lm_gemm_mma_launch_tiled(void *y, const uint16_t *x, const uint16_t *w, int M, int N,
                                     int K, int out_f32, int mode, float *ws, size_t ws_bytes,
                                     cudaStream_t stream, char *err, size_t err_len) {
-  static const cudaError_t opted = lm_mma_tiled_opt_in<WM>();
+  /* until it has succeeded once: a failure may be an earlier error the
+   * call reports, not the opt-in's own */
+  static std::atomic<bool> opted{false};
   struct lm_mma_launch l;
   dim3 grid(lm_cdiv(N, LM_MMA_TILE_N), lm_cdiv(M, WM * 64), 1), block(32 * WM * LM_MMA_TILE_WN);
-  LM_CUDA_CHECK(opted, err, err_len, "gemm: shared memory opt-in");
+  if (!opted.load()) {
+    LM_CUDA_CHECK(lm_mma_tiled_opt_in<WM>(), err, err_len, "gemm: shared memory opt-in");
+    opted.store(true);
+  }
   if (lm_mma_plan(&l, M, N, K, mode, (size_t)grid.x * grid.y, LM_MMA_PARTIAL_BLOCKS, ws, ws_bytes,
                   err, err_len))
     return -1;
@@ -463,8 +468,8 @@ extern "C" int lm_gemm_mma_run(void *y, const uint16_t *x, const uint16_t *w, in
                M, N, K);
     return -1;
   }
-  if (((uintptr_t)y | (uintptr_t)x | (uintptr_t)w) % 16) {
-    if (err && err_len) snprintf(err, err_len, "gemm: x, w and y must be 16-byte aligned");
+  if (((uintptr_t)y | (uintptr_t)x | (uintptr_t)w | (uintptr_t)ws) % 16) {
+    if (err && err_len) snprintf(err, err_len, "gemm: x, w, y and ws must be 16-byte aligned");
     return -1;
   }
   if (M == 0) return 0;

@@ -32,7 +32,7 @@ int lm_gemm_mma_supported(int N, int K);
 /* The number of K splits for the shape: a function of N and K only. */
 int lm_gemm_mma_splits(int N, int K);
 
-/* y: [M, N] = x: [M, K] @ w: [N, K]^T, x, w and y 16-byte aligned. ws
+/* y: [M, N] = x: [M, K] @ w: [N, K]^T, x, w, y and ws 16-byte aligned. ws
  * (device, ws_bytes) holds the splits' partial sums in the partials mode;
  * AUTO picks it when the registers mode would leave the device idle and
  * the partials fit. Returns 0, or -1 with err written. */

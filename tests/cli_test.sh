@@ -130,6 +130,13 @@ check "a negative temperature is refused naming the flag" grep -q -- "--temperat
 rc=$?
 check "an unknown KV cache dtype is refused (exit 1, one line)" test $rc -eq 1 -a "$(wc -l <err.txt)" -eq 1
 check "the refusal names the KV cache dtypes" grep -q "expected auto, bf16, f32 or fp8_e5m2" err.txt
+"$lmserve" generate --prompt "hi" --gemm fast >/dev/null 2>err.txt
+rc=$?
+check "an unknown --gemm is refused (exit $rc, one line) naming the choices" \
+  test $rc -ne 0 -a "$(wc -l <err.txt)" -eq 1 -a -n "$(grep 'cublaslt or mma' err.txt)"
+"$lmserve" generate --prompt "The capital" --max-tokens 4 --gemm mma --json >gemm.txt 2>err.txt
+check "--gemm mma (a CUDA choice) leaves the CPU backend generating" \
+  test "$(grep -c '"id"' gemm.txt)" -eq 4
 for kvd in f32 bf16 fp8_e5m2; do
   "$lmserve" generate --prompt "The capital" --max-tokens 8 --kv-cache-dtype $kvd --json >kv_$kvd.txt 2>err.txt
   check "generate with a $kvd KV cache streams 8 tokens" test "$(grep -c '"id"' kv_$kvd.txt)" -eq 8

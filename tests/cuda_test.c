@@ -507,28 +507,32 @@ static void test_matmul(void) {
 /* The own GEMM kernel directly (GPU only): each shape's rows keep their
  * bits at every M (every tile shape), in both modes, alone and in a batch,
  * and are within f32 summation error of a float64 sum of the same bf16
- * inputs. The shapes have several K splits, a K that is not a multiple of
- * the 32-wide chunk, and N not a multiple of the 8-column group. */
+ * inputs; rows past M are never written. The shapes have several K
+ * splits (one of them empty), a K that is not a multiple of the 32-wide
+ * chunk, and N not a multiple of the 8-column group, odd in both output
+ * types. */
 static void test_gemm_mma(void) {
   static const struct {
     int N, K, out_f32;
-  } shapes[] = {{200, 1064, 1}, {136, 608, 0}, {77, 96, 1}, {1030, 4104, 0}};
+  } shapes[] = {{200, 1064, 1}, {136, 608, 0}, {77, 96, 1}, {75, 200, 0}, {1030, 4104, 0}};
   static const int ms[] = {1, 3, 16, 17, 40, 64, 65, 300};
   enum { NM = sizeof(ms) / sizeof(ms[0]), MMAX = 300 };
-  char err[LM_ERR_LEN] = "";
+  char err[LM_ERR_LEN];
   if (g_self_check) return;
   for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+    err[0] = 0;
     const int N = shapes[si].N, K = shapes[si].K, f32 = shapes[si].out_f32, out = f32 ? 4 : 2;
     const int splits = lm_gemm_mma_splits(N, K);
     size_t ws_bytes = (size_t)16 * MMAX * N * 4, ybytes = (size_t)MMAX * N * out;
     uint16_t *hx = malloc((size_t)MMAX * K * 2), *hw = malloc((size_t)N * K * 2);
-    unsigned char *ref = malloc(ybytes), *got = malloc(ybytes);
+    unsigned char *ref = malloc(ybytes), *got = malloc(ybytes), *poison = malloc(ybytes);
     void *stream = NULL;
     uint16_t *dx = lm_cuda_malloc((size_t)MMAX * K * 2), *dw = lm_cuda_malloc((size_t)N * K * 2);
     void *dy = lm_cuda_malloc(ybytes);
     float *ws = lm_cuda_malloc(ws_bytes);
-    int ok = hx && hw && ref && got && dx && dw && dy && ws &&
+    int ok = hx && hw && ref && got && poison && dx && dw && dy && ws &&
              lm_cuda_stream_create(&stream, err, sizeof(err)) == 0;
+    if (poison) memset(poison, 0xff, ybytes);
     for (size_t i = 0; ok && i < (size_t)MMAX * K; i++)
       hx[i] = lm_f32_to_bf16(frand());
     for (size_t i = 0; ok && i < (size_t)N * K; i++)
@@ -565,21 +569,25 @@ static void test_gemm_mma(void) {
       for (int j = 0; j < NM && ok; j++) {
         /* the last rows of a batch of ms[j] rows starting at row MMAX - ms[j] */
         int M = ms[j], r0 = MMAX - M;
-        ok = lm_gemm_mma_run(dy, dx + (size_t)r0 * K, dw, M, N, K, f32, mode, ws, ws_bytes, stream,
+        size_t rows = (size_t)M * N * out;
+        ok = lm_cuda_memset(dy, 0xff, ybytes, stream, err, sizeof(err)) == 0 &&
+             lm_gemm_mma_run(dy, dx + (size_t)r0 * K, dw, M, N, K, f32, mode, ws, ws_bytes, stream,
                              err, sizeof(err)) == 0 &&
-             lm_cuda_d2h(got, dy, (size_t)M * N * out, stream, err, sizeof(err)) == 0 &&
+             lm_cuda_d2h(got, dy, ybytes, stream, err, sizeof(err)) == 0 &&
              lm_cuda_sync(stream, err, sizeof(err)) == 0;
-        same &= ok && !memcmp(got, ref + (size_t)r0 * N * out, (size_t)M * N * out);
+        same &= ok && !memcmp(got, ref + (size_t)r0 * N * out, rows) &&
+                !memcmp(got + rows, poison, ybytes - rows);
         runs += ok;
       }
     lm_check(
         ok && same,
-        "gemm_mma N=%d K=%d (%d splits): rows bit-equal at M = 1..%d, both modes (%d runs)%s%s", N,
-        K, splits, MMAX, runs, err[0] ? ": " : "", err);
+        "gemm_mma N=%d K=%d (%d splits): rows bit-equal at M = 1..%d, both modes, none written "
+        "past M (%d runs)%s%s",
+        N, K, splits, MMAX, runs, err[0] ? ": " : "", err);
   done:
     lm_cuda_free(dx), lm_cuda_free(dw), lm_cuda_free(dy), lm_cuda_free(ws);
     if (stream) lm_cuda_stream_destroy(stream);
-    free(hx), free(hw), free(ref), free(got);
+    free(hx), free(hw), free(ref), free(got), free(poison);
   }
 }
 
