@@ -93,6 +93,23 @@ static __device__ __forceinline__ void lm_mma_store(void *y, int out_f32, int M,
   }
 }
 
+/* A warp's MT x 16 by NT x 8 tile of sums v, rows from m0 and columns from
+ * n0, as the MMA's accumulators lay it out (lane g, t: rows g and g + 8,
+ * columns 2t and 2t + 1 of each 16 x 8 piece). */
+template <int MT, int NT>
+static __device__ __forceinline__ void lm_mma_store_tile(void *y, int out_f32, int M, int N, int m0,
+                                                         int n0, const float (&v)[MT][NT][4]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int i = 0; i < MT; i++)
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+      int r = m0 + 16 * i + g, n = n0 + 8 * j + 2 * t;
+      lm_mma_store(y, out_f32, M, N, r, n, v[i][j][0], v[i][j][1]);
+      lm_mma_store(y, out_f32, M, N, r + 8, n, v[i][j][2], v[i][j][3]);
+    }
+}
+
 /* Split s's sums in acc join the running sum tot (the first split's are
  * it), and acc starts again from zero: the one fold every mode does. */
 template <int MT, int NT>
@@ -143,14 +160,7 @@ static __global__ void __launch_bounds__(32 * WM * WN)
   float tot[MT][NT][4] = {};
   const int s_lo = PARTIAL ? (int)blockIdx.z : 0, s_hi = PARTIAL ? s_lo + 1 : splits;
   for (int s = s_lo; s < s_hi; s++) {
-    float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-      for (int j = 0; j < NT; j++)
-#pragma unroll
-        for (int e = 0; e < 4; e++)
-          acc[i][j][e] = 0.0f;
+    float acc[MT][NT][4] = {};
     const int c_lo = s * split_chunks, c_hi = min(chunks, c_lo + split_chunks);
     for (int c = c_lo; c < c_hi; c += U) {
       uint4 a[U][MT][2], b[U][NT];
@@ -182,31 +192,13 @@ static __global__ void __launch_bounds__(32 * WM * WN)
           }
       }
     }
-    if (PARTIAL) {
-      void *dst = splits > 1 ? (void *)(ws + (size_t)s * M * N) : y;
-      int f32 = splits > 1 || out_f32;
-#pragma unroll
-      for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int j = 0; j < NT; j++) {
-          int r = m0 + 16 * i + g, n = n0 + 8 * j + 2 * t;
-          lm_mma_store(dst, f32, M, N, r, n, acc[i][j][0], acc[i][j][1]);
-          lm_mma_store(dst, f32, M, N, r + 8, n, acc[i][j][2], acc[i][j][3]);
-        }
-    } else {
+    if (PARTIAL)
+      lm_mma_store_tile<MT, NT>(splits > 1 ? (void *)(ws + (size_t)s * M * N) : y,
+                                splits > 1 || out_f32, M, N, m0, n0, acc);
+    else
       lm_mma_fold_split<MT, NT>(tot, acc, s);
-    }
   }
-  if (!PARTIAL) {
-#pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-      for (int j = 0; j < NT; j++) {
-        int r = m0 + 16 * i + g, n = n0 + 8 * j + 2 * t;
-        lm_mma_store(y, out_f32, M, N, r, n, tot[i][j][0], tot[i][j][1]);
-        lm_mma_store(y, out_f32, M, N, r + 8, n, tot[i][j][2], tot[i][j][3]);
-      }
-  }
+  if (!PARTIAL) lm_mma_store_tile<MT, NT>(y, out_f32, M, N, m0, n0, tot);
 }
 
 /* ---- larger M: tiles staged in shared memory ------------------------------
@@ -276,14 +268,7 @@ static __global__ void __launch_bounds__(32 * WM * LM_MMA_TILE_WN)
   const int s_lo = PARTIAL ? (int)blockIdx.z : 0, s_hi = PARTIAL ? s_lo + 1 : splits;
   const int c_lo = min(chunks, s_lo * split_chunks), c_end = min(chunks, s_hi * split_chunks);
 
-  float acc[MT][NT][4], tot[MT][NT][4] = {};
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int j = 0; j < NT; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++)
-        acc[i][j][e] = 0.0f;
+  float acc[MT][NT][4] = {}, tot[MT][NT][4] = {};
 
 #pragma unroll
   for (int st = 0; st < LM_MMA_STAGES - 1; st++)
@@ -326,17 +311,8 @@ static __global__ void __launch_bounds__(32 * WM * LM_MMA_TILE_WN)
     for (; s < splits; s++)
       lm_mma_fold_split<MT, NT>(tot, acc, s);
   }
-  void *dst = PARTIAL && splits > 1 ? (void *)(ws + (size_t)s_lo * M * N) : y;
-  const int f32 = (PARTIAL && splits > 1) || out_f32;
-#pragma unroll
-  for (int i = 0; i < MT; i++)
-#pragma unroll
-    for (int j = 0; j < NT; j++) {
-      const float *v = PARTIAL ? acc[i][j] : tot[i][j];
-      int r = m0 + 16 * i + g, n = n0 + 8 * j + 2 * t;
-      lm_mma_store(dst, f32, M, N, r, n, v[0], v[1]);
-      lm_mma_store(dst, f32, M, N, r + 8, n, v[2], v[3]);
-    }
+  lm_mma_store_tile<MT, NT>(PARTIAL && splits > 1 ? (void *)(ws + (size_t)s_lo * M * N) : y,
+                            (PARTIAL && splits > 1) || out_f32, M, N, m0, n0, PARTIAL ? acc : tot);
 }
 
 /* y = ws[0] + ws[1] + ... left to right: the registers mode's additions */
