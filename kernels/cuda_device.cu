@@ -2,6 +2,7 @@
  * device and pinned memory, and copies, through the CUDA runtime. */
 #include "kernels/cuda_device.cuh"
 
+#include <cuda_profiler_api.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -120,4 +121,10 @@ extern "C" int lm_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
   if (free_bytes) *free_bytes = f;
   if (total_bytes) *total_bytes = t;
   return 0;
+}
+
+extern "C" void lm_cuda_profiler(int on) {
+  /* without a profiler attached these succeed and do nothing; an error
+   * (no device) is not sticky and must not reach a later check */
+  if ((on ? cudaProfilerStart() : cudaProfilerStop()) != cudaSuccess) cudaGetLastError();
 }

@@ -41,6 +41,10 @@ int lm_cuda_sync(void *stream, char *err, size_t err_len);
 /* Free and total memory of the current device. */
 int lm_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
 
+/* Starts (on) or stops what a profiler started with collection off
+ * (`ncu --profile-from-start off`) records; does nothing otherwise. */
+void lm_cuda_profiler(int on);
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,6 +13,7 @@
 #include "engine/roofline.h"
 #include "engine/runner.h"
 #include "engine/sampler.h"
+#include "kernels/cuda_device.cuh"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,10 +68,13 @@ W(10, logits, (void *st, void *o, const void *x, const struct lm_tensor *w, int 
   (st, o, x, w, r))
 /* D decode steps of S sequences from token `from` of their ids; returns
  * the seconds taken, and those in sampling in *sample_s. */
+/* D decode steps from position from; with profile (the CUDA backend), the
+ * last step and its sampling are what a profiler started with collection
+ * off records (`ncu --profile-from-start off`: one step's kernels). */
 static double decode(lm_runner *r, lm_backend *be, lm_kv_seq *kv, const int32_t *ids, int from,
                      int S, int D, int vocab, struct lm_seq_chunk *ch,
                      const struct lm_sample_row *rows, struct lm_sample_result *res,
-                     double *sample_s) {
+                     double *sample_s, int profile) {
   char err[LM_ERR_LEN];
   const void *l;
   int nl;
@@ -79,10 +83,12 @@ static double decode(lm_runner *r, lm_backend *be, lm_kv_seq *kv, const int32_t 
   for (int i = 0; i < D; i++) {
     for (int s = 0; s < S; s++)
       ch[s] = (struct lm_seq_chunk){&kv[s], ids + from + i, 1, 1};
+    if (profile && i == D - 1) lm_cuda_profiler(1);
     lm_runner_step(r, ch, S, &l, &nl, err);
     double t = lm_now_s();
     be->ops->sample(be->st, l, S, vocab, rows, res, err);
     *sample_s += lm_now_s() - t;
+    if (profile && i == D - 1) lm_cuda_profiler(0);
   }
   return lm_now_s() - t0;
 }
@@ -179,7 +185,7 @@ int main(int argc, char **argv) {
   double ts;
   if (async) { /* the decode as served: no op waits for the device */
     be->ops = &real;
-    double t = decode(r, be, kv, ids, P, S, D, vocab, ch, rows, res, &ts);
+    double t = decode(r, be, kv, ids, P, S, D, vocab, ch, rows, res, &ts, 1);
     printf("batch %d, context %d..%d, as served: per step %.2f ms (%.1f tok/s)\n", S, P, P + D,
            t / D * 1e3, S * D / t);
     be->ops = &wrapped;
@@ -187,7 +193,7 @@ int main(int argc, char **argv) {
   }
   memset(T, 0, sizeof(T));
   memset(N, 0, sizeof(N));
-  double tot = decode(r, be, kv, ids, P + first, S, D, vocab, ch, rows, res, &ts);
+  double tot = decode(r, be, kv, ids, P + first, S, D, vocab, ch, rows, res, &ts, 0);
   lm_pool *probe = !async && __builtin_cpu_supports("avx512f") ? lm_pool_create(c.n_threads) : NULL;
   double peak = probe ? lm_bench_fma_gflops(probe) : 0;
   if (probe) lm_pool_destroy(probe);

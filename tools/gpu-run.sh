@@ -184,6 +184,15 @@ if [ $bench -eq 1 ] && [ -f "$m8/.complete" ]; then
     run "op-profile-8b-c$b" 60 $bin/op_profile --backend cuda --model "$m8" \
       --batch $b --prompt 512 --decode 32
   done
+  # one decode step at batch 1 kernel by kernel (Nsight Compute), both GEMMs:
+  # what the step's kernels take against its time as served
+  ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  for g in cublaslt mma; do
+    run "kernels-8b-c1-$g" 90 bash -c '"$1" --profile-from-start off --csv --metrics \
+      gpu__time_duration.sum "$2" --backend cuda --gemm "$4" --model "$3" --batch 1 \
+      --prompt 512 --decode 4 | "${PYTHON:-python3}" tools/ncu_summary.py' \
+      kernels "$ncu" $bin/op_profile "$m8" $g
+  done
 fi
 if [ $e2e -eq 1 ] && [ -f "$m8/.complete" ]; then
   # every 8b row of tools/bench_server.sh's table at ratio >= 0.97
