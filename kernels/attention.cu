@@ -3,9 +3,9 @@
  *
  * The unit of work is one (query row, head) "row": a warp owns a row and
  * walks its keys 0..p in tiles of 32 keys at absolute offsets (0, 32, ...),
- * grouped into splits of LM_CUDA_ATTN_SPLIT_KEYS at absolute offsets
- * (0, 128, ...): at batch 1 a 2k context is 16 splits a KV head, decoded in
- * parallel. A split's partial softmax state (m, l, acc) is built by
+ * grouped into splits at absolute offsets (attention.cuh: 0, 128, ...,
+ * 2048, 2560, ...): at batch 1 a 2k context is 16 splits a KV head,
+ * decoded in parallel. A split's partial softmax state (m, l, acc) is built by
  * lm_attn_tile from an empty state over the split's tiles in order, and the
  * partials are folded left in split order by lm_attn_combine into an empty
  * state; out = acc / l. Every operation of both functions is an explicitly
@@ -87,6 +87,32 @@ template <int NV> static __device__ __forceinline__ void lm_attn_empty(struct lm
 #pragma unroll
   for (int c = 0; c < NV; c++)
     a->acc[c] = 0.0f;
+}
+
+/* ---- splits (attention.cuh) ---------------------------------------------- */
+
+#define LM_ATTN_FINE_SPLITS (LM_CUDA_ATTN_FINE_KEYS / LM_CUDA_ATTN_SPLIT_KEYS)
+
+/* The first key of split i. */
+static __host__ __device__ __forceinline__ long long lm_attn_split_start(int i) {
+  return i <= LM_ATTN_FINE_SPLITS ? (long long)i * LM_CUDA_ATTN_SPLIT_KEYS
+                                  : LM_CUDA_ATTN_FINE_KEYS + (long long)(i - LM_ATTN_FINE_SPLITS) *
+                                                                 LM_CUDA_ATTN_LONG_SPLIT_KEYS;
+}
+
+/* The splits keys 0..p span (0 when p < 0). */
+static __host__ __device__ __forceinline__ int lm_attn_n_splits(long long p) {
+  if (p < 0) return 0;
+  if (p < LM_CUDA_ATTN_FINE_KEYS) return (int)(p / LM_CUDA_ATTN_SPLIT_KEYS) + 1;
+  return LM_ATTN_FINE_SPLITS + (int)((p - LM_CUDA_ATTN_FINE_KEYS) / LM_CUDA_ATTN_LONG_SPLIT_KEYS) +
+         1;
+}
+
+/* Whether key k > 0 begins a split (k a multiple of the 32-key tile). */
+static __device__ __forceinline__ bool lm_attn_split_begins(int k) {
+  return k > 0 && (k < LM_CUDA_ATTN_FINE_KEYS
+                       ? k % LM_CUDA_ATTN_SPLIT_KEYS == 0
+                       : (k - LM_CUDA_ATTN_FINE_KEYS) % LM_CUDA_ATTN_LONG_SPLIT_KEYS == 0);
 }
 
 /* The last key token t reads: its position, clamped so that a bad position
@@ -291,9 +317,9 @@ template <int NV> static __global__ void lm_attn_decode_kernel(struct lm_attn_ar
   int t = a.q_start[s];
   if (a.q_start[s + 1] - t != 1) return;
   int p = lm_attn_last_key(a, t);
-  int k0 = split * LM_CUDA_ATTN_SPLIT_KEYS;
-  if (k0 > p) return;
-  int k1 = p + 1 < k0 + LM_CUDA_ATTN_SPLIT_KEYS ? p + 1 : k0 + LM_CUDA_ATTN_SPLIT_KEYS;
+  long long k_first = lm_attn_split_start(split), k_next = lm_attn_split_start(split + 1);
+  if (k_first > p) return;
+  int k0 = (int)k_first, k1 = (int)(p + 1 < k_next ? p + 1 : k_next);
   const bool mine = w_head < a.group;
   const int h = g * a.group + w_head;
   const int32_t *table = a.block_tables + (size_t)s * a.max_blocks;
@@ -334,7 +360,7 @@ template <int NV> static __global__ void lm_attn_fold_kernel(struct lm_attn_args
   int t = a.q_start[s];
   if (a.q_start[s + 1] - t != 1) return;
   int p = lm_attn_last_key(a, t);
-  int n_splits = p >= 0 ? p / LM_CUDA_ATTN_SPLIT_KEYS + 1 : 0;
+  int n_splits = lm_attn_n_splits(p);
   const int nv = a.hd >> 5;
 
   struct lm_attn_part<NV> run, part;
@@ -419,7 +445,7 @@ static __global__ void __launch_bounds__(LM_ATTN_PREFILL_WARPS * 32, NV <= 4 ? 2
                      for (int r = 0; r < R; r++) {
                        if (p[r] < ts) continue; /* the same in every lane of the warp */
                        /* a new split: fold the finished one, as the fold kernel does */
-                       if (ts > 0 && ts % LM_CUDA_ATTN_SPLIT_KEYS == 0) {
+                       if (lm_attn_split_begins(ts)) {
                          lm_attn_combine(&run[r], &cur[r], hd);
                          lm_attn_empty(&cur[r]);
                        }
@@ -525,7 +551,7 @@ static void lm_attn_run(struct lm_attn_args a, const struct lm_cuda_attn_batch *
 extern "C" size_t lm_cuda_attention_workspace_bytes(int max_seqs, int n_heads, int head_dim,
                                                     int max_model_len) {
   if (max_seqs <= 0 || n_heads <= 0 || head_dim <= 0 || max_model_len <= 0) return 0;
-  size_t splits = lm_cdiv((size_t)max_model_len, LM_CUDA_ATTN_SPLIT_KEYS);
+  size_t splits = (size_t)lm_attn_n_splits((long long)max_model_len - 1);
   return (size_t)max_seqs * n_heads * splits * ((size_t)head_dim + 2) * sizeof(float);
 }
 
@@ -558,7 +584,7 @@ extern "C" void lm_cuda_attention(uint16_t *out, const uint16_t *q, const struct
   a.hd = hd;
   a.bs = kv->block_size;
   a.max_ctx_len = b->max_ctx_len > 0 ? b->max_ctx_len : 0;
-  a.max_splits = (int)lm_cdiv((size_t)a.max_ctx_len, LM_CUDA_ATTN_SPLIT_KEYS);
+  a.max_splits = lm_attn_n_splits((long long)a.max_ctx_len - 1);
   a.heads_per_block = a.group < LM_ATTN_PREFILL_WARPS ? a.group : LM_ATTN_PREFILL_WARPS;
   a.tokens_per_block = 0; /* lm_attn_run's choice, by the step's length */
   a.scale = scale;

@@ -3,8 +3,12 @@
  * accumulation.
  *
  * Every query token at position p attends to keys 0..p of its sequence,
- * read through the block table. The keys are cut into splits of
- * LM_CUDA_ATTN_SPLIT_KEYS at absolute positions (0..127, 128..255, ...);
+ * read through the block table. The keys are cut into splits at absolute
+ * positions: LM_CUDA_ATTN_SPLIT_KEYS each up to LM_CUDA_ATTN_FINE_KEYS
+ * (0..127, 128..255, ..., 1920..2047), LM_CUDA_ATTN_LONG_SPLIT_KEYS each
+ * after (2048..2559, ...): a short context still spreads a decode over
+ * the device, and a long one keeps the decode workspace (a partial per
+ * split) small;
  * each split's partial softmax (max, sum, weighted V) is computed by one
  * device function in a fixed order, and the partials are folded left in
  * split order. A token's output is therefore a function of its own q and
@@ -27,8 +31,10 @@
 extern "C" {
 #endif
 
-#define LM_CUDA_ATTN_SPLIT_KEYS   128
-#define LM_CUDA_ATTN_MAX_HEAD_DIM 256
+#define LM_CUDA_ATTN_SPLIT_KEYS      128
+#define LM_CUDA_ATTN_FINE_KEYS       2048
+#define LM_CUDA_ATTN_LONG_SPLIT_KEYS 512
+#define LM_CUDA_ATTN_MAX_HEAD_DIM    256
 
 struct lm_cuda_attn_batch {
   int n_tokens;                /* T */

@@ -906,6 +906,7 @@ static void test_attention(void) {
       {128, 2, 8, 2, {{16, 16}, {47, 1}}, "GQA group 8"},
       {64, 2, 2, 3, {{600, 1}, {500, 30}, {1030, 1}}, "over 512 keys, across many splits"},
       {128, 2, 4, 1, {{480, 64}}, "a 64-token chunk across a split boundary"},
+      {64, 2, 2, 3, {{2700, 1}, {2500, 70}, {2040, 1}}, "past 2048 keys, where splits are 512"},
       {256, 2, 2, 2, {{20, 40}, {530, 1}}, "head_dim 256"},
       {96, 1, 4, 3, {{10, 70}, {33, 1}, {0, 5}}, "head_dim 96"},
       {32, 2, 3, 2, {{30, 20}, {45, 1}}, "head_dim 32, GQA group 3"},
