@@ -11,6 +11,9 @@ int lm_backend_create(const char *name, const struct lm_backend_config *cfg, lm_
   lm_backend *be;
   int rc;
   *out = NULL;
+  /* checked for every backend, so a bad name fails on the CPU too */
+  if (cfg && cfg->gemm && strcmp(cfg->gemm, "cublaslt") && strcmp(cfg->gemm, "mma"))
+    return lm_errf(err, LM_EINVAL, "backend: gemm \"%s\": expected cublaslt or mma", cfg->gemm);
   if (!name || strcmp(name, "auto") == 0) {
     /* a GPU that is present but unusable is an error, not a quiet fallback
      * to a backend a hundred times slower */

@@ -228,16 +228,6 @@ static __device__ __forceinline__ void lm_attn_load_q(float *q_f, const uint16_t
 
 /* ---- tiles in shared memory --------------------------------------------- */
 
-static __device__ __forceinline__ void lm_cp_async16(void *smem, const void *gmem) {
-  unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem));
-}
-
-/* Waits until at most n of this thread's copy groups are still in flight. */
-template <int n> static __device__ __forceinline__ void lm_cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(n));
-}
-
 /* Staged tiles: k_s, v_s: [2][32][hd + LM_ATTN_PAD] bf16 (two tiles deep),
  * then the block's queries as f32. */
 static __host__ __device__ size_t lm_attn_tiles_bytes(int hd) {
@@ -259,7 +249,7 @@ static __device__ __forceinline__ void lm_attn_stage(const struct lm_attn_args &
     lm_cp_async16(k_s + (size_t)j * ld + u * 8, a.k + row + u * 8);
     lm_cp_async16(v_s + (size_t)j * ld + u * 8, a.v + row + u * 8);
   }
-  asm volatile("cp.async.commit_group;\n" ::);
+  lm_cp_async_commit();
 }
 
 /* Lane's K row of buffer buf. */

@@ -33,4 +33,28 @@ static __host__ __device__ __forceinline__ unsigned lm_cdiv(size_t a, size_t b) 
   return (unsigned)((a + b - 1) / b);
 }
 
+/* Asynchronous 16-byte copies from global to shared memory (sm_80+): queued
+ * by each thread, closed into a group by lm_cp_async_commit, waited for by
+ * lm_cp_async_wait<n> (until at most n of this thread's groups are in
+ * flight). lm_cp_async16_or_zero fills zeros instead, without reading src,
+ * when !valid. */
+static __device__ __forceinline__ void lm_cp_async16_or_zero(void *smem, const void *gmem,
+                                                             bool valid) {
+  unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+
+static __device__ __forceinline__ void lm_cp_async16(void *smem, const void *gmem) {
+  lm_cp_async16_or_zero(smem, gmem, true);
+}
+
+static __device__ __forceinline__ void lm_cp_async_commit(void) {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int n> static __device__ __forceinline__ void lm_cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(n));
+}
+
 #endif

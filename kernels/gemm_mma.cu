@@ -219,13 +219,6 @@ static __host__ __device__ constexpr size_t lm_mma_tiled_smem(int wm) {
   return (size_t)LM_MMA_STAGES * (wm * 64 + LM_MMA_TILE_N) * LM_MMA_ROW_BYTES;
 }
 
-/* 16 bytes from src to shared dst, or zeros when !valid (src is not read) */
-static __device__ __forceinline__ void lm_mma_cp16(void *dst, const void *src, bool valid) {
-  unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-
 /* Queues chunk c's rows of x (the block's m rows) and w (its n rows) into
  * stage buffer st, one copy group per thread; chunks past c_end load nothing. */
 template <int WM>
@@ -240,16 +233,18 @@ static __device__ __forceinline__ void lm_mma_stage(unsigned char *smem, int st,
     for (int p = threadIdx.x; p < BM * 4; p += THREADS) {
       int row = p >> 2, q = p & 3, k = c * LM_MMA_CHUNK + 8 * q, r = m_blk + row;
       bool ok = r < M && k < K;
-      lm_mma_cp16(a_s + row * LM_MMA_ROW_BYTES + 16 * q, ok ? x + (size_t)r * K + k : x, ok);
+      lm_cp_async16_or_zero(a_s + row * LM_MMA_ROW_BYTES + 16 * q, ok ? x + (size_t)r * K + k : x,
+                            ok);
     }
 #pragma unroll
     for (int p = threadIdx.x; p < LM_MMA_TILE_N * 4; p += THREADS) {
       int row = p >> 2, q = p & 3, k = c * LM_MMA_CHUNK + 8 * q, n = n_blk + row;
       bool ok = n < N && k < K;
-      lm_mma_cp16(b_s + row * LM_MMA_ROW_BYTES + 16 * q, ok ? w + (size_t)n * K + k : w, ok);
+      lm_cp_async16_or_zero(b_s + row * LM_MMA_ROW_BYTES + 16 * q, ok ? w + (size_t)n * K + k : w,
+                            ok);
     }
   }
-  asm volatile("cp.async.commit_group;\n" ::);
+  lm_cp_async_commit();
 }
 
 /* Grid (N / 128, M / (WM x 64), splits when PARTIAL); the modes as in
@@ -276,7 +271,7 @@ static __global__ void __launch_bounds__(32 * WM * LM_MMA_TILE_WN)
 
   int s = s_lo; /* the split acc belongs to */
   for (int c = c_lo; c < c_end; c++) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(LM_MMA_STAGES - 2));
+    lm_cp_async_wait<LM_MMA_STAGES - 2>();
     __syncthreads(); /* chunk c has landed everywhere; chunk c - 1's stage is free */
     lm_mma_stage<WM>(lm_mma_smem, (c - c_lo + LM_MMA_STAGES - 1) % LM_MMA_STAGES,
                      c + LM_MMA_STAGES - 1, c_end, x, w, M, N, K, m_blk, n_blk);
@@ -302,7 +297,7 @@ static __global__ void __launch_bounds__(32 * WM * LM_MMA_TILE_WN)
         lm_mma(acc[i][j], a[i][0].z, a[i][1].z, a[i][0].w, a[i][1].w, b[j].z, b[j].w);
       }
   }
-  asm volatile("cp.async.wait_group 0;\n" ::);
+  lm_cp_async_wait<0>();
 
   const int m0 = m_blk + wm0, n0 = n_blk + wn0;
   if (!PARTIAL) {

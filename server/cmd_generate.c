@@ -78,9 +78,6 @@ static int parse_opts(int argc, char **argv, struct gen_opts *o) {
       o->kv_dtype = v;
     } else if (!strcmp(a, "--gemm")) {
       o->gemm = v;
-      bad = !v || (strcmp(v, "cublaslt") && strcmp(v, "mma"));
-      if (bad)
-        fprintf(stderr, "lmserve generate: --gemm takes cublaslt or mma, not '%s'\n", v ? v : "");
     } else if (!strcmp(a, "--max-tokens")) {
       bad = lm_cli_int(a, v, 1, 1 << 24, &o->max_tokens);
     } else if (!strcmp(a, "--min-tokens")) {

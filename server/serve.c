@@ -101,12 +101,7 @@ static int parse(int argc, char **argv, struct lm_serve_opts *o, struct lm_engin
       bad = lm_cli_float(a, v, 0.01, 1, &d);
       ec->gpu_memory_utilization = (float)d;
     }
-    else if (!strcmp(a, "--gemm")) {
-      bad = !v || (strcmp(v, "cublaslt") && strcmp(v, "mma"));
-      ec->backend_cfg.gemm = v;
-      if (bad)
-        fprintf(stderr, "lmserve serve: --gemm takes cublaslt or mma, not '%s'\n", v ? v : "");
-    }
+    else if (!strcmp(a, "--gemm")) ec->backend_cfg.gemm = v;
     else if (!strcmp(a, "--drain-seconds")) {
       bad = lm_cli_float(a, v, 0, 1e6, &o->drain_s);
     }
