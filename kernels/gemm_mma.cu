@@ -219,6 +219,20 @@ static __host__ __device__ constexpr size_t lm_mma_tiled_smem(int wm) {
   return (size_t)LM_MMA_STAGES * (wm * 64 + LM_MMA_TILE_N) * LM_MMA_ROW_BYTES;
 }
 
+/* Queues chunk c of ROWS rows of src ([., K], from row first; rows from
+ * limit on read as zeros) into dst, 64 bytes a row, by THREADS threads. */
+template <int ROWS, int THREADS>
+static __device__ __forceinline__ void lm_mma_stage_rows(unsigned char *dst, const uint16_t *src,
+                                                         int first, int limit, int c, int K) {
+#pragma unroll
+  for (int p = threadIdx.x; p < ROWS * 4; p += THREADS) {
+    int row = p >> 2, q = p & 3, k = c * LM_MMA_CHUNK + 8 * q, r = first + row;
+    bool ok = r < limit && k < K;
+    lm_cp_async16_or_zero(dst + row * LM_MMA_ROW_BYTES + 16 * q, ok ? src + (size_t)r * K + k : src,
+                          ok);
+  }
+}
+
 /* Queues chunk c's rows of x (the block's m rows) and w (its n rows) into
  * stage buffer st, one copy group per thread; chunks past c_end load nothing. */
 template <int WM>
@@ -227,22 +241,10 @@ static __device__ __forceinline__ void lm_mma_stage(unsigned char *smem, int st,
                                                     int N, int K, int m_blk, int n_blk) {
   constexpr int BM = WM * 64, THREADS = 32 * WM * LM_MMA_TILE_WN;
   unsigned char *a_s = smem + (size_t)st * (BM + LM_MMA_TILE_N) * LM_MMA_ROW_BYTES;
-  unsigned char *b_s = a_s + (size_t)BM * LM_MMA_ROW_BYTES;
   if (c < c_end) {
-#pragma unroll
-    for (int p = threadIdx.x; p < BM * 4; p += THREADS) {
-      int row = p >> 2, q = p & 3, k = c * LM_MMA_CHUNK + 8 * q, r = m_blk + row;
-      bool ok = r < M && k < K;
-      lm_cp_async16_or_zero(a_s + row * LM_MMA_ROW_BYTES + 16 * q, ok ? x + (size_t)r * K + k : x,
-                            ok);
-    }
-#pragma unroll
-    for (int p = threadIdx.x; p < LM_MMA_TILE_N * 4; p += THREADS) {
-      int row = p >> 2, q = p & 3, k = c * LM_MMA_CHUNK + 8 * q, n = n_blk + row;
-      bool ok = n < N && k < K;
-      lm_cp_async16_or_zero(b_s + row * LM_MMA_ROW_BYTES + 16 * q, ok ? w + (size_t)n * K + k : w,
-                            ok);
-    }
+    lm_mma_stage_rows<BM, THREADS>(a_s, x, m_blk, M, c, K);
+    lm_mma_stage_rows<LM_MMA_TILE_N, THREADS>(a_s + (size_t)BM * LM_MMA_ROW_BYTES, w, n_blk, N, c,
+                                              K);
   }
   lm_cp_async_commit();
 }
