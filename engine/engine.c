@@ -21,6 +21,7 @@ void lm_engine_config_init(struct lm_engine_config *c) {
   c->enable_prefix_caching = 1;
   c->max_undrained_tokens = 256;
   c->stall_timeout_s = 30;
+  c->max_decode_slowdown = 2;
 }
 
 const char *lm_finish_reason_name(enum lm_finish_reason r) {
@@ -218,6 +219,11 @@ static int check_config(struct lm_engine_config *c, const struct lm_config *mc, 
                    c->max_undrained_tokens);
   if (!(c->stall_timeout_s > 0))
     return lm_errf(err, LM_EINVAL, "engine: stall_timeout_s must be > 0");
+  if (!(c->max_decode_slowdown == 0 ||
+        (c->max_decode_slowdown >= 1 && c->max_decode_slowdown <= 1e6)))
+    return lm_errf(err, LM_EINVAL,
+                   "engine: max_decode_slowdown %g must be 0 (no limit) or in 1..1e6",
+                   c->max_decode_slowdown);
   if (c->max_model_len < 0 || c->max_model_len > mc->max_position_embeddings)
     return lm_errf(err, LM_EINVAL,
                    "engine: max_model_len %d outside 0..%d (the model's max_position_embeddings)",
@@ -296,6 +302,7 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
     goto err;
   e->cfg.n_kv_blocks = (int)n_blocks;
   e->attn_ctx_tokens = lm_config_layer_params(mc) / (2.0 * mc->n_heads * mc->head_dim);
+  lm_step_model_init(&e->step_model);
   struct lm_runner_config rcfg = {
       .block_size = e->cfg.block_size,
       .n_blocks = (int)n_blocks,

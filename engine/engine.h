@@ -46,6 +46,12 @@ struct lm_engine_config {
                                    also the step's compute budget, where a
                                    token deep in a long context counts for
                                    more (its attention; see sched.c) */
+  double max_decode_slowdown;   /* a step that carries prompt tokens beside
+                                   running decodes takes at most this many
+                                   times as long as the decodes alone would,
+                                   by a model of step times fitted to the
+                                   steps run (2; 0: no limit but the token
+                                   budget; see sched.c) */
   int max_model_len;            /* 0: the model's max_position_embeddings */
   int max_waiting;              /* queued requests beyond this get LM_EFULL (1024) */
   int enable_prefix_caching;    /* 1 */
@@ -221,12 +227,13 @@ struct lm_engine_stats {
   uint64_t prefix_cache_queries; /* prompt tokens looked up */
   uint64_t prefix_cache_hits;    /* of those, found in the cache */
   uint64_t preemptions;
-  int max_decodes_with_prefill; /* most decodes in one step that also ran a prefill chunk */
-  int max_prefill_steps;        /* most steps any one prompt's prefill took */
-  int busy;                     /* has requests */
-  int num_held;                 /* requests not scheduled for backpressure */
-  uint64_t stall_aborts;        /* requests aborted for stalling past stall_timeout_s */
-  double last_step_end_s;       /* lm_now_s() at the end of the last step */
+  int max_decodes_with_prefill;    /* most decodes in one step that also ran a prefill chunk */
+  int max_prefill_steps;           /* most steps any one prompt's prefill took */
+  uint64_t slowdown_limited_steps; /* steps whose prompt chunks max_decode_slowdown shortened */
+  int busy;                        /* has requests */
+  int num_held;                    /* requests not scheduled for backpressure */
+  uint64_t stall_aborts;           /* requests aborted for stalling past stall_timeout_s */
+  double last_step_end_s;          /* lm_now_s() at the end of the last step */
 };
 void lm_engine_get_stats(lm_engine *e, struct lm_engine_stats *s);
 

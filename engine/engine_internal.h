@@ -18,6 +18,7 @@
 #include "engine/kv_cache.h"
 #include "engine/output.h"
 #include "engine/runner.h"
+#include "engine/step_model.h"
 
 #define LM_REQUEST_ID_MAX   256 /* bytes of a request id, NUL included */
 #define LM_REGISTRY_BUCKETS 1024
@@ -85,6 +86,7 @@ struct lm_engine {
    * as its weight matmuls: per-layer matmul parameters / (2 * heads *
    * head_dim). The scheduler's compute budget (sched.c) is built on it. */
   double attn_ctx_tokens;
+  lm_step_model step_model; /* engine thread */
 
   pthread_t thread;
   int thread_started;

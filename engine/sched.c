@@ -167,13 +167,24 @@ double lm_sched_next_deadline(lm_engine *e, double now) {
 /* A step's budget: max_num_batched_tokens tokens, and as much compute.
  * A token at context position p costs 1 + p / attn_ctx_tokens token
  * equivalents (its weight matmuls plus its attention over p earlier
- * tokens), so a prefill chunk deep into a long prompt gets fewer tokens and
- * a step with one never takes much longer than a step without: the
- * decodes beside it keep their inter-token latency. With short contexts
- * both budgets are the plain token count. */
+ * tokens), so a prefill chunk deep into a long prompt gets fewer tokens.
+ * With short contexts both budgets are the plain token count.
+ *
+ * Beside running decodes, prompt chunks also get a time: the decodes' own
+ * step, as the step model predicts it (step_model.h), times
+ * max_decode_slowdown - 1. So a step that carries prompt tokens takes at
+ * most max_decode_slowdown times as long as the decodes alone would, on
+ * whatever machine the model was fitted: the decodes keep their
+ * inter-token latency. The first chunk gets at least LM_PROMPT_FLOOR
+ * tokens, so a prompt always advances. */
+#define LM_PROMPT_FLOOR 16
+
 struct budget {
   int tokens;
   double cost;
+  double seconds; /* for prompt chunks (INFINITY: no limit) */
+  int floor;      /* prompt tokens the next chunk gets whatever seconds says */
+  int capped;     /* seconds shortened a chunk */
 };
 
 /* Token equivalents of n tokens at positions start .. start + n - 1. */
@@ -184,34 +195,50 @@ static double chunk_cost(const lm_engine *e, int start, int n) {
 /* How many of want tokens from position start fit. A decode always does
  * (while any token is left): a step never leaves a running sequence
  * behind for a prompt's sake. */
-static int budget_fit(const lm_engine *e, const struct budget *b, int start, int want) {
+static int budget_fit(const lm_engine *e, struct budget *b, int start, int want) {
   int n = want < b->tokens ? want : b->tokens;
   if (n <= 1) return n;
-  if (chunk_cost(e, start, n) <= b->cost) return n;
-  /* n^2 / 2L + n (1 + (start - 1/2) / L) <= cost: the positive root */
-  double a = 0.5 / e->attn_ctx_tokens, q = 1 + (start - 0.5) / e->attn_ctx_tokens;
-  double root = b->cost > 0 ? (-q + sqrt(q * q + 4 * a * b->cost)) / (2 * a) : 0;
-  n = root < n ? (int)root : n;
-  while (n > 0 && chunk_cost(e, start, n) > b->cost)
-    n--;
+  if (chunk_cost(e, start, n) > b->cost) {
+    /* n^2 / 2L + n (1 + (start - 1/2) / L) <= cost: the positive root */
+    double a = 0.5 / e->attn_ctx_tokens, q = 1 + (start - 0.5) / e->attn_ctx_tokens;
+    double root = b->cost > 0 ? (-q + sqrt(q * q + 4 * a * b->cost)) / (2 * a) : 0;
+    n = root < n ? (int)root : n;
+    while (n > 0 && chunk_cost(e, start, n) > b->cost)
+      n--;
+  }
+  if (n > 1 && b->seconds < INFINITY) {
+    int t = lm_step_model_fit_chunk(&e->step_model, start, n, b->seconds);
+    if (t < b->floor) t = b->floor < n ? b->floor : n;
+    if (t < n) {
+      n = t;
+      b->capped = 1;
+    }
+  }
   return n;
 }
 
 static void budget_take(const lm_engine *e, struct budget *b, int start, int n) {
   b->tokens -= n;
   b->cost -= chunk_cost(e, start, n);
+  if (n > 1 && b->seconds < INFINITY) {
+    double t = lm_step_model_chunk_seconds(&e->step_model, start, n);
+    b->seconds = b->seconds > t ? b->seconds - t : 0;
+    b->floor = 0;
+  }
 }
 
-/* Running requests first: decodes and unfinished prompts, oldest first. */
-static int schedule_running(lm_engine *e, double now, struct budget *budget, int *preempted) {
-  int n = 0;
+/* Running requests first, oldest first: their decodes (and one-token
+ * remainders), then their unfinished prompts. */
+static int schedule_running(lm_engine *e, double now, struct budget *budget, int *preempted,
+                            int decodes, int n) {
   for (int i = 0; budget->tokens > 0 && i < e->n_running;) {
     lm_request *r = e->running[i];
-    if (held_back(e, r, now)) {
+    int left = r->n_tokens - r->kv.n_cached_tokens;
+    if ((left == 1) != decodes || held_back(e, r, now)) {
       i++;
       continue;
     }
-    int want = budget_fit(e, budget, r->kv.n_cached_tokens, r->n_tokens - r->kv.n_cached_tokens);
+    int want = budget_fit(e, budget, r->kv.n_cached_tokens, left);
     if (want <= 0) {
       i++;
       continue;
@@ -244,6 +271,18 @@ static int schedule_running(lm_engine *e, double now, struct budget *budget, int
     i++;
   }
   return n;
+}
+
+/* The time prompt chunks get beside the n decodes scheduled so far. */
+static void limit_prompts(lm_engine *e, int n, struct budget *b) {
+  struct lm_step_shape d = {0, 0, 0};
+  if (e->cfg.max_decode_slowdown <= 0 || n == 0 || !lm_step_model_ready(&e->step_model)) return;
+  for (int i = 0; i < n; i++) {
+    d.tokens += e->chunks[i].n_tokens;
+    d.decode_keys += e->chunk_req[i]->kv.n_cached_tokens + 1;
+  }
+  b->seconds = (e->cfg.max_decode_slowdown - 1) * lm_step_model_predict(&e->step_model, &d);
+  b->floor = LM_PROMPT_FLOOR;
 }
 
 /* Then waiting requests, by priority and arrival, while blocks, budget
@@ -294,12 +333,19 @@ static int schedule_waiting(lm_engine *e, double now, struct budget *budget, int
 }
 
 /* The chunk's prompt tokens count as computed; a chunk that reaches into
- * the prompt is one more step of that prompt's prefill. */
-static void count_chunks(lm_engine *e, int n) {
+ * the prompt is one more step of that prompt's prefill. Returns the step's
+ * shape for the step model. */
+static struct lm_step_shape count_chunks(lm_engine *e, int n) {
+  struct lm_step_shape shape = {0, 0, 0};
   int decodes = 0, prefills = 0;
   for (int i = 0; i < n; i++) {
     lm_request *r = e->chunk_req[i];
     int start = r->kv.n_cached_tokens, end = start + e->chunks[i].n_tokens;
+    shape.tokens += e->chunks[i].n_tokens;
+    if (e->chunks[i].n_tokens == 1)
+      shape.decode_keys += start + 1;
+    else
+      shape.prompt_keys += lm_step_chunk_keys(start, e->chunks[i].n_tokens);
     if (start < r->n_prompt) {
       prefills++;
       e->st.prompt_tokens += (uint64_t)((end < r->n_prompt ? end : r->n_prompt) - start);
@@ -310,6 +356,7 @@ static void count_chunks(lm_engine *e, int n) {
   }
   if (prefills && decodes > e->st.max_decodes_with_prefill)
     e->st.max_decodes_with_prefill = decodes;
+  return shape;
 }
 
 static void finish_all(lm_engine *e, int n, int code, const char *msg) {
@@ -342,19 +389,24 @@ static void take_token(lm_engine *e, lm_request *r, const struct lm_sample_resul
 int lm_sched_step(lm_engine *e) {
   char err[LM_ERR_LEN];
   double now = lm_now_s();
-  struct budget budget = {e->cfg.max_num_batched_tokens, e->cfg.max_num_batched_tokens};
+  struct budget budget = {e->cfg.max_num_batched_tokens, e->cfg.max_num_batched_tokens, INFINITY, 0,
+                          0};
   int preempted = 0, n;
   reap(e, now);
   /* preempted requests move to waiting: make room for all of them now */
   if (grow_list(&e->waiting, &e->cap_waiting, e->n_waiting + e->n_running) != LM_OK) return 0;
-  n = schedule_running(e, now, &budget, &preempted);
+  n = schedule_running(e, now, &budget, &preempted, 1, 0);
+  limit_prompts(e, n, &budget);
+  n = schedule_running(e, now, &budget, &preempted, 0, n);
   /* after a preemption the pool is short: let running requests catch up */
   if (!preempted) n = schedule_waiting(e, now, &budget, n);
   if (n == 0) return 0;
-  count_chunks(e, n);
+  struct lm_step_shape shape = count_chunks(e, n);
+  e->st.slowdown_limited_steps += (uint64_t)budget.capped;
 
   const void *logits;
   int n_logits;
+  double t0 = lm_now_s();
   int rc = lm_runner_step(e->runner, e->chunks, n, &logits, &n_logits, err);
   if (rc != LM_OK) {
     finish_all(e, n, rc, err);
@@ -393,9 +445,10 @@ int lm_sched_step(lm_engine *e) {
     finish_all(e, n, rc, err);
     return 1;
   }
+  now = lm_now_s();
+  lm_step_model_observe(&e->step_model, &shape, now - t0);
   for (int i = 0; i < n; i++)
     lm_kv_seq_commit(&e->chunk_req[i]->kv, e->pool, e->chunk_req[i]->tokens);
-  now = lm_now_s();
   for (int j = 0; j < n_rows; j++)
     take_token(e, e->row_req[j], &e->results[j], e->top + (size_t)j * LM_MAX_TOP_LOGPROBS, now);
   return 1;

@@ -126,6 +126,9 @@ static void render(struct lm_srv *s, FILE *f) {
   COUNTER("lmserve_prefix_cache_hits_total", "Prompt tokens found in the prefix cache.",
           st.prefix_cache_hits);
   COUNTER("lmserve_preemptions_total", "Requests preempted for KV blocks.", st.preemptions);
+  COUNTER("lmserve_slowdown_limited_steps_total",
+          "Steps whose prompt chunks were shortened to keep decodes within max_decode_slowdown.",
+          st.slowdown_limited_steps);
   put_hist(f, model, &m->ttft);
   put_hist(f, model, &m->itl);
   put_hist(f, model, &m->queue);

@@ -6,7 +6,8 @@
  * field; min_tokens masks EOS and penalties count only generated tokens;
  * backpressure holds a request until it is drained and a stalled one is
  * aborted, but never one whose caller drained; destroy with requests in
- * flight leaks nothing. Each scenario
+ * flight leaks nothing; the step time model recovers known costs and the
+ * decode slowdown limit splits a prompt beside decodes. Each scenario
  * proves from the engine's counters that it happened.
  *
  * usage: engine_test FIXTURES_DIR [MODEL (qwen3-bf16)] [RANDOM_SUBMITS (2000)] */
@@ -21,6 +22,7 @@
 
 #include "engine/engine.h"
 #include "engine/lm.h"
+#include "engine/step_model.h"
 #include "tests/check.h"
 
 static char model_dir[4096];
@@ -745,6 +747,147 @@ static void test_compute_budget(void) {
   lm_engine_destroy(e);
 }
 
+/* ---- the step time model and the decode slowdown limit ------------------ */
+
+/* A machine whose step costs are known: 2 ms a step, 40 us a token, 3 ns a
+ * decode key, 0.5 ns a prompt key, times k, with +-4 % noise (none
+ * without a seed). */
+static double known_step(const struct lm_step_shape *s, double k, unsigned *seed) {
+  double t = k * (2e-3 + 40e-6 * s->tokens + 3e-9 * s->decode_keys + 0.5e-9 * s->prompt_keys);
+  if (!seed) return t;
+  *seed = *seed * 1103515245u + 12345u;
+  return t * (0.96 + 0.08 * ((*seed >> 8) & 0xffff) / 65535.0);
+}
+
+static struct lm_step_shape decode_shape(int n, int ctx) {
+  struct lm_step_shape s = {n, (double)n * ctx, 0};
+  return s;
+}
+
+static void test_step_model(void) {
+  lm_step_model m;
+  unsigned seed = 99;
+  lm_step_model_init(&m);
+  lm_check(!lm_step_model_ready(&m), "the step model does not predict before any step");
+  /* decode-only steps and steps with a prompt chunk at growing depth */
+  for (int i = 0; i < 200; i++) {
+    struct lm_step_shape s = decode_shape(32, 100 + i);
+    if (i % 3 == 0) {
+      int n = 16 + i % 48, start = 40 * i;
+      s.tokens += n;
+      s.prompt_keys = lm_step_chunk_keys(start, n);
+    }
+    lm_step_model_observe(&m, &s, known_step(&s, 1, &seed));
+  }
+  lm_check(lm_step_model_ready(&m), "it predicts after 200 steps");
+  struct lm_step_shape d = decode_shape(32, 300), mixed = d;
+  mixed.tokens += 40;
+  mixed.prompt_keys = lm_step_chunk_keys(6000, 40);
+  double td = lm_step_model_predict(&m, &d), tm = lm_step_model_predict(&m, &mixed);
+  double want_d = known_step(&d, 1, NULL), want_m = known_step(&mixed, 1, NULL);
+  lm_check(fabs(td / want_d - 1) < 0.08 && fabs(tm / want_m - 1) < 0.08,
+           "it predicts a decode step %.3f ms (true %.3f) and a mixed one %.3f ms (true %.3f)",
+           td * 1e3, want_d * 1e3, tm * 1e3, want_m * 1e3);
+  double budget = 3e-3;
+  int n = lm_step_model_fit_chunk(&m, 6000, 4096, budget);
+  lm_check(n > 0 && n < 4096 && lm_step_model_chunk_seconds(&m, 6000, n) <= budget &&
+               lm_step_model_chunk_seconds(&m, 6000, n + 1) > budget,
+           "the largest chunk at position 6000 within %.0f ms is %d tokens", budget * 1e3, n);
+  lm_check(lm_step_model_fit_chunk(&m, 6000, 5, budget) == 5 &&
+               lm_step_model_fit_chunk(&m, 6000, 100, 0) == 0,
+           "a chunk never exceeds what is wanted, and no time holds none");
+  /* the machine halves its speed and only decodes run: the decode step
+   * follows within a few dozen steps, a prompt chunk's cost is remembered */
+  double chunk0 = lm_step_model_chunk_seconds(&m, 6000, 40);
+  for (int i = 0; i < 60; i++) {
+    struct lm_step_shape s = decode_shape(32, 300 + i);
+    lm_step_model_observe(&m, &s, known_step(&s, 2, &seed));
+  }
+  d = decode_shape(32, 360);
+  want_d = known_step(&d, 2, NULL);
+  td = lm_step_model_predict(&m, &d);
+  double chunk1 = lm_step_model_chunk_seconds(&m, 6000, 40);
+  lm_check(fabs(td / want_d - 1) < 0.1, "after a slowdown a decode step is %.3f ms (true %.3f)",
+           td * 1e3, want_d * 1e3);
+  lm_check(chunk1 > 0.5 * chunk0 && chunk1 < 2.5 * chunk0,
+           "and a 40-token chunk still costs %.3f ms (%.3f before): not forgotten", chunk1 * 1e3,
+           chunk0 * 1e3);
+}
+
+static void slowdown_one(struct lm_engine_config *c) {
+  c->max_decode_slowdown = 1;
+}
+
+static void slowdown_off(struct lm_engine_config *c) {
+  c->max_decode_slowdown = 0;
+}
+
+/* Eight decodes run; a 256-token prompt arrives. Without the limit it is
+ * computed in one step; with max_decode_slowdown 1 its chunks beside the
+ * decodes shrink to the 16-token floor, and its output is the same. */
+static void test_decode_slowdown(void) {
+  char err[LM_ERR_LEN];
+  struct job dec[8], longp[2];
+  int steps[2] = {0, 0};
+  uint64_t limited[2] = {0, 0};
+  for (int pass = 0; pass < 2; pass++) {
+    lm_engine *e = open_engine(0, 2048, 0, pass ? slowdown_one : slowdown_off);
+    if (!lm_check(e != NULL, "engine with max_decode_slowdown %d opens", pass)) return;
+    srand(4242);
+    memset(dec, 0, sizeof(dec));
+    for (int i = 0; i < 8; i++) {
+      dec[i].n_prompt = 8;
+      for (int t = 0; t < 8; t++)
+        dec[i].prompt[t] = 3 + rand() % (n_ids - 3);
+      dec[i].max_tokens = 120;
+    }
+    memset(&longp[pass], 0, sizeof(longp[pass]));
+    longp[pass].n_prompt = 256;
+    for (int t = 0; t < 256; t++)
+      longp[pass].prompt[t] = 3 + rand() % (n_ids - 3);
+    longp[pass].max_tokens = 4;
+    int ok = 1;
+    for (int i = 0; i < 8; i++)
+      ok &= job_submit(e, &dec[i], err) == LM_OK;
+    /* the model has seen at least 16 decode steps when the prompt comes */
+    struct lm_engine_stats s;
+    double t0 = lm_now_s();
+    do {
+      for (int i = 0; i < 8; i++)
+        job_poll(&dec[i]);
+      nap();
+      lm_engine_get_stats(e, &s);
+    } while (s.steps < 24 && lm_now_s() - t0 < 60);
+    ok &= job_submit(e, &longp[pass], err) == LM_OK;
+    while (ok && !longp[pass].finished && lm_now_s() - t0 < 120) {
+      for (int i = 0; i < 8; i++)
+        job_poll(&dec[i]);
+      job_poll(&longp[pass]);
+      nap();
+    }
+    int unfinished = 0;
+    for (int i = 0; i < 8; i++)
+      unfinished += !dec[i].finished;
+    lm_check(ok && longp[pass].finished && unfinished > 0,
+             "the prompt finished while %d decodes were still running", unfinished);
+    for (int i = 0; i < 8; i++)
+      if (dec[i].r) lm_request_abort(dec[i].r);
+    for (int i = 0; i < 8; i++)
+      job_wait(&dec[i]);
+    s = settle(e);
+    steps[pass] = s.max_prefill_steps;
+    limited[pass] = s.slowdown_limited_steps;
+    lm_engine_destroy(e);
+  }
+  lm_check(steps[0] == 1 && limited[0] == 0,
+           "without the limit the prompt takes %d step beside the decodes (%llu limited)", steps[0],
+           (unsigned long long)limited[0]);
+  lm_check(steps[1] >= 256 / 16 && limited[1] > 0,
+           "with max_decode_slowdown 1 it takes %d steps (>= 16), %llu of them limited", steps[1],
+           (unsigned long long)limited[1]);
+  lm_check(same_output(&longp[0], &longp[1]), "and its output is the same");
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: engine_test FIXTURES_DIR [MODEL [RANDOM_OPS [BACKEND]]]\n");
@@ -760,5 +903,7 @@ int main(int argc, char **argv) {
   test_full_and_destroy();
   test_stall_needs_undrained();
   test_compute_budget();
+  test_step_model();
+  test_decode_slowdown();
   return lm_check_done();
 }
