@@ -333,6 +333,7 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
       .max_num_seqs = e->cfg.max_num_seqs,
       .max_num_batched_tokens = e->cfg.max_num_batched_tokens,
       .max_waiting = e->cfg.max_waiting,
+      .max_decode_slowdown = e->cfg.max_decode_slowdown,
   };
   publish_stats(e);
   if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {

@@ -206,6 +206,7 @@ struct lm_engine_info {
   int max_num_seqs;
   int max_num_batched_tokens;
   int max_waiting;
+  double max_decode_slowdown;
 };
 void lm_engine_get_info(const lm_engine *e, struct lm_engine_info *info);
 const lm_tokenizer *lm_engine_tokenizer(const lm_engine *e);

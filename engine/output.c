@@ -255,11 +255,16 @@ fail:
 void lm_outproc_flush(lm_outproc *o, struct lm_strbuf *text) {
   char err[LM_ERR_LEN];
   const char *d;
-  size_t dn;
-  if (o->finished == LM_FINISH_NONE && lm_detok_flush(o->dt, &d, &dn, err) == LM_OK && dn)
-    lm_strbuf_append(&o->held, d, dn);
-  release(o, o->held.len, 0, text);
-  if (o->finished == LM_FINISH_NONE) o->finished = LM_FINISH_ABORT;
+  size_t dn, before = o->held.len;
+  if (o->finished != LM_FINISH_NONE) {
+    release(o, o->held.len, 0, text);
+    return;
+  }
+  if (lm_detok_flush(o->dt, &d, &dn, err) == LM_OK && dn) lm_strbuf_append(&o->held, d, dn);
+  /* the detokenizer can hold back whole characters beside an incomplete
+   * one: a stop string they complete still ends the text here */
+  settle(o, before, o->n_generated > o->min_tokens, LM_FINISH_ABORT, text);
+  o->finished = LM_FINISH_ABORT;
 }
 
 int lm_outproc_banned(const lm_outproc *o, const int32_t **ids) {

@@ -45,8 +45,9 @@ void lm_outproc_free(lm_outproc *o);
  * (out of memory) returns LM_FINISH_ERROR. */
 enum lm_finish_reason lm_outproc_push(lm_outproc *o, int32_t id, struct lm_strbuf *text);
 
-/* The request ends for a reason outside the outproc (abort, the context is
- * full): appends whatever text was held back. */
+/* The request ends for a reason outside the outproc (an abort, an error):
+ * appends whatever text was held back, up to a stop string it completes
+ * (the finish stays the caller's). */
 void lm_outproc_flush(lm_outproc *o, struct lm_strbuf *text);
 
 /* The ids the next token must not be (sampled with

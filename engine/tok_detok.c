@@ -114,8 +114,9 @@ int lm_detok_flush(lm_detok *d, const char **delta, size_t *delta_len, char *err
   *delta = "";
   *delta_len = 0;
   d->text.n = 0;
-  int rc = lm_tok_decode_buf(d->tok, d->ids + d->prefix, d->n - d->prefix, d->skip_special,
-                             &d->text, err);
+  /* nothing pushed yet: no id array at all */
+  const int32_t *ids = d->ids ? d->ids + d->prefix : NULL;
+  int rc = lm_tok_decode_buf(d->tok, ids, d->n - d->prefix, d->skip_special, &d->text, err);
   if (rc) return rc;
   if (diff(d, 1) < 0) return lm_errf(err, LM_ENOMEM, "detok: out of memory");
   /* the stream is complete: start over */

@@ -13,6 +13,8 @@ const char *lm_cli_model_dir(const char *flag, char *buf, size_t size);
 /* Parses a whole-string integer or float flag value; 0 on success. */
 int lm_cli_int(const char *flag, const char *s, long min, long max, long *out);
 int lm_cli_float(const char *flag, const char *s, double min, double max, double *out);
+/* --max-decode-slowdown: 0 (no limit) or a factor >= 1. */
+int lm_cli_slowdown(const char *flag, const char *s, double *out);
 
 /* Prints a start-up failure as one line: the model directory, unless the
  * message already names it, then the message. */

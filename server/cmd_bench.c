@@ -332,12 +332,15 @@ out:
 
 /* Output tokens of each decode beside the long prompt: enough to outlast
  * its prefill at the budget left over by the decodes four times over (a
- * token deep in the prompt costs up to about 3 of the step's budget), plus
- * 512 for however late the long prompt is submitted on a busy machine; the
- * decodes are aborted once the long prompt is in. */
+ * token deep in the prompt costs up to about 3 of the step's budget), or at
+ * the 16 tokens a step max_decode_slowdown may hold it to, plus 512 for
+ * however late the long prompt is submitted on a busy machine; the decodes
+ * are aborted once the long prompt is in. */
 static int long_decode_tokens(const struct bench_opts *o) {
   long per_step = o->budget - o->long_decodes > 16 ? o->budget - o->long_decodes : 16;
-  return (int)(64 + 512 + 4 * (o->long_len / per_step));
+  long steps = 4 * (o->long_len / per_step);
+  if (o->slowdown != 0 && o->long_len / 16 > steps) steps = o->long_len / 16;
+  return (int)(64 + 512 + steps);
 }
 
 /* The long prompt alone, then arriving while decodes run. ITLs of the
@@ -466,7 +469,7 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o) {
     } else if (!strcmp(a, "--gemm")) {
       o->gemm = v;
     } else if (!strcmp(a, "--max-decode-slowdown")) {
-      bad = lm_cli_float(a, v, 0, 1e6, &o->slowdown);
+      bad = lm_cli_slowdown(a, v, &o->slowdown);
     } else {
       fprintf(stderr, "lmserve bench: unknown flag '%s'\n%s", a, usage);
       return -1;

@@ -64,6 +64,15 @@ int lm_cli_float(const char *flag, const char *s, double min, double max, double
   return 0;
 }
 
+int lm_cli_slowdown(const char *flag, const char *s, double *out) {
+  if (lm_cli_float(flag, s, 0, 1e6, out)) return -1;
+  if (*out > 0 && *out < 1) {
+    fprintf(stderr, "lmserve: %s needs 0 (no limit) or a factor >= 1, got '%s'\n", flag, s);
+    return -1;
+  }
+  return 0;
+}
+
 void lm_cli_wake(void *arg) {
   struct lm_cli_waiter *w = arg;
   pthread_mutex_lock(&w->mu);

@@ -105,7 +105,7 @@ static int parse(int argc, char **argv, struct lm_serve_opts *o, struct lm_engin
     }
     else if (!strcmp(a, "--gemm")) ec->backend_cfg.gemm = v;
     else if (!strcmp(a, "--max-decode-slowdown")) {
-      bad = lm_cli_float(a, v, 0, 1e6, &ec->max_decode_slowdown);
+      bad = lm_cli_slowdown(a, v, &ec->max_decode_slowdown);
     }
     else if (!strcmp(a, "--drain-seconds")) {
       bad = lm_cli_float(a, v, 0, 1e6, &o->drain_s);

@@ -134,6 +134,10 @@ check "the refusal names the KV cache dtypes" grep -q "expected auto, bf16, f32 
 rc=$?
 check "an unknown --gemm is refused (exit $rc, one line) naming the choices" \
   test $rc -ne 0 -a "$(wc -l <err.txt)" -eq 1 -a -n "$(grep 'cublaslt or mma' err.txt)"
+"$lmserve" bench --max-decode-slowdown 0.5 >/dev/null 2>err.txt
+rc=$?
+check "a decode slowdown below 1 is refused (exit $rc, one line) saying what it takes" \
+  test $rc -ne 0 -a "$(wc -l <err.txt)" -eq 1 -a -n "$(grep -- '--max-decode-slowdown needs 0 (no limit)' err.txt)"
 "$lmserve" generate --prompt "The capital" --max-tokens 4 --gemm mma --json >gemm.txt 2>err.txt
 check "--gemm mma (a CUDA choice) leaves the CPU backend generating" \
   test "$(grep -c '"id"' gemm.txt)" -eq 4

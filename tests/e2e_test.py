@@ -175,6 +175,8 @@ def test_model_info(stub, args):
     check(info.max_num_batched_tokens == want,
           "GetModelInfo max_num_batched_tokens is the %s backend's default" % info.backend,
           (info.max_num_batched_tokens, want))
+    check(info.max_decode_slowdown == 2.0, "GetModelInfo max_decode_slowdown is the default 2",
+          info.max_decode_slowdown)
     return info
 
 

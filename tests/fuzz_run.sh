@@ -17,7 +17,9 @@ mkdir -p "$gen"
 protoc-c --c_out="$gen" -I"$root/proto" -I/usr/include "$root/proto/lmserve/v1/lmserve.proto" \
   google/protobuf/struct.proto
 status=0
-for target in safetensors config request; do
+# the tokenizer target loads the npm packages' tokenizer.json files
+export LMSERVE_NODE_MODULES="${LMSERVE_NODE_MODULES:-$root/node_modules}"
+for target in safetensors config request tokenizer; do
   bin="$work/fuzz_$target"
   extra=()
   corpus="$root/tests/fuzz/corpus/$target"
@@ -25,8 +27,10 @@ for target in safetensors config request; do
     extra=(server/codec.c "$gen/lmserve/v1/lmserve.pb-c.c" "$gen/google/protobuf/struct.pb-c.c"
       -I"$gen" -lprotobuf-c)
     corpus="$root/tests/corpus/request"
+  elif [ "$target" = tokenizer ]; then
+    extra=(engine/tok_*.c engine/tokenizer.c engine/output.c -lpcre2-8 -lutf8proc)
   fi
-  (cd "$root" && "$cc" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+  (cd "$root" && "$cc" -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -I"$root" "tests/fuzz_$target.c" "${srcs[@]}" "${extra[@]}" -lm -o "$bin")
   mkdir -p "$work/corpus_$target" "$work/artifacts_$target"
   cp "$corpus/"* "$work/corpus_$target/"

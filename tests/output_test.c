@@ -226,6 +226,39 @@ static void test_split_across_tokens(const struct fix *f) {
   lm_tokens_free(&t);
 }
 
+/* A token of a space and the first byte of a character: the detokenizer
+ * holds both back until the character completes. If the request then ends
+ * from outside (an abort), the flushed text still stops at a stop string. */
+static void test_flush_stops(const struct fix *f) {
+  int32_t id = -1;
+  size_t vocab = lm_tokenizer_vocab_size(f->tok);
+  for (size_t i = 0; i < vocab && id < 0; i++) {
+    size_t len, tl;
+    int32_t one = (int32_t)i;
+    const char *tok = lm_tokenizer_id_token(f->tok, one, &tl);
+    char *s = tok && !lm_tokenizer_is_special(f->tok, one) ? decode(f, &one, 1, 1, &len) : NULL;
+    if (s && len == 4 && !memcmp(s, " \xef\xbf\xbd", 4)) id = one;
+    free(s);
+  }
+  if (!lm_check(id >= 0, "%s: a token decodes to a space and an incomplete character", f->name))
+    return;
+  lm_tokens t = {0};
+  add_text(f, &t, "A");
+  add_id(&t, id);
+  for (int include = 0; include < 2; include++) {
+    const char *stop[] = {" "};
+    struct params q = {.stop = stop, .n_stop = 1, .max_tokens = 100, .include = include};
+    struct run r;
+    run(f, &q, &t, &r);
+    lm_check(r.why == LM_FINISH_NONE && r.release_at[t.n - 1] == 1 &&
+                 text_is(&r, include ? "A " : "A"),
+             "%s: the space of token %d is held back, and the flush at an abort stops at it%s",
+             f->name, id, include ? " (included)" : "");
+    lm_strbuf_free(&r.text);
+  }
+  lm_tokens_free(&t);
+}
+
 static void test_multibyte(const struct fix *f) {
   /* 日 = e6 97 a5, 😀 = f0 9f 98 80; each byte in its own token */
   lm_tokens t = {0};
@@ -631,6 +664,7 @@ int main(int argc, char **argv) {
       test_include_stop(&f);
       test_min_tokens(&f);
       test_stop_ids_and_length(&f);
+      test_flush_stops(&f);
     }
     test_bad_params(&f);
     test_random(&f, 300);

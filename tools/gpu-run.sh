@@ -197,6 +197,10 @@ if [ $bench -eq 1 ] && [ -f "$m8/.complete" ]; then
       --prompt 512 --decode 4 | "${PYTHON:-python3}" tools/ncu_summary.py' \
       kernels "$ncu" $bin/op_profile "$m8" $g
   done
+  # the long prompt beside decodes with no step-time limit on its chunks
+  # (--max-decode-slowdown 0), against bench-8b's default of 2
+  run bench-8b-long-nolimit 120 $bin/lmserve bench --backend cuda --model "$m8" --only long \
+    --max-decode-slowdown 0
   # the serving benchmark with the mma GEMMs: faster decode at small
   # batches, slower prefill
   run bench-8b-mma 300 $bin/lmserve bench --backend cuda --gemm mma --model "$m8"
