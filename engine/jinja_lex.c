@@ -120,6 +120,17 @@ static int lex_fail(char *err, int line, const char *fmt, ...) {
   return lm_errf(err, LM_EINVAL, "chat template line %d: %s", line, msg);
 }
 
+/* A byte as an error message shows it: 'c' when printable, else 0xNN, so
+ * the message stays one line. */
+static const char *show_byte(char c, char buf[8]) {
+  unsigned char u = (unsigned char)c;
+  if (u >= 0x20 && u < 0x7f)
+    snprintf(buf, 8, "'%c'", c);
+  else
+    snprintf(buf, 8, "0x%02x", u);
+  return buf;
+}
+
 typedef struct {
   jj_arena *arena;
   const text_map *m;
@@ -208,7 +219,10 @@ static int lex_string(lexer *L, char quote, const char **out, size_t *out_n) {
     if (high) n += lm_utf8_put(buf + n, 0xfffd), high = 0;
     const char *from = "ntrbfv'\"\\", *to = "\n\t\r\b\f\v'\"\\";
     const char *hit = strchr(from, e);
-    if (!hit || !e) return lex_fail(L->err, line, "unknown escape '\\%c' in a string literal", e);
+    char shown[8];
+    if (!hit || !e)
+      return lex_fail(L->err, line, "unknown escape: backslash, then %s, in a string literal",
+                      show_byte(e, shown));
     buf[n++] = to[hit - from];
   }
   if (high) n += lm_utf8_put(buf + n, 0xfffd);
@@ -347,7 +361,8 @@ static int lex_body(lexer *L) {
       if ((rc = push(L, TK_ID, p + start, L->pos - start, line)) != LM_OK) return rc;
       continue;
     }
-    return lex_fail(L->err, line, "unexpected character '%c'", c);
+    char shown[8];
+    return lex_fail(L->err, line, "unexpected character %s", show_byte(c, shown));
   }
   return push(L, TK_EOF, p + n, 0, n ? m->line[n - 1] : 1);
 }

@@ -15,6 +15,10 @@ int lm_errf(char *err, int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(err, LM_ERR_LEN, fmt, ap);
     va_end(ap);
+    /* one line, whatever the pieces held (text quoted from a template, a
+     * request or a file) */
+    for (char *p = err; *p; p++)
+      if ((unsigned char)*p < 0x20 && *p != '\t') *p = ' ';
   }
   return code;
 }

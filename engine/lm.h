@@ -29,7 +29,8 @@
 #define LM_PRINTF(a, b)
 #endif
 
-/* Writes a formatted message into err (may be NULL) and returns code. */
+/* Writes a formatted message into err (may be NULL) and returns code. The
+ * message is one line: control characters other than tab become spaces. */
 int lm_errf(char *err, int code, const char *fmt, ...) LM_PRINTF(3, 4);
 
 enum lm_dtype {

@@ -98,6 +98,10 @@ static void test_errors(void) {
                "line 3", "Conversation roles must alternate");
   expect_error("adding undefined is an error", "{{ nope + 'a' }}", "{}", LM_EINVAL, "undefined",
                NULL);
+  expect_error("an escape of a newline is named by its byte, on one line", "{{ 'a\\\nb' }}", "{}",
+               LM_EINVAL, "line 1", "unknown escape: backslash, then 0x0a, in a string literal");
+  expect_error("a raise_exception message keeps to one line",
+               "{{ raise_exception('two\\nlines') }}", "{}", LM_EINVAL, "two lines", NULL);
   expect_error("calling a method of undefined is an error", "{{ nope.strip() }}", "{}", LM_EINVAL,
                "not a function", NULL);
 }

