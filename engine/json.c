@@ -322,6 +322,10 @@ int lm_json_parse(const char *text, size_t len, lm_json_doc **out, char *err) {
   struct parser ps = {.p = text, .end = text + len, .err = err};
   int rc;
   *out = NULL;
+  /* JSON is UTF-8: text that is not fails here, not in whoever reads its
+   * strings (a regex, a chat template) */
+  size_t valid = lm_utf8_valid_prefix(text, len);
+  if (valid != len) return lm_errf(err, LM_EFORMAT, "invalid JSON at byte %zu: not UTF-8", valid);
   ps.doc = calloc(1, sizeof(*ps.doc));
   if (!ps.doc) return lm_errf(err, LM_ENOMEM, "out of memory parsing JSON");
   rc = parse_value(&ps, &ps.doc->root, 0);

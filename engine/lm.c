@@ -135,6 +135,53 @@ double lm_now_s(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Length of the valid sequence at s[0..n) (0 if invalid or truncated) and,
+ * through *bad, how many bytes form the maximal invalid subpart. */
+size_t lm_utf8_seq_len(const unsigned char *s, size_t n, size_t *bad) {
+  unsigned char b = s[0];
+  size_t len;
+  unsigned char lo = 0x80, hi = 0xbf;
+  if (b < 0x80) return 1;
+  if (b >= 0xc2 && b <= 0xdf)
+    len = 2;
+  else if (b >= 0xe0 && b <= 0xef) {
+    len = 3;
+    if (b == 0xe0) lo = 0xa0;
+    if (b == 0xed) hi = 0x9f;
+  } else if (b >= 0xf0 && b <= 0xf4) {
+    len = 4;
+    if (b == 0xf0) lo = 0x90;
+    if (b == 0xf4) hi = 0x8f;
+  } else {
+    *bad = 1;
+    return 0;
+  }
+  size_t i = 1;
+  for (; i < len; i++) {
+    if (i >= n) break;
+    unsigned char c = s[i];
+    if (i == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xbf)) break;
+  }
+  if (i == len) return len;
+  *bad = i;
+  return 0;
+}
+
+size_t lm_utf8_valid_prefix(const char *s, size_t n) {
+  const unsigned char *u = (const unsigned char *)s;
+  size_t i = 0, bad;
+  while (i < n) {
+    if (u[i] < 0x80) {
+      i++;
+      continue;
+    }
+    size_t l = lm_utf8_seq_len(u + i, n - i, &bad);
+    if (!l) break;
+    i += l;
+  }
+  return i;
+}
+
 size_t lm_utf8_put(char *out, uint32_t cp) {
   if (cp < 0x80) {
     out[0] = (char)cp;

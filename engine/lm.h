@@ -74,6 +74,12 @@ static inline float lm_e5m2_to_f32(uint8_t b) {
  * infinities included, saturate to it; NaN stays NaN. */
 uint8_t lm_f32_to_e5m2(float f);
 
+/* The length of the well-formed UTF-8 sequence at s[0..n) (0 if invalid or
+ * truncated; then *bad is the length of its maximal invalid subpart). */
+size_t lm_utf8_seq_len(const unsigned char *s, size_t n, size_t *bad);
+/* How many bytes at the start of s[0..n) are well-formed UTF-8. */
+size_t lm_utf8_valid_prefix(const char *s, size_t n);
+
 /* Writes cp (at most 0x10ffff) as 1 to 4 bytes of UTF-8 at out and returns
  * how many. */
 size_t lm_utf8_put(char *out, uint32_t cp);

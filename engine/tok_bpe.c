@@ -18,9 +18,10 @@
 #include "engine/tok_internal.h"
 
 #define CACHE_SHARDS    128
-#define CACHE_SLOTS     1024 /* per shard */
-#define CACHE_MAX_BYTES 256  /* longer words are not cached, as in the library */
-#define SCAN_MAX        48   /* words up to this many symbols merge by scanning */
+#define CACHE_SLOTS     1024      /* per shard */
+#define CACHE_MAX_BYTES 256       /* longer words are not cached, as in the library */
+#define SCAN_MAX        48        /* words up to this many symbols merge by scanning */
+#define LM_TOK_MAX_ID   (1 << 24) /* vocabulary ids below this (real ones: < 300k) */
 
 struct cache_entry {
   uint64_t hash;
@@ -194,9 +195,11 @@ int lm_tok_bpe_parse(const lm_json *j, lm_tok_bpe **out, char *err) {
   m->max_id = -1;
   for (size_t i = 0; i < vocab->n_kids; i++) {
     const lm_json *v = &vocab->kids[i];
-    if (v->type != LM_JSON_NUMBER || !v->is_int || v->integer < 0 || v->integer > INT32_MAX) {
-      rc = lm_errf(err, LM_EFORMAT, "model.vocab[\"%.*s\"]: expected a non-negative integer id",
-                   (int)(v->key_len > 100 ? 100 : v->key_len), v->key);
+    /* ids index dense tables: far beyond any real vocabulary is an error,
+     * not gigabytes of them */
+    if (v->type != LM_JSON_NUMBER || !v->is_int || v->integer < 0 || v->integer >= LM_TOK_MAX_ID) {
+      rc = lm_errf(err, LM_EFORMAT, "model.vocab[\"%.*s\"]: expected an integer id in 0..%d",
+                   (int)(v->key_len > 100 ? 100 : v->key_len), v->key, LM_TOK_MAX_ID - 1);
       goto err;
     }
     if ((rc = lm_strmap_put(&m->vocab, v->key, v->key_len, (int32_t)v->integer))) goto oom;
@@ -454,6 +457,9 @@ static int merge_word(const lm_tok_bpe *m, const char *w, size_t n, lm_tokens *o
   }
   if (unk >= 0) ADD(unk);
 #undef ADD
+  /* no symbol at all: every character unknown, with no unk token and no
+   * byte for it (the library drops such characters) */
+  if (ns == 0) goto out;
   if ((rc = merge_all(m, s, ns))) goto out;
   for (size_t i = 0; i < ns; i++)
     if (s[i].id >= 0 && (rc = lm_tokens_push(out, s[i].id))) goto out;

@@ -57,8 +57,9 @@ static int template_parse(lm_tok_post *p, const lm_json *j, const char *path, ch
       return lm_errf(err, LM_EFORMAT, "%s.special_tokens: \"%s\" missing or without \"ids\"", path,
                      name->str);
     for (size_t k = 0; k < ids->n_kids; k++) {
-      if (ids->kids[k].type != LM_JSON_NUMBER || !ids->kids[k].is_int)
-        return lm_errf(err, LM_EFORMAT, "%s.special_tokens[\"%s\"].ids: not an integer", path,
+      if (ids->kids[k].type != LM_JSON_NUMBER || !ids->kids[k].is_int || ids->kids[k].integer < 0 ||
+          ids->kids[k].integer > INT32_MAX)
+        return lm_errf(err, LM_EFORMAT, "%s.special_tokens[\"%s\"].ids: not a token id", path,
                        name->str);
       int32_t id = (int32_t)ids->kids[k].integer;
       if (seen_a ? push_id(&p->post, &p->n_post, id) : push_id(&p->pre, &p->n_pre, id))
@@ -70,7 +71,9 @@ static int template_parse(lm_tok_post *p, const lm_json *j, const char *path, ch
 
 static int pair_id(const lm_json *j, const char *k, int32_t *id) {
   const lm_json *a = lm_json_get_type(j, k, LM_JSON_ARRAY);
-  if (!a || a->n_kids != 2 || a->kids[1].type != LM_JSON_NUMBER) return -1;
+  if (!a || a->n_kids != 2 || a->kids[1].type != LM_JSON_NUMBER || !a->kids[1].is_int ||
+      a->kids[1].integer < 0 || a->kids[1].integer > INT32_MAX)
+    return -1;
   *id = (int32_t)a->kids[1].integer;
   return 0;
 }
@@ -126,6 +129,14 @@ int lm_tok_post_parse(const lm_json *j, const char *path, lm_tok_post **out, cha
   }
   *out = p;
   return LM_OK;
+}
+
+size_t lm_tok_post_n(const lm_tok_post *p) {
+  return p ? p->n_pre + p->n_post : 0;
+}
+
+int32_t lm_tok_post_at(const lm_tok_post *p, size_t i) {
+  return i < p->n_pre ? p->pre[i] : p->post[i - p->n_pre];
 }
 
 int lm_tok_post_apply(const lm_tok_post *p, lm_tokens *out, size_t start) {
@@ -307,7 +318,7 @@ static int hexval(char c) {
 static int flush_bytes(lm_buf *pend, toklist *out) {
   int rc = LM_OK;
   if (!pend->n) return rc;
-  if (lm_tok_utf8_valid_prefix(pend->p, pend->n) == pend->n)
+  if (lm_utf8_valid_prefix(pend->p, pend->n) == pend->n)
     rc = tl_push(out, pend->p, pend->n);
   else /* one U+FFFD per byte, as the library does here */
     for (size_t i = 0; i < pend->n && !rc; i++)

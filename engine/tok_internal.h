@@ -51,8 +51,6 @@ static inline uint32_t lm_tok_utf8_next(const char *s, size_t n, size_t *adv) {
            ((uint32_t)(u[2] & 0x3f) << 6) | (u[3] & 0x3f);
   }
 }
-/* Length of the longest prefix of s that is valid UTF-8. */
-size_t lm_tok_utf8_valid_prefix(const char *s, size_t n);
 
 /* ---- buffers, spans, hashing ----------------------------------------- */
 
@@ -186,6 +184,10 @@ int lm_tok_post_parse(const lm_json *j, const char *path, lm_tok_post **out, cha
 void lm_tok_post_free(lm_tok_post *p);
 /* Rewrites ids[start..] of out as encode(add_special_tokens=True) would. */
 int lm_tok_post_apply(const lm_tok_post *p, lm_tokens *out, size_t start);
+/* The ids it adds (those before the sequence, then those after): n, and
+ * the i-th. */
+size_t lm_tok_post_n(const lm_tok_post *p);
+int32_t lm_tok_post_at(const lm_tok_post *p, size_t i);
 
 typedef struct lm_tok_dec lm_tok_dec;
 int lm_tok_dec_parse(const lm_json *j, const char *path, lm_tok_dec **out, char *err);

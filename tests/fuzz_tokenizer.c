@@ -3,7 +3,7 @@
  * Qwen3: NFC, then byte-level; Llama 2: sentencepiece-style BPE with byte
  * fallback) and a mode:
  *
- *   text  the rest is a prompt (any bytes): every id is in the vocabulary,
+ *   text  the rest is a prompt (any bytes): every id is a known token,
  *         and on Llama 3.1, valid UTF-8 decodes back to exactly itself;
  *   ids   the rest is token ids (3 bytes each, modulo the vocabulary):
  *         streaming them through the incremental detokenizer one at a time,
@@ -70,9 +70,8 @@ static void text_mode(const lm_tokenizer *tok, int byte_level, const uint8_t *s,
   lm_tokens ids = {0};
   if (lm_tokenizer_encode(tok, (const char *)s, n, add_special, &ids, err) != LM_OK)
     __builtin_trap(); /* any bytes are a prompt */
-  size_t vocab = lm_tokenizer_vocab_size(tok);
   for (size_t i = 0; i < ids.n; i++)
-    if (ids.ids[i] < 0 || (size_t)ids.ids[i] >= vocab) __builtin_trap();
+    if (!lm_tokenizer_id_token(tok, ids.ids[i], NULL)) __builtin_trap();
   if (byte_level && !add_special && valid_utf8(s, n)) {
     char *back;
     size_t len;

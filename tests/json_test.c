@@ -53,6 +53,19 @@ static void test_errors(void) {
     lm_check(rc == LM_EFORMAT && doc == NULL && strstr(err, "invalid JSON at byte"),
              "refuses '%s' (%s)", bad[i], rc ? err : "accepted");
   }
+  /* JSON is UTF-8: a stray byte, an overlong form and a surrogate are refused
+   * with where they are */
+  static const char *const not_utf8[] = {"[\"ab\xff\"]", "\"\xc0\xaf\"",
+                                         "{\"k\": \"\xed\xa0\x80\"}"};
+  static const size_t at[] = {4, 1, 7};
+  for (size_t i = 0; i < sizeof(not_utf8) / sizeof(not_utf8[0]); i++) {
+    lm_json_doc *doc = NULL;
+    char want[64];
+    snprintf(want, sizeof(want), "invalid JSON at byte %zu: not UTF-8", at[i]);
+    int rc = lm_json_parse(not_utf8[i], strlen(not_utf8[i]), &doc, err);
+    lm_check(rc == LM_EFORMAT && doc == NULL && !strcmp(err, want), "refuses text %zu: %s", i,
+             rc ? err : "accepted");
+  }
   size_t depth = 10000;
   char *deep = malloc(depth + 1);
   memset(deep, '[', depth);

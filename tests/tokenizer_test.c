@@ -351,6 +351,15 @@ static void test_model(void) {
   tok = load_json("null", "null", model2, "[]", "null", "null", err);
   check(encode_is(tok, "a\xe4\xbd\xa0", 0, (int32_t[]){1, 11, 12, 13}, 4), "bpe: byte_fallback");
   lm_tokenizer_free(tok);
+  /* no unk token, no byte fallback: unknown characters are dropped, and a
+   * word of nothing but them gives no id */
+  snprintf(model2, sizeof model2, "%s", MODEL);
+  p = strstr(model2, "\"unk_token\":\"<unk>\"");
+  memcpy(p, "\"unk_token\":null   ", 19);
+  tok = load_json("null", "null", model2, "[]", "null", "null", err);
+  check(tok && encode_is(tok, "zz", 0, NULL, 0) && encode_is(tok, "azb", 0, (int32_t[]){6}, 1),
+        "bpe: unknown characters without an unk token are dropped");
+  lm_tokenizer_free(tok);
 }
 
 static void test_added(void) {
@@ -432,6 +441,21 @@ static void test_errors(void) {
   check(err_is("null", "null", "{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[\"a b\"]}",
                "null", "null", "model.merges[0]: token \"b\" not in vocab", LM_EFORMAT),
         "error: merge outside the vocabulary");
+  check(err_is("null", "null", NULL,
+               "{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\"}},"
+               "{\"Sequence\":{\"id\":\"A\"}}],\"special_tokens\":{\"<s>\":{\"ids\":[128000]}}}",
+               "null", "post_processor: special token id 128000 is not in the vocabulary",
+               LM_EFORMAT),
+        "error: a post-processor id outside the vocabulary");
+  check(err_is("null", "null", NULL,
+               "{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"<s>\"}}],"
+               "\"special_tokens\":{\"<s>\":{\"ids\":[-1]}}}",
+               "null", "special_tokens[\"<s>\"].ids: not a token id", LM_EFORMAT),
+        "error: a negative post-processor id");
+  check(err_is("null", "null", "{\"type\":\"BPE\",\"vocab\":{\"a\":16777216},\"merges\":[]}",
+               "null", "null", "model.vocab[\"a\"]: expected an integer id in 0..16777215",
+               LM_EFORMAT),
+        "error: a vocabulary id far beyond any real vocabulary");
   write_file(tmpdir, "tokenizer.json", "{\"model\": [1, 2");
   char err[LM_ERR_LEN];
   lm_tokenizer *tok = NULL;
@@ -488,7 +512,7 @@ static int stream_equals_decode(const lm_tokenizer *tok, const lm_tokens *t, int
     size_t dl;
     int rc = i < t->n ? lm_detok_push(d, t->ids[i], &delta, &dl, err)
                       : lm_detok_flush(d, &delta, &dl, err);
-    ok = !rc && lm_tok_utf8_valid_prefix(delta, dl) == dl && !lm_buf_put(&got, delta, dl);
+    ok = !rc && lm_utf8_valid_prefix(delta, dl) == dl && !lm_buf_put(&got, delta, dl);
   }
   ok = ok && got.n == want_len && (!want_len || !memcmp(got.p, want, want_len));
   lm_buf_free(&got);
