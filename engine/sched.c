@@ -273,14 +273,24 @@ static int schedule_running(lm_engine *e, double now, struct budget *budget, int
   return n;
 }
 
+/* The step model's shape of the first n chunks. */
+static struct lm_step_shape step_shape(const lm_engine *e, int n) {
+  struct lm_step_shape shape = {0, 0, 0};
+  for (int i = 0; i < n; i++) {
+    int start = e->chunk_req[i]->kv.n_cached_tokens, k = e->chunks[i].n_tokens;
+    shape.tokens += k;
+    if (k == 1)
+      shape.decode_keys += start + 1;
+    else
+      shape.prompt_keys += lm_step_chunk_keys(start, k);
+  }
+  return shape;
+}
+
 /* The time prompt chunks get beside the n decodes scheduled so far. */
 static void limit_prompts(lm_engine *e, int n, struct budget *b) {
-  struct lm_step_shape d = {0, 0, 0};
   if (e->cfg.max_decode_slowdown <= 0 || n == 0 || !lm_step_model_ready(&e->step_model)) return;
-  for (int i = 0; i < n; i++) {
-    d.tokens += e->chunks[i].n_tokens;
-    d.decode_keys += e->chunk_req[i]->kv.n_cached_tokens + 1;
-  }
+  struct lm_step_shape d = step_shape(e, n);
   b->seconds = (e->cfg.max_decode_slowdown - 1) * lm_step_model_predict(&e->step_model, &d);
   b->floor = LM_PROMPT_FLOOR;
 }
@@ -333,19 +343,12 @@ static int schedule_waiting(lm_engine *e, double now, struct budget *budget, int
 }
 
 /* The chunk's prompt tokens count as computed; a chunk that reaches into
- * the prompt is one more step of that prompt's prefill. Returns the step's
- * shape for the step model. */
-static struct lm_step_shape count_chunks(lm_engine *e, int n) {
-  struct lm_step_shape shape = {0, 0, 0};
+ * the prompt is one more step of that prompt's prefill. */
+static void count_chunks(lm_engine *e, int n) {
   int decodes = 0, prefills = 0;
   for (int i = 0; i < n; i++) {
     lm_request *r = e->chunk_req[i];
     int start = r->kv.n_cached_tokens, end = start + e->chunks[i].n_tokens;
-    shape.tokens += e->chunks[i].n_tokens;
-    if (e->chunks[i].n_tokens == 1)
-      shape.decode_keys += start + 1;
-    else
-      shape.prompt_keys += lm_step_chunk_keys(start, e->chunks[i].n_tokens);
     if (start < r->n_prompt) {
       prefills++;
       e->st.prompt_tokens += (uint64_t)((end < r->n_prompt ? end : r->n_prompt) - start);
@@ -356,7 +359,6 @@ static struct lm_step_shape count_chunks(lm_engine *e, int n) {
   }
   if (prefills && decodes > e->st.max_decodes_with_prefill)
     e->st.max_decodes_with_prefill = decodes;
-  return shape;
 }
 
 static void finish_all(lm_engine *e, int n, int code, const char *msg) {
@@ -401,7 +403,8 @@ int lm_sched_step(lm_engine *e) {
   /* after a preemption the pool is short: let running requests catch up */
   if (!preempted) n = schedule_waiting(e, now, &budget, n);
   if (n == 0) return 0;
-  struct lm_step_shape shape = count_chunks(e, n);
+  count_chunks(e, n);
+  struct lm_step_shape shape = step_shape(e, n);
   e->st.slowdown_limited_steps += (uint64_t)budget.capped;
 
   const void *logits;

@@ -410,9 +410,11 @@ static int decode_chat(const Lmserve__V1__ChatRequest *ch, const struct lm_codec
     /* proto3 strings are UTF-8; the library that decoded this does not check */
     const char *text[] = {m->role, m->content, m->name, m->tool_call_id};
     static const char *const field[] = {"role", "content", "name", "tool_call_id"};
-    for (size_t k = 0; k < 4; k++)
-      if (text[k] && lm_utf8_valid_prefix(text[k], strlen(text[k])) != strlen(text[k]))
+    for (size_t k = 0; k < 4; k++) {
+      size_t len = text[k] ? strlen(text[k]) : 0;
+      if (lm_utf8_valid_prefix(text[k], len) != len)
         return lm_errf(err, LM_EINVAL, "messages[%zu].%s: not valid UTF-8", i, field[k]);
+    }
   }
   for (size_t i = 0; i < ch->n_tools; i++)
     if (!ch->tools[i]->function || !*ch->tools[i]->function->name)

@@ -45,23 +45,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   return 0;
 }
 
-/* Whether s is well-formed UTF-8 (shortest forms, no surrogates, <= U+10FFFF). */
+/* Whether s[0..n) is well-formed UTF-8. */
 static int valid_utf8(const uint8_t *s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    uint8_t c = s[i];
-    size_t k = c < 0x80                ? 1
-               : c >= 0xc2 && c < 0xe0 ? 2
-               : c >= 0xe0 && c < 0xf0 ? 3
-               : c >= 0xf0 && c < 0xf5 ? 4
-                                       : 0;
-    if (!k || i + k > n) return 0;
-    for (size_t j = 1; j < k; j++)
-      if ((s[i + j] & 0xc0) != 0x80) return 0;
-    if (k == 3 && ((c == 0xe0 && s[i + 1] < 0xa0) || (c == 0xed && s[i + 1] >= 0xa0))) return 0;
-    if (k == 4 && ((c == 0xf0 && s[i + 1] < 0x90) || (c == 0xf4 && s[i + 1] >= 0x90))) return 0;
-    i += k;
-  }
-  return 1;
+  return lm_utf8_valid_prefix((const char *)s, n) == n;
 }
 
 static void text_mode(const lm_tokenizer *tok, int byte_level, const uint8_t *s, size_t n,

@@ -102,18 +102,6 @@ struct run {
   size_t release_at[512]; /* text length after each push */
 };
 
-static int utf8_valid(const char *s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    unsigned char c = (unsigned char)s[i];
-    size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (!k || i + k > n) return 0;
-    for (size_t j = 1; j < k; j++)
-      if (((unsigned char)s[i + j] & 0xc0) != 0x80) return 0;
-    i += k;
-  }
-  return 1;
-}
-
 struct params {
   const char *const *stop;
   int n_stop;
@@ -152,7 +140,8 @@ static void run(const struct fix *f, const struct params *q, const lm_tokens *t,
     size_t before = r->text.len;
     r->why = lm_outproc_push(o, t->ids[i], &r->text);
     r->consumed = (int)i + 1;
-    if (!utf8_valid(r->text.data + before, r->text.len - before)) r->bad_utf8 = 1;
+    size_t got = r->text.len - before;
+    if (got && lm_utf8_valid_prefix(r->text.data + before, got) != got) r->bad_utf8 = 1;
     if (i < 512) r->release_at[i] = r->text.len;
     if (r->why != LM_FINISH_NONE) break;
   }
