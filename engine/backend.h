@@ -50,9 +50,10 @@ struct lm_batch {
  *   [n_layers][2 (K, V)][n_blocks][n_kv_heads] regions of
  *   block_size * head_dim dtype elements
  * (a type the backend lists in kv_dtypes; K after RoPE and V are rounded
- * to it as they are written). A V region is [block_size][head_dim]; a K
- * region is in the order the backend's attention reads best (CUDA: as V;
- * the CPU: transposed by 32-bit words, lm_cpu_k_index). */
+ * to it as they are written). A V region is [block_size][head_dim] (the
+ * CPU with AMX tiles: by pairs of keys, lm_cpu_v_index); a K region is in
+ * the order the backend's attention reads best (CUDA: as V; the CPU:
+ * transposed by 32-bit words, lm_cpu_k_index). */
 struct lm_kv_shape {
   int n_layers;
   int n_blocks;

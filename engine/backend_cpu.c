@@ -8,7 +8,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <cpuid.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "engine/cpu_internal.h"
 #include "engine/sampler.h"
@@ -69,6 +72,23 @@ void lm_cpu_convert_row(float *dst, const void *src, enum lm_dtype dt, size_t n)
     dst[i] = lm_cpu_elem(src, dt, i);
 }
 
+/* AMX-TILE and AMX-BF16 (CPUID.(7,0):EDX bits 24 and 22), with the tile
+ * data state granted: Linux keeps it off until a process asks
+ * (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA), and the grant covers every
+ * thread of the process. A kernel that refuses it (too old, or a thread's
+ * signal stack too small for the tile state) leaves the AVX-512 kernels. */
+int lm_cpu_has_amx(void) {
+  static int cached = -1;
+  unsigned a, b, c, d;
+  if (cached >= 0) return cached;
+  cached = 0;
+  if (lm_cpu_has_avx512() && __builtin_cpu_supports("avx512bf16") &&
+      __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 22 & 1))
+    cached =
+        syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+  return cached;
+}
+
 /* ---- lifecycle, buffers ------------------------------------------------ */
 
 static int lm_cpu_create(const struct lm_backend_config *cfg, void **st, char *err) {
@@ -87,15 +107,21 @@ static int lm_cpu_create(const struct lm_backend_config *cfg, void **st, char *e
    * Emerald Rapids) a third of the FMA's GFLOP/s, so widening wins there
    * (cpu_gemm.c; backend_bench prints both probes) */
   int has_dot = cpu->avx512 && __builtin_cpu_supports("avx512bf16");
-  cpu->bf16_dot = has_dot && __builtin_cpu_is("amd");
+  /* AMX tiles, where the CPU has them, do 8 times the FMA's multiply-adds
+   * a cycle (Sapphire Rapids and later), and round x to bf16 as the dot
+   * products do */
+  cpu->amx = lm_cpu_has_amx();
+  cpu->bf16_dot = cpu->amx || (has_dot && __builtin_cpu_is("amd"));
   cpu->mapped_weights = cfg ? cfg->cpu_mapped_weights : 0;
   /* LM_CPU_ISA=scalar forces the portable kernels, LM_CPU_ISA=avx512 the
-   * AVX-512 ones without bf16 dot products, LM_CPU_ISA=bf16dot the dot
-   * products wherever the CPU has them (tests, comparisons) */
+   * AVX-512 ones without bf16 dot products or tiles, LM_CPU_ISA=bf16dot
+   * the dot products wherever the CPU has them, LM_CPU_ISA=amx the tiles
+   * wherever it has them (tests, comparisons) */
   const char *isa = getenv("LM_CPU_ISA");
   if (isa && strcmp(isa, "scalar") == 0) cpu->avx512 = 0;
   if (isa && (strcmp(isa, "scalar") == 0 || strcmp(isa, "avx512") == 0)) cpu->bf16_dot = 0;
   if (isa && strcmp(isa, "bf16dot") == 0) cpu->bf16_dot = has_dot;
+  if (isa && strcmp(isa, "amx") != 0) cpu->amx = 0;
   *st = cpu;
   return LM_OK;
 }
@@ -521,7 +547,8 @@ struct lm_kvw_args {
   const float *k, *v;  /* [T, n_kv_heads, head_dim] */
   const struct lm_kv_shape *s;
   const int32_t *slots;
-  int by16; /* lm_kvw_head_avx512 (AVX-512, a bf16 or e5m2 cache, head_dim % 16 == 0) */
+  int by16;  /* lm_kvw_head_avx512 (AVX-512, a bf16 or e5m2 cache, head_dim % 16 == 0) */
+  int pairs; /* V by pairs of keys (lm_cpu_v_index) */
 };
 
 /* lm_f32_to_e5m2 on 16 lanes: nearest even, saturating, NaN kept. */
@@ -558,10 +585,11 @@ LM_AVX512_TARGET static __m256i lm_kvw_bf16_16(__m512 x) {
 }
 
 /* One token's head into a bf16 or e5m2 cache, 16 dims at a time: V's
- * elements in its row, K's pairs of dims down their word rows. */
+ * elements in its row (or, by pairs of keys, in every other half of its
+ * pair's row), K's pairs of dims down their word rows. */
 LM_AVX512_TARGET static void lm_kvw_head_avx512(char *kreg, char *vreg, const float *k,
                                                 const float *v, int off, int hd, int bs,
-                                                enum lm_dtype dt) {
+                                                enum lm_dtype dt, int pairs) {
   for (int d0 = 0; d0 < hd; d0 += 16) {
     if (dt == LM_DTYPE_F8E5M2) {
       _mm_storeu_si128((__m128i *)(vreg + (size_t)off * hd + d0),
@@ -571,8 +599,14 @@ LM_AVX512_TARGET static void lm_kvw_head_avx512(char *kreg, char *vreg, const fl
       for (int p = 0; p < 8; p++)
         ((uint16_t *)kreg)[(size_t)(d0 / 2 + p) * bs + off] = pairs[p];
     } else {
-      _mm256_storeu_si256((__m256i *)(vreg + ((size_t)off * hd + d0) * 2),
-                          lm_kvw_bf16_16(_mm512_loadu_ps(v + d0)));
+      __m256i vb = lm_kvw_bf16_16(_mm512_loadu_ps(v + d0));
+      if (pairs) {
+        __m512i w = _mm512_cvtepu16_epi32(vb);
+        _mm512_mask_storeu_epi16(vreg + lm_cpu_v_index(off & ~1, d0, hd, 1) * 2,
+                                 off % 2 ? 0xaaaaaaaau : 0x55555555u,
+                                 off % 2 ? _mm512_slli_epi32(w, 16) : w);
+      } else
+        _mm256_storeu_si256((__m256i *)(vreg + ((size_t)off * hd + d0) * 2), vb);
       uint32_t pairs[8];
       _mm256_storeu_si256((__m256i *)pairs, lm_kvw_bf16_16(_mm512_loadu_ps(k + d0)));
       for (int p = 0; p < 8; p++)
@@ -608,12 +642,13 @@ static void lm_kvw_rows(const void *argp, int64_t r0, int64_t r1) {
       const float *k = a->k + (size_t)t * row + (size_t)h * hd;
       const float *v = a->v + (size_t)t * row + (size_t)h * hd;
       if (a->by16) {
-        lm_kvw_head_avx512(a->kbase + region, a->vbase + region, k, v, off, hd, bs, s->dtype);
+        lm_kvw_head_avx512(a->kbase + region, a->vbase + region, k, v, off, hd, bs, s->dtype,
+                           a->pairs);
         continue;
       }
       for (int d = 0; d < hd; d++) {
         lm_kvw_store(a->kbase + region, lm_cpu_k_index(off, d, bs, s->dtype), k[d], s->dtype);
-        lm_kvw_store(a->vbase + region, (size_t)off * hd + d, v[d], s->dtype);
+        lm_kvw_store(a->vbase + region, lm_cpu_v_index(off, d, hd, a->pairs), v[d], s->dtype);
       }
     }
   }
@@ -629,7 +664,8 @@ static void lm_cpu_kv_write(void *st, void *kv, const struct lm_kv_shape *shape,
                           .s = shape,
                           .slots = b->slot_mapping,
                           .by16 = ((struct lm_cpu *)st)->avx512 && shape->dtype != LM_DTYPE_F32 &&
-                                  shape->head_dim % 16 == 0};
+                                  shape->head_dim % 16 == 0,
+                          .pairs = lm_cpu_attn_amx(st, shape)};
   lm_cpu_rows(st, b->n_tokens, (int64_t)shape->n_kv_heads * shape->head_dim * 2, lm_kvw_rows, &a);
 }
 

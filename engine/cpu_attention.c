@@ -34,6 +34,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/cpu_internal.h"
 
@@ -58,6 +59,7 @@ struct lm_attn_job {
   const int64_t *item_off; /* [S+1] first item of each sequence, or NULL */
   int seq;                 /* the one sequence when item_off is NULL */
   int avx512;
+  int amx; /* lm_cpu_attn_amx: AMX tiles, V by pairs of keys */
 };
 
 /* Rows r of a tile are (token t0 + r / nh, head g * group + h0 + r % nh). */
@@ -510,6 +512,259 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
 #undef LM_ATTN_CASE
 }
 
+/* ---- AMX tiles ----------------------------------------------------------
+ *
+ * A bf16 cache in blocks of a multiple of 16 keys, head_dim a multiple of
+ * 32 (lm_cpu_attn_amx). A K region's 16 words from 16 s, for the 16 keys
+ * of a piece, are a B tile of dims 32 s .. 32 s + 31 by 16 keys; 8 rows of
+ * a V region stored by pairs of keys are a B tile of 16 keys by 16 dims.
+ * The queries and the probabilities are split into two bf16 halves, x =
+ * hi + lo with hi = bf16(x) and lo = bf16(x - hi), which hold x to about
+ * 2^-16 of it: the tile products are then about as exact as f32 FMAs (a
+ * single bf16 rounding of either gives 1e-3 errors on attention outputs).
+ * A tile's rows go through each chunk up to 16 at a time: scores S = Q
+ * K^T, the high and the low halves' products (32 dims each, in order) in
+ * two accumulators added at the end, the online-softmax update in f32, P =
+ * the probabilities' halves (what l sums), then P V (16 keys a product,
+ * the chunk's pieces in order, hi then lo) into 16 dims of each row's
+ * output a tile, four tiles at a time, added to o * alpha. Every product
+ * is row by row, so a row's result is its own whatever the other rows of
+ * its tile, and the same in blocks of 16 or 32 keys. Keys past a row's own are 0 in P, and a
+ * chunk's last piece, when partial, is multiplied from a copy of its V with the keys past it
+ * zeroed, so no stale slot reaches a sum. */
+
+/* Tiles: for S, 0 and 5 its halves' accumulators (rows x 16 keys), 1 and
+ * 6 Q's halves (rows x 32 dims), 2 K (16 dim pairs x 16 keys); for O, 0,
+ * 1, 5 and 6 four accumulators (rows x 16 dims), 3 and 7 P's halves (rows
+ * x 16 keys), 4 V (8 key pairs x 16 dims). */
+LM_AMX_TARGET static void lm_attn_amx_configure(struct lm_amx_cfg *have, int rows) {
+  struct lm_amx_cfg c;
+  memset(&c, 0, sizeof(c));
+  c.palette = 1;
+  c.rows[0] = c.rows[1] = c.rows[3] = c.rows[5] = c.rows[6] = c.rows[7] = (uint8_t)rows;
+  c.rows[2] = 16;
+  c.rows[4] = 8;
+  c.colsb[0] = c.colsb[1] = c.colsb[2] = c.colsb[4] = c.colsb[5] = c.colsb[6] = 64;
+  c.colsb[3] = c.colsb[7] = 32;
+  lm_amx_load_cfg(have, &c);
+}
+
+/* The first n keys (< 16) of a piece's V (by pairs, head_dim hd), the
+ * others zero, into dst: [8 pairs][hd][2]. */
+LM_AMX_TARGET static void lm_attn_amx_v_tail(uint16_t *dst, const char *v, int n, int hd) {
+  for (int i = 0; i < 8; i++)
+    for (int d = 0; d < hd; d += 16) {
+      __m512i w = _mm512_loadu_si512(v + ((size_t)i * hd + d) * 4);
+      if (2 * i + 1 >= n)
+        w = 2 * i < n ? _mm512_and_si512(w, _mm512_set1_epi32(0xffff)) : _mm512_setzero_si512();
+      _mm512_store_si512(dst + ((size_t)i * hd + d) * 2, w);
+    }
+}
+
+/* Pulls the n bytes at a into L1 (l1) or L2: every fourth line, which
+ * starts the hardware's adjacent-line and stream prefetchers on the rest
+ * (every line cost a prefill chunk 2 %). */
+LM_AVX512_INLINE void lm_attn_pull_range(const char *a, size_t n, int l1) {
+  for (size_t x = 0; x < n; x += 256)
+    lm_attn_pull(a + x, l1);
+}
+
+/* x as bf16 halves: hi = bf16(x), lo = bf16(x - hi); returns hi + lo. */
+LM_AMX_TARGET static inline __m512 lm_attn_amx_split(__m512 x, uint16_t *hi, uint16_t *lo) {
+  __m256bh h = _mm512_cvtneps_pbh(x);
+  __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
+  __m256bh l = _mm512_cvtneps_pbh(_mm512_sub_ps(x, hf));
+  _mm256_store_si256((__m256i *)hi, (__m256i)h);
+  _mm256_store_si256((__m256i *)lo, (__m256i)l);
+  return _mm512_add_ps(
+      hf, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)l), 16)));
+}
+
+/* The online-softmax update of a row against a chunk whose scores (before
+ * the scale) are in sc, over its first nv keys; p and pl get the halves of
+ * its probabilities over np16 keys (0 past nv). Returns alpha. */
+LM_AMX_TARGET static float lm_attn_amx_softmax(const struct lm_attn_job *j, const float *sc,
+                                               uint16_t *p, uint16_t *pl, int nv, int np16,
+                                               float *m, float *l) {
+  __m512 scale = _mm512_set1_ps(j->scale), bmax = _mm512_set1_ps(-INFINITY);
+  for (int c0 = 0; c0 < nv; c0 += 16)
+    bmax = _mm512_mask_max_ps(bmax, lm_cpu_lanes(nv - c0), bmax,
+                              _mm512_mul_ps(_mm512_load_ps(sc + c0), scale));
+  float bm = _mm512_reduce_max_ps(bmax), m_new = *m > bm ? *m : bm;
+  float alpha = _mm512_cvtss_f32(lm_exp16(_mm512_set1_ps(*m - m_new)));
+  __m512 psum = _mm512_setzero_ps();
+  for (int c0 = 0; c0 < np16; c0 += 16) {
+    __m512 e = lm_exp16(
+        _mm512_sub_ps(_mm512_mul_ps(_mm512_load_ps(sc + c0), scale), _mm512_set1_ps(m_new)));
+    psum = _mm512_add_ps(
+        psum, lm_attn_amx_split(_mm512_maskz_mov_ps(lm_cpu_lanes(nv - c0), e), p + c0, pl + c0));
+  }
+  *l = *l * alpha + lm_hsum16(psum);
+  *m = m_new;
+  return alpha;
+}
+
+/* Rows r .. r + nr - 1 (nr <= 16) of a tile (their queries' halves qh and
+ * ql, outputs o, head_dim apart) against chunk ck, of which the row r + x
+ * reads the first nv[x] keys; the first rows (pull) pull the keys into
+ * cache for the others. */
+LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
+                                           const struct lm_attn_chunk *ck,
+                                           const struct lm_attn_chunk *next, const int *nv,
+                                           const uint16_t *qh, const uint16_t *ql, float *o,
+                                           float *m, float *l, int nr, int pull,
+                                           struct lm_amx_cfg *have) {
+  const int hd = j->hd;
+  const size_t piece_bytes = (size_t)16 * hd * 2;
+  float sc[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
+  float sl[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
+  uint16_t ph[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
+  uint16_t pl[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
+  uint16_t vtail[8 * LM_ATTN_MAX_HD * 2] __attribute__((aligned(64)));
+  float ot[4][16][16] __attribute__((aligned(64))), alpha[16];
+  int nmax = 0, np = 0;
+  for (int r = 0; r < nr; r++)
+    nmax = nv[r] > nmax ? nv[r] : nmax;
+  if (nmax <= 0) return;
+  while (np < ck->n_pieces && ck->piece[np].k0 < nmax)
+    np++;
+  lm_attn_amx_configure(have, nr);
+  /* S = Q K^T piece by piece, pulling the next piece's K, this one's V
+   * and the next chunk's piece into cache ahead of their use */
+  for (int pi = 0; pi < np; pi++) {
+    const struct lm_attn_piece *pc = &ck->piece[pi];
+    if (pull && pi + 1 < np) lm_attn_pull_range(ck->piece[pi + 1].k, piece_bytes, 1);
+    if (pull) lm_attn_pull_range(ck->v[pc->k0], piece_bytes, 1);
+    if (pull && next && pi < next->n_pieces) {
+      lm_attn_pull_range(next->piece[pi].k, piece_bytes, 0);
+      lm_attn_pull_range(next->v[next->piece[pi].k0], piece_bytes, 0);
+    }
+    /* the halves in two accumulators, two chains in flight */
+    _tile_zero(0);
+    _tile_zero(5);
+    for (int s = 0; s < hd / 32; s++) {
+      _tile_loadd(1, qh + 32 * s, (size_t)hd * 2);
+      _tile_loadd(6, ql + 32 * s, (size_t)hd * 2);
+      _tile_loadd(2, pc->k + ((size_t)16 * s * j->bs + pc->off) * 4, (size_t)j->bs * 4);
+      _tile_dpbf16ps(0, 1, 2);
+      _tile_dpbf16ps(5, 6, 2);
+    }
+    _tile_stored(0, sc[0] + pc->k0, LM_ATTN_CHUNK * sizeof(float));
+    _tile_stored(5, sl[0] + pc->k0, LM_ATTN_CHUNK * sizeof(float));
+  }
+  for (int r = 0; r < nr; r++)
+    for (int c0 = 0; c0 < 16 * np; c0 += 16)
+      _mm512_store_ps(sc[r] + c0,
+                      _mm512_add_ps(_mm512_load_ps(sc[r] + c0), _mm512_load_ps(sl[r] + c0)));
+  for (int r = 0; r < nr; r++) {
+    if (nv[r] > 0) {
+      alpha[r] = lm_attn_amx_softmax(j, sc[r], ph[r], pl[r], nv[r], 16 * np, m + r, l + r);
+      continue;
+    }
+    alpha[r] = 1.0f;
+    memset(ph[r], 0, sizeof(ph[r]));
+    memset(pl[r], 0, sizeof(pl[r]));
+  }
+  const struct lm_attn_piece *last = &ck->piece[np - 1];
+  if (last->n < 16) lm_attn_amx_v_tail(vtail, ck->v[last->k0], last->n, hd);
+  /* O = P V, 64 dims (4 accumulators, 4 chains in flight) at a time, or
+   * the last 32 */
+  for (int d0 = 0; d0 < hd; d0 += 64) {
+    int nd = hd - d0 >= 64 ? 4 : 2;
+    _tile_zero(0);
+    _tile_zero(1);
+    if (nd == 4) {
+      _tile_zero(5);
+      _tile_zero(6);
+    }
+    for (int pi = 0; pi < np; pi++) {
+      const struct lm_attn_piece *pc = &ck->piece[pi];
+      const char *v = (pc->n < 16 ? (const char *)vtail : ck->v[pc->k0]) + (size_t)d0 * 4;
+      const size_t vs = (size_t)hd * 4;
+      _tile_loadd(3, ph[0] + pc->k0, LM_ATTN_CHUNK * sizeof(uint16_t));
+      _tile_loadd(7, pl[0] + pc->k0, LM_ATTN_CHUNK * sizeof(uint16_t));
+      _tile_loadd(4, v, vs);
+      _tile_dpbf16ps(0, 3, 4);
+      _tile_dpbf16ps(0, 7, 4);
+      _tile_loadd(4, v + 64, vs);
+      _tile_dpbf16ps(1, 3, 4);
+      _tile_dpbf16ps(1, 7, 4);
+      if (nd == 4) {
+        _tile_loadd(4, v + 128, vs);
+        _tile_dpbf16ps(5, 3, 4);
+        _tile_dpbf16ps(5, 7, 4);
+        _tile_loadd(4, v + 192, vs);
+        _tile_dpbf16ps(6, 3, 4);
+        _tile_dpbf16ps(6, 7, 4);
+      }
+    }
+    _tile_stored(0, ot[0], 64);
+    _tile_stored(1, ot[1], 64);
+    if (nd == 4) {
+      _tile_stored(5, ot[2], 64);
+      _tile_stored(6, ot[3], 64);
+    }
+    for (int r = 0; r < nr; r++)
+      if (nv[r] > 0)
+        for (int x = 0; x < nd; x++) {
+          float *dst = o + (size_t)r * hd + d0 + 16 * x;
+          _mm512_store_ps(dst, _mm512_fmadd_ps(_mm512_load_ps(dst), _mm512_set1_ps(alpha[r]),
+                                               _mm512_load_ps(ot[x][r])));
+        }
+  }
+}
+
+/* The tile: the queries' halves, then chunk by chunk its rows 16 at a
+ * time; then the outputs. */
+LM_AMX_TARGET static void lm_attn_tile_amx(const struct lm_attn_job *j,
+                                           const struct lm_attn_tile *tl) {
+  const int hd = j->hd;
+  int n_rows = (tl->t1 - tl->t0) * tl->nh;
+  int pos[LM_ATTN_ROWS], nv[LM_ATTN_ROWS];
+  float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS];
+  uint16_t qh[LM_ATTN_ROWS * LM_ATTN_MAX_HD] __attribute__((aligned(64)));
+  uint16_t ql[LM_ATTN_ROWS * LM_ATTN_MAX_HD] __attribute__((aligned(64)));
+  float o[LM_ATTN_ROWS * LM_ATTN_MAX_HD] __attribute__((aligned(64)));
+  struct lm_attn_chunk ck[2];
+  struct lm_amx_cfg have;
+  memset(&have, 0, sizeof(have));
+  int pmax = lm_attn_rows_init(j, tl, n_rows, pos, m, l);
+  for (int r = 0; r < n_rows; r++) {
+    int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
+    const float *src = j->q + ((size_t)t * j->n_heads + h) * hd;
+    for (int d = 0; d < hd; d += 16) {
+      lm_attn_amx_split(_mm512_loadu_ps(src + d), qh + (size_t)r * hd + d, ql + (size_t)r * hd + d);
+      _mm512_store_ps(o + (size_t)r * hd + d, _mm512_setzero_ps());
+    }
+  }
+  const int32_t *table = j->b->block_tables + (size_t)tl->s * j->b->max_blocks;
+  lm_attn_chunk_init(j, tl, table, 0, pmax, &ck[0]);
+  for (int base = 0, c = 0; base <= pmax; base += LM_ATTN_CHUNK, c ^= 1) {
+    const struct lm_attn_chunk *next = NULL;
+    if (base + LM_ATTN_CHUNK <= pmax) {
+      lm_attn_chunk_init(j, tl, table, base + LM_ATTN_CHUNK, pmax, &ck[c ^ 1]);
+      next = &ck[c ^ 1];
+    }
+    for (int r = 0; r < n_rows; r++) {
+      int n = pos[r] + 1 - base;
+      nv[r] = n < LM_ATTN_CHUNK ? n : LM_ATTN_CHUNK;
+    }
+    for (int r = 0; r < n_rows; r += 16) {
+      int nr = n_rows - r < 16 ? n_rows - r : 16;
+      lm_attn_amx_rows(j, &ck[c], next, nv + r, qh + (size_t)r * hd, ql + (size_t)r * hd,
+                       o + (size_t)r * hd, m + r, l + r, nr, r == 0, &have);
+    }
+  }
+  if (have.palette) _tile_release();
+  for (int r = 0; r < n_rows; r++) {
+    int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
+    float *dst = j->out + ((size_t)t * j->n_heads + h) * hd;
+    __m512 inv = _mm512_set1_ps(l[r] > 0.0f ? 1.0f / l[r] : 0.0f);
+    for (int d = 0; d < hd; d += 16)
+      _mm512_storeu_ps(dst + d, _mm512_mul_ps(_mm512_load_ps(o + (size_t)r * hd + d), inv));
+  }
+}
+
 /* ---- portable fallback (same algorithm, scalar) ------------------------ */
 
 static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_attn_tile *tl) {
@@ -598,7 +853,9 @@ static void lm_attn_item(void *argp, int64_t item, int tid) {
   tl.nh = (ht % j->n_htile + 1) * j->group / j->n_htile - tl.h0;
   tl.t0 = j->b->q_start[s] + (int)(item % tiles) * j->q_tile;
   tl.t1 = tl.t0 + j->q_tile < j->b->q_start[s + 1] ? tl.t0 + j->q_tile : j->b->q_start[s + 1];
-  if (j->avx512)
+  if (j->amx)
+    lm_attn_tile_amx(j, &tl);
+  else if (j->avx512)
     lm_attn_tile_avx512(j, &tl);
   else
     lm_attn_tile_scalar(j, &tl);
@@ -626,7 +883,8 @@ void lm_cpu_attention(void *st, void *out, const void *q, const void *kv,
       .group = n_heads / shape->n_kv_heads,
       .scale = scale,
       .avx512 = cpu->avx512 && shape->head_dim % (64 / (int)lm_dtype_size(shape->dtype)) == 0 &&
-                shape->head_dim <= LM_ATTN_MAX_HD};
+                shape->head_dim <= LM_ATTN_MAX_HD,
+      .amx = lm_cpu_attn_amx(cpu, shape)};
   if (b->n_seqs <= 0 || j.group <= 0) return;
   j.n_htile = (j.group + LM_ATTN_ROWS - 1) / LM_ATTN_ROWS;
   j.h_tile = (j.group + j.n_htile - 1) / j.n_htile;

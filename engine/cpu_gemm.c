@@ -30,7 +30,16 @@
  * rounding, which a bf16 checkpoint's own framework pays as well. On Intel
  * Sapphire and Emerald Rapids vdpbf16ps is slower than the FMA
  * (backend_bench's probes: 158-171 against 462 GFLOP/s on 2 cores), so the
- * widening kernel runs there. Which kernel runs is fixed per CPU, not
+ * widening kernel runs there, unless the process may use AMX.
+ *
+ * AMX tiles: a panel's 16 words from u are a B tile as tdpbf16ps takes it
+ * (16 rows of k pairs by 16 columns), and 16 rows of the bf16 pairs of x an
+ * A tile, so the packed layout serves the tiles as it is. A tile product
+ * adds 32 k to every element of a 16 x 16 f32 accumulator tile, in an order
+ * the hardware fixes; each element is one chain over the k steps from 0 up,
+ * so a row's bits again do not depend on M or on its place in a tile. K
+ * must be a multiple of 32 (every k step whole); other bf16 matrices take
+ * the dot products. Which kernel runs is fixed per CPU and matrix, not
  * measured, so a process computes the same bits every run. */
 #include <immintrin.h>
 #include <math.h>
@@ -48,6 +57,7 @@
 #define LM_GEMM_ITEMS_MAX 256 /* work items of one matrix */
 #define LM_TILE_DOT       3   /* kernel "dtype" for bf16 by dot products */
 #define LM_DOT_PREP_MB    4   /* up to this many rows, x is rounded on the calling thread */
+#define LM_AMX_PF         2   /* k steps of B tiles prefetched ahead */
 
 /* Words in a packed row of K elements of dt. */
 static size_t lm_gemm_words(int k, enum lm_dtype dt) {
@@ -289,7 +299,8 @@ struct lm_gemm_job {
   const struct lm_tensor *bias;
   int m, n, k;
   int avx512;
-  int dot;                              /* bf16 weights by dot products */
+  int dot;                              /* bf16 weights by dot products (x as bf16 pairs) */
+  int amx;                              /* ... by AMX tiles */
   int64_t unit;                         /* panels in a group */
   int64_t start[LM_GEMM_ITEMS_MAX + 1]; /* item i: groups start[i] .. start[i + 1] */
 };
@@ -365,6 +376,167 @@ static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t p0, int64_
   }
 }
 
+/* ---- AMX tiles ---------------------------------------------------------- */
+
+/* Tiles: C accumulators 0-3, A (x rows) 4 and 5, B (panels) 6 and 7. A
+ * kernel takes MA row tiles (of r0 and r1 rows) by NB panels, MA x NB <= 4:
+ * C tile a * NB + b is A tile a times panel b. */
+struct lm_amx_tile {
+  const uint32_t *xw; /* first x row, bf16 pairs, ldx words apart */
+  size_t ldx;
+  const uint32_t *w; /* first panel, ldp words apart */
+  size_t ldp;
+  size_t words; /* K / 2, a multiple of 16 */
+  float *y;     /* y[m0, 16 p0], ldy floats from one row to the next */
+  size_t ldy;
+  const float *bias; /* [16 * NB] */
+  int ncols;         /* columns of y the panels hold */
+  int rows[2];       /* rows of each A tile */
+};
+
+LM_AMX_TARGET static void lm_amx_configure(struct lm_amx_cfg *have, int ma, int nb, int r0,
+                                           int r1) {
+  struct lm_amx_cfg c;
+  memset(&c, 0, sizeof(c));
+  c.palette = 1;
+  for (int t = 0; t < ma * nb; t++)
+    c.rows[t] = (uint8_t)(t / nb ? r1 : r0);
+  c.rows[4] = (uint8_t)r0;
+  c.rows[5] = (uint8_t)(ma > 1 ? r1 : 0);
+  c.rows[6] = c.rows[7] = 16;
+  for (int t = 0; t < 8; t++)
+    c.colsb[t] = c.rows[t] ? 64 : 0;
+  lm_amx_load_cfg(have, &c);
+}
+
+/* C tile c (rows of A tile c / nb) + bias into y. */
+LM_AMX_TARGET static void lm_amx_store(const struct lm_amx_tile *t, const float *acc, int c,
+                                       int nb) {
+  int a = c / nb, b = c % nb;
+  __mmask16 mask = lm_cpu_lanes(t->ncols - 16 * b);
+  __m512 bias = _mm512_loadu_ps(t->bias + 16 * b);
+  float *y = t->y + (size_t)(16 * a) * t->ldy + 16 * b;
+  for (int i = 0; i < t->rows[a]; i++)
+    _mm512_mask_storeu_ps(y + (size_t)i * t->ldy, mask,
+                          _mm512_add_ps(_mm512_loadu_ps(acc + 16 * i), bias));
+}
+
+/* B tile b of k step u into tile register 6 + b % 2, its lines of k step u
+ * + LM_AMX_PF pulled into L1 (the first row pair streams them from DRAM). */
+#define LM_AMX_LOAD_B(t, b, u)                                                                     \
+  do {                                                                                             \
+    const uint32_t *src_ = (t)->w + (size_t)(b) * (t)->ldp + (u)*16;                               \
+    for (int l_ = 0; l_ < 16; l_++)                                                                \
+      _mm_prefetch((const char *)(src_ + (LM_AMX_PF * 16 + l_) * 16), _MM_HINT_T0);                \
+    if ((b) % 2)                                                                                   \
+      _tile_loadd(7, src_, 64);                                                                    \
+    else                                                                                           \
+      _tile_loadd(6, src_, 64);                                                                    \
+  } while (0)
+
+/* C tile c += A tile a times B tile b. tdpbf16ps spells its tile numbers
+ * into the instruction, so each pair a kernel uses is written out; the
+ * arguments are constants at every call site. */
+LM_AMX_TARGET static inline __attribute__((always_inline)) void lm_amx_dp(int c, int a, int b) {
+  switch (c * 100 + a * 10 + b) {
+  case 46: _tile_dpbf16ps(0, 4, 6); break;
+  case 147: _tile_dpbf16ps(1, 4, 7); break;
+  case 156: _tile_dpbf16ps(1, 5, 6); break;
+  case 246: _tile_dpbf16ps(2, 4, 6); break;
+  case 256: _tile_dpbf16ps(2, 5, 6); break;
+  case 347: _tile_dpbf16ps(3, 4, 7); break;
+  case 357: _tile_dpbf16ps(3, 5, 7); break;
+  default: __builtin_unreachable();
+  }
+}
+
+LM_AMX_TARGET static inline __attribute__((always_inline)) void
+lm_amx_kernel(int MA, int NB, const struct lm_amx_tile *t) {
+  float acc[16 * 16] __attribute__((aligned(64)));
+  size_t sa = t->ldx * sizeof(uint32_t);
+  _tile_zero(0);
+  if (MA * NB > 1) _tile_zero(1);
+  if (MA * NB > 2) _tile_zero(2);
+  if (MA * NB > 3) _tile_zero(3);
+  for (size_t u = 0; u < t->words; u += 16) {
+    _tile_loadd(4, t->xw + u, sa);
+    if (MA > 1) _tile_loadd(5, t->xw + 16 * t->ldx + u, sa);
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; b++) {
+      LM_AMX_LOAD_B(t, b, u);
+      lm_amx_dp(b, 4, 6 + b % 2);
+      if (MA > 1) lm_amx_dp(NB + b, 5, 6 + b % 2);
+    }
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < MA * NB; c++) {
+    if (c == 0) _tile_stored(0, acc, 64);
+    if (c == 1) _tile_stored(1, acc, 64);
+    if (c == 2) _tile_stored(2, acc, 64);
+    if (c == 3) _tile_stored(3, acc, 64);
+    lm_amx_store(t, acc, c, NB);
+  }
+}
+
+#define LM_DEF_AMX(MA, NB)                                                                         \
+  LM_AMX_TARGET static void lm_amx_##MA##_##NB(const struct lm_amx_tile *t) {                      \
+    lm_amx_kernel(MA, NB, t);                                                                      \
+  }
+LM_DEF_AMX(1, 1)
+LM_DEF_AMX(1, 2)
+LM_DEF_AMX(1, 3)
+LM_DEF_AMX(1, 4)
+LM_DEF_AMX(2, 1)
+LM_DEF_AMX(2, 2)
+
+typedef void (*lm_amx_fn)(const struct lm_amx_tile *t);
+static const lm_amx_fn lm_amx_kernels[2][4] = {{lm_amx_1_1, lm_amx_1_2, lm_amx_1_3, lm_amx_1_4},
+                                               {lm_amx_2_1, lm_amx_2_2, NULL, NULL}};
+
+/* Panels a group takes: 4 for one row tile, 2 for pairs. */
+static int lm_amx_nb_max(int rows) {
+  return rows <= 16 ? 4 : 2;
+}
+
+LM_AMX_TARGET static void lm_gemm_amx_range(const struct lm_gemm_job *j, int64_t p0, int64_t p1,
+                                            int tid) {
+  size_t words = lm_gemm_words(j->k, j->dt), ldp = words * 16;
+  uint32_t *scratch = j->packed ? NULL : j->scratch + (size_t)tid * LM_GEMM_NV * ldp;
+  struct lm_amx_cfg have;
+  memset(&have, 0, sizeof(have));
+  for (int mb = 0; mb < j->m; mb += LM_GEMM_MB) {
+    int rows = j->m - mb < LM_GEMM_MB ? j->m - mb : LM_GEMM_MB, nb_max = lm_amx_nb_max(rows);
+    for (int64_t p = p0; p < p1; p += nb_max) {
+      int nb = (int)(p1 - p < nb_max ? p1 - p : nb_max);
+      float bias[16 * LM_GEMM_NV];
+      int ncols = j->n - 16 * (int)p < 16 * nb ? j->n - 16 * (int)p : 16 * nb;
+      for (int c = 0; c < 16 * nb; c++)
+        bias[c] = j->bias && c < ncols
+                      ? lm_cpu_elem(j->bias->data, j->bias->dtype, (size_t)(16 * p + c))
+                      : 0.0f;
+      if (!j->packed) lm_gemm_pack(scratch, j->w, j->dt, j->n, j->k, p, nb);
+      for (int m = mb; m < mb + rows; m += 32) {
+        int left = mb + rows - m, r0 = left < 16 ? left : 16, r1 = left - r0 < 16 ? left - r0 : 16;
+        int ma = r1 > 0 ? 2 : 1;
+        struct lm_amx_tile tile = {.xw = j->xw + (size_t)m * j->xw_ld,
+                                   .ldx = j->xw_ld,
+                                   .w = j->packed ? j->packed + (size_t)p * ldp : scratch,
+                                   .ldp = ldp,
+                                   .words = words,
+                                   .y = j->y + (size_t)m * j->n + (size_t)p * 16,
+                                   .ldy = (size_t)j->n,
+                                   .bias = bias,
+                                   .ncols = ncols,
+                                   .rows = {r0, r1}};
+        lm_amx_configure(&have, ma, nb, r0, r1);
+        lm_amx_kernels[ma - 1][nb - 1](&tile);
+      }
+    }
+  }
+  /* tiles back in their init state: a context switch then saves none */
+  if (have.palette) _tile_release();
+}
+
 /* ---- portable fallback ------------------------------------------------- */
 
 /* Sequential over k per element: batch invariant by construction. */
@@ -390,7 +562,9 @@ static void lm_gemm_item(void *argp, int64_t item, int tid) {
   int64_t panels = ((int64_t)j->n + 15) / 16;
   int64_t p0 = j->start[item] * j->unit, p1 = j->start[item + 1] * j->unit;
   if (p1 > panels) p1 = panels;
-  if (j->avx512)
+  if (j->amx)
+    lm_gemm_amx_range(j, p0, p1, tid);
+  else if (j->avx512)
     lm_gemm_avx512_range(j, p0, p1, tid);
   else
     lm_gemm_scalar_range(j, 16 * p0, 16 * p1 < j->n ? 16 * p1 : j->n);
@@ -404,7 +578,8 @@ static void lm_gemm_item(void *argp, int64_t item, int tid) {
  * taken by another process leaves its share to the others. */
 static int64_t lm_gemm_items(struct lm_gemm_job *j, int n_threads) {
   int64_t panels = ((int64_t)j->n + 15) / 16, n = 0;
-  j->unit = panels >= (int64_t)LM_GEMM_CHUNK * 8 * n_threads ? LM_GEMM_CHUNK : lm_gemm_nv_max(j->m);
+  int group = j->amx ? lm_amx_nb_max(j->m) : lm_gemm_nv_max(j->m);
+  j->unit = panels >= (int64_t)LM_GEMM_CHUNK * 8 * n_threads ? LM_GEMM_CHUNK : group;
   j->start[0] = 0;
   for (int64_t left = (panels + j->unit - 1) / j->unit; left > 0; n++) {
     int64_t size = n + 1 == LM_GEMM_ITEMS_MAX ? left : (left + 2 * n_threads - 1) / (2 * n_threads);
@@ -417,6 +592,8 @@ static int64_t lm_gemm_items(struct lm_gemm_job *j, int n_threads) {
 static struct lm_gemm_job lm_gemm_job_of(const struct lm_cpu *cpu, void *y, const void *x,
                                          const struct lm_tensor *w, const struct lm_tensor *bias,
                                          int rows) {
+  int avx512 = cpu->avx512 && lm_gemm_packable((int)w->shape[1], w->dtype);
+  int dot = avx512 && cpu->bf16_dot && w->dtype == LM_DTYPE_BF16;
   return (struct lm_gemm_job){.y = y,
                               .x = x,
                               .packed = cpu->avx512 ? w->dev : NULL,
@@ -426,8 +603,9 @@ static struct lm_gemm_job lm_gemm_job_of(const struct lm_cpu *cpu, void *y, cons
                               .m = rows,
                               .n = (int)w->shape[0],
                               .k = (int)w->shape[1],
-                              .avx512 = cpu->avx512 && lm_gemm_packable((int)w->shape[1], w->dtype),
-                              .dot = cpu->bf16_dot && w->dtype == LM_DTYPE_BF16};
+                              .avx512 = avx512,
+                              .dot = dot,
+                              .amx = dot && cpu->amx && w->shape[1] % 32 == 0};
 }
 
 /* Scratch for what the jobs need besides y: x in bf16 pairs for the dot

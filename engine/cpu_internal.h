@@ -8,6 +8,7 @@
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "engine/backend.h"
 #include "engine/threadpool.h"
@@ -22,6 +23,11 @@
 /* ... and with AVX512_BF16, for the bf16 matmul kernels. */
 #define LM_BF16DOT_TARGET                                                                          \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+
+/* ... and with AMX, for the bf16 matmuls by tiles. */
+#define LM_AMX_TARGET                                                                              \
+  __attribute__((                                                                                  \
+      target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
 
 /* The one horizontal-sum tree every reduction uses (lanes 0-7 + 8-15, then
  * halves again): fixed, so a row's sum never depends on its neighbours. */
@@ -55,7 +61,9 @@ struct lm_cpu {
   lm_pool *pool;
   int n_threads;
   int avx512;            /* 1: AVX-512 kernels; 0: portable scalar code */
-  int bf16_dot;          /* 1: bf16 matmuls by AVX512_BF16 dot products (cpu_gemm.c) */
+  int bf16_dot;          /* 1: bf16 matmuls round x to bf16 pairs: AVX512_BF16 dot products,
+                          * or AMX tiles where amx (cpu_gemm.c) */
+  int amx;               /* 1: bf16 matmuls by AMX tiles where K is a multiple of 32 */
   int mapped_weights;    /* compute from the file mapping, no copy */
   const lm_model *model; /* the one model load_weights was given */
   void *weights;         /* huge-page copy of the matmul weights, packed (cpu_gemm.c) */
@@ -73,6 +81,10 @@ struct lm_cpu {
   float *sample_scratch; /* [n_threads, LM_SAMPLER_SCRATCH_FLOATS(vocab)] */
   size_t sample_scratch_bytes;
 };
+
+/* Whether this process may use AMX bf16 tiles (asking Linux for the tile
+ * state the first time). */
+int lm_cpu_has_amx(void);
 
 /* Grows a 64-byte aligned scratch buffer; returns 0 or LM_ENOMEM (the old
  * buffer is kept on failure). */
@@ -126,6 +138,40 @@ static inline size_t lm_cpu_k_word_bytes(enum lm_dtype dt) {
 static inline size_t lm_cpu_k_index(int i, int d, int bs, enum lm_dtype dt) {
   int per = (int)(lm_cpu_k_word_bytes(dt) / lm_dtype_size(dt)); /* elements a word */
   return ((size_t)(d / per) * bs + i) * per + d % per;
+}
+
+/* Whether attention over this cache runs on AMX tiles (cpu_attention.c):
+ * a bf16 cache whose blocks hold whole tiles of 16 keys and whose heads
+ * whole k steps of 32 dims. Its V regions are then stored by pairs of keys
+ * (lm_cpu_v_index). */
+static inline int lm_cpu_attn_amx(const struct lm_cpu *cpu, const struct lm_kv_shape *s) {
+  return cpu->amx && s->dtype == LM_DTYPE_BF16 && s->block_size % 16 == 0 &&
+         s->head_dim % 32 == 0 && s->head_dim <= 256;
+}
+
+/* Element index of dim d of key i in a V region: [block_size][head_dim],
+ * or with AMX attention (pairs) [block_size / 2][head_dim][2], the even key
+ * in the low half of each 32-bit word: 8 rows of it from a multiple of 16
+ * keys are a V tile as tdpbf16ps takes it. */
+static inline size_t lm_cpu_v_index(int i, int d, int hd, int pairs) {
+  return pairs ? ((size_t)(i / 2) * hd + d) * 2 + i % 2 : (size_t)i * hd + d;
+}
+
+/* An AMX tile configuration (palette 1): tile t has rows[t] rows of
+ * colsb[t] bytes. */
+struct lm_amx_cfg {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+/* Loads c unless it is already what *have holds (per thread: the state
+ * is the thread's own). */
+LM_AMX_TARGET static inline void lm_amx_load_cfg(struct lm_amx_cfg *have,
+                                                 const struct lm_amx_cfg *c) {
+  if (memcmp(c, have, sizeof(*c)) == 0) return;
+  *have = *c;
+  _tile_loadconfig(have);
 }
 
 /* Converts n stored elements to f32. */

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/cpu_internal.h"
 #include "engine/lm.h"
 
 #define LM_BENCH_AVX512 __attribute__((target("avx512f")))
@@ -102,9 +103,47 @@ __attribute__((target("avx512f,avx512bf16"))) static void dot_avx512(void *arg, 
   j->sums[tid] = _mm512_reduce_add_ps(s);
 }
 
-/* Best GFLOP/s of LM_BENCH_FMA_PASSES runs of fn, flops_per_iter a thread. */
-static double probe_gflops(lm_pool *pool, lm_pool_fn fn, double flops_per_iter) {
-  struct fma_job j = {.iters = 20 * 1000 * 1000};
+/* The same for AMX tiles: four independent 16 x 16 accumulators, each
+ * taking a 16 x 32 by 32 x 16 bf16 product an iteration. */
+LM_AMX_TARGET static void amx_tiles(void *arg, int tid, int n_threads) {
+  struct fma_job *j = arg;
+  struct lm_amx_cfg have, c;
+  uint16_t ab[16 * 32] __attribute__((aligned(64)));
+  float out[16 * 16] __attribute__((aligned(64)));
+  (void)n_threads;
+  memset(&have, 0, sizeof(have));
+  memset(&c, 0, sizeof(c));
+  c.palette = 1;
+  for (int t = 0; t < 8; t++) {
+    c.rows[t] = 16;
+    c.colsb[t] = 64;
+  }
+  for (int i = 0; i < 16 * 32; i++)
+    ab[i] = 0x3400;
+  lm_amx_load_cfg(&have, &c);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, ab, 64);
+  _tile_loadd(5, ab, 64);
+  _tile_loadd(6, ab, 64);
+  _tile_loadd(7, ab, 64);
+  for (long i = 0; i < j->iters; i++) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, out, 64);
+  _tile_release();
+  j->sums[tid] = out[0];
+}
+
+/* Best GFLOP/s of LM_BENCH_FMA_PASSES runs of fn, flops_per_iter a
+ * thread. */
+static double probe_gflops(lm_pool *pool, lm_pool_fn fn, double flops_per_iter, long iters) {
+  struct fma_job j = {.iters = iters};
   double best = 0;
   j.sums = calloc((size_t)lm_pool_size(pool), sizeof(float));
   if (!j.sums) return 0;
@@ -120,10 +159,15 @@ static double probe_gflops(lm_pool *pool, lm_pool_fn fn, double flops_per_iter) 
 }
 
 double lm_bench_fma_gflops(lm_pool *pool) {
-  return probe_gflops(pool, fma_avx512, 2.0 * 16 * LM_BENCH_FMA_CHAINS);
+  return probe_gflops(pool, fma_avx512, 2.0 * 16 * LM_BENCH_FMA_CHAINS, 20 * 1000 * 1000);
 }
 
 double lm_bench_bf16dot_gflops(lm_pool *pool) {
   if (!__builtin_cpu_supports("avx512bf16")) return 0;
-  return probe_gflops(pool, dot_avx512, 2.0 * 32 * LM_BENCH_FMA_CHAINS);
+  return probe_gflops(pool, dot_avx512, 2.0 * 32 * LM_BENCH_FMA_CHAINS, 20 * 1000 * 1000);
+}
+
+double lm_bench_amx_gflops(lm_pool *pool) {
+  if (!lm_cpu_has_amx()) return 0;
+  return probe_gflops(pool, amx_tiles, 4 * 2.0 * 16 * 16 * 32, 2 * 1000 * 1000);
 }

@@ -1,7 +1,8 @@
 /* roofline.h - the machine's own limits, measured for the benchmarks to
- * compare against: read bandwidth and FMA peak, on the pool's threads.
+ * compare against: read bandwidth and FMA peak (and the bf16 dot-product
+ * and AMX tile peaks), on the pool's threads.
  *
- * Both probes use AVX-512: call them only when
+ * The probes use AVX-512: call them only when
  * __builtin_cpu_supports("avx512f"). */
 #ifndef LM_ENGINE_ROOFLINE_H
 #define LM_ENGINE_ROOFLINE_H
@@ -25,5 +26,9 @@ double lm_bench_fma_gflops(lm_pool *pool);
 /* The same for AVX512_BF16 dot products (vdpbf16ps: 32 multiply-adds an
  * instruction); 0 on a CPU without them. */
 double lm_bench_bf16dot_gflops(lm_pool *pool);
+
+/* The same for AMX bf16 tiles (tdpbf16ps: 8192 multiply-adds an
+ * instruction); 0 where the process may not use them. */
+double lm_bench_amx_gflops(lm_pool *pool);
 
 #endif

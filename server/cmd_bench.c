@@ -16,7 +16,9 @@
  * than cold, p99 ITL during the 8k prefill <= 2.5x the median before it,
  * and that prefill at >= 50 % of its speed alone; then by backend:
  *   cpu   decode at concurrency 32 >= 50 % of the compute roofline
- *         (2 x parameters x tok/s / the AVX-512 FMA peak measured here)
+ *         (2 x parameters x tok/s / the AVX-512 FMA peak measured here;
+ *         where the CPU has AMX the bf16 matmuls run on its tiles, and
+ *         the AMX peak, measured too, is printed beside it)
  *   cuda  decode at concurrency 1 >= 70 % of the memory roofline: the
  *         bytes one token reads (weights as stored, embedding table
  *         excluded, plus the KV of the run's mean context) x tok/s / the
@@ -541,7 +543,7 @@ int lm_cmd_bench(int argc, char **argv) {
   if (!o.output_len) o.output_len = cuda ? 256 : 192;
   if (!o.budget) o.budget = cuda ? 2048 : 64;
 
-  double peak_gflops = 0, read_gbs = 0;
+  double peak_gflops = 0, amx_gflops = 0, read_gbs = 0;
   unsigned long long gpu_bytes = 0;
   if (cuda) {
     /* 4 GiB: far beyond the L2 cache, so the figure is the DRAM's */
@@ -555,6 +557,7 @@ int lm_cmd_bench(int argc, char **argv) {
     /* the FMA peak first, before the engine's threads start */
     lm_pool *pool = lm_pool_create((int)o.threads);
     if (pool) peak_gflops = lm_bench_fma_gflops(pool);
+    if (pool) amx_gflops = lm_bench_amx_gflops(pool);
     lm_pool_destroy(pool);
   }
 
@@ -628,13 +631,14 @@ int lm_cmd_bench(int argc, char **argv) {
              info.block_size, info.kv_dtype);
   } else if (o.json) {
     printf("{\"model\": \"%s\", \"dtype\": \"%s\", \"parameters\": %.0f, \"fma_peak_gflops\": "
-           "%.1f, \"max_num_batched_tokens\": %d, \"kv_blocks\": %d, \"kv_dtype\": \"%s\"}\n",
-           dir, info.dtype, params, peak_gflops, info.max_num_batched_tokens, info.n_kv_blocks,
-           info.kv_dtype);
+           "%.1f, \"amx_peak_gflops\": %.1f, \"max_num_batched_tokens\": %d, \"kv_blocks\": %d, "
+           "\"kv_dtype\": \"%s\"}\n",
+           dir, info.dtype, params, peak_gflops, amx_gflops, info.max_num_batched_tokens,
+           info.n_kv_blocks, info.kv_dtype);
   } else {
-    printf("model %s (%s, %.0f M matmul parameters), FMA peak %.1f GFLOP/s, "
-           "max_num_batched_tokens %d, %d KV blocks of %d (%s)\n",
-           dir, info.dtype, params / 1e6, peak_gflops, info.max_num_batched_tokens,
+    printf("model %s (%s, %.0f M matmul parameters), FMA peak %.1f GFLOP/s, AMX bf16 peak "
+           "%.1f GFLOP/s (0: none), max_num_batched_tokens %d, %d KV blocks of %d (%s)\n",
+           dir, info.dtype, params / 1e6, peak_gflops, amx_gflops, info.max_num_batched_tokens,
            info.n_kv_blocks, info.block_size, info.kv_dtype);
   }
   fflush(stdout);
@@ -673,9 +677,16 @@ int lm_cmd_bench(int argc, char **argv) {
   else
     printf("output tokens in all: %ld\n", total_out);
 
-  if (!cuda && want(&o, "fixed"))
+  if (!cuda && want(&o, "fixed")) {
+    /* the gate's roofline is the FMA's; where bf16 matmuls run on AMX
+     * tiles their own peak is far above it, and a c=32 step is bound by
+     * reading the weights and the KV instead */
+    if (amx_gflops > 0 && !o.json)
+      printf("decode c=32: %.1f GFLOP/s, %.3f of the AMX bf16 peak\n", 2 * params * decode32 / 1e9,
+             2 * params * decode32 / (amx_gflops * 1e9));
     gate(&o, "decode c=32 fraction of compute roofline",
          2 * params * decode32 / (peak_gflops * 1e9), 0.5, 1, &all);
+  }
   if (cuda && c1.n_requests > 0) {
     /* output token i >= 1 is decoded over prompt + i tokens of context:
      * over the decode window that averages to prompt + outputs / 2 */

@@ -117,7 +117,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   struct lm_cpu *cpu = st;
-  printf("threads: %d, kernels: %s\n", cpu->n_threads, cpu->avx512 ? "avx512" : "scalar");
+  printf("threads: %d, kernels: %s\n", cpu->n_threads,
+         !cpu->avx512 ? "scalar"
+         : cpu->amx   ? "avx512, bf16 matmuls and attention on AMX tiles"
+                      : "avx512");
 
   /* pool dispatch */
   {
@@ -138,7 +141,9 @@ int main(int argc, char **argv) {
     printf("    AVX-512 FMA peak: %.0f GFLOP/s (best of %d)\n", peak, LM_BENCH_FMA_PASSES);
     /* what decides between the two bf16 matmul kernels (cpu_gemm.c) */
     printf("    AVX512_BF16 dot peak: %.0f GFLOP/s (0: no AVX512_BF16; dot products are %s here)\n",
-           lm_bench_bf16dot_gflops(cpu->pool), cpu->bf16_dot ? "used" : "not used");
+           lm_bench_bf16dot_gflops(cpu->pool), cpu->bf16_dot && !cpu->amx ? "used" : "not used");
+    printf("    AMX bf16 peak: %.0f GFLOP/s (0: no AMX, or not granted; tiles are %s here)\n",
+           lm_bench_amx_gflops(cpu->pool), cpu->amx ? "used" : "not used");
   } else {
     printf("(1) read bandwidth and FMA peak: skipped, the probes need AVX-512\n");
   }

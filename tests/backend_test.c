@@ -89,6 +89,9 @@ static float *act(struct ctx *c, size_t n) {
 /* ---- matmul ------------------------------------------------------------ */
 
 #define MATMUL_TOL 2e-6
+/* attention by AMX tiles, whose queries and probabilities are split into
+ * two bf16 halves (about 2^-16 of each) */
+#define ATTN_TOL_AMX 1e-4
 
 static void ref_matmul(double *y, const float *x, const float *w, const float *bias, int m, int n,
                        int k) {
@@ -153,9 +156,12 @@ static void test_matmul(struct ctx *c) {
       }
     }
   }
-  /* every M from 1 to 33 once, on bf16 */
+  /* every M from 1 to 33 once, on bf16; and to 49 with K a multiple of
+   * 32 (AMX tiles where they run: one or two row tiles, partial ones) */
   for (int m = 1; m <= 33; m++)
     test_matmul_shape(c, LM_DTYPE_BF16, m, 21, 77, m % 2);
+  for (int m = 1; m <= 49; m++)
+    test_matmul_shape(c, LM_DTYPE_BF16, m, 70, 96, m % 2);
 }
 
 /* Rows computed alone (M=1) equal the same rows inside M=7, 33, 128, and
@@ -505,7 +511,8 @@ static void test_kv_write_rounding(struct ctx *c, enum lm_dtype dt) {
       for (int d = 0; d < HD; d++) {
         size_t region = ((size_t)(slots[t] / BS) * N_KV + h) * BS * HD;
         size_t ki = region + ((size_t)(d / 2) * BS + slots[t] % BS) * 2 + d % 2,
-               vi = layer + region + (size_t)(slots[t] % BS) * HD + d;
+               vi = layer + region +
+                    lm_cpu_v_index(slots[t] % BS, d, HD, lm_cpu_attn_amx(c->st, &shape));
         int x = (t * N_KV + h) * HD + d;
         if (dt == LM_DTYPE_BF16)
           same &= ((const uint16_t *)kv)[ki] == lm_f32_to_bf16(k[x]) &&
@@ -573,6 +580,9 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
                               .head_dim = hd,
                               .dtype = ac->dtype};
   const char *dn = lm_dtype_name(ac->dtype);
+  /* AMX tiles hold the queries and the probabilities to about 2^-16 */
+  int amx = lm_cpu_attn_amx(c->st, &shape);
+  double tol = amx ? ATTN_TOL_AMX : 1e-5;
   void *kv = NULL;
   char err[LM_ERR_LEN];
   struct seq seqs[NSEQ];
@@ -616,7 +626,7 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
        * of key i */
       size_t kd =
           ac->dtype == LM_DTYPE_F32 ? (size_t)d * bs + i : ((size_t)(d / 2) * bs + i) * 2 + d % 2;
-      size_t vd = (size_t)i * hd + d;
+      size_t vd = lm_cpu_v_index(i, d, hd, amx);
       if (ac->dtype == LM_DTYPE_F8E5M2)
         same &= ((uint8_t *)kv)[k_off + kd] == lm_f32_to_e5m2(ks[d]) &&
                 ((uint8_t *)kv)[v_off + vd] == lm_f32_to_e5m2(vs[d]);
@@ -626,8 +636,8 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
       else
         same &= ((float *)kv)[k_off + kd] == ks[d] && ((float *)kv)[v_off + vd] == vs[d];
     }
-    check(same, "kv_write layout: K words transposed, V [slot][head_dim] (%s hd=%d bs=%d)", dn, hd,
-          bs);
+    check(same, "kv_write layout: K words transposed, V %s (%s hd=%d bs=%d)",
+          amx ? "by pairs of keys" : "[slot][head_dim]", dn, hd, bs);
   }
   /* this step: a mixed batch */
   build(&step, c, seqs, all, NSEQ, 0, bs, n_kv, hd, max_blocks);
@@ -643,8 +653,8 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
       ref_attention(ref + (size_t)t * nh * hd, q + (size_t)t * nh * hd, &seqs[s], step.pos[t], nh,
                     n_kv, hd, scale, ac->dtype);
   double e = nerr(out, ref, (size_t)t_n * nh * hd);
-  check(e < 1e-5, "attention %s hd=%d bs=%d gqa=%d mixed prefill+decode nerr=%.2e (< 1e-5)", dn, hd,
-        bs, ac->group, e);
+  check(e < tol, "attention %s hd=%d bs=%d gqa=%d%s mixed prefill+decode nerr=%.2e (< %.0e)", dn,
+        hd, bs, ac->group, amx ? " (amx)" : "", e, tol);
   /* the same sequences alone, and on one thread: bit-equal */
   int same_alone = 1;
   for (int s = 0; s < NSEQ; s++) {
@@ -665,8 +675,18 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
         ac->group);
   /* keys are taken in chunks of positions, not blocks: another block size
    * (one that splits the 16-key vectors for blocks of 16, and blocks of one
-   * key for blocks of 32) gives the same bits */
-  int bs2 = bs == 16 ? 40 : bs == 32 ? 1 : 16;
+   * key for blocks of 32) gives the same bits; with AMX tiles, which need
+   * blocks of a multiple of 16, another such size (and a size that is not,
+   * where the tiles do not apply) */
+  int cands[] = {bs == 16 ? 40 : bs == 32 ? 1 : 16, 32, 16, 40}, bs2 = cands[0];
+  for (int i = 0; i < 4; i++) {
+    struct lm_kv_shape s2 = shape;
+    s2.block_size = cands[i];
+    if (cands[i] != bs && lm_cpu_attn_amx(c->st, &s2) == amx) {
+      bs2 = cands[i];
+      break;
+    }
+  }
   for (size_t i = 0; i < (size_t)t_n * nh * hd; i++)
     out1[i] = NAN;
   check(attention_in_blocks(c, ac, seqs, NSEQ, bs2, q, out1) == 0 &&
@@ -814,6 +834,14 @@ int main(void) {
   check(rc == LM_EUNSUP && !be, "lm_backend_create(\"cuda\") is LM_EUNSUP: %s", err);
 
   unsetenv("LM_CPU_ISA");
+  {
+    void *st = NULL;
+    if (lm_backend_cpu_ops.create(&cfg, &st, err) == 0)
+      printf("# native suite: bf16 matmuls and attention %s\n",
+             ((struct lm_cpu *)st)->amx ? "on AMX tiles"
+                                        : "on AVX-512 or scalar code (no AMX here)");
+    lm_backend_cpu_ops.destroy(st);
+  }
   run_suite("native");
   /* both AVX-512 bf16 paths, whichever the CPU picks by default */
   setenv("LM_CPU_ISA", "avx512", 1);
