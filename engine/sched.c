@@ -275,14 +275,16 @@ static int schedule_running(lm_engine *e, double now, struct budget *budget, int
 
 /* The step model's shape of the first n chunks. */
 static struct lm_step_shape step_shape(const lm_engine *e, int n) {
-  struct lm_step_shape shape = {0, 0, 0};
+  struct lm_step_shape shape = {0, 0, 0, 0};
   for (int i = 0; i < n; i++) {
     int start = e->chunk_req[i]->kv.n_cached_tokens, k = e->chunks[i].n_tokens;
     shape.tokens += k;
-    if (k == 1)
+    if (k == 1) {
       shape.decode_keys += start + 1;
-    else
+    } else {
+      shape.prompt_tokens += k;
       shape.prompt_keys += lm_step_chunk_keys(start, k);
+    }
   }
   return shape;
 }

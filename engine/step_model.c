@@ -1,13 +1,15 @@
 /* step_model.c - the step time model of step_model.h.
  *
- * Two exponentially weighted least-squares fits over the same steps: a fast
- * one (a step's weight halves in about 14 steps) that follows the machine,
- * and a slow one (about 140) that remembers what recent steps did not
- * explore, e.g. what a prompt chunk costs after a long run of decodes. The
- * fast fit is pulled towards the slow one by a small ridge, so a
- * coefficient the recent steps cannot tell apart stays at its slow value
- * instead of drifting. Each fit keeps its weighted sums (X^T X and X^T t)
- * and solves the 4 x 4 system after every step. */
+ * Each of its three fits is two exponentially weighted least-squares fits
+ * over the same steps: a fast one (a step's weight halves in about 14
+ * steps) that follows the machine, and a slow one (about 140) that
+ * remembers what recent steps did not explore, e.g. what a prompt chunk
+ * costs after a long run of decodes. The fast fit is pulled towards the
+ * slow one by a small ridge, so a coefficient the recent steps cannot tell
+ * apart stays at its slow value instead of drifting. Each keeps its
+ * weighted sums (X^T X and X^T t) and solves the 4 x 4 system after every
+ * step it takes; a term a fit does not use is 0 in its rows, and the ridge
+ * keeps its coefficient at 0. */
 #include "engine/step_model.h"
 
 #include <math.h>
@@ -19,11 +21,26 @@
 #define LM_STEP_PRIOR 1e-6 /* slow towards zero */
 #define LM_STEP_READY 8    /* steps before the model predicts */
 
-/* Scaled terms: a typical step puts each near 1. */
-static void terms(const struct lm_step_shape *s, double x[LM_STEP_TERMS]) {
+/* Scaled terms (a typical step puts each near 1): of the whole step, of
+ * its decodes alone, and of what its prompt chunks add. */
+static void terms_all(const struct lm_step_shape *s, double x[LM_STEP_TERMS]) {
   x[0] = 1;
   x[1] = s->tokens / 256;
   x[2] = s->decode_keys / 65536;
+  x[3] = s->prompt_keys / 1048576;
+}
+
+static void terms_decode(const struct lm_step_shape *s, double x[LM_STEP_TERMS]) {
+  x[0] = 1;
+  x[1] = (s->tokens - s->prompt_tokens) / 256;
+  x[2] = s->decode_keys / 65536;
+  x[3] = 0;
+}
+
+static void terms_prompt(const struct lm_step_shape *s, double x[LM_STEP_TERMS]) {
+  x[0] = 0;
+  x[1] = s->prompt_tokens / 256;
+  x[2] = 0;
   x[3] = s->prompt_keys / 1048576;
 }
 
@@ -65,32 +82,67 @@ void lm_step_model_init(lm_step_model *m) {
   memset(m, 0, sizeof(*m));
 }
 
-void lm_step_model_observe(lm_step_model *m, const struct lm_step_shape *s, double seconds) {
-  double x[LM_STEP_TERMS];
-  if (!(seconds >= 0) || !isfinite(seconds)) return;
-  terms(s, x);
+static void fit_add(struct lm_step_fit *f, const double x[LM_STEP_TERMS], double t) {
   for (int i = 0; i < LM_STEP_TERMS; i++) {
     for (int j = 0; j < LM_STEP_TERMS; j++) {
-      m->xx_fast[i][j] = LM_STEP_FAST * m->xx_fast[i][j] + x[i] * x[j];
-      m->xx_slow[i][j] = LM_STEP_SLOW * m->xx_slow[i][j] + x[i] * x[j];
+      f->xx_fast[i][j] = LM_STEP_FAST * f->xx_fast[i][j] + x[i] * x[j];
+      f->xx_slow[i][j] = LM_STEP_SLOW * f->xx_slow[i][j] + x[i] * x[j];
     }
-    m->xt_fast[i] = LM_STEP_FAST * m->xt_fast[i] + x[i] * seconds;
-    m->xt_slow[i] = LM_STEP_SLOW * m->xt_slow[i] + x[i] * seconds;
+    f->xt_fast[i] = LM_STEP_FAST * f->xt_fast[i] + x[i] * t;
+    f->xt_slow[i] = LM_STEP_SLOW * f->xt_slow[i] + x[i] * t;
   }
-  solve(m->xx_slow, m->xt_slow, LM_STEP_PRIOR, NULL, m->c_slow);
-  solve(m->xx_fast, m->xt_fast, LM_STEP_RIDGE, m->c_slow, m->c);
-  m->n_steps++;
+  solve(f->xx_slow, f->xt_slow, LM_STEP_PRIOR, NULL, f->c_slow);
+  solve(f->xx_fast, f->xt_fast, LM_STEP_RIDGE, f->c_slow, f->c);
+  f->n_steps++;
+}
+
+static double fit_eval(const struct lm_step_fit *f, const double x[LM_STEP_TERMS]) {
+  double t = 0;
+  for (int i = 0; i < LM_STEP_TERMS; i++)
+    t += f->c[i] * x[i];
+  return t;
+}
+
+/* Whether the decode part, and then the prompt part, is fitted. */
+static int decode_ready(const lm_step_model *m) {
+  return m->decode.n_steps >= LM_STEP_READY;
+}
+
+static int split_ready(const lm_step_model *m) {
+  return decode_ready(m) && m->prompt.n_steps >= LM_STEP_READY;
+}
+
+void lm_step_model_observe(lm_step_model *m, const struct lm_step_shape *s, double seconds) {
+  double x[LM_STEP_TERMS], xd[LM_STEP_TERMS];
+  if (!(seconds >= 0) || !isfinite(seconds)) return;
+  terms_all(s, x);
+  fit_add(&m->all, x, seconds);
+  terms_decode(s, xd);
+  if (s->prompt_tokens <= 0) {
+    fit_add(&m->decode, xd, seconds);
+  } else if (decode_ready(m)) {
+    terms_prompt(s, x);
+    fit_add(&m->prompt, x, seconds - fit_eval(&m->decode, xd));
+  }
 }
 
 int lm_step_model_ready(const lm_step_model *m) {
-  return m->n_steps >= LM_STEP_READY;
+  return m->all.n_steps >= LM_STEP_READY;
 }
 
 double lm_step_model_predict(const lm_step_model *m, const struct lm_step_shape *s) {
-  double x[LM_STEP_TERMS], t = 0;
-  terms(s, x);
-  for (int i = 0; i < LM_STEP_TERMS; i++)
-    t += m->c[i] * x[i];
+  double x[LM_STEP_TERMS], t;
+  if (decode_ready(m) && (s->prompt_tokens <= 0 || split_ready(m))) {
+    terms_decode(s, x);
+    t = fit_eval(&m->decode, x);
+    if (s->prompt_tokens > 0) {
+      terms_prompt(s, x);
+      t += fit_eval(&m->prompt, x);
+    }
+  } else {
+    terms_all(s, x);
+    t = fit_eval(&m->all, x);
+  }
   return t > 0 ? t : 0;
 }
 
@@ -101,8 +153,9 @@ double lm_step_chunk_keys(int start, int n) {
 /* Seconds a prompt token and a prompt key add to a step; a term fitted
  * below zero adds nothing. */
 static void marginal(const lm_step_model *m, double *per_token, double *per_key) {
-  *per_token = m->c[1] > 0 ? m->c[1] / 256 : 0;
-  *per_key = m->c[3] > 0 ? m->c[3] / 1048576 : 0;
+  const double *c = split_ready(m) ? m->prompt.c : m->all.c;
+  *per_token = c[1] > 0 ? c[1] / 256 : 0;
+  *per_key = c[3] > 0 ? c[3] / 1048576 : 0;
 }
 
 double lm_step_model_chunk_seconds(const lm_step_model *m, int start, int n) {

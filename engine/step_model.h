@@ -1,20 +1,30 @@
 /* step_model.h - how long an engine step takes, fitted to the steps run.
  *
- * A step's time is modelled as
+ * A step's time is modelled as what its decodes alone would take plus what
+ * its prompt chunks add:
  *
- *   t = c0 + c1 * tokens + c2 * decode_keys + c3 * prompt_keys
+ *   t = d0 + d1 * decode_tokens + d2 * decode_keys
+ *         + p1 * prompt_tokens + p3 * prompt_keys
  *
- * tokens: the step's query tokens (each goes through every weight matmul);
  * decode_keys: the keys attended by one-token chunks (a decode reads its
  * whole context for one query: bound by memory); prompt_keys: the keys
  * attended by the queries of longer chunks (position + 1 summed over their
- * tokens: bound by compute). c0 is what a step costs whatever it holds
+ * tokens: bound by compute). d0 is what a step costs whatever it holds
  * (weights read at small batch, launches, sampling).
  *
- * The coefficients are fitted by exponentially weighted least squares over
- * every step the engine runs, so recent steps weigh most and the model
- * follows a machine whose speed changes; what no recent step explored is
- * remembered from older ones (step_model.c). The
+ * The decode part is fitted to the steps that hold only decodes, and the
+ * prompt part to what the other steps took beyond it. One fit of all four
+ * terms over every step cannot tell them apart while a long prompt is
+ * prefilled beside decodes (their keys grow together), and where the
+ * matmuls are bound by reading the weights (a prompt token adds little to
+ * a step until the step's tokens make them compute bound) it drifts: the
+ * decodes' own step is then overestimated and a chunk's cost
+ * underestimated, both in the prompt's favour. Until decode-only steps
+ * have been seen, that one fit is what predicts.
+ *
+ * Each fit is exponentially weighted least squares, so recent steps weigh
+ * most and the model follows a machine whose speed changes; what no
+ * recent step explored is remembered from older ones (step_model.c). The
  * scheduler uses it to size the prompt chunks it puts beside running
  * decodes (sched.c). Engine thread only. */
 #ifndef LM_STEP_MODEL_H
@@ -23,15 +33,26 @@
 #define LM_STEP_TERMS 4
 
 struct lm_step_shape {
-  double tokens, decode_keys, prompt_keys;
+  double tokens;        /* all of the step's query tokens */
+  double decode_keys;   /* keys attended by its one-token chunks */
+  double prompt_tokens; /* tokens of its longer chunks */
+  double prompt_keys;   /* keys attended by those */
 };
 
-typedef struct lm_step_model {
+/* One exponentially weighted least-squares fit: a fast one (about 14
+ * steps) pulled towards a slow one (about 140). */
+struct lm_step_fit {
   double c[LM_STEP_TERMS]; /* the fit used, in scaled terms (step_model.c) */
   double c_slow[LM_STEP_TERMS];
   double xx_fast[LM_STEP_TERMS][LM_STEP_TERMS], xt_fast[LM_STEP_TERMS];
   double xx_slow[LM_STEP_TERMS][LM_STEP_TERMS], xt_slow[LM_STEP_TERMS];
   int n_steps; /* steps observed */
+};
+
+typedef struct lm_step_model {
+  struct lm_step_fit all;    /* every step, by all four terms */
+  struct lm_step_fit decode; /* decode-only steps: 1, decode tokens, decode keys */
+  struct lm_step_fit prompt; /* the rest beyond their decodes: prompt tokens, keys */
 } lm_step_model;
 
 void lm_step_model_init(lm_step_model *m);

@@ -760,7 +760,7 @@ static double known_step(const struct lm_step_shape *s, double k, unsigned *seed
 }
 
 static struct lm_step_shape decode_shape(int n, int ctx) {
-  struct lm_step_shape s = {n, (double)n * ctx, 0};
+  struct lm_step_shape s = {n, (double)n * ctx, 0, 0};
   return s;
 }
 
@@ -775,6 +775,7 @@ static void test_step_model(void) {
     if (i % 3 == 0) {
       int n = 16 + i % 48, start = 40 * i;
       s.tokens += n;
+      s.prompt_tokens = n;
       s.prompt_keys = lm_step_chunk_keys(start, n);
     }
     lm_step_model_observe(&m, &s, known_step(&s, 1, &seed));
@@ -782,6 +783,7 @@ static void test_step_model(void) {
   lm_check(lm_step_model_ready(&m), "it predicts after 200 steps");
   struct lm_step_shape d = decode_shape(32, 300), mixed = d;
   mixed.tokens += 40;
+  mixed.prompt_tokens = 40;
   mixed.prompt_keys = lm_step_chunk_keys(6000, 40);
   double td = lm_step_model_predict(&m, &d), tm = lm_step_model_predict(&m, &mixed);
   double want_d = known_step(&d, 1, NULL), want_m = known_step(&mixed, 1, NULL);
@@ -812,6 +814,62 @@ static void test_step_model(void) {
   lm_check(chunk1 > 0.5 * chunk0 && chunk1 < 2.5 * chunk0,
            "and a 40-token chunk still costs %.3f ms (%.3f before): not forgotten", chunk1 * 1e3,
            chunk0 * 1e3);
+}
+
+/* A machine whose weight matmuls are bound by reading the weights up to
+ * about 80 tokens a step (as on AMX tiles), and whose attention dominates
+ * a chunk deep in a prompt: 1 ms + max(5 ms, 60 us a token), 0.8 us a
+ * decode key, 0.1 us a prompt key, +-4 % noise. */
+#define WB_PROMPT_KEY 0.1e-6
+static double weight_bound_step(const struct lm_step_shape *s, unsigned *seed) {
+  double mm = 60e-6 * s->tokens > 5e-3 ? 60e-6 * s->tokens : 5e-3;
+  double t = 1e-3 + mm + 0.8e-6 * s->decode_keys + WB_PROMPT_KEY * s->prompt_keys;
+  if (!seed) return t;
+  *seed = *seed * 1103515245u + 12345u;
+  return t * (0.96 + 0.08 * ((*seed >> 8) & 0xffff) / 65535.0);
+}
+
+/* The scheduler's loop on that machine: 32 decodes run alone, then an
+ * 8192-token prompt is prefilled beside them in chunks the model sizes to
+ * the decodes' own predicted step (max_decode_slowdown 2, a 16-token
+ * floor). The decode keys and the prompt keys grow together, and a prompt
+ * token costs less than the decodes' tokens seem to: the steps must still
+ * stay near twice the decodes' own. */
+static void test_step_model_beside_decodes(void) {
+  lm_step_model m;
+  unsigned seed = 7;
+  int ctx = 100, pos = 0, steps = 0, over = 0;
+  double worst = 0;
+  lm_step_model_init(&m);
+  for (int i = 0; i < 60; i++, ctx++) {
+    struct lm_step_shape s = decode_shape(32, ctx);
+    lm_step_model_observe(&m, &s, weight_bound_step(&s, &seed));
+  }
+  for (; pos < 8192; steps++, ctx++) {
+    struct lm_step_shape s = decode_shape(32, ctx);
+    double alone = weight_bound_step(&s, NULL);
+    int n = lm_step_model_fit_chunk(&m, pos, 8192 - pos, lm_step_model_predict(&m, &s));
+    n = n < 16 ? (8192 - pos < 16 ? 8192 - pos : 16) : n;
+    s.tokens += n;
+    s.prompt_tokens = n;
+    s.prompt_keys = lm_step_chunk_keys(pos, n);
+    pos += n;
+    double t = weight_bound_step(&s, NULL);
+    /* past the floor's reach (16 tokens deep in the prompt can exceed it) */
+    if (steps >= 20 && lm_step_chunk_keys(pos - n, 16) * WB_PROMPT_KEY < alone) {
+      worst = t / alone > worst ? t / alone : worst;
+      over += t > 2.3 * alone;
+    }
+    lm_step_model_observe(&m, &s, weight_bound_step(&s, &seed));
+  }
+  struct lm_step_shape d = decode_shape(32, ctx);
+  double td = lm_step_model_predict(&m, &d), want = weight_bound_step(&d, NULL);
+  lm_check(fabs(td / want - 1) < 0.1,
+           "after %d steps beside a long prompt, the decodes alone are predicted at %.3f ms "
+           "(true %.3f)",
+           steps, td * 1e3, want * 1e3);
+  lm_check(over == 0, "and no step with a chunk took over 2.3 x the decodes alone (worst %.2f x)",
+           worst);
 }
 
 static void slowdown_one(struct lm_engine_config *c) {
@@ -904,6 +962,7 @@ int main(int argc, char **argv) {
   test_stall_needs_undrained();
   test_compute_budget();
   test_step_model();
+  test_step_model_beside_decodes();
   test_decode_slowdown();
   return lm_check_done();
 }
