@@ -127,6 +127,17 @@ static inline void lm_attn_chunk_init(const struct lm_attn_job *j, const struct 
   }
 }
 
+/* The chunk after the one at base (into ck[c ^ 1], ck[c] being the
+ * current one), for the prefetches while the current one is computed; NULL
+ * past the tile's last key. */
+static inline const struct lm_attn_chunk *
+lm_attn_next_chunk(const struct lm_attn_job *j, const struct lm_attn_tile *tl, const int32_t *table,
+                   int base, int pmax, struct lm_attn_chunk *ck, int c) {
+  if (base + LM_ATTN_CHUNK > pmax) return NULL;
+  lm_attn_chunk_init(j, tl, table, base + LM_ATTN_CHUNK, pmax, &ck[c ^ 1]);
+  return &ck[c ^ 1];
+}
+
 /* ---- AVX-512 ---------------------------------------------------------- */
 
 /* Vector d (of NV) of a K or V row as f32 (KT: the stored type, 0 f32, 1
@@ -426,11 +437,7 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int KT, const struct lm_att
    * into L2, was slower) */
   lm_attn_chunk_init(j, tl, table, 0, pmax, &ck[0]);
   for (int base = 0, c = 0; base <= pmax; base += LM_ATTN_CHUNK, c ^= 1) {
-    const struct lm_attn_chunk *next = NULL;
-    if (base + LM_ATTN_CHUNK <= pmax) {
-      lm_attn_chunk_init(j, tl, table, base + LM_ATTN_CHUNK, pmax, &ck[c ^ 1]);
-      next = &ck[c ^ 1];
-    }
+    const struct lm_attn_chunk *next = lm_attn_next_chunk(j, tl, table, base, pmax, ck, c);
     /* the groups of rows that read the chunk: g0[x], g0[x] + 1, ... */
     int g0[LM_ATTN_ROWS], ng = 0;
     for (int r = 0; r < n_rows; r++) {
@@ -741,11 +748,7 @@ LM_AMX_TARGET static void lm_attn_tile_amx(const struct lm_attn_job *j,
   const int32_t *table = j->b->block_tables + (size_t)tl->s * j->b->max_blocks;
   lm_attn_chunk_init(j, tl, table, 0, pmax, &ck[0]);
   for (int base = 0, c = 0; base <= pmax; base += LM_ATTN_CHUNK, c ^= 1) {
-    const struct lm_attn_chunk *next = NULL;
-    if (base + LM_ATTN_CHUNK <= pmax) {
-      lm_attn_chunk_init(j, tl, table, base + LM_ATTN_CHUNK, pmax, &ck[c ^ 1]);
-      next = &ck[c ^ 1];
-    }
+    const struct lm_attn_chunk *next = lm_attn_next_chunk(j, tl, table, base, pmax, ck, c);
     for (int r = 0; r < n_rows; r++) {
       int n = pos[r] + 1 - base;
       nv[r] = n < LM_ATTN_CHUNK ? n : LM_ATTN_CHUNK;

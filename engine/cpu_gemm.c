@@ -329,6 +329,20 @@ static int lm_gemm_nv_max(int rows) {
   return (rows + tiles - 1) / tiles <= 4 ? 4 : 3;
 }
 
+/* Sets up the group of np panels from p: their bias (0 past N) into bias,
+ * and their W into scratch where it is not packed. Returns the columns of
+ * y they hold. */
+static int lm_gemm_group(const struct lm_gemm_job *j, int64_t p, int np, uint32_t *scratch,
+                         float *bias) {
+  int ncols = j->n - 16 * (int)p < 16 * np ? j->n - 16 * (int)p : 16 * np;
+  for (int c = 0; c < 16 * np; c++)
+    bias[c] = j->bias && c < ncols
+                  ? lm_cpu_elem(j->bias->data, j->bias->dtype, (size_t)(16 * p + c))
+                  : 0.0f;
+  if (!j->packed) lm_gemm_pack(scratch, j->w, j->dt, j->n, j->k, p, np);
+  return ncols;
+}
+
 static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t p0, int64_t p1, int tid) {
   size_t words = lm_gemm_words(j->k, j->dt), ldp = words * 16;
   uint32_t *scratch = j->packed ? NULL : j->scratch + (size_t)tid * LM_GEMM_NV * ldp;
@@ -340,12 +354,7 @@ static void lm_gemm_avx512_range(const struct lm_gemm_job *j, int64_t p0, int64_
       int nv = (int)(p1 - p < nv_max ? p1 - p : nv_max);
       const uint32_t *w = j->packed ? j->packed + (size_t)p * ldp : scratch;
       float bias[16 * LM_GEMM_NV];
-      int ncols = j->n - 16 * (int)p < 16 * nv ? j->n - 16 * (int)p : 16 * nv;
-      for (int c = 0; c < 16 * nv; c++)
-        bias[c] = j->bias && c < ncols
-                      ? lm_cpu_elem(j->bias->data, j->bias->dtype, (size_t)(16 * p + c))
-                      : 0.0f;
-      if (!j->packed) lm_gemm_pack(scratch, j->w, j->dt, j->n, j->k, p, nv);
+      int ncols = lm_gemm_group(j, p, nv, scratch, bias);
       /* the panels of the group after this one, whose loads tiles 1 ..
        * tiles - 1 share */
       int next_nv =
@@ -509,12 +518,7 @@ LM_AMX_TARGET static void lm_gemm_amx_range(const struct lm_gemm_job *j, int64_t
     for (int64_t p = p0; p < p1; p += nb_max) {
       int nb = (int)(p1 - p < nb_max ? p1 - p : nb_max);
       float bias[16 * LM_GEMM_NV];
-      int ncols = j->n - 16 * (int)p < 16 * nb ? j->n - 16 * (int)p : 16 * nb;
-      for (int c = 0; c < 16 * nb; c++)
-        bias[c] = j->bias && c < ncols
-                      ? lm_cpu_elem(j->bias->data, j->bias->dtype, (size_t)(16 * p + c))
-                      : 0.0f;
-      if (!j->packed) lm_gemm_pack(scratch, j->w, j->dt, j->n, j->k, p, nb);
+      int ncols = lm_gemm_group(j, p, nb, scratch, bias);
       for (int m = mb; m < mb + rows; m += 32) {
         int left = mb + rows - m, r0 = left < 16 ? left : 16, r1 = left - r0 < 16 ? left - r0 : 16;
         int ma = r1 > 0 ? 2 : 1;
