@@ -5,6 +5,7 @@
  * Every op computes each output row from that row's inputs alone with a
  * fixed reduction order, so rows never depend on the batch around them. */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,16 +78,20 @@ void lm_cpu_convert_row(float *dst, const void *src, enum lm_dtype dt, size_t n)
  * (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA), and the grant covers every
  * thread of the process. A kernel that refuses it (too old, or a thread's
  * signal stack too small for the tile state) leaves the AVX-512 kernels. */
-int lm_cpu_has_amx(void) {
-  static int cached = -1;
+static int lm_cpu_amx_granted;
+
+static void lm_cpu_amx_ask(void) {
   unsigned a, b, c, d;
-  if (cached >= 0) return cached;
-  cached = 0;
   if (lm_cpu_has_avx512() && __builtin_cpu_supports("avx512bf16") &&
       __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 22 & 1))
-    cached =
+    lm_cpu_amx_granted =
         syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
-  return cached;
+}
+
+int lm_cpu_has_amx(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, lm_cpu_amx_ask);
+  return lm_cpu_amx_granted;
 }
 
 /* ---- lifecycle, buffers ------------------------------------------------ */

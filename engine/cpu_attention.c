@@ -84,15 +84,21 @@ static int lm_attn_rows_init(const struct lm_attn_job *j, const struct lm_attn_t
   return pmax;
 }
 
+/* Where row r's query (in q) and output (in out) start. */
+static inline size_t lm_attn_row_off(const struct lm_attn_job *j, const struct lm_attn_tile *tl,
+                                     int r) {
+  int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
+  return ((size_t)t * j->n_heads + h) * (size_t)j->hd;
+}
+
 /* Row r's query and, in *n_valid, how many keys of the current chunk it
  * reads; n_upto counts the keys from the chunk's first position through
  * the row's own (<= 0: the chunk is past the row, NULL). */
 static inline const float *lm_attn_row_q(const struct lm_attn_job *j, const struct lm_attn_tile *tl,
                                          int r, int n_upto, int *n_valid) {
-  int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
   if (n_upto <= 0) return NULL;
   *n_valid = n_upto < LM_ATTN_CHUNK ? n_upto : LM_ATTN_CHUNK;
-  return j->q + ((size_t)t * j->n_heads + h) * (size_t)j->hd;
+  return j->q + lm_attn_row_off(j, tl, r);
 }
 
 /* The keys of chunk base (a multiple of LM_ATTN_CHUNK) up to pmax, the
@@ -422,8 +428,7 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int KT, const struct lm_att
   struct lm_attn_chunk ck[2];
   int pmax = lm_attn_rows_init(j, tl, n_rows, pos, m, l);
   for (int r = 0; r < n_rows; r++) {
-    int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
-    const float *src = j->q + ((size_t)t * j->n_heads + h) * NV * 16;
+    const float *src = j->q + lm_attn_row_off(j, tl, r);
 #pragma GCC unroll 16
     for (int d = 0; d < NV; d++) {
       _mm512_store_ps(qr + (r * NV + d) * 16, _mm512_loadu_ps(src + 16 * d));
@@ -471,8 +476,7 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int KT, const struct lm_att
     }
   }
   for (int r = 0; r < n_rows; r++) {
-    int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
-    float *dst = j->out + ((size_t)t * j->n_heads + h) * NV * 16;
+    float *dst = j->out + lm_attn_row_off(j, tl, r);
     lm_attn_store_o(NV, KT, dst, o[r], _mm512_set1_ps(l[r] > 0.0f ? 1.0f / l[r] : 0.0f));
   }
 }
@@ -568,15 +572,6 @@ LM_AMX_TARGET static void lm_attn_amx_v_tail(uint16_t *dst, const char *v, int n
     }
 }
 
-/* Pulls the n bytes at a into L1 (l1) or L2, every line: the blocks are
- * scattered in the pool, and a decode step is bound by these reads (every
- * fourth line, leaving the rest to the hardware prefetchers, made a c=32
- * decode step's attention 40 % slower). */
-LM_AVX512_INLINE void lm_attn_pull_range(const char *a, size_t n, int l1) {
-  for (size_t x = 0; x < n; x += 64)
-    lm_attn_pull(a + x, l1);
-}
-
 /* x as bf16 halves: hi = bf16(x), lo = bf16(x - hi); returns hi + lo. */
 LM_AMX_TARGET static inline __m512 lm_attn_amx_split(__m512 x, uint16_t *hi, uint16_t *lo) {
   __m256bh h = _mm512_cvtneps_pbh(x);
@@ -623,7 +618,6 @@ LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
                                            float *m, float *l, int nr, int pull,
                                            struct lm_amx_cfg *have) {
   const int hd = j->hd;
-  const size_t piece_bytes = (size_t)16 * hd * 2;
   float sc[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
   float sl[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
   uint16_t ph[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
@@ -638,15 +632,12 @@ LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
     np++;
   lm_attn_amx_configure(have, nr);
   /* S = Q K^T piece by piece, pulling the next piece's K, this one's V
-   * and the next chunk's piece into cache ahead of their use */
-  for (int pi = 0; pi < np; pi++) {
+   * and the next chunk's piece into cache ahead of their use, as the
+   * AVX-512 path does */
+  int pi = 0;
+  for (; pi < np; pi++) {
     const struct lm_attn_piece *pc = &ck->piece[pi];
-    if (pull && pi + 1 < np) lm_attn_pull_range(ck->piece[pi + 1].k, piece_bytes, 1);
-    if (pull) lm_attn_pull_range(ck->v[pc->k0], piece_bytes, 1);
-    if (pull && next && pi < next->n_pieces) {
-      lm_attn_pull_range(next->piece[pi].k, piece_bytes, 0);
-      lm_attn_pull_range(next->v[next->piece[pi].k0], piece_bytes, 0);
-    }
+    if (pull) lm_attn_prefetch_step(j, ck, next, pi, 1, 1);
     /* the halves in two accumulators, two chains in flight */
     _tile_zero(0);
     _tile_zero(5);
@@ -660,6 +651,8 @@ LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
     _tile_stored(0, sc[0] + pc->k0, LM_ATTN_CHUNK * sizeof(float));
     _tile_stored(5, sl[0] + pc->k0, LM_ATTN_CHUNK * sizeof(float));
   }
+  while (pull && lm_attn_prefetch_step(j, ck, next, pi, 1, 1))
+    pi++;
   for (int r = 0; r < nr; r++)
     for (int c0 = 0; c0 < 16 * np; c0 += 16)
       _mm512_store_ps(sc[r] + c0,
@@ -738,8 +731,7 @@ LM_AMX_TARGET static void lm_attn_tile_amx(const struct lm_attn_job *j,
   memset(&have, 0, sizeof(have));
   int pmax = lm_attn_rows_init(j, tl, n_rows, pos, m, l);
   for (int r = 0; r < n_rows; r++) {
-    int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
-    const float *src = j->q + ((size_t)t * j->n_heads + h) * hd;
+    const float *src = j->q + lm_attn_row_off(j, tl, r);
     for (int d = 0; d < hd; d += 16) {
       lm_attn_amx_split(_mm512_loadu_ps(src + d), qh + (size_t)r * hd + d, ql + (size_t)r * hd + d);
       _mm512_store_ps(o + (size_t)r * hd + d, _mm512_setzero_ps());
@@ -761,8 +753,7 @@ LM_AMX_TARGET static void lm_attn_tile_amx(const struct lm_attn_job *j,
   }
   if (have.palette) _tile_release();
   for (int r = 0; r < n_rows; r++) {
-    int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
-    float *dst = j->out + ((size_t)t * j->n_heads + h) * hd;
+    float *dst = j->out + lm_attn_row_off(j, tl, r);
     __m512 inv = _mm512_set1_ps(l[r] > 0.0f ? 1.0f / l[r] : 0.0f);
     for (int d = 0; d < hd; d += 16)
       _mm512_storeu_ps(dst + d, _mm512_mul_ps(_mm512_load_ps(o + (size_t)r * hd + d), inv));
@@ -818,8 +809,7 @@ static void lm_attn_tile_scalar(const struct lm_attn_job *j, const struct lm_att
     }
   }
   for (int r = 0; r < n_rows; r++) {
-    int t = tl->t0 + r / tl->nh, h = tl->g * j->group + tl->h0 + r % tl->nh;
-    float *dst = j->out + ((size_t)t * j->n_heads + h) * hd;
+    float *dst = j->out + lm_attn_row_off(j, tl, r);
     float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     for (int d = 0; d < hd; d++)
       dst[d] = o[r][d] * inv;

@@ -431,17 +431,19 @@ LM_AMX_TARGET static void lm_amx_store(const struct lm_amx_tile *t, const float 
 }
 
 /* B tile b of k step u into tile register 6 + b % 2, its lines of k step u
- * + LM_AMX_PF pulled into L1 (the first row pair streams them from DRAM). */
-#define LM_AMX_LOAD_B(t, b, u)                                                                     \
-  do {                                                                                             \
-    const uint32_t *src_ = (t)->w + (size_t)(b) * (t)->ldp + (u)*16;                               \
-    for (int l_ = 0; l_ < 16; l_++)                                                                \
-      _mm_prefetch((const char *)(src_ + (LM_AMX_PF * 16 + l_) * 16), _MM_HINT_T0);                \
-    if ((b) % 2)                                                                                   \
-      _tile_loadd(7, src_, 64);                                                                    \
-    else                                                                                           \
-      _tile_loadd(6, src_, 64);                                                                    \
-  } while (0)
+ * + LM_AMX_PF pulled into L1 (the first row pair streams them from DRAM;
+ * for the pairs after it they are in cache). b is a constant at every call
+ * site. */
+LM_AMX_TARGET static inline __attribute__((always_inline)) void
+lm_amx_load_b(const struct lm_amx_tile *t, int b, size_t u) {
+  const uint32_t *src = t->w + (size_t)b * t->ldp + u * 16;
+  for (int l = 0; l < 16; l++)
+    _mm_prefetch((const char *)(src + (LM_AMX_PF * 16 + l) * 16), _MM_HINT_T0);
+  if (b % 2)
+    _tile_loadd(7, src, 64);
+  else
+    _tile_loadd(6, src, 64);
+}
 
 /* C tile c += A tile a times B tile b. tdpbf16ps spells its tile numbers
  * into the instruction, so each pair a kernel uses is written out; the
@@ -472,7 +474,7 @@ lm_amx_kernel(int MA, int NB, const struct lm_amx_tile *t) {
     if (MA > 1) _tile_loadd(5, t->xw + 16 * t->ldx + u, sa);
 #pragma GCC unroll 4
     for (int b = 0; b < NB; b++) {
-      LM_AMX_LOAD_B(t, b, u);
+      lm_amx_load_b(t, b, u);
       lm_amx_dp(b, 4, 6 + b % 2);
       if (MA > 1) lm_amx_dp(NB + b, 5, 6 + b % 2);
     }

@@ -142,11 +142,11 @@ static inline size_t lm_cpu_k_index(int i, int d, int bs, enum lm_dtype dt) {
 
 /* Whether attention over this cache runs on AMX tiles (cpu_attention.c):
  * a bf16 cache whose blocks hold whole tiles of 16 keys and whose heads
- * whole k steps of 32 dims. Its V regions are then stored by pairs of keys
+ * whole k steps of 32 dims (kv_create holds head_dim to the kernels'
+ * limit). Its V regions are then stored by pairs of keys
  * (lm_cpu_v_index). */
 static inline int lm_cpu_attn_amx(const struct lm_cpu *cpu, const struct lm_kv_shape *s) {
-  return cpu->amx && s->dtype == LM_DTYPE_BF16 && s->block_size % 16 == 0 &&
-         s->head_dim % 32 == 0 && s->head_dim <= 256;
+  return cpu->amx && s->dtype == LM_DTYPE_BF16 && s->block_size % 16 == 0 && s->head_dim % 32 == 0;
 }
 
 /* Element index of dim d of key i in a V region: [block_size][head_dim],
