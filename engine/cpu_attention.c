@@ -39,6 +39,7 @@
 #include "engine/cpu_internal.h"
 
 #define LM_ATTN_ROWS       32  /* (token, head) rows per work item */
+#define LM_ATTN_AMX_ROWS   128 /* ... on AMX tiles: a chunk's staged V serves more rows */
 #define LM_ATTN_CHUNK      64  /* key positions per online-softmax update */
 #define LM_ATTN_MAX_HD     256 /* head_dim limit of the stack buffers */
 #define LM_ATTN_STACK_SEQS 256
@@ -54,7 +55,8 @@ struct lm_attn_job {
   int n_heads, n_kv, hd, bs, group;
   int h_tile;  /* most query heads in a tile: group, or a share of it when larger */
   int n_htile; /* head tiles per kv head */
-  int q_tile;  /* query tokens per tile: LM_ATTN_ROWS / h_tile */
+  int rows;    /* (token, head) rows per work item: LM_ATTN_ROWS or LM_ATTN_AMX_ROWS */
+  int q_tile;  /* query tokens per tile: rows / h_tile */
   float scale;
   const int64_t *item_off; /* [S+1] first item of each sequence, or NULL */
   int seq;                 /* the one sequence when item_off is NULL */
@@ -527,102 +529,187 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
  *
  * A bf16 cache in blocks of a multiple of 16 keys, head_dim a multiple of
  * 32 (lm_cpu_attn_amx). A K region's 16 words from 16 s, for the 16 keys
- * of a piece, are a B tile of dims 32 s .. 32 s + 31 by 16 keys; 8 rows of
- * a V region stored by pairs of keys are a B tile of 16 keys by 16 dims.
- * The queries and the probabilities are split into two bf16 halves, x =
- * hi + lo with hi = bf16(x) and lo = bf16(x - hi), which hold x to about
- * 2^-16 of it: the tile products are then about as exact as f32 FMAs (a
- * single bf16 rounding of either gives 1e-3 errors on attention outputs).
- * A tile's rows go through each chunk up to 16 at a time: scores S = Q
- * K^T, the high and the low halves' products (32 dims each, in order) in
- * two accumulators added at the end, the online-softmax update in f32, P =
- * the probabilities' halves (what l sums), then P V (16 keys a product,
- * the chunk's pieces in order, hi then lo) into 16 dims of each row's
- * output a tile, four tiles at a time, added to o * alpha. Every product
- * is row by row, so a row's result is its own whatever the other rows of
- * its tile, and the same in blocks of 16 or 32 keys. Keys past a row's own are 0 in P, and a
- * chunk's last piece, when partial, is multiplied from a copy of its V with the keys past it
- * zeroed, so no stale slot reaches a sum. */
+ * of a piece, are a B tile of dims 32 s .. 32 s + 31 by 16 keys. V regions
+ * are stored by pairs of keys; each chunk's V is copied once into a
+ * buffer of its own (its keys past the last any row reads zeroed), where
+ * 16 rows from a multiple of 32 keys are a B tile of 32 keys by 16 dims,
+ * whatever the block size. The queries and the probabilities are split
+ * into two bf16 halves, x = hi + lo with hi = bf16(x) and lo = bf16(x -
+ * hi), which hold x to about 2^-16 of it: the tile products are then
+ * about as exact as f32 FMAs (a single bf16 rounding of either gives 1e-3
+ * errors on attention outputs). A tile's rows go through each chunk up to
+ * 16 at a time: scores S = Q K^T, the pieces side by side in four
+ * accumulators, each adding the high then the low half of every 32 dims
+ * in order; the online-softmax update in f32; P = the probabilities'
+ * halves (what l sums); then P V, 32 keys a product (hi then lo) into 16
+ * dims of each row's output a tile, four tiles at a time, added to o *
+ * alpha. Every product is row by row, so a row's result is its own
+ * whatever the other rows of its tile, and the same in blocks of 16 or 32
+ * keys. Keys past a row's own are 0 in P and past the chunk's last 0 in
+ * its V copy, so no stale slot reaches a sum. */
 
-/* Tiles: for S, 0 and 5 its halves' accumulators (rows x 16 keys), 1 and
- * 6 Q's halves (rows x 32 dims), 2 K (16 dim pairs x 16 keys); for O, 0,
- * 1, 5 and 6 four accumulators (rows x 16 dims), 3 and 7 P's halves (rows
- * x 16 keys), 4 V (8 key pairs x 16 dims). */
+/* Tiles 0-3 accumulate (rows x 16 keys of S, or x 16 dims of O), 4 and 5
+ * hold the A operand's halves (rows x 32 dims of Q, or x 32 keys of P),
+ * 6 the B operand (16 pairs x 16 keys of K, or x 16 dims of V). */
 LM_AMX_TARGET static void lm_attn_amx_configure(struct lm_amx_cfg *have, int rows) {
   struct lm_amx_cfg c;
   memset(&c, 0, sizeof(c));
   c.palette = 1;
-  c.rows[0] = c.rows[1] = c.rows[3] = c.rows[5] = c.rows[6] = c.rows[7] = (uint8_t)rows;
-  c.rows[2] = 16;
-  c.rows[4] = 8;
-  c.colsb[0] = c.colsb[1] = c.colsb[2] = c.colsb[4] = c.colsb[5] = c.colsb[6] = 64;
-  c.colsb[3] = c.colsb[7] = 32;
+  for (int t = 0; t < 6; t++) {
+    c.rows[t] = (uint8_t)rows;
+    c.colsb[t] = 64;
+  }
+  c.rows[6] = 16;
+  c.colsb[6] = 64;
   lm_amx_load_cfg(have, &c);
 }
 
-/* The first n keys (< 16) of a piece's V (by pairs, head_dim hd), the
- * others zero, into dst: [8 pairs][hd][2]. */
-LM_AMX_TARGET static void lm_attn_amx_v_tail(uint16_t *dst, const char *v, int n, int hd) {
-  for (int i = 0; i < 8; i++)
-    for (int d = 0; d < hd; d += 16) {
-      __m512i w = _mm512_loadu_si512(v + ((size_t)i * hd + d) * 4);
-      if (2 * i + 1 >= n)
-        w = 2 * i < n ? _mm512_and_si512(w, _mm512_set1_epi32(0xffff)) : _mm512_setzero_si512();
-      _mm512_store_si512(dst + ((size_t)i * hd + d) * 2, w);
+/* The V of chunk ck's first n keys into vs ([LM_ATTN_CHUNK / 2 pairs][hd]
+ * [2]), zero past them up to the next multiple of 32 keys. */
+LM_AMX_TARGET static void lm_attn_amx_stage_v(uint16_t *vs, const struct lm_attn_chunk *ck, int n,
+                                              int hd) {
+  const size_t pair = (size_t)hd * 2; /* bf16 values a pair row */
+  int end = (n + 31) / 32 * 32;
+  for (int pi = 0; pi < ck->n_pieces && ck->piece[pi].k0 < n; pi++) {
+    const struct lm_attn_piece *pc = &ck->piece[pi];
+    const char *src = ck->v[pc->k0];
+    uint16_t *dst = vs + (size_t)pc->k0 / 2 * pair;
+    int kn = n - pc->k0 < pc->n ? n - pc->k0 : pc->n;
+    if (kn == 16) {
+      memcpy(dst, src, 8 * pair * 2);
+      continue;
     }
+    for (int i = 0; i < 8; i++)
+      for (int d = 0; d < hd; d += 16) {
+        __m512i w = _mm512_loadu_si512(src + ((size_t)i * hd + d) * 4);
+        if (2 * i + 1 >= kn)
+          w = 2 * i < kn ? _mm512_and_si512(w, _mm512_set1_epi32(0xffff)) : _mm512_setzero_si512();
+        _mm512_store_si512(dst + (size_t)i * pair + 2 * d, w);
+      }
+  }
+  int done = (n + 15) / 16 * 16;
+  if (end > done) memset(vs + (size_t)done / 2 * pair, 0, (size_t)(end - done) / 2 * pair * 2);
 }
 
-/* x as bf16 halves: hi = bf16(x), lo = bf16(x - hi); returns hi + lo. */
-LM_AMX_TARGET static inline __m512 lm_attn_amx_split(__m512 x, uint16_t *hi, uint16_t *lo) {
+/* x as bf16 halves: hi = bf16(x), lo = bf16(x - hi). */
+LM_AMX_TARGET static inline void lm_attn_amx_split(__m512 x, uint16_t *hi, uint16_t *lo) {
   __m256bh h = _mm512_cvtneps_pbh(x);
   __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
-  __m256bh l = _mm512_cvtneps_pbh(_mm512_sub_ps(x, hf));
   _mm256_store_si256((__m256i *)hi, (__m256i)h);
-  _mm256_store_si256((__m256i *)lo, (__m256i)l);
-  return _mm512_add_ps(
-      hf, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)l), 16)));
+  _mm256_store_si256((__m256i *)lo, (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(x, hf)));
 }
 
-/* The online-softmax update of a row against a chunk whose scores (before
- * the scale) are in sc, over its first nv keys; p and pl get the halves of
- * its probabilities over np16 keys (0 past nv). Returns alpha. */
-LM_AMX_TARGET static float lm_attn_amx_softmax(const struct lm_attn_job *j, const float *sc,
-                                               uint16_t *p, uint16_t *pl, int nv, int np16,
-                                               float *m, float *l) {
-  __m512 scale = _mm512_set1_ps(j->scale), bmax = _mm512_set1_ps(-INFINITY);
-  for (int c0 = 0; c0 < nv; c0 += 16)
-    bmax = _mm512_mask_max_ps(bmax, lm_cpu_lanes(nv - c0), bmax,
-                              _mm512_mul_ps(_mm512_load_ps(sc + c0), scale));
-  float bm = _mm512_reduce_max_ps(bmax), m_new = *m > bm ? *m : bm;
-  float alpha = _mm512_cvtss_f32(lm_exp16(_mm512_set1_ps(*m - m_new)));
-  __m512 psum = _mm512_setzero_ps();
-  for (int c0 = 0; c0 < np16; c0 += 16) {
-    __m512 e = lm_exp16(
-        _mm512_sub_ps(_mm512_mul_ps(_mm512_load_ps(sc + c0), scale), _mm512_set1_ps(m_new)));
-    psum = _mm512_add_ps(
-        psum, lm_attn_amx_split(_mm512_maskz_mov_ps(lm_cpu_lanes(nv - c0), e), p + c0, pl + c0));
+/* 32 values (x0, then x1) as bf16 halves for P: hi = x with its low 16
+ * bits cut (exact in bf16), lo = bf16(x - hi); they hold x to about 2^-16
+ * of it, as lm_attn_amx_split does. */
+LM_AMX_TARGET static inline void lm_attn_amx_split32(__m512 x0, __m512 x1, uint16_t *hi,
+                                                     uint16_t *lo) {
+  const __m512i top = _mm512_set1_epi32((int)0xffff0000u);
+  __m512 h0 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x0), top));
+  __m512 h1 = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(x1), top));
+  _mm512_store_si512(hi, (__m512i)_mm512_cvtne2ps_pbh(h1, h0));
+  _mm512_store_si512(lo,
+                     (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(x1, h1), _mm512_sub_ps(x0, h0)));
+}
+
+/* 2^x to about 2 ulp (Cephes' exp2f polynomial on [-1/2, 1/2], scaled by
+ * 2^n with scalef); very negative x gives 0. */
+LM_AVX512_INLINE __m512 lm_exp2_16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-150.0f));
+  __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+/* Lane r of the result: the maximum (max) or the sum of v[r]'s 16 lanes,
+ * for 16 rows at once; each row's by the same tree, whatever the others
+ * hold. */
+LM_AVX512_INLINE __m512 lm_attn_rows16(const __m512 *v, int max) {
+#define LM_ATTN_OP(a, b) (max ? _mm512_max_ps(a, b) : _mm512_add_ps(a, b))
+  __m512 x[8], y[4], z[2];
+  for (int i = 0; i < 8; i++) /* rows 2i, 2i + 1 in each 128-bit lane */
+    x[i] = LM_ATTN_OP(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                      _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; i++) { /* rows 4i .. 4i + 3 in each 128-bit lane */
+    __m512d c = _mm512_castps_pd(x[2 * i]), d = _mm512_castps_pd(x[2 * i + 1]);
+    y[i] = LM_ATTN_OP(_mm512_castpd_ps(_mm512_unpacklo_pd(c, d)),
+                      _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)));
   }
-  *l = *l * alpha + lm_hsum16(psum);
-  *m = m_new;
-  return alpha;
+  for (int i = 0; i < 2; i++) /* rows 8i .. 8i + 3, then 8i + 4 .. 8i + 7, over half lanes */
+    z[i] = LM_ATTN_OP(_mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0x88),
+                      _mm512_shuffle_f32x4(y[2 * i], y[2 * i + 1], 0xdd));
+  return LM_ATTN_OP(_mm512_shuffle_f32x4(z[0], z[1], 0x88), _mm512_shuffle_f32x4(z[0], z[1], 0xdd));
+#undef LM_ATTN_OP
+}
+
+/* The online-softmax update of rows 0 .. nr - 1 (states m and l, nr of
+ * each) against a chunk: row r's scores (scaled) are sc[r], of which it
+ * reads the first nv[r]; ph[r] and pl[r] get the halves of its
+ * probabilities over n16 keys (0 past nv[r]) and alpha[r] its output's
+ * factor. The rows' maxima, factors and sums go 16 lanes at a time. */
+LM_AMX_TARGET static void lm_attn_amx_softmax(const float (*sc)[LM_ATTN_CHUNK], const int *nv,
+                                              int nr, int n16, uint16_t (*ph)[LM_ATTN_CHUNK],
+                                              uint16_t (*pl)[LM_ATTN_CHUNK], float *alpha, float *m,
+                                              float *l) {
+  __m512 v[16], ninf = _mm512_set1_ps(-INFINITY);
+  float mn[16] __attribute__((aligned(64)));
+  __mmask16 rows = lm_cpu_lanes(nr);
+  for (int r = 0; r < 16; r++) {
+    v[r] = ninf;
+    for (int c0 = 0; r < nr && c0 < nv[r]; c0 += 16)
+      v[r] = _mm512_mask_max_ps(v[r], lm_cpu_lanes(nv[r] - c0), v[r], _mm512_load_ps(sc[r] + c0));
+  }
+  __m512 mo = _mm512_mask_loadu_ps(ninf, rows, m);
+  __m512 mnew = _mm512_max_ps(mo, lm_attn_rows16(v, 1));
+  /* 1 for a row with no key yet (both maxima -inf) */
+  __m512 a = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(mnew, ninf, _CMP_NEQ_OQ), _mm512_set1_ps(1.0f),
+                                  lm_exp2_16(_mm512_sub_ps(mo, mnew)));
+  _mm512_store_ps(mn, mnew);
+  for (int r = 0; r < 16; r++) {
+    v[r] = _mm512_setzero_ps();
+    if (r >= nr) continue;
+    if (nv[r] <= 0) {
+      memset(ph[r], 0, sizeof(ph[r]));
+      memset(pl[r], 0, sizeof(pl[r]));
+      continue;
+    }
+    __m512 b = _mm512_set1_ps(mn[r]);
+    for (int c0 = 0; c0 < n16; c0 += 32) {
+      __m512 e0 = _mm512_maskz_mov_ps(lm_cpu_lanes(nv[r] - c0),
+                                      lm_exp2_16(_mm512_sub_ps(_mm512_load_ps(sc[r] + c0), b)));
+      __m512 e1 =
+          _mm512_maskz_mov_ps(lm_cpu_lanes(nv[r] - c0 - 16),
+                              lm_exp2_16(_mm512_sub_ps(_mm512_load_ps(sc[r] + c0 + 16), b)));
+      lm_attn_amx_split32(e0, e1, ph[r] + c0, pl[r] + c0);
+      v[r] = _mm512_add_ps(v[r], _mm512_add_ps(e0, e1));
+    }
+  }
+  _mm512_mask_storeu_ps(alpha, rows, a);
+  _mm512_mask_storeu_ps(
+      l, rows,
+      _mm512_fmadd_ps(_mm512_mask_loadu_ps(_mm512_setzero_ps(), rows, l), a, lm_attn_rows16(v, 0)));
+  _mm512_mask_storeu_ps(m, rows, mnew);
 }
 
 /* Rows r .. r + nr - 1 (nr <= 16) of a tile (their queries' halves qh and
  * ql, outputs o, head_dim apart) against chunk ck, of which the row r + x
- * reads the first nv[x] keys; the first rows (pull) pull the keys into
- * cache for the others. */
+ * reads the first nv[x] keys, and whose V is staged in vs. */
 LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
-                                           const struct lm_attn_chunk *ck,
-                                           const struct lm_attn_chunk *next, const int *nv,
+                                           const struct lm_attn_chunk *ck, const int *nv,
                                            const uint16_t *qh, const uint16_t *ql, float *o,
-                                           float *m, float *l, int nr, int pull,
+                                           float *m, float *l, int nr, const uint16_t *vs,
                                            struct lm_amx_cfg *have) {
   const int hd = j->hd;
   float sc[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
-  float sl[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
   uint16_t ph[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
   uint16_t pl[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
-  uint16_t vtail[8 * LM_ATTN_MAX_HD * 2] __attribute__((aligned(64)));
   float ot[4][16][16] __attribute__((aligned(64))), alpha[16];
   int nmax = 0, np = 0;
   for (int r = 0; r < nr; r++)
@@ -631,79 +718,65 @@ LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
   while (np < ck->n_pieces && ck->piece[np].k0 < nmax)
     np++;
   lm_attn_amx_configure(have, nr);
-  /* S = Q K^T piece by piece, pulling the next piece's K, this one's V
-   * and the next chunk's piece into cache ahead of their use, as the
-   * AVX-512 path does */
-  int pi = 0;
-  for (; pi < np; pi++) {
-    const struct lm_attn_piece *pc = &ck->piece[pi];
-    if (pull) lm_attn_prefetch_step(j, ck, next, pi, 1, 1);
-    /* the halves in two accumulators, two chains in flight */
-    _tile_zero(0);
-    _tile_zero(5);
-    for (int s = 0; s < hd / 32; s++) {
-      _tile_loadd(1, qh + 32 * s, (size_t)hd * 2);
-      _tile_loadd(6, ql + 32 * s, (size_t)hd * 2);
-      _tile_loadd(2, pc->k + ((size_t)16 * s * j->bs + pc->off) * 4, (size_t)j->bs * 4);
-      _tile_dpbf16ps(0, 1, 2);
-      _tile_dpbf16ps(5, 6, 2);
-    }
-    _tile_stored(0, sc[0] + pc->k0, LM_ATTN_CHUNK * sizeof(float));
-    _tile_stored(5, sl[0] + pc->k0, LM_ATTN_CHUNK * sizeof(float));
+  /* S = Q K^T, a piece an accumulator, 32 dims at a time */
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int s = 0; s < hd / 32; s++) {
+    _tile_loadd(4, qh + 32 * s, (size_t)hd * 2);
+    _tile_loadd(5, ql + 32 * s, (size_t)hd * 2);
+#define LM_ATTN_AMX_QK(T)                                                                          \
+  if ((T) < np) {                                                                                  \
+    const struct lm_attn_piece *pc = &ck->piece[T];                                                \
+    _tile_loadd(6, pc->k + ((size_t)16 * s * j->bs + pc->off) * 4, (size_t)j->bs * 4);             \
+    _tile_dpbf16ps(T, 4, 6);                                                                       \
+    _tile_dpbf16ps(T, 5, 6);                                                                       \
   }
-  while (pull && lm_attn_prefetch_step(j, ck, next, pi, 1, 1))
-    pi++;
-  for (int r = 0; r < nr; r++)
-    for (int c0 = 0; c0 < 16 * np; c0 += 16)
-      _mm512_store_ps(sc[r] + c0,
-                      _mm512_add_ps(_mm512_load_ps(sc[r] + c0), _mm512_load_ps(sl[r] + c0)));
-  for (int r = 0; r < nr; r++) {
-    if (nv[r] > 0) {
-      alpha[r] = lm_attn_amx_softmax(j, sc[r], ph[r], pl[r], nv[r], 16 * np, m + r, l + r);
-      continue;
-    }
-    alpha[r] = 1.0f;
-    memset(ph[r], 0, sizeof(ph[r]));
-    memset(pl[r], 0, sizeof(pl[r]));
+    LM_ATTN_AMX_QK(0)
+    LM_ATTN_AMX_QK(1)
+    LM_ATTN_AMX_QK(2)
+    LM_ATTN_AMX_QK(3)
+#undef LM_ATTN_AMX_QK
   }
-  const struct lm_attn_piece *last = &ck->piece[np - 1];
-  if (last->n < 16) lm_attn_amx_v_tail(vtail, ck->v[last->k0], last->n, hd);
-  /* O = P V, 64 dims (4 accumulators, 4 chains in flight) at a time, or
-   * the last 32 */
+  _tile_stored(0, sc[0], LM_ATTN_CHUNK * sizeof(float));
+  if (np > 1) _tile_stored(1, sc[0] + 16, LM_ATTN_CHUNK * sizeof(float));
+  if (np > 2) _tile_stored(2, sc[0] + 32, LM_ATTN_CHUNK * sizeof(float));
+  if (np > 3) _tile_stored(3, sc[0] + 48, LM_ATTN_CHUNK * sizeof(float));
+  int n_ks = (nmax + 31) / 32; /* k steps of P V */
+  lm_attn_amx_softmax((const float(*)[LM_ATTN_CHUNK])sc, nv, nr, 32 * n_ks, ph, pl, alpha, m, l);
+  /* O = P V, 64 dims (4 accumulators) at a time, or the last 32 */
+  const size_t vstride = (size_t)hd * 4;
   for (int d0 = 0; d0 < hd; d0 += 64) {
     int nd = hd - d0 >= 64 ? 4 : 2;
     _tile_zero(0);
     _tile_zero(1);
-    if (nd == 4) {
-      _tile_zero(5);
-      _tile_zero(6);
-    }
-    for (int pi = 0; pi < np; pi++) {
-      const struct lm_attn_piece *pc = &ck->piece[pi];
-      const char *v = (pc->n < 16 ? (const char *)vtail : ck->v[pc->k0]) + (size_t)d0 * 4;
-      const size_t vs = (size_t)hd * 4;
-      _tile_loadd(3, ph[0] + pc->k0, LM_ATTN_CHUNK * sizeof(uint16_t));
-      _tile_loadd(7, pl[0] + pc->k0, LM_ATTN_CHUNK * sizeof(uint16_t));
-      _tile_loadd(4, v, vs);
-      _tile_dpbf16ps(0, 3, 4);
-      _tile_dpbf16ps(0, 7, 4);
-      _tile_loadd(4, v + 64, vs);
-      _tile_dpbf16ps(1, 3, 4);
-      _tile_dpbf16ps(1, 7, 4);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int ks = 0; ks < n_ks; ks++) {
+      const uint16_t *v = vs + ((size_t)16 * ks * hd + d0) * 2;
+      _tile_loadd(4, ph[0] + 32 * ks, LM_ATTN_CHUNK * sizeof(uint16_t));
+      _tile_loadd(5, pl[0] + 32 * ks, LM_ATTN_CHUNK * sizeof(uint16_t));
+      _tile_loadd(6, v, vstride);
+      _tile_dpbf16ps(0, 4, 6);
+      _tile_dpbf16ps(0, 5, 6);
+      _tile_loadd(6, v + 32, vstride);
+      _tile_dpbf16ps(1, 4, 6);
+      _tile_dpbf16ps(1, 5, 6);
       if (nd == 4) {
-        _tile_loadd(4, v + 128, vs);
-        _tile_dpbf16ps(5, 3, 4);
-        _tile_dpbf16ps(5, 7, 4);
-        _tile_loadd(4, v + 192, vs);
-        _tile_dpbf16ps(6, 3, 4);
-        _tile_dpbf16ps(6, 7, 4);
+        _tile_loadd(6, v + 64, vstride);
+        _tile_dpbf16ps(2, 4, 6);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_loadd(6, v + 96, vstride);
+        _tile_dpbf16ps(3, 4, 6);
+        _tile_dpbf16ps(3, 5, 6);
       }
     }
     _tile_stored(0, ot[0], 64);
     _tile_stored(1, ot[1], 64);
     if (nd == 4) {
-      _tile_stored(5, ot[2], 64);
-      _tile_stored(6, ot[3], 64);
+      _tile_stored(2, ot[2], 64);
+      _tile_stored(3, ot[3], 64);
     }
     for (int r = 0; r < nr; r++)
       if (nv[r] > 0)
@@ -715,40 +788,47 @@ LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
   }
 }
 
-/* The tile: the queries' halves, then chunk by chunk its rows 16 at a
- * time; then the outputs. */
+/* The tile: the queries' halves (scaled to log2 units: the softmax takes
+ * powers of 2), then chunk by chunk its V staged and its rows 16 at a
+ * time; then the outputs. A chunk is read from memory once for up to
+ * LM_ATTN_AMX_ROWS rows, without prefetches: on AMX they cost more than
+ * they saved (in decode too). */
 LM_AMX_TARGET static void lm_attn_tile_amx(const struct lm_attn_job *j,
                                            const struct lm_attn_tile *tl) {
   const int hd = j->hd;
   int n_rows = (tl->t1 - tl->t0) * tl->nh;
-  int pos[LM_ATTN_ROWS], nv[LM_ATTN_ROWS];
-  float m[LM_ATTN_ROWS], l[LM_ATTN_ROWS];
-  uint16_t qh[LM_ATTN_ROWS * LM_ATTN_MAX_HD] __attribute__((aligned(64)));
-  uint16_t ql[LM_ATTN_ROWS * LM_ATTN_MAX_HD] __attribute__((aligned(64)));
-  float o[LM_ATTN_ROWS * LM_ATTN_MAX_HD] __attribute__((aligned(64)));
-  struct lm_attn_chunk ck[2];
+  int pos[LM_ATTN_AMX_ROWS], nv[LM_ATTN_AMX_ROWS];
+  float m[LM_ATTN_AMX_ROWS], l[LM_ATTN_AMX_ROWS];
+  uint16_t qh[LM_ATTN_AMX_ROWS * LM_ATTN_MAX_HD] __attribute__((aligned(64)));
+  uint16_t ql[LM_ATTN_AMX_ROWS * LM_ATTN_MAX_HD] __attribute__((aligned(64)));
+  uint16_t vs[LM_ATTN_CHUNK * LM_ATTN_MAX_HD] __attribute__((aligned(64)));
+  float o[LM_ATTN_AMX_ROWS * LM_ATTN_MAX_HD] __attribute__((aligned(64)));
+  struct lm_attn_chunk ck;
   struct lm_amx_cfg have;
   memset(&have, 0, sizeof(have));
   int pmax = lm_attn_rows_init(j, tl, n_rows, pos, m, l);
+  __m512 scale = _mm512_set1_ps(j->scale * 1.44269504088896341f); /* scores in log2 units */
   for (int r = 0; r < n_rows; r++) {
     const float *src = j->q + lm_attn_row_off(j, tl, r);
     for (int d = 0; d < hd; d += 16) {
-      lm_attn_amx_split(_mm512_loadu_ps(src + d), qh + (size_t)r * hd + d, ql + (size_t)r * hd + d);
+      lm_attn_amx_split(_mm512_mul_ps(_mm512_loadu_ps(src + d), scale), qh + (size_t)r * hd + d,
+                        ql + (size_t)r * hd + d);
       _mm512_store_ps(o + (size_t)r * hd + d, _mm512_setzero_ps());
     }
   }
   const int32_t *table = j->b->block_tables + (size_t)tl->s * j->b->max_blocks;
-  lm_attn_chunk_init(j, tl, table, 0, pmax, &ck[0]);
-  for (int base = 0, c = 0; base <= pmax; base += LM_ATTN_CHUNK, c ^= 1) {
-    const struct lm_attn_chunk *next = lm_attn_next_chunk(j, tl, table, base, pmax, ck, c);
+  for (int base = 0; base <= pmax; base += LM_ATTN_CHUNK) {
+    int n = pmax + 1 - base < LM_ATTN_CHUNK ? pmax + 1 - base : LM_ATTN_CHUNK;
+    lm_attn_chunk_init(j, tl, table, base, pmax, &ck);
     for (int r = 0; r < n_rows; r++) {
-      int n = pos[r] + 1 - base;
-      nv[r] = n < LM_ATTN_CHUNK ? n : LM_ATTN_CHUNK;
+      int k = pos[r] + 1 - base;
+      nv[r] = k < LM_ATTN_CHUNK ? k : LM_ATTN_CHUNK;
     }
+    lm_attn_amx_stage_v(vs, &ck, n, hd);
     for (int r = 0; r < n_rows; r += 16) {
       int nr = n_rows - r < 16 ? n_rows - r : 16;
-      lm_attn_amx_rows(j, &ck[c], next, nv + r, qh + (size_t)r * hd, ql + (size_t)r * hd,
-                       o + (size_t)r * hd, m + r, l + r, nr, r == 0, &have);
+      lm_attn_amx_rows(j, &ck, nv + r, qh + (size_t)r * hd, ql + (size_t)r * hd, o + (size_t)r * hd,
+                       m + r, l + r, nr, vs, &have);
     }
   }
   if (have.palette) _tile_release();
@@ -880,9 +960,10 @@ void lm_cpu_attention(void *st, void *out, const void *q, const void *kv,
                 shape->head_dim <= LM_ATTN_MAX_HD,
       .amx = lm_cpu_attn_amx(cpu, shape)};
   if (b->n_seqs <= 0 || j.group <= 0) return;
-  j.n_htile = (j.group + LM_ATTN_ROWS - 1) / LM_ATTN_ROWS;
+  j.rows = j.amx ? LM_ATTN_AMX_ROWS : LM_ATTN_ROWS;
+  j.n_htile = (j.group + j.rows - 1) / j.rows;
   j.h_tile = (j.group + j.n_htile - 1) / j.n_htile;
-  j.q_tile = LM_ATTN_ROWS / j.h_tile;
+  j.q_tile = j.rows / j.h_tile;
   if (b->n_seqs > LM_ATTN_STACK_SEQS) off = malloc(((size_t)b->n_seqs + 1) * sizeof(*off));
   if (!off) {
     /* out of memory for the item index: one parallel loop per sequence */

@@ -1,7 +1,9 @@
 /* backend_bench.c - CPU backend throughput: read bandwidth, GEMV on
  * Qwen3-0.6B-shaped bf16 weights (>= 1 GB, not cache resident), GEMM at
  * M = 512, FMA peak, decode and prefill attention, pool dispatch cost. Prints numbers;
- * not a test. Usage: backend_bench [n_threads] */
+ * not a test. Usage: backend_bench [n_threads] [attention]: the second
+ * argument runs prefill attention alone, 100 times each (for a
+ * profiler). */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -44,7 +46,7 @@ static struct lm_tensor make_bf16(int64_t n, int64_t k, uint32_t seed) {
  * bytes; more is a prefill chunk, bound by its FLOPs. q and out each hold
  * n_q * 16 * 128 floats. */
 static int bench_attention(void *st, float *out, const float *q, int ctx, int n_q,
-                           enum lm_dtype dt_kv, double peak) {
+                           enum lm_dtype dt_kv, double peak, int reps) {
   const int bs = 16, nh = 16, nkv = 8, hd = 128, nb = ctx / bs;
   struct lm_kv_shape shape = {.n_layers = 1,
                               .n_blocks = nb,
@@ -84,7 +86,6 @@ static int bench_attention(void *st, float *out, const float *q, int ctx, int n_
                        .ctx_len = &cl,
                        .block_tables = table,
                        .max_blocks = nb};
-  int reps = n_q > 1 ? 5 : 50;
   double best = 1e9;
   for (int r = 0; r < reps; r++) {
     double t0 = lm_now_s();
@@ -110,6 +111,7 @@ static int bench_attention(void *st, float *out, const float *q, int ctx, int n_
 
 int main(int argc, char **argv) {
   struct lm_backend_config cfg = {.n_threads = argc > 1 ? atoi(argv[1]) : 0};
+  int attn_only = argc > 2 && !strcmp(argv[2], "attention");
   char err[LM_ERR_LEN];
   void *st;
   if (ops->create(&cfg, &st, err) != 0) {
@@ -133,7 +135,9 @@ int main(int argc, char **argv) {
 
   /* (1) read bandwidth over 1 GiB, FMA peak */
   double bw = NAN, peak = NAN;
-  if (__builtin_cpu_supports("avx512f")) {
+  if (attn_only) {
+    peak = lm_bench_fma_gflops(cpu->pool);
+  } else if (__builtin_cpu_supports("avx512f")) {
     bw = lm_bench_read_gbs(cpu->pool, (size_t)1 << 30);
     peak = lm_bench_fma_gflops(cpu->pool);
     printf("(1) read bandwidth, 1 GiB, AVX-512 loads: %.1f GB/s (best of %d)\n", bw,
@@ -154,7 +158,10 @@ int main(int argc, char **argv) {
                                  {3072, 1024}, {3072, 1024}, {1024, 3072}};
   struct lm_tensor(*w)[NM] = calloc(NL, sizeof(*w));
   size_t wbytes = 0;
-  for (int l = 0; l < NL; l++)
+  float *x = ops->act_alloc(st, (size_t)512 * 3072), *y = ops->act_alloc(st, (size_t)512 * 3072);
+  for (size_t i = 0; i < (size_t)512 * 3072; i++)
+    x[i] = sinf((float)i);
+  for (int l = 0; l < NL && !attn_only; l++)
     for (int m = 0; m < NM; m++) {
       w[l][m] = make_bf16(shp[m][0], shp[m][1], (uint32_t)(l * NM + m + 1));
       /* packed as load_weights packs a model's */
@@ -164,10 +171,7 @@ int main(int argc, char **argv) {
       }
       wbytes += (size_t)shp[m][0] * shp[m][1] * 2;
     }
-  float *x = ops->act_alloc(st, (size_t)512 * 3072), *y = ops->act_alloc(st, (size_t)512 * 3072);
-  for (size_t i = 0; i < (size_t)512 * 3072; i++)
-    x[i] = sinf((float)i);
-  {
+  if (!attn_only) {
     double best = 1e9;
     for (int r = 0; r < 4; r++) {
       double t0 = lm_now_s();
@@ -203,7 +207,7 @@ int main(int argc, char **argv) {
   }
 
   /* (3) GEMM M=512 */
-  {
+  if (!attn_only) {
     int ms[] = {512, 64, 32, 16, 4};
     for (int mi = 0; mi < 5; mi++) {
       int M = ms[mi];
@@ -233,11 +237,11 @@ int main(int argc, char **argv) {
   /* (4) decode attention, one sequence: 16 q / 8 kv heads, head_dim 128;
    * (5) a 64-token prefill chunk deep in a prompt, and a whole 512-token one */
   for (int ci = 0; ci < 4; ci++)
-    if (bench_attention(st, y, x, ci % 2 ? 4096 : 1024, 1, ci < 2 ? LM_DTYPE_F32 : LM_DTYPE_BF16,
-                        peak) != 0)
+    if (!attn_only && bench_attention(st, y, x, ci % 2 ? 4096 : 1024, 1,
+                                      ci < 2 ? LM_DTYPE_F32 : LM_DTYPE_BF16, peak, 50) != 0)
       return 1;
-  if (bench_attention(st, y, x, 4096, 64, LM_DTYPE_BF16, peak) != 0 ||
-      bench_attention(st, y, x, 512, 512, LM_DTYPE_BF16, peak) != 0)
+  if (bench_attention(st, y, x, 4096, 64, LM_DTYPE_BF16, peak, attn_only ? 100 : 5) != 0 ||
+      bench_attention(st, y, x, 512, 512, LM_DTYPE_BF16, peak, attn_only ? 100 : 5) != 0)
     return 1;
   ops->destroy(st);
   return 0;
