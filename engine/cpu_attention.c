@@ -1,11 +1,12 @@
 /* cpu_attention.c - causal attention over the paged KV cache.
  *
  * One work item is (sequence, kv head, tile of query heads, tile of query
- * tokens), at most LM_ATTN_ROWS (token, head) rows: the tile's query heads
- * that share the kv head walk the sequence's keys together, so each chunk
- * of K/V is read from memory once and used by every row. A group of up to
- * LM_ATTN_ROWS heads is one head tile; a larger one (multi-query attention)
- * is split into near-equal head tiles of one token each.
+ * tokens), at most LM_ATTN_ROWS (token, head) rows (LM_ATTN_AMX_ROWS on
+ * AMX tiles): the tile's query heads that share the kv head walk the
+ * sequence's keys together, so each chunk of K/V is read from memory once
+ * and used by every row. A group of up to that many heads is one head
+ * tile; a larger one (multi-query attention) is split into near-equal head
+ * tiles of one token each.
  *
  * Each (token, head) row keeps its own online-softmax state and takes its
  * keys in chunks of LM_ATTN_CHUNK positions (0-63, 64-127, ...) in order:
@@ -534,16 +535,18 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
  * buffer of its own (its keys past the last any row reads zeroed), where
  * 16 rows from a multiple of 32 keys are a B tile of 32 keys by 16 dims,
  * whatever the block size. The queries and the probabilities are split
- * into two bf16 halves, x = hi + lo with hi = bf16(x) and lo = bf16(x -
- * hi), which hold x to about 2^-16 of it: the tile products are then
- * about as exact as f32 FMAs (a single bf16 rounding of either gives 1e-3
- * errors on attention outputs). A tile's rows go through each chunk up to
- * 16 at a time: scores S = Q K^T, the pieces side by side in four
- * accumulators, each adding the high then the low half of every 32 dims
- * in order; the online-softmax update in f32; P = the probabilities'
- * halves (what l sums); then P V, 32 keys a product (hi then lo) into 16
- * dims of each row's output a tile, four tiles at a time, added to o *
- * alpha. Every product is row by row, so a row's result is its own
+ * into two bf16 halves, x = hi + lo with lo = bf16(x - hi) and hi =
+ * bf16(x) (queries) or x cut to its top 16 bits (probabilities), which
+ * hold x to about 2^-16 of it: the tile products are then about as exact
+ * as f32 FMAs (a single bf16 rounding of either gives 1e-3 errors on
+ * attention outputs). A tile's rows go through each chunk up to 16 at a
+ * time: scores S = Q K^T, the pieces side by side in four accumulators,
+ * each adding the high then the low half of every 32 dims in order (the
+ * queries scaled to log2 units beforehand); the online-softmax update in
+ * f32, in powers of 2, its maxima, factors and sums 16 rows at a time;
+ * then P V, 32 keys a product (hi then lo) into 16 dims of each row's
+ * output a tile, four tiles at a time, added to o * alpha. Every product
+ * and every reduction is row by row, so a row's result is its own
  * whatever the other rows of its tile, and the same in blocks of 16 or 32
  * keys. Keys past a row's own are 0 in P and past the chunk's last 0 in
  * its V copy, so no stale slot reaches a sum. */
