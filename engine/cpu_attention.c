@@ -39,10 +39,11 @@
 
 #include "engine/cpu_internal.h"
 
-#define LM_ATTN_ROWS       32  /* (token, head) rows per work item */
-#define LM_ATTN_AMX_ROWS   128 /* ... on AMX tiles: a chunk's staged V serves more rows */
-#define LM_ATTN_CHUNK      64  /* key positions per online-softmax update */
-#define LM_ATTN_MAX_HD     256 /* head_dim limit of the stack buffers */
+#define LM_ATTN_ROWS       32   /* (token, head) rows per work item */
+#define LM_ATTN_AMX_ROWS   128  /* ... on AMX tiles: a chunk's staged V serves more rows */
+#define LM_ATTN_AMX_LAG    8.0f /* log2 units a row's softmax reference may lag its maximum */
+#define LM_ATTN_CHUNK      64   /* key positions per online-softmax update */
+#define LM_ATTN_MAX_HD     256  /* head_dim limit of the stack buffers */
 #define LM_ATTN_STACK_SEQS 256
 
 struct lm_attn_job {
@@ -544,8 +545,12 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
  * each adding the high then the low half of every 32 dims in order (the
  * queries scaled to log2 units beforehand); the online-softmax update in
  * f32, in powers of 2, its maxima, factors and sums 16 rows at a time;
- * then P V, 32 keys a product (hi then lo) into 16 dims of each row's
- * output a tile, four tiles at a time, added to o * alpha. Every product
+ * then P V, 32 keys a product (hi then lo), accumulated onto 16 dims of
+ * each row's output a tile, four tiles at a time. A row's softmax
+ * reference moves only when a chunk's maximum passes it by more than
+ * LM_ATTN_AMX_LAG (its probabilities are then at most 2^8, which the
+ * halves hold as well): until then alpha is exactly 1 and the output is
+ * not rescaled, only added to. Every product
  * and every reduction is row by row, so a row's result is its own
  * whatever the other rows of its tile, and the same in blocks of 16 or 32
  * keys. Keys past a row's own are 0 in P and past the chunk's last 0 in
@@ -656,11 +661,12 @@ LM_AVX512_INLINE __m512 lm_attn_rows16(const __m512 *v, int max) {
  * each) against a chunk: row r's scores (scaled) are sc[r], of which it
  * reads the first nv[r]; ph[r] and pl[r] get the halves of its
  * probabilities over n16 keys (0 past nv[r]) and alpha[r] its output's
- * factor. The rows' maxima, factors and sums go 16 lanes at a time. */
-LM_AMX_TARGET static void lm_attn_amx_softmax(const float (*sc)[LM_ATTN_CHUNK], const int *nv,
-                                              int nr, int n16, uint16_t (*ph)[LM_ATTN_CHUNK],
-                                              uint16_t (*pl)[LM_ATTN_CHUNK], float *alpha, float *m,
-                                              float *l) {
+ * factor. The rows' maxima, factors and sums go 16 lanes at a time.
+ * Returns the rows whose reference moved (alpha not 1). */
+LM_AMX_TARGET static __mmask16 lm_attn_amx_softmax(const float (*sc)[LM_ATTN_CHUNK], const int *nv,
+                                                   int nr, int n16, uint16_t (*ph)[LM_ATTN_CHUNK],
+                                                   uint16_t (*pl)[LM_ATTN_CHUNK], float *alpha,
+                                                   float *m, float *l) {
   __m512 v[16], ninf = _mm512_set1_ps(-INFINITY);
   float mn[16] __attribute__((aligned(64)));
   __mmask16 rows = lm_cpu_lanes(nr);
@@ -669,11 +675,13 @@ LM_AMX_TARGET static void lm_attn_amx_softmax(const float (*sc)[LM_ATTN_CHUNK], 
     for (int c0 = 0; r < nr && c0 < nv[r]; c0 += 16)
       v[r] = _mm512_mask_max_ps(v[r], lm_cpu_lanes(nv[r] - c0), v[r], _mm512_load_ps(sc[r] + c0));
   }
-  __m512 mo = _mm512_mask_loadu_ps(ninf, rows, m);
-  __m512 mnew = _mm512_max_ps(mo, lm_attn_rows16(v, 1));
-  /* 1 for a row with no key yet (both maxima -inf) */
-  __m512 a = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(mnew, ninf, _CMP_NEQ_OQ), _mm512_set1_ps(1.0f),
-                                  lm_exp2_16(_mm512_sub_ps(mo, mnew)));
+  __m512 mo = _mm512_mask_loadu_ps(ninf, rows, m), bm = lm_attn_rows16(v, 1);
+  /* a row's reference moves only when the chunk's maximum passes it by
+   * more than 2^8 (or it has none yet): otherwise alpha is exactly 1 */
+  __mmask16 move =
+      _mm512_cmp_ps_mask(bm, _mm512_add_ps(mo, _mm512_set1_ps(LM_ATTN_AMX_LAG)), _CMP_GT_OQ) & rows;
+  __m512 mnew = _mm512_mask_blend_ps(move, mo, bm);
+  __m512 a = _mm512_mask_blend_ps(move, _mm512_set1_ps(1.0f), lm_exp2_16(_mm512_sub_ps(mo, mnew)));
   _mm512_store_ps(mn, mnew);
   for (int r = 0; r < 16; r++) {
     v[r] = _mm512_setzero_ps();
@@ -699,6 +707,7 @@ LM_AMX_TARGET static void lm_attn_amx_softmax(const float (*sc)[LM_ATTN_CHUNK], 
       l, rows,
       _mm512_fmadd_ps(_mm512_mask_loadu_ps(_mm512_setzero_ps(), rows, l), a, lm_attn_rows16(v, 0)));
   _mm512_mask_storeu_ps(m, rows, mnew);
+  return move;
 }
 
 /* Rows r .. r + nr - 1 (nr <= 16) of a tile (their queries' halves qh and
@@ -713,7 +722,7 @@ LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
   float sc[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
   uint16_t ph[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
   uint16_t pl[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
-  float ot[4][16][16] __attribute__((aligned(64))), alpha[16];
+  float alpha[16];
   int nmax = 0, np = 0;
   for (int r = 0; r < nr; r++)
     nmax = nv[r] > nmax ? nv[r] : nmax;
@@ -747,15 +756,25 @@ LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
   if (np > 2) _tile_stored(2, sc[0] + 32, LM_ATTN_CHUNK * sizeof(float));
   if (np > 3) _tile_stored(3, sc[0] + 48, LM_ATTN_CHUNK * sizeof(float));
   int n_ks = (nmax + 31) / 32; /* k steps of P V */
-  lm_attn_amx_softmax((const float(*)[LM_ATTN_CHUNK])sc, nv, nr, 32 * n_ks, ph, pl, alpha, m, l);
-  /* O = P V, 64 dims (4 accumulators) at a time, or the last 32 */
-  const size_t vstride = (size_t)hd * 4;
+  __mmask16 move = lm_attn_amx_softmax((const float(*)[LM_ATTN_CHUNK])sc, nv, nr, 32 * n_ks, ph, pl,
+                                       alpha, m, l);
+  for (int r = 0; move; r++, move >>= 1)
+    if (move & 1)
+      for (int d = 0; d < hd; d += 16) {
+        float *dst = o + (size_t)r * hd + d;
+        _mm512_store_ps(dst, _mm512_mul_ps(_mm512_load_ps(dst), _mm512_set1_ps(alpha[r])));
+      }
+  /* O += P V, 64 dims (4 accumulators, loaded from o) at a time, or the
+   * last 32 */
+  const size_t vstride = (size_t)hd * 4, ostride = (size_t)hd * sizeof(float);
   for (int d0 = 0; d0 < hd; d0 += 64) {
     int nd = hd - d0 >= 64 ? 4 : 2;
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    _tile_loadd(0, o + d0, ostride);
+    _tile_loadd(1, o + d0 + 16, ostride);
+    if (nd == 4) {
+      _tile_loadd(2, o + d0 + 32, ostride);
+      _tile_loadd(3, o + d0 + 48, ostride);
+    }
     for (int ks = 0; ks < n_ks; ks++) {
       const uint16_t *v = vs + ((size_t)16 * ks * hd + d0) * 2;
       _tile_loadd(4, ph[0] + 32 * ks, LM_ATTN_CHUNK * sizeof(uint16_t));
@@ -775,19 +794,12 @@ LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
         _tile_dpbf16ps(3, 5, 6);
       }
     }
-    _tile_stored(0, ot[0], 64);
-    _tile_stored(1, ot[1], 64);
+    _tile_stored(0, o + d0, ostride);
+    _tile_stored(1, o + d0 + 16, ostride);
     if (nd == 4) {
-      _tile_stored(2, ot[2], 64);
-      _tile_stored(3, ot[3], 64);
+      _tile_stored(2, o + d0 + 32, ostride);
+      _tile_stored(3, o + d0 + 48, ostride);
     }
-    for (int r = 0; r < nr; r++)
-      if (nv[r] > 0)
-        for (int x = 0; x < nd; x++) {
-          float *dst = o + (size_t)r * hd + d0 + 16 * x;
-          _mm512_store_ps(dst, _mm512_fmadd_ps(_mm512_load_ps(dst), _mm512_set1_ps(alpha[r]),
-                                               _mm512_load_ps(ot[x][r])));
-        }
   }
 }
 
