@@ -65,8 +65,8 @@ double lm_step_model_predict(const lm_step_model *m, const struct lm_step_shape 
 /* Seconds a chunk of n prompt tokens from position start adds to a step. */
 double lm_step_model_chunk_seconds(const lm_step_model *m, int start, int n);
 /* How many of want prompt tokens, from position start, one chunk can hold
- * while adding at most seconds to a step (want when the model sees no
- * cost in prompt tokens). */
+ * while adding at most seconds to a step: none when seconds is 0, want
+ * when there is time and the model sees no cost in prompt tokens. */
 int lm_step_model_fit_chunk(const lm_step_model *m, int start, int want, double seconds);
 /* Keys attended by n tokens at positions start .. start + n - 1. */
 double lm_step_chunk_keys(int start, int n);

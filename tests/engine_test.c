@@ -798,6 +798,12 @@ static void test_step_model(void) {
   lm_check(lm_step_model_fit_chunk(&m, 6000, 5, budget) == 5 &&
                lm_step_model_fit_chunk(&m, 6000, 100, 0) == 0,
            "a chunk never exceeds what is wanted, and no time holds none");
+  lm_step_model fresh;
+  lm_step_model_init(&fresh);
+  lm_check(
+      lm_step_model_fit_chunk(&fresh, 0, 100, 0) == 0 &&
+          lm_step_model_fit_chunk(&fresh, 0, 100, budget) == 100,
+      "a model that sees no cost in prompt tokens still fits none in no time (and all in some)");
   /* the machine halves its speed and only decodes run: the decode step
    * follows within a few dozen steps, a prompt chunk's cost is remembered */
   double chunk0 = lm_step_model_chunk_seconds(&m, 6000, 40);
