@@ -138,8 +138,8 @@ static inline void lm_attn_chunk_init(const struct lm_attn_job *j, const struct 
 }
 
 /* The chunk after the one at base (into ck[c ^ 1], ck[c] being the
- * current one), for the prefetches while the current one is computed; NULL
- * past the tile's last key. */
+ * current one), for the AVX-512 path's prefetches while the current one is
+ * computed; NULL past the tile's last key. */
 static inline const struct lm_attn_chunk *
 lm_attn_next_chunk(const struct lm_attn_job *j, const struct lm_attn_tile *tl, const int32_t *table,
                    int base, int pmax, struct lm_attn_chunk *ck, int c) {
@@ -572,31 +572,31 @@ LM_AMX_TARGET static void lm_attn_amx_configure(struct lm_amx_cfg *have, int row
   lm_amx_load_cfg(have, &c);
 }
 
-/* The V of chunk ck's first n keys into vs ([LM_ATTN_CHUNK / 2 pairs][hd]
- * [2]), zero past them up to the next multiple of 32 keys. */
-LM_AMX_TARGET static void lm_attn_amx_stage_v(uint16_t *vs, const struct lm_attn_chunk *ck, int n,
+/* The V of chunk ck's keys into vs ([LM_ATTN_CHUNK / 2 pairs][hd][2]),
+ * zero past them up to the next multiple of 32 keys. */
+LM_AMX_TARGET static void lm_attn_amx_stage_v(uint16_t *vs, const struct lm_attn_chunk *ck,
                                               int hd) {
   const size_t pair = (size_t)hd * 2; /* bf16 values a pair row */
-  int end = (n + 31) / 32 * 32;
-  for (int pi = 0; pi < ck->n_pieces && ck->piece[pi].k0 < n; pi++) {
+  for (int pi = 0; pi < ck->n_pieces; pi++) {
     const struct lm_attn_piece *pc = &ck->piece[pi];
     const char *src = ck->v[pc->k0];
     uint16_t *dst = vs + (size_t)pc->k0 / 2 * pair;
-    int kn = n - pc->k0 < pc->n ? n - pc->k0 : pc->n;
-    if (kn == 16) {
+    if (pc->n == 16) {
       memcpy(dst, src, 8 * pair * 2);
       continue;
     }
     for (int i = 0; i < 8; i++)
       for (int d = 0; d < hd; d += 16) {
         __m512i w = _mm512_loadu_si512(src + ((size_t)i * hd + d) * 4);
-        if (2 * i + 1 >= kn)
-          w = 2 * i < kn ? _mm512_and_si512(w, _mm512_set1_epi32(0xffff)) : _mm512_setzero_si512();
+        if (2 * i + 1 >= pc->n)
+          w = 2 * i < pc->n ? _mm512_and_si512(w, _mm512_set1_epi32(0xffff))
+                            : _mm512_setzero_si512();
         _mm512_store_si512(dst + (size_t)i * pair + 2 * d, w);
       }
   }
-  int done = (n + 15) / 16 * 16;
-  if (end > done) memset(vs + (size_t)done / 2 * pair, 0, (size_t)(end - done) / 2 * pair * 2);
+  /* the pieces fill whole 16-key slots; a last odd one leaves 16 to zero */
+  int done = 16 * ck->n_pieces;
+  if (done % 32) memset(vs + (size_t)done / 2 * pair, 0, 8 * pair * 2);
 }
 
 /* x as bf16 halves: hi = bf16(x), lo = bf16(x - hi). */
@@ -833,13 +833,12 @@ LM_AMX_TARGET static void lm_attn_tile_amx(const struct lm_attn_job *j,
   }
   const int32_t *table = j->b->block_tables + (size_t)tl->s * j->b->max_blocks;
   for (int base = 0; base <= pmax; base += LM_ATTN_CHUNK) {
-    int n = pmax + 1 - base < LM_ATTN_CHUNK ? pmax + 1 - base : LM_ATTN_CHUNK;
     lm_attn_chunk_init(j, tl, table, base, pmax, &ck);
     for (int r = 0; r < n_rows; r++) {
       int k = pos[r] + 1 - base;
       nv[r] = k < LM_ATTN_CHUNK ? k : LM_ATTN_CHUNK;
     }
-    lm_attn_amx_stage_v(vs, &ck, n, hd);
+    lm_attn_amx_stage_v(vs, &ck, hd);
     for (int r = 0; r < n_rows; r += 16) {
       int nr = n_rows - r < 16 ? n_rows - r : 16;
       lm_attn_amx_rows(j, &ck, nv + r, qh + (size_t)r * hd, ql + (size_t)r * hd, o + (size_t)r * hd,
