@@ -46,9 +46,12 @@ struct lm_batch {
 };
 
 /* The paged KV cache: fixed-size blocks addressed through per-sequence
- * block tables. Layout of the backend's buffer, shared by every backend:
- *   [n_layers][2 (K, V)][n_blocks][n_kv_heads] regions of
- *   block_size * head_dim dtype elements
+ * block tables. Layout of the backend's buffer:
+ *   [n_layers][2 (K, V)] layer parts of n_blocks * n_kv_heads regions of
+ *   block_size * head_dim dtype elements,
+ * the regions of a part [n_blocks][n_kv_heads] (CUDA) or [n_kv_heads]
+ * [n_blocks] (the CPU: a kv head's blocks one after another, so a
+ * sequence's run of consecutive blocks is one stream for its attention)
  * (a type the backend lists in kv_dtypes; K after RoPE and V are rounded
  * to it as they are written). A V region is [block_size][head_dim] (the
  * CPU with AMX tiles: by pairs of keys, lm_cpu_v_index); a K region is in
@@ -65,7 +68,7 @@ struct lm_kv_shape {
 
 /* Bytes of one block across all layers (K and V). */
 size_t lm_kv_block_bytes(const struct lm_kv_shape *s);
-/* Bytes of one layer's K (or V): [n_blocks][n_kv_heads] regions;
+/* Bytes of one layer's K (or V): n_blocks * n_kv_heads regions;
  * layer l's K starts 2 * l of these into the buffer, its V 2 * l + 1. */
 size_t lm_kv_layer_bytes(const struct lm_kv_shape *s);
 

@@ -548,7 +548,7 @@ static void lm_cpu_rope(void *st, void *q, void *k, const struct lm_batch *b,
 /* ---- kv_write ---------------------------------------------------------- */
 
 struct lm_kvw_args {
-  char *kbase, *vbase; /* this layer's K and V: [n_blocks, n_kv_heads] regions */
+  char *kbase, *vbase; /* this layer's K and V: [n_kv_heads, n_blocks] regions */
   const float *k, *v;  /* [T, n_kv_heads, head_dim] */
   const struct lm_kv_shape *s;
   const int32_t *slots;
@@ -643,7 +643,7 @@ static void lm_kvw_rows(const void *argp, int64_t r0, int64_t r1) {
     int blk = slot / bs, off = slot % bs;
     if (blk >= s->n_blocks) continue;
     for (int h = 0; h < s->n_kv_heads; h++) {
-      size_t region = ((size_t)blk * s->n_kv_heads + h) * bs * hd * elem;
+      size_t region = ((size_t)h * s->n_blocks + blk) * bs * hd * elem;
       const float *k = a->k + (size_t)t * row + (size_t)h * hd;
       const float *v = a->v + (size_t)t * row + (size_t)h * hd;
       if (a->by16) {

@@ -49,16 +49,17 @@
 struct lm_attn_job {
   float *out;          /* [T, n_heads, head_dim] */
   const float *q;      /* [T, n_heads, head_dim] */
-  const char *k;       /* this layer's K: [n_blocks, n_kv_heads, block_size, head_dim] */
+  const char *k;       /* this layer's K: [n_kv_heads, n_blocks, block_size, head_dim] */
   const char *v;       /* this layer's V: same */
   enum lm_dtype dtype; /* of K and V: f32 or bf16 */
   size_t block_bytes;  /* of one (block, kv head): block_size * head_dim elements */
   const struct lm_batch *b;
   int n_heads, n_kv, hd, bs, group;
-  int h_tile;  /* most query heads in a tile: group, or a share of it when larger */
-  int n_htile; /* head tiles per kv head */
-  int rows;    /* (token, head) rows per work item: LM_ATTN_ROWS or LM_ATTN_AMX_ROWS */
-  int q_tile;  /* query tokens per tile: rows / h_tile */
+  int n_blocks; /* in the pool: a kv head has this many regions */
+  int h_tile;   /* most query heads in a tile: group, or a share of it when larger */
+  int n_htile;  /* head tiles per kv head */
+  int rows;     /* (token, head) rows per work item: LM_ATTN_ROWS or LM_ATTN_AMX_ROWS */
+  int q_tile;   /* query tokens per tile: rows / h_tile */
   float scale;
   const int64_t *item_off; /* [S+1] first item of each sequence, or NULL */
   int seq;                 /* the one sequence when item_off is NULL */
@@ -129,7 +130,7 @@ static inline void lm_attn_chunk_init(const struct lm_attn_job *j, const struct 
     int p = base + k0, off = p % j->bs, len = j->bs - off;
     len = len < 16 - k0 % 16 ? len : 16 - k0 % 16;
     len = len < n - k0 ? len : n - k0;
-    size_t boff = ((size_t)table[p / j->bs] * j->n_kv + tl->g) * j->block_bytes;
+    size_t boff = ((size_t)tl->g * j->n_blocks + table[p / j->bs]) * j->block_bytes;
     ck->piece[ck->n_pieces++] = (struct lm_attn_piece){j->k + boff, off, len, k0};
     for (int t = 0; t < len; t++)
       ck->v[k0 + t] = j->v + boff + (size_t)(off + t) * rb;
@@ -966,6 +967,7 @@ void lm_cpu_attention(void *st, void *out, const void *q, const void *kv,
       .b = b,
       .n_heads = n_heads,
       .n_kv = shape->n_kv_heads,
+      .n_blocks = shape->n_blocks,
       .hd = shape->head_dim,
       .bs = shape->block_size,
       .group = n_heads / shape->n_kv_heads,

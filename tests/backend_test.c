@@ -509,7 +509,7 @@ static void test_kv_write_rounding(struct ctx *c, enum lm_dtype dt) {
   for (int t = 0; t < T; t++)
     for (int h = 0; h < N_KV; h++)
       for (int d = 0; d < HD; d++) {
-        size_t region = ((size_t)(slots[t] / BS) * N_KV + h) * BS * HD;
+        size_t region = ((size_t)h * shape.n_blocks + slots[t] / BS) * BS * HD;
         size_t ki = region + ((size_t)(d / 2) * BS + slots[t] % BS) * 2 + d % 2,
                vi = layer + region +
                     lm_cpu_v_index(slots[t] % BS, d, HD, lm_cpu_attn_amx(c->st, &shape));
@@ -612,11 +612,12 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
   build(&pre, c, seqs, all, NSEQ, 1, bs, n_kv, hd, max_blocks);
   c->ops->kv_write(c->st, kv, &shape, layer, pre.k, pre.v, &pre.b);
   /* layout check: K and V of seq 1 position 37, head n_kv-1 sit where
-   * backend.h and lm_cpu_k_index say, rounded to the cache's type (bf16: to
-   * nearest even): K transposed by 32-bit words, V [slot][head_dim] */
+   * backend.h (the CPU's regions: [n_kv_heads][n_blocks]) and
+   * lm_cpu_k_index say, rounded to the cache's type (bf16: to nearest
+   * even): K transposed by 32-bit words, V [slot][head_dim] */
   {
     int p = 37, h = n_kv - 1, blk = seqs[1].blocks[p / bs], i = p % bs, same = 1;
-    size_t region = ((size_t)blk * n_kv + h) * bs * hd,
+    size_t region = ((size_t)h * shape.n_blocks + blk) * bs * hd,
            layer_elems = (size_t)shape.n_blocks * n_kv * bs * hd;
     size_t k_off = (size_t)layer * 2 * layer_elems + region, v_off = k_off + layer_elems;
     const float *ks = seqs[1].k + ((size_t)p * n_kv + h) * hd;
