@@ -194,6 +194,11 @@ int lm_kv_pool_set_prefix_caching(lm_kv_pool *pool, int enable, char *err) {
   return LM_OK;
 }
 
+static int cmp_id(const void *a, const void *b) {
+  int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+  return (x > y) - (x < y);
+}
+
 int lm_kv_alloc_blocks(lm_kv_pool *pool, int n, int32_t *ids) {
   if (n > pool->n_free) return LM_EFULL;
   for (int i = 0; i < n; i++) {
@@ -207,6 +212,10 @@ int lm_kv_alloc_blocks(lm_kv_pool *pool, int n, int32_t *ids) {
     pool->n_free--;
     ids[i] = b;
   }
+  /* in ascending order: cached blocks come back a sequence's last first,
+   * and a run of consecutive blocks is then one forward stream of K and V
+   * per kv head (the CPU's layout, backend.h) */
+  qsort(ids, (size_t)n, sizeof(*ids), cmp_id);
   return LM_OK;
 }
 

@@ -35,7 +35,7 @@ int lm_kv_pool_set_prefix_caching(lm_kv_pool *pool, int enable, char *err);
 
 /* Takes n blocks (all or none); LM_EFULL when fewer are free. Blocks
  * without a hash go first, then cached ones, least recently freed first
- * (their hash is dropped). */
+ * (their hash is dropped); ids holds the ones taken in ascending order. */
 int lm_kv_alloc_blocks(lm_kv_pool *pool, int n, int32_t *ids);
 /* Drops one reference on each block; a block whose last reference goes is
  * free again. A block freed more often than it was taken is ignored. */
