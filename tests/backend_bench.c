@@ -97,10 +97,11 @@ static int bench_attention(void *st, float *out, const float *q, int ctx, int n_
     if (dt < best) best = dt;
   }
   if (n_q == 1)
-    printf("(4) decode attention ctx=%d (16 q / 8 kv heads, hd 128, %s KV %.1f MB): %.1f us per "
-           "layer, %.1f GB/s of KV, x28 layers = %.2f ms\n",
-           ctx, dt_kv == LM_DTYPE_BF16 ? "bf16" : "f32", n * esz / 1e6, best * 1e6,
-           n * esz / best / 1e9, best * 28 * 1e3);
+    printf("(4) decode attention ctx=%d (16 q / 8 kv heads, hd 128, %s KV %.1f MB a layer%s): "
+           "%.1f us per layer, %.1f GB/s of KV, x28 layers = %.2f ms\n",
+           ctx, dt_kv == LM_DTYPE_BF16 ? "bf16" : "f32", n * esz / n_layers / 1e6,
+           n_layers > 1 ? ", 28 layers, from memory" : "", best * 1e6,
+           n * esz / n_layers / best / 1e9, best * 28 * 1e3);
   else
     printf(
         "(5) prefill attention, %d tokens at positions %d..%d (%s KV, %s): %.0f GFLOP/s = %.0f%% "
@@ -242,7 +243,9 @@ int main(int argc, char **argv) {
   /* (4) decode attention, one sequence: 16 q / 8 kv heads, head_dim 128;
    * (5) a 64-token prefill chunk deep in a prompt, and a whole 512-token
    * one; then chunks of 64 and 24 tokens at 8k over 28 layers' KV, as a
-   * step beside decodes meets them */
+   * step beside decodes meets them; the 24 tokens again on one layer's KV
+   * in cache (their FLOPs alone), and one decode token over the 28 layers
+   * (the KV's read alone) */
   for (int ci = 0; ci < 4; ci++)
     if (!attn_only && bench_attention(st, y, x, ci % 2 ? 4096 : 1024, 1, 1,
                                       ci < 2 ? LM_DTYPE_F32 : LM_DTYPE_BF16, peak, 50) != 0)
@@ -250,7 +253,9 @@ int main(int argc, char **argv) {
   if (bench_attention(st, y, x, 4096, 64, 1, LM_DTYPE_BF16, peak, attn_only ? 100 : 5) != 0 ||
       bench_attention(st, y, x, 512, 512, 1, LM_DTYPE_BF16, peak, attn_only ? 100 : 5) != 0 ||
       bench_attention(st, y, x, 8192, 64, 28, LM_DTYPE_BF16, peak, attn_only ? 10 : 3) != 0 ||
-      bench_attention(st, y, x, 8192, 24, 28, LM_DTYPE_BF16, peak, attn_only ? 10 : 3) != 0)
+      bench_attention(st, y, x, 8192, 24, 28, LM_DTYPE_BF16, peak, attn_only ? 10 : 3) != 0 ||
+      bench_attention(st, y, x, 8192, 24, 1, LM_DTYPE_BF16, peak, attn_only ? 100 : 5) != 0 ||
+      bench_attention(st, y, x, 8192, 1, 28, LM_DTYPE_BF16, peak, attn_only ? 10 : 3) != 0)
     return 1;
   ops->destroy(st);
   return 0;
