@@ -40,7 +40,7 @@
 #include "engine/cpu_internal.h"
 
 #define LM_ATTN_ROWS       32   /* (token, head) rows per work item */
-#define LM_ATTN_AMX_ROWS   128  /* ... on AMX tiles: a chunk's staged V serves more rows */
+#define LM_ATTN_AMX_ROWS   128  /* ... on AMX tiles: each chunk's V tiles serve more rows */
 #define LM_ATTN_AMX_LAG    8.0f /* log2 units a row's softmax reference may lag its maximum */
 #define LM_ATTN_CHUNK      64   /* key positions per online-softmax update */
 #define LM_ATTN_MAX_HD     256  /* head_dim limit of the stack buffers */
@@ -573,17 +573,29 @@ LM_AMX_TARGET static void lm_attn_amx_configure(struct lm_amx_cfg *have, int row
   lm_amx_load_cfg(have, &c);
 }
 
-/* The V of chunk ck's keys into vs ([LM_ATTN_CHUNK / 2 pairs][hd][2]),
- * zero past them up to the next multiple of 32 keys. */
-LM_AMX_TARGET static void lm_attn_amx_stage_v(uint16_t *vs, const struct lm_attn_chunk *ck,
-                                              int hd) {
+/* The V of chunk ck's keys 32 g .. 32 g + 31 as P V's B operand: 16 pair
+ * rows ([2][hd] bf16 values each, hd * 2 apart). Where in_place and the
+ * chunk's pieces 2 g and 2 g + 1 are whole (16 keys each, so all in the
+ * context) and lie one after the other in the cache, as consecutive blocks
+ * of a kv head do, the rows are read there; else they are staged into vs,
+ * zero past the chunk's last key, and read from it. */
+LM_AMX_TARGET static const uint16_t *lm_attn_amx_v(uint16_t *vs, const struct lm_attn_chunk *ck,
+                                                   int hd, int g, int in_place) {
   const size_t pair = (size_t)hd * 2; /* bf16 values a pair row */
-  for (int pi = 0; pi < ck->n_pieces; pi++) {
-    const struct lm_attn_piece *pc = &ck->piece[pi];
+  const struct lm_attn_piece *pc = &ck->piece[2 * g];
+  if (in_place && 2 * g + 1 < ck->n_pieces && pc[0].n == 16 && pc[1].n == 16 &&
+      ck->v[pc[1].k0] == ck->v[pc[0].k0] + 8 * pair * 2)
+    return (const uint16_t *)ck->v[pc[0].k0];
+  uint16_t *dst = vs + (size_t)g * 16 * pair;
+  for (int h = 0; h < 2; h++, pc++) {
+    uint16_t *to = dst + (size_t)h * 8 * pair;
+    if (2 * g + h >= ck->n_pieces) {
+      memset(to, 0, 8 * pair * 2);
+      continue;
+    }
     const char *src = ck->v[pc->k0];
-    uint16_t *dst = vs + (size_t)pc->k0 / 2 * pair;
     if (pc->n == 16) {
-      memcpy(dst, src, 8 * pair * 2);
+      memcpy(to, src, 8 * pair * 2);
       continue;
     }
     for (int i = 0; i < 8; i++)
@@ -592,12 +604,10 @@ LM_AMX_TARGET static void lm_attn_amx_stage_v(uint16_t *vs, const struct lm_attn
         if (2 * i + 1 >= pc->n)
           w = 2 * i < pc->n ? _mm512_and_si512(w, _mm512_set1_epi32(0xffff))
                             : _mm512_setzero_si512();
-        _mm512_store_si512(dst + (size_t)i * pair + 2 * d, w);
+        _mm512_store_si512(to + (size_t)i * pair + 2 * d, w);
       }
   }
-  /* the pieces fill whole 16-key slots; a last odd one leaves 16 to zero */
-  int done = 16 * ck->n_pieces;
-  if (done % 32) memset(vs + (size_t)done / 2 * pair, 0, 8 * pair * 2);
+  return dst;
 }
 
 /* x as bf16 halves: hi = bf16(x), lo = bf16(x - hi). */
@@ -713,11 +723,12 @@ LM_AMX_TARGET static __mmask16 lm_attn_amx_softmax(const float (*sc)[LM_ATTN_CHU
 
 /* Rows r .. r + nr - 1 (nr <= 16) of a tile (their queries' halves qh and
  * ql, outputs o, head_dim apart) against chunk ck, of which the row r + x
- * reads the first nv[x] keys, and whose V is staged in vs. */
+ * reads the first nv[x] keys, and whose keys 32 g .. 32 g + 31 have their V
+ * at vg[g] (lm_attn_amx_v). */
 LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
                                            const struct lm_attn_chunk *ck, const int *nv,
                                            const uint16_t *qh, const uint16_t *ql, float *o,
-                                           float *m, float *l, int nr, const uint16_t *vs,
+                                           float *m, float *l, int nr, const uint16_t *const *vg,
                                            struct lm_amx_cfg *have) {
   const int hd = j->hd;
   float sc[16][LM_ATTN_CHUNK] __attribute__((aligned(64)));
@@ -777,7 +788,7 @@ LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
       _tile_loadd(3, o + d0 + 48, ostride);
     }
     for (int ks = 0; ks < n_ks; ks++) {
-      const uint16_t *v = vs + ((size_t)16 * ks * hd + d0) * 2;
+      const uint16_t *v = vg[ks] + (size_t)d0 * 2;
       _tile_loadd(4, ph[0] + 32 * ks, LM_ATTN_CHUNK * sizeof(uint16_t));
       _tile_loadd(5, pl[0] + 32 * ks, LM_ATTN_CHUNK * sizeof(uint16_t));
       _tile_loadd(6, v, vstride);
@@ -805,10 +816,10 @@ LM_AMX_TARGET static void lm_attn_amx_rows(const struct lm_attn_job *j,
 }
 
 /* The tile: the queries' halves (scaled to log2 units: the softmax takes
- * powers of 2), then chunk by chunk its V staged and its rows 16 at a
- * time; then the outputs. A chunk is read from memory once for up to
- * LM_ATTN_AMX_ROWS rows, without prefetches: on AMX they cost more than
- * they saved (in decode too). */
+ * powers of 2), then chunk by chunk where its V is read (lm_attn_amx_v)
+ * and its rows 16 at a time; then the outputs. A chunk is read from
+ * memory once for up to LM_ATTN_AMX_ROWS rows, without prefetches: on AMX
+ * they cost more than they saved (in decode too). */
 LM_AMX_TARGET static void lm_attn_tile_amx(const struct lm_attn_job *j,
                                            const struct lm_attn_tile *tl) {
   const int hd = j->hd;
@@ -839,11 +850,15 @@ LM_AMX_TARGET static void lm_attn_tile_amx(const struct lm_attn_job *j,
       int k = pos[r] + 1 - base;
       nv[r] = k < LM_ATTN_CHUNK ? k : LM_ATTN_CHUNK;
     }
-    lm_attn_amx_stage_v(vs, &ck, hd);
+    /* V in place only for many rows: for a few (decode), the copy's
+     * loads bring V from memory faster than the tile loads do */
+    const uint16_t *vg[LM_ATTN_CHUNK / 32];
+    for (int g = 0; 32 * g < 16 * ck.n_pieces; g++)
+      vg[g] = lm_attn_amx_v(vs, &ck, hd, g, n_rows > 16);
     for (int r = 0; r < n_rows; r += 16) {
       int nr = n_rows - r < 16 ? n_rows - r : 16;
       lm_attn_amx_rows(j, &ck, nv + r, qh + (size_t)r * hd, ql + (size_t)r * hd, o + (size_t)r * hd,
-                       m + r, l + r, nr, vs, &have);
+                       m + r, l + r, nr, vg, &have);
     }
   }
   if (have.palette) _tile_release();

@@ -528,9 +528,10 @@ static void test_kv_write_rounding(struct ctx *c, enum lm_dtype dt) {
 }
 
 /* The step's attention (layer 1) with the same contexts cached in blocks
- * of bs2 tokens, each sequence's blocks in reverse order, into out. */
+ * of bs2 tokens, each sequence's blocks consecutive, in reverse order or
+ * (ascending) in order, into out. */
 static int attention_in_blocks(struct ctx *c, const struct attn_case *ac, struct seq *seqs,
-                               int n_seqs, int bs2, const float *q, float *out) {
+                               int n_seqs, int bs2, int ascending, const float *q, float *out) {
   int n_kv = ac->n_kv, hd = ac->hd, max_blocks = (100 + bs2 - 1) / bs2 + 1;
   struct lm_kv_shape shape = {.n_layers = 2,
                               .n_blocks = n_seqs * max_blocks,
@@ -546,7 +547,7 @@ static int attention_in_blocks(struct ctx *c, const struct attn_case *ac, struct
   for (int s = 0; s < n_seqs; s++) {
     memcpy(saved[s], seqs[s].blocks, sizeof(saved[s]));
     for (int i = 0; i < max_blocks; i++)
-      seqs[s].blocks[i] = s * max_blocks + max_blocks - 1 - i;
+      seqs[s].blocks[i] = s * max_blocks + (ascending ? i : max_blocks - 1 - i);
   }
   struct built pre, step;
   build(&pre, c, seqs, all, n_seqs, 1, bs2, n_kv, hd, max_blocks);
@@ -690,10 +691,19 @@ static void test_attention_case(struct ctx *c, const struct attn_case *ac) {
   }
   for (size_t i = 0; i < (size_t)t_n * nh * hd; i++)
     out1[i] = NAN;
-  check(attention_in_blocks(c, ac, seqs, NSEQ, bs2, q, out1) == 0 &&
+  check(attention_in_blocks(c, ac, seqs, NSEQ, bs2, 0, q, out1) == 0 &&
             memcmp(out1, out, (size_t)t_n * nh * hd * 4) == 0,
         "attention %s hd=%d bs=%d gqa=%d: blocks of %d bit-equal blocks of %d", dn, hd, bs,
         ac->group, bs2, bs);
+  /* a sequence's blocks one after another in the pool (as the pool hands
+   * them out; on AMX tiles V is then read in place) against the scrambled
+   * ones above */
+  for (size_t i = 0; i < (size_t)t_n * nh * hd; i++)
+    out1[i] = NAN;
+  check(attention_in_blocks(c, ac, seqs, NSEQ, bs, 1, q, out1) == 0 &&
+            memcmp(out1, out, (size_t)t_n * nh * hd * 4) == 0,
+        "attention %s hd=%d bs=%d gqa=%d: consecutive blocks bit-equal scrambled ones", dn, hd, bs,
+        ac->group);
   free(ref);
   c->ops->act_free(c->st, q);
   c->ops->act_free(c->st, out);
