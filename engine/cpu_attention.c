@@ -441,10 +441,10 @@ LM_AVX512_INLINE void lm_attn_tile_avx512_nv(int NV, int KT, const struct lm_att
     }
   }
   const int32_t *table = b->block_tables + (size_t)tl->s * b->max_blocks;
-  /* blocks are scattered in the pool, so no hardware prefetcher finds the
-   * next one: the chunk after the one being scored is described too, for
-   * lm_attn_rows_score's prefetches (pulling a whole chunk at once, or only
-   * into L2, was slower) */
+  /* a sequence's blocks may lie anywhere in the pool (consecutive ones are
+   * a kv head's stream, others are not), so the chunk after the one being
+   * scored is described too, for lm_attn_rows_score's prefetches (pulling a
+   * whole chunk at once, or only into L2, was slower) */
   lm_attn_chunk_init(j, tl, table, 0, pmax, &ck[0]);
   for (int base = 0, c = 0; base <= pmax; base += LM_ATTN_CHUNK, c ^= 1) {
     const struct lm_attn_chunk *next = lm_attn_next_chunk(j, tl, table, base, pmax, ck, c);
@@ -533,29 +533,30 @@ LM_AVX512_TARGET static void lm_attn_tile_avx512(const struct lm_attn_job *j,
  * A bf16 cache in blocks of a multiple of 16 keys, head_dim a multiple of
  * 32 (lm_cpu_attn_amx). A K region's 16 words from 16 s, for the 16 keys
  * of a piece, are a B tile of dims 32 s .. 32 s + 31 by 16 keys. V regions
- * are stored by pairs of keys; each chunk's V is copied once into a
- * buffer of its own (its keys past the last any row reads zeroed), where
- * 16 rows from a multiple of 32 keys are a B tile of 32 keys by 16 dims,
- * whatever the block size. The queries and the probabilities are split
- * into two bf16 halves, x = hi + lo with lo = bf16(x - hi) and hi =
- * bf16(x) (queries) or x cut to its top 16 bits (probabilities), which
- * hold x to about 2^-16 of it: the tile products are then about as exact
- * as f32 FMAs (a single bf16 rounding of either gives 1e-3 errors on
- * attention outputs). A tile's rows go through each chunk up to 16 at a
- * time: scores S = Q K^T, the pieces side by side in four accumulators,
- * each adding the high then the low half of every 32 dims in order (the
- * queries scaled to log2 units beforehand); the online-softmax update in
- * f32, in powers of 2, its maxima, factors and sums 16 rows at a time;
- * then P V, 32 keys a product (hi then lo), accumulated onto 16 dims of
- * each row's output a tile, four tiles at a time. A row's softmax
- * reference moves only when a chunk's maximum passes it by more than
- * LM_ATTN_AMX_LAG (its probabilities are then at most 2^8, which the
- * halves hold as well): until then alpha is exactly 1 and the output is
- * not rescaled, only added to. Every product
- * and every reduction is row by row, so a row's result is its own
- * whatever the other rows of its tile, and the same in blocks of 16 or 32
- * keys. Keys past a row's own are 0 in P and past the chunk's last 0 in
- * its V copy, so no stale slot reaches a sum. */
+ * are stored by pairs of keys, so 16 rows from a multiple of 32 keys are a
+ * B tile of 32 keys by 16 dims: read in place where those keys lie whole
+ * in consecutive memory (a block of 32 or more, or consecutive blocks of a
+ * kv head) and the tile has more than 16 rows, else from a copy (its keys
+ * past the chunk's last zeroed), whatever the block size. The queries and
+ * the probabilities are split into two bf16 halves, x = hi + lo with lo =
+ * bf16(x - hi) and hi = bf16(x) (queries) or x cut to its top 16 bits
+ * (probabilities), which hold x to about 2^-16 of it: the tile products
+ * are then about as exact as f32 FMAs (a single bf16 rounding of either
+ * gives 1e-3 errors on attention outputs). A tile's rows go through each
+ * chunk up to 16 at a time: scores S = Q K^T, the pieces side by side in
+ * four accumulators, each adding the high then the low half of every 32
+ * dims in order (the queries scaled to log2 units beforehand); the
+ * online-softmax update in f32, in powers of 2, its maxima, factors and
+ * sums 16 rows at a time; then P V, 32 keys a product (hi then lo),
+ * accumulated onto 16 dims of each row's output a tile, four tiles at a
+ * time. A row's softmax reference moves only when a chunk's maximum passes
+ * it by more than LM_ATTN_AMX_LAG (its probabilities are then at most 2^8,
+ * which the halves hold as well): until then alpha is exactly 1 and the
+ * output is not rescaled, only added to. Every product and every reduction
+ * is row by row, so a row's result is its own whatever the other rows of
+ * its tile, and the same in blocks of 16 or 32 keys. Keys past a row's own
+ * are 0 in P; V is read in place only for keys up to the chunk's last (all
+ * written) and is 0 past it in a copy, so no stale slot reaches a sum. */
 
 /* Tiles 0-3 accumulate (rows x 16 keys of S, or x 16 dims of O), 4 and 5
  * hold the A operand's halves (rows x 32 dims of Q, or x 32 keys of P),

@@ -1,5 +1,6 @@
 /* kv_cache.cuh - the paged KV pool on the GPU and the write of a step's
- * keys and values into it. Layout (the one every backend shares):
+ * keys and values into it. Layout (engine/backend.h; the CPU orders a
+ * layer part's regions by kv head first):
  *   [n_layers][2 (K, V)][n_blocks][n_kv_heads][block_size][head_dim] bf16
  * A token's slot is block * block_size + offset. */
 #ifndef LM_KERNELS_KV_CACHE_CUH

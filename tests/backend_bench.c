@@ -1,9 +1,11 @@
 /* backend_bench.c - CPU backend throughput: read bandwidth, GEMV on
  * Qwen3-0.6B-shaped bf16 weights (>= 1 GB, not cache resident), GEMM at
- * M = 512, FMA peak, decode and prefill attention, pool dispatch cost. Prints numbers;
- * not a test. Usage: backend_bench [n_threads] [attention]: the second
- * argument runs prefill attention alone, repeated (for a
- * profiler). */
+ * M = 512, FMA peak, decode and prefill attention, pool dispatch cost.
+ * Prints numbers; not a test. Usage: backend_bench [n_threads]
+ * [attention] [consecutive]: "attention" runs prefill attention alone,
+ * repeated (for a profiler); "consecutive" gives each sequence its blocks
+ * in order, one after another in the pool, as a fresh pool hands them out
+ * (by default they lie in reverse, as after churn). */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -15,6 +17,7 @@
 #include "tests/roofline.h"
 
 static const struct lm_backend_ops *ops = &lm_backend_cpu_ops;
+static int consecutive; /* the attention's blocks in order instead of in reverse */
 
 static void noop_body(void *arg, int tid, int nt) {
   (void)arg;
@@ -42,11 +45,12 @@ static struct lm_tensor make_bf16(int64_t n, int64_t k, uint32_t seed) {
 
 /* Attention of one sequence's last n_q tokens over a context of ctx
  * tokens (Qwen3-0.6B: 16 q / 8 kv heads, head_dim 128, blocks of 16 laid
- * out in reverse in the pool), in n_layers layers one after the other:
- * with 1 the KV stays in cache between repeats, with 28 a deep context's
- * KV (940 MB at 8k) comes from memory as in a real step. One query token
- * is decode, bound by the KV bytes; more is a prefill chunk, bound by its
- * FLOPs. q and out each hold n_q * 16 * 128 floats. */
+ * out in reverse in the pool, or in order with "consecutive"), in
+ * n_layers layers one after the other: with 1 the KV stays in cache
+ * between repeats, with 28 a deep context's KV (940 MB at 8k) comes from
+ * memory as in a real step. One query token is decode, bound by the KV
+ * bytes; more is a prefill chunk, bound by its FLOPs. q and out each hold
+ * n_q * 16 * 128 floats. */
 static int bench_attention(void *st, float *out, const float *q, int ctx, int n_q, int n_layers,
                            enum lm_dtype dt_kv, double peak, int reps) {
   const int bs = 16, nh = 16, nkv = 8, hd = 128, nb = ctx / bs;
@@ -73,7 +77,7 @@ static int bench_attention(void *st, float *out, const float *q, int ctx, int n_
   int32_t *table = malloc((size_t)nb * 4), *pos = malloc((size_t)n_q * 4), qs[2] = {0, n_q},
           cl = ctx;
   for (int i = 0; i < nb; i++)
-    table[i] = nb - 1 - i;
+    table[i] = consecutive ? i : nb - 1 - i;
   double flops = 0;
   for (int t = 0; t < n_q; t++) {
     pos[t] = ctx - n_q + t;
@@ -118,6 +122,7 @@ static int bench_attention(void *st, float *out, const float *q, int ctx, int n_
 int main(int argc, char **argv) {
   struct lm_backend_config cfg = {.n_threads = argc > 1 ? atoi(argv[1]) : 0};
   int attn_only = argc > 2 && !strcmp(argv[2], "attention");
+  consecutive = argc > 3 && !strcmp(argv[3], "consecutive");
   char err[LM_ERR_LEN];
   void *st;
   if (ops->create(&cfg, &st, err) != 0) {

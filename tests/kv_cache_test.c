@@ -139,18 +139,23 @@ static void test_prefix_cache(void) {
   lm_kv_seq_release(&s2, pool);
   lm_check(lm_kv_pool_num_cached(pool) == 4 && lm_kv_pool_num_free(pool) == 8,
            "a's and b's chains share two blocks: 4 cached");
-  /* cached blocks come back a chain's last first; a sequence gets them in
-   * ascending order (the CPU then reads consecutive ones as one stream) */
-  int32_t all[8];
-  int up = lm_kv_alloc_blocks(pool, 8, all) == LM_OK;
-  for (int i = 1; i < 8; i++)
-    up &= all[i - 1] < all[i];
-  lm_check(up, "8 blocks taken at once, 4 of them cached, come in ascending order");
-  lm_kv_free_blocks(pool, all, 8);
   lm_check(lm_kv_pool_set_prefix_caching(pool, 0, err) == LM_OK &&
                lm_kv_pool_num_cached(pool) == 0 && lm_kv_seq_match_prefix(&s1, pool, a, 12) == 0,
            "turning the cache off drops every hash");
   lm_kv_seq_release(&s1, pool);
+
+  /* cached blocks come back a chain's last first; a sequence gets them in
+   * ascending order (the CPU then reads consecutive ones as one stream) */
+  int32_t all[8];
+  int up = lm_kv_pool_set_prefix_caching(pool, 1, err) == LM_OK && fill(&s1, pool, b, 13) == 0 &&
+           fill(&s2, pool, a, 13) == 8;
+  lm_kv_seq_release(&s1, pool);
+  lm_kv_seq_release(&s2, pool);
+  up &= lm_kv_pool_num_cached(pool) == 4 && lm_kv_alloc_blocks(pool, 8, all) == LM_OK;
+  for (int i = 1; up && i < 8; i++)
+    up &= all[i - 1] < all[i];
+  lm_check(up, "8 blocks taken at once, 4 of them cached, come in ascending order");
+  lm_kv_free_blocks(pool, all, 8);
   lm_kv_pool_free(pool);
 }
 
