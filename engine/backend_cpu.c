@@ -643,7 +643,7 @@ static void lm_kvw_rows(const void *argp, int64_t r0, int64_t r1) {
     int blk = slot / bs, off = slot % bs;
     if (blk >= s->n_blocks) continue;
     for (int h = 0; h < s->n_kv_heads; h++) {
-      size_t region = ((size_t)h * s->n_blocks + blk) * bs * hd * elem;
+      size_t region = lm_cpu_kv_region(blk, h, s->n_blocks) * bs * hd * elem;
       const float *k = a->k + (size_t)t * row + (size_t)h * hd;
       const float *v = a->v + (size_t)t * row + (size_t)h * hd;
       if (a->by16) {

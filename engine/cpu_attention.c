@@ -130,7 +130,7 @@ static inline void lm_attn_chunk_init(const struct lm_attn_job *j, const struct 
     int p = base + k0, off = p % j->bs, len = j->bs - off;
     len = len < 16 - k0 % 16 ? len : 16 - k0 % 16;
     len = len < n - k0 ? len : n - k0;
-    size_t boff = ((size_t)tl->g * j->n_blocks + table[p / j->bs]) * j->block_bytes;
+    size_t boff = lm_cpu_kv_region(table[p / j->bs], tl->g, j->n_blocks) * j->block_bytes;
     ck->piece[ck->n_pieces++] = (struct lm_attn_piece){j->k + boff, off, len, k0};
     for (int t = 0; t < len; t++)
       ck->v[k0 + t] = j->v + boff + (size_t)(off + t) * rb;
@@ -845,17 +845,18 @@ LM_AMX_TARGET static void lm_attn_tile_amx(const struct lm_attn_job *j,
     }
   }
   const int32_t *table = j->b->block_tables + (size_t)tl->s * j->b->max_blocks;
+  /* V in place only for many rows: for a few (decode), the copy's loads
+   * bring V from memory faster than the tile loads do */
+  const int in_place = n_rows > 16;
   for (int base = 0; base <= pmax; base += LM_ATTN_CHUNK) {
     lm_attn_chunk_init(j, tl, table, base, pmax, &ck);
     for (int r = 0; r < n_rows; r++) {
       int k = pos[r] + 1 - base;
       nv[r] = k < LM_ATTN_CHUNK ? k : LM_ATTN_CHUNK;
     }
-    /* V in place only for many rows: for a few (decode), the copy's
-     * loads bring V from memory faster than the tile loads do */
     const uint16_t *vg[LM_ATTN_CHUNK / 32];
     for (int g = 0; 32 * g < 16 * ck.n_pieces; g++)
-      vg[g] = lm_attn_amx_v(vs, &ck, hd, g, n_rows > 16);
+      vg[g] = lm_attn_amx_v(vs, &ck, hd, g, in_place);
     for (int r = 0; r < n_rows; r += 16) {
       int nr = n_rows - r < 16 ? n_rows - r : 16;
       lm_attn_amx_rows(j, &ck, nv + r, qh + (size_t)r * hd, ql + (size_t)r * hd, o + (size_t)r * hd,

@@ -149,6 +149,12 @@ static inline int lm_cpu_attn_amx(const struct lm_cpu *cpu, const struct lm_kv_s
   return cpu->amx && s->dtype == LM_DTYPE_BF16 && s->block_size % 16 == 0 && s->head_dim % 32 == 0;
 }
 
+/* Which region of a layer's K (or V) part holds kv head h of block blk:
+ * a kv head's regions lie one block after another (backend.h). */
+static inline size_t lm_cpu_kv_region(int blk, int h, int n_blocks) {
+  return (size_t)h * (size_t)n_blocks + (size_t)blk;
+}
+
 /* Element index of dim d of key i in a V region: [block_size][head_dim],
  * or with AMX attention (pairs) [block_size / 2][head_dim][2], the even key
  * in the low half of each 32-bit word: 8 rows of it from a multiple of 16

@@ -165,10 +165,10 @@ double lm_step_model_chunk_seconds(const lm_step_model *m, int start, int n) {
 }
 
 int lm_step_model_fit_chunk(const lm_step_model *m, int start, int want, double seconds) {
-  double per_token, per_key;
-  marginal(m, &per_token, &per_key);
   /* no time left holds nothing, whatever the fit says a token costs */
   if (want <= 0 || !(seconds > 0)) return 0;
+  double per_token, per_key;
+  marginal(m, &per_token, &per_key);
   if (per_token == 0 && per_key == 0) return want;
   /* per_key / 2 n^2 + (per_token + per_key (start + 1/2)) n <= seconds */
   double a = per_key / 2, b = per_token + per_key * (start + 0.5);
