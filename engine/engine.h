@@ -231,6 +231,8 @@ struct lm_engine_stats {
   int max_decodes_with_prefill;    /* most decodes in one step that also ran a prefill chunk */
   int max_prefill_steps;           /* most steps any one prompt's prefill took */
   uint64_t slowdown_limited_steps; /* steps whose prompt chunks max_decode_slowdown shortened */
+  uint64_t decode_probe_steps;     /* steps whose decodes ran alone while prompt tokens
+                                      waited, to time them (step_model.h) */
   int busy;                        /* has requests */
   int num_held;                    /* requests not scheduled for backpressure */
   uint64_t stall_aborts;           /* requests aborted for stalling past stall_timeout_s */

@@ -176,7 +176,10 @@ double lm_sched_next_deadline(lm_engine *e, double now) {
  * most max_decode_slowdown times as long as the decodes alone would, on
  * whatever machine the model was fitted: the decodes keep their
  * inter-token latency. The first chunk gets at least LM_PROMPT_FLOOR
- * tokens, so a prompt always advances. */
+ * tokens, so a prompt always advances; except that once the decodes'
+ * contexts have grown past those the model has timed alone
+ * (lm_step_model_explored), the prompts wait for one step and the
+ * decodes' own step is measured. */
 #define LM_PROMPT_FLOOR 16
 
 struct budget {
@@ -185,6 +188,7 @@ struct budget {
   double seconds; /* for prompt chunks (INFINITY: no limit) */
   int floor;      /* prompt tokens the next chunk gets whatever seconds says */
   int capped;     /* seconds shortened a chunk */
+  int probe;      /* the decodes run alone, for the step model */
 };
 
 /* Token equivalents of n tokens at positions start .. start + n - 1. */
@@ -293,6 +297,14 @@ static struct lm_step_shape step_shape(const lm_engine *e, int n) {
 static void limit_prompts(lm_engine *e, int n, struct budget *b) {
   if (e->cfg.max_decode_slowdown <= 0 || n == 0 || !lm_step_model_ready(&e->step_model)) return;
   struct lm_step_shape d = step_shape(e, n);
+  if (!lm_step_model_explored(&e->step_model, &d)) {
+    /* the decodes run alone this step: their time is measured, not
+     * extrapolated (step_model.h) */
+    b->seconds = 0;
+    b->floor = 0;
+    b->probe = 1;
+    return;
+  }
   b->seconds = (e->cfg.max_decode_slowdown - 1) * lm_step_model_predict(&e->step_model, &d);
   b->floor = LM_PROMPT_FLOOR;
 }
@@ -393,8 +405,8 @@ static void take_token(lm_engine *e, lm_request *r, const struct lm_sample_resul
 int lm_sched_step(lm_engine *e) {
   char err[LM_ERR_LEN];
   double now = lm_now_s();
-  struct budget budget = {e->cfg.max_num_batched_tokens, e->cfg.max_num_batched_tokens, INFINITY, 0,
-                          0};
+  struct budget budget = {
+      e->cfg.max_num_batched_tokens, e->cfg.max_num_batched_tokens, INFINITY, 0, 0, 0};
   int preempted = 0, n;
   reap(e, now);
   /* preempted requests move to waiting: make room for all of them now */
@@ -407,7 +419,8 @@ int lm_sched_step(lm_engine *e) {
   if (n == 0) return 0;
   count_chunks(e, n);
   struct lm_step_shape shape = step_shape(e, n);
-  e->st.slowdown_limited_steps += (uint64_t)budget.capped;
+  e->st.slowdown_limited_steps += (uint64_t)(budget.capped && !budget.probe);
+  e->st.decode_probe_steps += (uint64_t)(budget.capped && budget.probe);
 
   const void *logits;
   int n_logits;

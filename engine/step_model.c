@@ -120,6 +120,9 @@ void lm_step_model_observe(lm_step_model *m, const struct lm_step_shape *s, doub
   terms_decode(s, xd);
   if (s->prompt_tokens <= 0) {
     fit_add(&m->decode, xd, seconds);
+    /* the range fades as the slow fit forgets */
+    m->decode_keys_seen *= LM_STEP_SLOW;
+    if (s->decode_keys > m->decode_keys_seen) m->decode_keys_seen = s->decode_keys;
   } else if (decode_ready(m)) {
     terms_prompt(s, x);
     fit_add(&m->prompt, x, seconds - fit_eval(&m->decode, xd));
@@ -128,6 +131,10 @@ void lm_step_model_observe(lm_step_model *m, const struct lm_step_shape *s, doub
 
 int lm_step_model_ready(const lm_step_model *m) {
   return m->all.n_steps >= LM_STEP_READY;
+}
+
+int lm_step_model_explored(const lm_step_model *m, const struct lm_step_shape *decodes) {
+  return !decode_ready(m) || decodes->decode_keys <= (1 + LM_STEP_REACH) * m->decode_keys_seen;
 }
 
 double lm_step_model_predict(const lm_step_model *m, const struct lm_step_shape *s) {

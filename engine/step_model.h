@@ -22,6 +22,15 @@
  * underestimated, both in the prompt's favour. Until decode-only steps
  * have been seen, that one fit is what predicts.
  *
+ * While a long prompt is prefilled beside decodes, every step holds a
+ * chunk, and the decodes' contexts grow beyond those of the decode-only
+ * steps the decode part was fitted on. Extrapolated (its slope by the
+ * keys fitted over a narrow range), it underestimated their step by up to
+ * a sixth at the end of an 8k prompt. So the scheduler runs the decodes
+ * alone for a step whenever their keys have grown by an eighth
+ * (LM_STEP_REACH) past the most it has seen (lm_step_model_explored): 9
+ * of the about 200 steps of an 8k prompt beside 32 decodes.
+ *
  * Each fit is exponentially weighted least squares, so recent steps weigh
  * most and the model follows a machine whose speed changes; what no
  * recent step explored is remembered from older ones (step_model.c). The
@@ -31,6 +40,7 @@
 #define LM_STEP_MODEL_H
 
 #define LM_STEP_TERMS 4
+#define LM_STEP_REACH 0.125 /* decode keys beyond those seen, as a fraction of them */
 
 struct lm_step_shape {
   double tokens;        /* all of the step's query tokens */
@@ -53,6 +63,7 @@ typedef struct lm_step_model {
   struct lm_step_fit all;    /* every step, by all four terms */
   struct lm_step_fit decode; /* decode-only steps: 1, decode tokens, decode keys */
   struct lm_step_fit prompt; /* the rest beyond their decodes: prompt tokens, keys */
+  double decode_keys_seen;   /* the most decode keys of recent decode-only steps */
 } lm_step_model;
 
 void lm_step_model_init(lm_step_model *m);
@@ -60,6 +71,10 @@ void lm_step_model_init(lm_step_model *m);
 void lm_step_model_observe(lm_step_model *m, const struct lm_step_shape *s, double seconds);
 /* Whether enough steps were seen to predict. */
 int lm_step_model_ready(const lm_step_model *m);
+/* Whether the decode part was fitted on decodes like these: 0 once it is
+ * fitted and their keys exceed the most of the recent decode-only steps
+ * by more than LM_STEP_REACH, so their own step would be extrapolated. */
+int lm_step_model_explored(const lm_step_model *m, const struct lm_step_shape *decodes);
 /* The predicted seconds of a step of this shape. */
 double lm_step_model_predict(const lm_step_model *m, const struct lm_step_shape *s);
 /* Seconds a chunk of n prompt tokens from position start adds to a step. */

@@ -129,6 +129,9 @@ static void render(struct lm_srv *s, FILE *f) {
   COUNTER("lmserve_slowdown_limited_steps_total",
           "Steps whose prompt chunks were shortened to keep decodes within max_decode_slowdown.",
           st.slowdown_limited_steps);
+  COUNTER("lmserve_decode_probe_steps_total",
+          "Steps whose decodes ran alone while prompt tokens waited, to measure their step time.",
+          st.decode_probe_steps);
   put_hist(f, model, &m->ttft);
   put_hist(f, model, &m->itl);
   put_hist(f, model, &m->queue);

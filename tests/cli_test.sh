@@ -94,7 +94,7 @@ fi
 # --- bench: every workload runs and yields exactly the tokens it asks for ---
 "$lmserve" bench --json --threads 1 --prompt-len 8 --output-len 4 --prefix-len 64 --long-len 128 \
   --long-decodes 2 --max-batched-tokens 16 >bench.json 2>bench.err
-check "bench --json: all workloads, their output token totals, the four gates" $py -c '
+check "bench --json: all workloads, their output token totals, the four gates, the decodes' ITL alone" $py -c '
 import json
 rows = [json.loads(l) for l in open("bench.json").read().splitlines()]
 work = {(r["workload"], r["concurrency"]): r for r in rows if "workload" in r}
@@ -104,6 +104,8 @@ assert work[("prefix-warm", 1)]["prefix_hit_rate"] >= 64 / 128 - 1e-6, work[("pr
 total = [r["output_tokens_total"] for r in rows if "output_tokens_total" in r]
 assert total == [4 * 105 + 88 + 2], total
 assert len([r for r in rows if "gate" in r]) == 4, rows
+itl = [r for r in rows if "long_decode_itl_p50_ms" in r]
+assert len(itl) == 1 and all(v > 0 for v in itl[0]["long_decode_itl_p50_ms"]), itl  # before and after the long prompt
 '
 
 # --- tokenize ---

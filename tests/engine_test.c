@@ -878,6 +878,70 @@ static void test_step_model_beside_decodes(void) {
            worst);
 }
 
+/* A machine where the decodes' step grows with their contexts as a
+ * CPU's does (their KV read from memory): 10 ms + 0.2 ms a token + 5 us a
+ * decode key, and 0.1 us a prompt key; +-4 % noise. */
+static double growing_step(const struct lm_step_shape *s, unsigned *seed) {
+  double t = 10e-3 + 0.2e-3 * s->tokens + 5e-6 * s->decode_keys + 0.1e-6 * s->prompt_keys;
+  if (!seed) return t;
+  *seed = *seed * 1103515245u + 12345u;
+  return t * (0.96 + 0.08 * ((*seed >> 8) & 0xffff) / 65535.0);
+}
+
+/* 32 decodes run alone from context 64 to 96 (the decode part's slope is
+ * fitted over a narrow range), then an 8192-token prompt is prefilled
+ * beside them as the scheduler does it: a decode-only step whenever the
+ * model has not seen decodes as long (lm_step_model_explored), else a
+ * chunk sized to the decodes' predicted step (max_decode_slowdown 2, the
+ * 16-token floor). The decodes' own step is then still predicted at its
+ * true time when the prompt ends, their contexts three times as long, and
+ * the steps with a chunk take twice the decodes' time. */
+static void test_step_model_probes(void) {
+  lm_step_model m;
+  unsigned seed = 5;
+  int ctx = 64, steps = 0, probes = 0, n_ratio = 0;
+  double ratio = 0, worst = 0;
+  lm_step_model_init(&m);
+  for (; ctx < 96; ctx++) {
+    struct lm_step_shape s = decode_shape(32, ctx);
+    lm_step_model_observe(&m, &s, growing_step(&s, &seed));
+  }
+  for (int pos = 0; pos < 8192; steps++, ctx++) {
+    struct lm_step_shape s = decode_shape(32, ctx);
+    double alone = growing_step(&s, NULL);
+    if (!lm_step_model_explored(&m, &s)) {
+      probes++;
+      lm_step_model_observe(&m, &s, growing_step(&s, &seed));
+      continue;
+    }
+    int n = lm_step_model_fit_chunk(&m, pos, 8192 - pos, lm_step_model_predict(&m, &s));
+    n = n < 16 ? (8192 - pos < 16 ? 8192 - pos : 16) : n;
+    s.tokens += n;
+    s.prompt_tokens = n;
+    s.prompt_keys = lm_step_chunk_keys(pos, n);
+    pos += n;
+    double t = growing_step(&s, NULL);
+    if (steps >= 20 && lm_step_chunk_keys(pos - n, 16) * 0.1e-6 < alone) {
+      ratio += t / alone;
+      worst = t / alone > worst ? t / alone : worst;
+      n_ratio++;
+    }
+    lm_step_model_observe(&m, &s, growing_step(&s, &seed));
+  }
+  struct lm_step_shape d = decode_shape(32, ctx);
+  double td = lm_step_model_predict(&m, &d), want = growing_step(&d, NULL);
+  ratio /= n_ratio;
+  lm_check(probes > 0 && probes * 10 < steps,
+           "beside the prompt, %d of %d steps ran the decodes alone (the contexts grew from 96 "
+           "to %d)",
+           probes, steps, ctx);
+  lm_check(fabs(td / want - 1) < 0.03,
+           "then the decodes alone are predicted at %.2f ms (true %.2f ms)", td * 1e3, want * 1e3);
+  lm_check(ratio > 1.85 && ratio < 2.15 && worst < 2.4,
+           "and the steps with a chunk took %.2f x the decodes alone on average (worst %.2f x)",
+           ratio, worst);
+}
+
 static void slowdown_one(struct lm_engine_config *c) {
   c->max_decode_slowdown = 1;
 }
@@ -893,7 +957,7 @@ static void test_decode_slowdown(void) {
   char err[LM_ERR_LEN];
   struct job dec[8], longp[2];
   int steps[2] = {0, 0};
-  uint64_t limited[2] = {0, 0};
+  uint64_t limited[2] = {0, 0}, probes[2] = {0, 0};
   for (int pass = 0; pass < 2; pass++) {
     lm_engine *e = open_engine(0, 2048, 0, pass ? slowdown_one : slowdown_off);
     if (!lm_check(e != NULL, "engine with max_decode_slowdown %d opens", pass)) return;
@@ -941,6 +1005,7 @@ static void test_decode_slowdown(void) {
     s = settle(e);
     steps[pass] = s.max_prefill_steps;
     limited[pass] = s.slowdown_limited_steps;
+    probes[pass] = s.decode_probe_steps;
     lm_engine_destroy(e);
   }
   lm_check(steps[0] == 1 && limited[0] == 0,
@@ -949,6 +1014,12 @@ static void test_decode_slowdown(void) {
   lm_check(steps[1] >= 256 / 16 && limited[1] > 0,
            "with max_decode_slowdown 1 it takes %d steps (>= 16), %llu of them limited", steps[1],
            (unsigned long long)limited[1]);
+  /* the decodes' contexts grow by half while the prompt is prefilled: the
+   * model times them alone as they pass what it has seen */
+  lm_check(probes[0] == 0 && probes[1] > 0,
+           "and the decodes ran alone for %llu steps in between to be timed (%llu without the "
+           "limit)",
+           (unsigned long long)probes[1], (unsigned long long)probes[0]);
   lm_check(same_output(&longp[0], &longp[1]), "and its output is the same");
 }
 
@@ -969,6 +1040,7 @@ int main(int argc, char **argv) {
   test_compute_budget();
   test_step_model();
   test_step_model_beside_decodes();
+  test_step_model_probes();
   test_decode_slowdown();
   return lm_check_done();
 }
