@@ -177,9 +177,9 @@ double lm_sched_next_deadline(lm_engine *e, double now) {
  * whatever machine the model was fitted: the decodes keep their
  * inter-token latency. The first chunk gets at least LM_PROMPT_FLOOR
  * tokens, so a prompt always advances; except that once the decodes'
- * contexts have grown past those the model has timed alone
- * (lm_step_model_explored), the prompts wait for one step and the
- * decodes' own step is measured. */
+ * contexts have grown by more than an eighth past those the model has
+ * timed alone (lm_step_model_explored), the prompts wait for one step and
+ * the decodes' own step is measured. */
 #define LM_PROMPT_FLOOR 16
 
 struct budget {
@@ -405,8 +405,9 @@ static void take_token(lm_engine *e, lm_request *r, const struct lm_sample_resul
 int lm_sched_step(lm_engine *e) {
   char err[LM_ERR_LEN];
   double now = lm_now_s();
-  struct budget budget = {
-      e->cfg.max_num_batched_tokens, e->cfg.max_num_batched_tokens, INFINITY, 0, 0, 0};
+  struct budget budget = {.tokens = e->cfg.max_num_batched_tokens,
+                          .cost = e->cfg.max_num_batched_tokens,
+                          .seconds = INFINITY};
   int preempted = 0, n;
   reap(e, now);
   /* preempted requests move to waiting: make room for all of them now */

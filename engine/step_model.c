@@ -120,7 +120,9 @@ void lm_step_model_observe(lm_step_model *m, const struct lm_step_shape *s, doub
   terms_decode(s, xd);
   if (s->prompt_tokens <= 0) {
     fit_add(&m->decode, xd, seconds);
-    /* the range fades as the slow fit forgets */
+    /* the range narrows by the slow fit's factor a decode-only step, so an
+     * old most counts as unexplored after about 24 steps below it, while
+     * the slow fit still weighs it: an extra probe at worst */
     m->decode_keys_seen *= LM_STEP_SLOW;
     if (s->decode_keys > m->decode_keys_seen) m->decode_keys_seen = s->decode_keys;
   } else if (decode_ready(m)) {
@@ -134,7 +136,9 @@ int lm_step_model_ready(const lm_step_model *m) {
 }
 
 int lm_step_model_explored(const lm_step_model *m, const struct lm_step_shape *decodes) {
-  return !decode_ready(m) || decodes->decode_keys <= (1 + LM_STEP_REACH) * m->decode_keys_seen;
+  double seen = m->decode_keys_seen;
+  return !decode_ready(m) || decodes->decode_keys <= (1 + LM_STEP_REACH) * seen ||
+         decodes->decode_keys <= seen + LM_STEP_REACH_KEYS * decodes->tokens;
 }
 
 double lm_step_model_predict(const lm_step_model *m, const struct lm_step_shape *s) {

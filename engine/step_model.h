@@ -28,8 +28,9 @@
  * keys fitted over a narrow range), it underestimated their step by up to
  * a sixth at the end of an 8k prompt. So the scheduler runs the decodes
  * alone for a step whenever their keys have grown by an eighth
- * (LM_STEP_REACH) past the most it has seen (lm_step_model_explored): 9
- * of the about 200 steps of an 8k prompt beside 32 decodes.
+ * (LM_STEP_REACH), and by at least 8 a decode, past the most it has seen
+ * (lm_step_model_explored): 9 of the about 200 steps of an 8k prompt
+ * beside 32 decodes that start at context 96, as in `lmserve bench`.
  *
  * Each fit is exponentially weighted least squares, so recent steps weigh
  * most and the model follows a machine whose speed changes; what no
@@ -39,8 +40,9 @@
 #ifndef LM_STEP_MODEL_H
 #define LM_STEP_MODEL_H
 
-#define LM_STEP_TERMS 4
-#define LM_STEP_REACH 0.125 /* decode keys beyond those seen, as a fraction of them */
+#define LM_STEP_TERMS      4
+#define LM_STEP_REACH      0.125 /* decode keys beyond those seen, as a fraction of them */
+#define LM_STEP_REACH_KEYS 8     /* ... and at least this many a decode */
 
 struct lm_step_shape {
   double tokens;        /* all of the step's query tokens */
@@ -73,7 +75,8 @@ void lm_step_model_observe(lm_step_model *m, const struct lm_step_shape *s, doub
 int lm_step_model_ready(const lm_step_model *m);
 /* Whether the decode part was fitted on decodes like these: 0 once it is
  * fitted and their keys exceed the most of the recent decode-only steps
- * by more than LM_STEP_REACH, so their own step would be extrapolated. */
+ * by more than LM_STEP_REACH of it and LM_STEP_REACH_KEYS a decode, so
+ * their own step would be extrapolated. */
 int lm_step_model_explored(const lm_step_model *m, const struct lm_step_shape *decodes);
 /* The predicted seconds of a step of this shape. */
 double lm_step_model_predict(const lm_step_model *m, const struct lm_step_shape *s);

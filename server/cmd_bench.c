@@ -204,6 +204,7 @@ struct result {
   double ttft[3], itl[3]; /* p50, p90, p99 in ms */
   double hit_rate, kv_peak;
   long steps, limited_steps; /* engine steps; of those, max_decode_slowdown shortened */
+  long probe_steps;          /* steps whose decodes ran alone to be timed */
 };
 
 static void summarize(struct bench *b, const struct job *jobs, int n, double t0, double t1,
@@ -241,6 +242,7 @@ static void summarize(struct bench *b, const struct job *jobs, int n, double t0,
   r->kv_peak = s1->kv_blocks_total ? (double)b->kv_peak / s1->kv_blocks_total : 0;
   r->steps = (long)(s1->steps - s0->steps);
   r->limited_steps = (long)(s1->slowdown_limited_steps - s0->slowdown_limited_steps);
+  r->probe_steps = (long)(s1->decode_probe_steps - s0->decode_probe_steps);
 }
 
 static void print_result(const struct bench_opts *o, const struct result *r) {
@@ -254,10 +256,10 @@ static void print_result(const struct bench_opts *o, const struct result *r) {
            "\"output_tokens\": %ld, \"wall_s\": %.3f, \"output_tok_s\": %.2f, "
            "\"total_tok_s\": %.2f, \"decode_tok_s\": %s, \"ttft_ms\": [%.1f, %.1f, %.1f], "
            "\"itl_ms\": [%.2f, %.2f, %.2f], \"prefix_hit_rate\": %.3f, \"kv_peak\": %.3f, "
-           "\"steps\": %ld, \"slowdown_limited_steps\": %ld}\n",
+           "\"steps\": %ld, \"slowdown_limited_steps\": %ld, \"decode_probe_steps\": %ld}\n",
            r->name, r->concurrency, r->n_requests, r->prompt_tokens, r->output_tokens, r->wall_s,
            r->out_tps, r->total_tps, dec, r->ttft[0], r->ttft[1], r->ttft[2], r->itl[0], r->itl[1],
-           r->itl[2], r->hit_rate, r->kv_peak, r->steps, r->limited_steps);
+           r->itl[2], r->hit_rate, r->kv_peak, r->steps, r->limited_steps, r->probe_steps);
   } else {
     /* n/a: no time when every request was decoding */
     if (isnan(r->decode_tps))
@@ -266,10 +268,10 @@ static void print_result(const struct bench_opts *o, const struct result *r) {
       snprintf(dec, sizeof(dec), "%.1f", r->decode_tps);
     printf("%-12s c=%-3d n=%-3d out %6ld tok  %7.1f out tok/s  %7.1f total tok/s  decode %7s "
            "tok/s | TTFT ms p50 %8.1f p90 %8.1f p99 %8.1f | ITL ms p50 %7.1f p90 %7.1f p99 %7.1f "
-           "| hit %.2f  KV peak %.2f | steps %ld, %ld limited\n",
+           "| hit %.2f  KV peak %.2f | steps %ld, %ld limited, %ld probes\n",
            r->name, r->concurrency, r->n_requests, r->output_tokens, r->out_tps, r->total_tps, dec,
            r->ttft[0], r->ttft[1], r->ttft[2], r->itl[0], r->itl[1], r->itl[2], r->hit_rate,
-           r->kv_peak, r->steps, r->limited_steps);
+           r->kv_peak, r->steps, r->limited_steps, r->probe_steps);
   }
   fflush(stdout);
 }
@@ -339,8 +341,9 @@ out:
  * its prefill at the budget left over by the decodes four times over (a
  * token deep in the prompt costs up to about 3 of the step's budget), or at
  * the 16 tokens a step max_decode_slowdown may hold it to, plus 512 for
- * however late the long prompt is submitted on a busy machine (and the 20
- * tokens each decodes alone after it); then the decodes are aborted. */
+ * however late the long prompt is submitted on a busy machine, and 64: the
+ * 32 each decodes alone before the prompt, the 20 after it, 12 to spare.
+ * Then the decodes are aborted. */
 static int long_decode_tokens(const struct bench_opts *o) {
   long per_step = o->budget - o->long_decodes > 16 ? o->budget - o->long_decodes : 16;
   long steps = 4 * (o->long_len / per_step);
@@ -367,19 +370,11 @@ static int wait_outputs(struct bench *b, struct job *jobs, int n, int until) {
   }
 }
 
-/* The median of the ITL samples, in ms. */
-static int itl_p50_ms(struct bench *b, double *ms) {
-  struct lmc_samples s = {0};
+/* The median of the ITL samples, in ms (sorts them). */
+static double itl_p50_ms(struct bench *b) {
   struct lmc_summary sum;
-  int rc = LM_OK;
-  for (size_t i = 0; i < b->itl.n && rc == LM_OK; i++)
-    rc = lmc_samples_add(&s, b->itl.v[i]);
-  if (rc == LM_OK) {
-    lmc_samples_summarize(&s, &sum);
-    *ms = sum.p50 * 1e3;
-  }
-  lmc_samples_free(&s);
-  return rc;
+  lmc_samples_summarize(&b->itl, &sum);
+  return sum.p50 * 1e3;
 }
 
 /* The long prompt alone, then arriving while decodes run. The decodes'
@@ -416,8 +411,9 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   for (int i = 0; i < nd; i++)
     if ((rc = job_submit(b, &jobs[i])) != LM_OK) goto out;
   if ((rc = wait_outputs(b, jobs, nd, 16)) != LM_OK ||
-      (rc = wait_outputs(b, jobs, nd, 32)) != LM_OK || (rc = itl_p50_ms(b, &itl_p50[0])) != LM_OK)
+      (rc = wait_outputs(b, jobs, nd, 32)) != LM_OK)
     goto out;
+  itl_p50[0] = itl_p50_ms(b);
   reset(b);
   lm_engine_get_stats(b->e, &s0);
   t0 = lm_now_s();
@@ -448,9 +444,9 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   for (int i = 0; i < nd; i++)
     base = jobs[i].n_out > base ? jobs[i].n_out : base;
   if ((rc = wait_outputs(b, jobs, nd, base + 4)) != LM_OK ||
-      (rc = wait_outputs(b, jobs, nd, base + 20)) != LM_OK ||
-      (rc = itl_p50_ms(b, &itl_p50[1])) != LM_OK)
+      (rc = wait_outputs(b, jobs, nd, base + 20)) != LM_OK)
     goto out;
+  itl_p50[1] = itl_p50_ms(b);
 out:
   for (int i = 0; i < nd; i++)
     if (jobs[i].r) lm_request_abort(jobs[i].r);
@@ -739,7 +735,7 @@ int lm_cmd_bench(int argc, char **argv) {
     /* the decodes' own step grows with their contexts while the prompt is
      * prefilled: after it, alone again, they show how much */
     if (o.json)
-      printf("{\"long_decode_itl_p50_ms\": [%.2f, %.2f], \"long_itl_p99_during_over_p50_after\": "
+      printf("{\"long_decode_itl_p50_ms\": [%.3f, %.3f], \"long_itl_p99_during_over_p50_after\": "
              "%.3f}\n",
              itl_p50[0], itl_p50[1], during.itl[2] / itl_p50[1]);
     else

@@ -894,7 +894,7 @@ static double growing_step(const struct lm_step_shape *s, unsigned *seed) {
  * model has not seen decodes as long (lm_step_model_explored), else a
  * chunk sized to the decodes' predicted step (max_decode_slowdown 2, the
  * 16-token floor). The decodes' own step is then still predicted at its
- * true time when the prompt ends, their contexts three times as long, and
+ * true time when the prompt ends, their contexts twice as long, and
  * the steps with a chunk take twice the decodes' time. */
 static void test_step_model_probes(void) {
   lm_step_model m;
@@ -940,6 +940,28 @@ static void test_step_model_probes(void) {
   lm_check(ratio > 1.85 && ratio < 2.15 && worst < 2.4,
            "and the steps with a chunk took %.2f x the decodes alone on average (worst %.2f x)",
            ratio, worst);
+  /* short contexts grow by an eighth in a step or two: the model waits for
+   * LM_STEP_REACH_KEYS a decode instead */
+  lm_step_model_init(&m);
+  probes = 0;
+  for (ctx = 4; ctx < 12; ctx++) {
+    struct lm_step_shape s = decode_shape(32, ctx);
+    lm_step_model_observe(&m, &s, growing_step(&s, &seed));
+  }
+  for (int i = 0; i < 40; i++, ctx++) {
+    struct lm_step_shape s = decode_shape(32, ctx);
+    if (!lm_step_model_explored(&m, &s)) {
+      probes++;
+      lm_step_model_observe(&m, &s, growing_step(&s, &seed));
+      continue;
+    }
+    s.tokens += 16;
+    s.prompt_tokens = 16;
+    s.prompt_keys = lm_step_chunk_keys(16 * i, 16);
+    lm_step_model_observe(&m, &s, growing_step(&s, &seed));
+  }
+  lm_check(probes >= 3 && probes <= 5,
+           "from context 12, the decodes ran alone %d times in 40 steps (one in 8 or 9)", probes);
 }
 
 static void slowdown_one(struct lm_engine_config *c) {
@@ -1014,8 +1036,8 @@ static void test_decode_slowdown(void) {
   lm_check(steps[1] >= 256 / 16 && limited[1] > 0,
            "with max_decode_slowdown 1 it takes %d steps (>= 16), %llu of them limited", steps[1],
            (unsigned long long)limited[1]);
-  /* the decodes' contexts grow by half while the prompt is prefilled: the
-   * model times them alone as they pass what it has seen */
+  /* the decodes' contexts grow by more than an eighth while the prompt is
+   * prefilled: the model times them alone as they pass what it has seen */
   lm_check(probes[0] == 0 && probes[1] > 0,
            "and the decodes ran alone for %llu steps in between to be timed (%llu without the "
            "limit)",
