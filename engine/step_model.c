@@ -120,14 +120,18 @@ void lm_step_model_observe(lm_step_model *m, const struct lm_step_shape *s, doub
   terms_decode(s, xd);
   if (s->prompt_tokens <= 0) {
     fit_add(&m->decode, xd, seconds);
+    m->since_decode = 0;
     /* the range narrows by the slow fit's factor a decode-only step, so an
      * old most counts as unexplored after about 24 steps below it, while
      * the slow fit still weighs it: an extra probe at worst */
     m->decode_keys_seen *= LM_STEP_SLOW;
     if (s->decode_keys > m->decode_keys_seen) m->decode_keys_seen = s->decode_keys;
-  } else if (decode_ready(m)) {
-    terms_prompt(s, x);
-    fit_add(&m->prompt, x, seconds - fit_eval(&m->decode, xd));
+  } else {
+    m->since_decode++;
+    if (decode_ready(m)) {
+      terms_prompt(s, x);
+      fit_add(&m->prompt, x, seconds - fit_eval(&m->decode, xd));
+    }
   }
 }
 
@@ -137,7 +141,9 @@ int lm_step_model_ready(const lm_step_model *m) {
 
 int lm_step_model_explored(const lm_step_model *m, const struct lm_step_shape *decodes) {
   double seen = m->decode_keys_seen;
-  return !decode_ready(m) || decodes->decode_keys <= (1 + LM_STEP_REACH) * seen ||
+  if (!decode_ready(m)) return 1;
+  if (m->since_decode >= LM_STEP_STALE) return 0;
+  return decodes->decode_keys <= (1 + LM_STEP_REACH) * seen ||
          decodes->decode_keys <= seen + LM_STEP_REACH_KEYS * decodes->tokens;
 }
 

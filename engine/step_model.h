@@ -30,7 +30,10 @@
  * alone for a step whenever their keys have grown by an eighth
  * (LM_STEP_REACH), and by at least 8 a decode, past the most it has seen
  * (lm_step_model_explored): 9 of the about 200 steps of an 8k prompt
- * beside 32 decodes that start at context 96, as in `lmserve bench`.
+ * beside 32 decodes that start at context 96, as in `lmserve bench`. And
+ * after LM_STEP_STALE steps with chunks in a row, whatever the keys, so
+ * the decode part follows a machine whose speed changes under a steady
+ * stream of prompts.
  *
  * Each fit is exponentially weighted least squares, so recent steps weigh
  * most and the model follows a machine whose speed changes; what no
@@ -43,6 +46,7 @@
 #define LM_STEP_TERMS      4
 #define LM_STEP_REACH      0.125 /* decode keys beyond those seen, as a fraction of them */
 #define LM_STEP_REACH_KEYS 8     /* ... and at least this many a decode */
+#define LM_STEP_STALE      64    /* steps with prompt chunks before the decodes are timed again */
 
 struct lm_step_shape {
   double tokens;        /* all of the step's query tokens */
@@ -66,6 +70,7 @@ typedef struct lm_step_model {
   struct lm_step_fit decode; /* decode-only steps: 1, decode tokens, decode keys */
   struct lm_step_fit prompt; /* the rest beyond their decodes: prompt tokens, keys */
   double decode_keys_seen;   /* the most decode keys of recent decode-only steps */
+  int since_decode;          /* steps with prompt chunks since the last decode-only one */
 } lm_step_model;
 
 void lm_step_model_init(lm_step_model *m);
@@ -76,7 +81,8 @@ int lm_step_model_ready(const lm_step_model *m);
 /* Whether the decode part was fitted on decodes like these: 0 once it is
  * fitted and their keys exceed the most of the recent decode-only steps
  * by more than LM_STEP_REACH of it and LM_STEP_REACH_KEYS a decode, so
- * their own step would be extrapolated. */
+ * their own step would be extrapolated, or when LM_STEP_STALE steps
+ * with prompt chunks have passed since the last decode-only one. */
 int lm_step_model_explored(const lm_step_model *m, const struct lm_step_shape *decodes);
 /* The predicted seconds of a step of this shape. */
 double lm_step_model_predict(const lm_step_model *m, const struct lm_step_shape *s);

@@ -962,6 +962,32 @@ static void test_step_model_probes(void) {
   }
   lm_check(probes >= 3 && probes <= 5,
            "from context 12, the decodes ran alone %d times in 40 steps (one in 8 or 9)", probes);
+  /* decodes whose contexts stay put (as many end as begin) beside a steady
+   * stream of prompts, and after LM_STEP_STALE steps the machine's steps
+   * take half as long again: the decodes are timed alone every
+   * LM_STEP_STALE steps with chunks, and their predicted step follows */
+  probes = 0;
+  for (int i = 0; i < 4 * LM_STEP_STALE; i++) {
+    struct lm_step_shape s = decode_shape(32, 200);
+    double k = i < LM_STEP_STALE ? 1 : 1.5;
+    if (!lm_step_model_explored(&m, &s)) {
+      probes++;
+      lm_step_model_observe(&m, &s, k * growing_step(&s, &seed));
+      continue;
+    }
+    s.tokens += 32;
+    s.prompt_tokens = 32;
+    s.prompt_keys = lm_step_chunk_keys(0, 32);
+    lm_step_model_observe(&m, &s, k * growing_step(&s, &seed));
+  }
+  d = decode_shape(32, 200);
+  td = lm_step_model_predict(&m, &d);
+  want = 1.5 * growing_step(&d, NULL);
+  lm_check(
+      probes == 4 && fabs(td / want - 1) < 0.1,
+      "with the contexts steady, %d of %d steps timed the decodes alone, and after the machine "
+      "slowed their step is predicted at %.2f ms (true %.2f ms, within 10 %%)",
+      probes, 4 * LM_STEP_STALE, td * 1e3, want * 1e3);
 }
 
 static void slowdown_one(struct lm_engine_config *c) {
