@@ -176,10 +176,11 @@ double lm_sched_next_deadline(lm_engine *e, double now) {
  * most max_decode_slowdown times as long as the decodes alone would, on
  * whatever machine the model was fitted: the decodes keep their
  * inter-token latency. The first chunk gets at least LM_PROMPT_FLOOR
- * tokens, so a prompt always advances; except that once the decodes'
- * contexts have grown by more than an eighth past those the model has
- * timed alone (lm_step_model_explored), the prompts wait for one step and
- * the decodes' own step is measured. */
+ * tokens, so a prompt always advances; except that where the model has
+ * not timed decodes like these alone (their contexts have grown past
+ * those it has seen, or 64 steps with chunks have passed:
+ * lm_step_model_explored), the prompts wait for one step and the decodes'
+ * own step is measured. */
 #define LM_PROMPT_FLOOR 16
 
 struct budget {

@@ -127,7 +127,8 @@ void lm_step_model_observe(lm_step_model *m, const struct lm_step_shape *s, doub
     m->decode_keys_seen *= LM_STEP_SLOW;
     if (s->decode_keys > m->decode_keys_seen) m->decode_keys_seen = s->decode_keys;
   } else {
-    m->since_decode++;
+    /* saturates: a server whose steps all carry chunks never resets it */
+    if (m->since_decode < LM_STEP_STALE) m->since_decode++;
     if (decode_ready(m)) {
       terms_prompt(s, x);
       fit_add(&m->prompt, x, seconds - fit_eval(&m->decode, xd));
@@ -143,8 +144,9 @@ int lm_step_model_explored(const lm_step_model *m, const struct lm_step_shape *d
   double seen = m->decode_keys_seen;
   if (!decode_ready(m)) return 1;
   if (m->since_decode >= LM_STEP_STALE) return 0;
+  double n_decodes = decodes->tokens - decodes->prompt_tokens;
   return decodes->decode_keys <= (1 + LM_STEP_REACH) * seen ||
-         decodes->decode_keys <= seen + LM_STEP_REACH_KEYS * decodes->tokens;
+         decodes->decode_keys <= seen + LM_STEP_REACH_KEYS * n_decodes;
 }
 
 double lm_step_model_predict(const lm_step_model *m, const struct lm_step_shape *s) {

@@ -28,7 +28,7 @@
  * keys fitted over a narrow range), it underestimated their step by up to
  * a sixth at the end of an 8k prompt. So the scheduler runs the decodes
  * alone for a step whenever their keys have grown by an eighth
- * (LM_STEP_REACH), and by at least 8 a decode, past the most it has seen
+ * (LM_STEP_REACH), and by more than 8 a decode, past the most it has seen
  * (lm_step_model_explored): 9 of the about 200 steps of an 8k prompt
  * beside 32 decodes that start at context 96, as in `lmserve bench`. And
  * after LM_STEP_STALE steps with chunks in a row, whatever the keys, so
@@ -70,7 +70,8 @@ typedef struct lm_step_model {
   struct lm_step_fit decode; /* decode-only steps: 1, decode tokens, decode keys */
   struct lm_step_fit prompt; /* the rest beyond their decodes: prompt tokens, keys */
   double decode_keys_seen;   /* the most decode keys of recent decode-only steps */
-  int since_decode;          /* steps with prompt chunks since the last decode-only one */
+  int since_decode;          /* steps with prompt chunks since the last decode-only one, up to
+                                LM_STEP_STALE */
 } lm_step_model;
 
 void lm_step_model_init(lm_step_model *m);

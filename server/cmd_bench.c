@@ -204,7 +204,7 @@ struct result {
   double ttft[3], itl[3]; /* p50, p90, p99 in ms */
   double hit_rate, kv_peak;
   long steps, limited_steps; /* engine steps; of those, max_decode_slowdown shortened */
-  long probe_steps;          /* steps whose decodes ran alone to be timed */
+  long probe_steps;          /* steps whose decodes ran alone while prompt tokens waited */
 };
 
 static void summarize(struct bench *b, const struct job *jobs, int n, double t0, double t1,
