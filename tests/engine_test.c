@@ -749,14 +749,19 @@ static void test_compute_budget(void) {
 
 /* ---- the step time model and the decode slowdown limit ------------------ */
 
+/* t with +-4 % noise drawn from seed; t itself without one. */
+static double noisy(double t, unsigned *seed) {
+  if (!seed) return t;
+  *seed = *seed * 1103515245u + 12345u;
+  return t * (0.96 + 0.08 * ((*seed >> 8) & 0xffff) / 65535.0);
+}
+
 /* A machine whose step costs are known: 2 ms a step, 40 us a token, 3 ns a
  * decode key, 0.5 ns a prompt key, times k, with +-4 % noise (none
  * without a seed). */
 static double known_step(const struct lm_step_shape *s, double k, unsigned *seed) {
-  double t = k * (2e-3 + 40e-6 * s->tokens + 3e-9 * s->decode_keys + 0.5e-9 * s->prompt_keys);
-  if (!seed) return t;
-  *seed = *seed * 1103515245u + 12345u;
-  return t * (0.96 + 0.08 * ((*seed >> 8) & 0xffff) / 65535.0);
+  return noisy(k * (2e-3 + 40e-6 * s->tokens + 3e-9 * s->decode_keys + 0.5e-9 * s->prompt_keys),
+               seed);
 }
 
 static struct lm_step_shape decode_shape(int n, int ctx) {
@@ -822,6 +827,18 @@ static void test_step_model(void) {
            chunk0 * 1e3);
 }
 
+/* Adds to the decodes' shape s the chunk of a prompt at position pos the
+ * scheduler would: sized to the decodes' predicted step
+ * (max_decode_slowdown 2), at least 16 tokens; returns its length. */
+static int add_chunk_beside(const lm_step_model *m, struct lm_step_shape *s, int pos, int left) {
+  int n = lm_step_model_fit_chunk(m, pos, left, lm_step_model_predict(m, s));
+  n = n < 16 ? (left < 16 ? left : 16) : n;
+  s->tokens += n;
+  s->prompt_tokens = n;
+  s->prompt_keys = lm_step_chunk_keys(pos, n);
+  return n;
+}
+
 /* A machine whose weight matmuls are bound by reading the weights up to
  * about 80 tokens a step (as on AMX tiles), and whose attention dominates
  * a chunk deep in a prompt: 1 ms + max(5 ms, 60 us a token), 0.8 us a
@@ -829,10 +846,7 @@ static void test_step_model(void) {
 #define WB_PROMPT_KEY 0.1e-6
 static double weight_bound_step(const struct lm_step_shape *s, unsigned *seed) {
   double mm = 60e-6 * s->tokens > 5e-3 ? 60e-6 * s->tokens : 5e-3;
-  double t = 1e-3 + mm + 0.8e-6 * s->decode_keys + WB_PROMPT_KEY * s->prompt_keys;
-  if (!seed) return t;
-  *seed = *seed * 1103515245u + 12345u;
-  return t * (0.96 + 0.08 * ((*seed >> 8) & 0xffff) / 65535.0);
+  return noisy(1e-3 + mm + 0.8e-6 * s->decode_keys + WB_PROMPT_KEY * s->prompt_keys, seed);
 }
 
 /* The scheduler's loop on that machine: 32 decodes run alone, then an
@@ -854,11 +868,7 @@ static void test_step_model_beside_decodes(void) {
   for (; pos < 8192; steps++, ctx++) {
     struct lm_step_shape s = decode_shape(32, ctx);
     double alone = weight_bound_step(&s, NULL);
-    int n = lm_step_model_fit_chunk(&m, pos, 8192 - pos, lm_step_model_predict(&m, &s));
-    n = n < 16 ? (8192 - pos < 16 ? 8192 - pos : 16) : n;
-    s.tokens += n;
-    s.prompt_tokens = n;
-    s.prompt_keys = lm_step_chunk_keys(pos, n);
+    int n = add_chunk_beside(&m, &s, pos, 8192 - pos);
     pos += n;
     double t = weight_bound_step(&s, NULL);
     /* past the floor's reach (16 tokens deep in the prompt can exceed it) */
@@ -882,10 +892,7 @@ static void test_step_model_beside_decodes(void) {
  * CPU's does (their KV read from memory): 10 ms + 0.2 ms a token + 5 us a
  * decode key, and 0.1 us a prompt key; +-4 % noise. */
 static double growing_step(const struct lm_step_shape *s, unsigned *seed) {
-  double t = 10e-3 + 0.2e-3 * s->tokens + 5e-6 * s->decode_keys + 0.1e-6 * s->prompt_keys;
-  if (!seed) return t;
-  *seed = *seed * 1103515245u + 12345u;
-  return t * (0.96 + 0.08 * ((*seed >> 8) & 0xffff) / 65535.0);
+  return noisy(10e-3 + 0.2e-3 * s->tokens + 5e-6 * s->decode_keys + 0.1e-6 * s->prompt_keys, seed);
 }
 
 /* 32 decodes run alone from context 64 to 96 (the decode part's slope is
@@ -914,11 +921,7 @@ static void test_step_model_probes(void) {
       lm_step_model_observe(&m, &s, growing_step(&s, &seed));
       continue;
     }
-    int n = lm_step_model_fit_chunk(&m, pos, 8192 - pos, lm_step_model_predict(&m, &s));
-    n = n < 16 ? (8192 - pos < 16 ? 8192 - pos : 16) : n;
-    s.tokens += n;
-    s.prompt_tokens = n;
-    s.prompt_keys = lm_step_chunk_keys(pos, n);
+    int n = add_chunk_beside(&m, &s, pos, 8192 - pos);
     pos += n;
     double t = growing_step(&s, NULL);
     if (steps >= 20 && lm_step_chunk_keys(pos - n, 16) * 0.1e-6 < alone) {
