@@ -895,6 +895,21 @@ static double growing_step(const struct lm_step_shape *s, unsigned *seed) {
   return noisy(10e-3 + 0.2e-3 * s->tokens + 5e-6 * s->decode_keys + 0.1e-6 * s->prompt_keys, seed);
 }
 
+/* One step of the scheduler's loop on growing_step's machine, its time
+ * times k: the decodes s alone where the model has not timed decodes like
+ * them (returns 1), else s with a chunk of n prompt tokens at pos. */
+static int probe_or_chunk(lm_step_model *m, struct lm_step_shape s, int n, int pos, double k,
+                          unsigned *seed) {
+  int probe = !lm_step_model_explored(m, &s);
+  if (!probe) {
+    s.tokens += n;
+    s.prompt_tokens = n;
+    s.prompt_keys = lm_step_chunk_keys(pos, n);
+  }
+  lm_step_model_observe(m, &s, k * growing_step(&s, seed));
+  return probe;
+}
+
 /* 32 decodes run alone from context 64 to 96 (the decode part's slope is
  * fitted over a narrow range), then an 8192-token prompt is prefilled
  * beside them as the scheduler does it: a decode-only step whenever the
@@ -951,18 +966,8 @@ static void test_step_model_probes(void) {
     struct lm_step_shape s = decode_shape(32, ctx);
     lm_step_model_observe(&m, &s, growing_step(&s, &seed));
   }
-  for (int i = 0; i < 40; i++, ctx++) {
-    struct lm_step_shape s = decode_shape(32, ctx);
-    if (!lm_step_model_explored(&m, &s)) {
-      probes++;
-      lm_step_model_observe(&m, &s, growing_step(&s, &seed));
-      continue;
-    }
-    s.tokens += 16;
-    s.prompt_tokens = 16;
-    s.prompt_keys = lm_step_chunk_keys(16 * i, 16);
-    lm_step_model_observe(&m, &s, growing_step(&s, &seed));
-  }
+  for (int i = 0; i < 40; i++, ctx++)
+    probes += probe_or_chunk(&m, decode_shape(32, ctx), 16, 16 * i, 1, &seed);
   lm_check(probes >= 3 && probes <= 5,
            "from context 12, the decodes ran alone %d times in 40 steps (one in 9)", probes);
   /* decodes whose contexts stay put (as many end as begin) beside a steady
@@ -972,17 +977,8 @@ static void test_step_model_probes(void) {
    * with chunks (3 times), and their predicted step moves most of the way */
   probes = 0;
   for (int i = 0; i < 4 * LM_STEP_STALE; i++) {
-    struct lm_step_shape s = decode_shape(32, 200);
     double k = i < LM_STEP_STALE ? 1 : 1.5;
-    if (!lm_step_model_explored(&m, &s)) {
-      probes++;
-      lm_step_model_observe(&m, &s, k * growing_step(&s, &seed));
-      continue;
-    }
-    s.tokens += 32;
-    s.prompt_tokens = 32;
-    s.prompt_keys = lm_step_chunk_keys(0, 32);
-    lm_step_model_observe(&m, &s, k * growing_step(&s, &seed));
+    probes += probe_or_chunk(&m, decode_shape(32, 200), 32, 0, k, &seed);
   }
   d = decode_shape(32, 200);
   td = lm_step_model_predict(&m, &d);
