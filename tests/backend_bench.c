@@ -2,8 +2,10 @@
  * Qwen3-0.6B-shaped bf16 weights (>= 1 GB, not cache resident), GEMM at
  * M = 512, FMA peak, decode and prefill attention, pool dispatch cost.
  * Prints numbers; not a test. Usage: backend_bench [n_threads]
- * [attention] [consecutive]: "attention" runs prefill attention alone,
- * repeated (for a profiler); "consecutive" gives each sequence its blocks
+ * [attention|gemm] [consecutive]: "attention" runs prefill attention alone,
+ * repeated (for a profiler); "gemm" times the 36 layers' matmuls from
+ * memory at M = 1 to 128 rows, a decode step's (or a decode step with a
+ * prompt chunk beside it) linear part; "consecutive" gives each sequence its blocks
  * in order, one after another in the pool, as a fresh pool hands them out
  * (by default they lie in reverse, as after churn). */
 #include <math.h>
@@ -119,9 +121,32 @@ static int bench_attention(void *st, float *out, const float *q, int ctx, int n_
   return 0;
 }
 
+/* ---- matmuls by rows --------------------------------------------------- */
+
+/* The n matrices w[0 .. n - 1] (wbytes in all, not cache resident) at M =
+ * 1 to 128 rows: a decode step's linear part at that batch, or a decode
+ * step's with a prompt chunk beside it. Best of 3 passes each. */
+static void gemm_rows(void *st, float *y, const float *x, const struct lm_tensor *w, int n,
+                      size_t wbytes) {
+  static const int ms[] = {1, 8, 16, 24, 32, 48, 64, 96, 128};
+  for (size_t mi = 0; mi < sizeof(ms) / sizeof(ms[0]); mi++) {
+    double best = 1e9;
+    for (int r = 0; r < 3; r++) {
+      double t0 = lm_now_s();
+      for (int i = 0; i < n; i++)
+        ops->matmul(st, y, x, &w[i], NULL, ms[mi]);
+      double dt = lm_now_s() - t0;
+      if (dt < best) best = dt;
+    }
+    printf("GEMM M=%3d, %.2f GB of weights: %6.1f ms, %5.1f GB/s, %5.0f GFLOP/s\n", ms[mi],
+           wbytes / 1e9, best * 1e3, wbytes / best / 1e9, ms[mi] * (double)wbytes / best / 1e9);
+  }
+}
+
 int main(int argc, char **argv) {
   struct lm_backend_config cfg = {.n_threads = argc > 1 ? atoi(argv[1]) : 0};
   int attn_only = argc > 2 && !strcmp(argv[2], "attention");
+  int gemm_only = argc > 2 && !strcmp(argv[2], "gemm");
   consecutive = argc > 3 && !strcmp(argv[3], "consecutive");
   char err[LM_ERR_LEN];
   void *st;
@@ -182,6 +207,11 @@ int main(int argc, char **argv) {
       }
       wbytes += (size_t)shp[m][0] * shp[m][1] * 2;
     }
+  if (gemm_only) {
+    gemm_rows(st, y, x, &w[0][0], NL * NM, wbytes);
+    ops->destroy(st);
+    return 0;
+  }
   if (!attn_only) {
     double best = 1e9;
     for (int r = 0; r < 4; r++) {
