@@ -370,11 +370,16 @@ static int wait_outputs(struct bench *b, struct job *jobs, int n, int until) {
   }
 }
 
-/* The median of the ITL samples, in ms (sorts them). */
-static double itl_p50_ms(struct bench *b) {
+/* The decodes' ITL p50 in ms, into *p50_ms, over their tokens from..to
+ * (once each has from, then to; the samples are sorted in place). */
+static int decodes_itl_p50(struct bench *b, struct job *jobs, int n, int from, int to,
+                           double *p50_ms) {
   struct lmc_summary sum;
+  int rc = wait_outputs(b, jobs, n, from);
+  if (rc != LM_OK || (rc = wait_outputs(b, jobs, n, to)) != LM_OK) return rc;
   lmc_samples_summarize(&b->itl, &sum);
-  return sum.p50 * 1e3;
+  *p50_ms = sum.p50 * 1e3;
+  return LM_OK;
 }
 
 /* The long prompt alone, then arriving while decodes run. The decodes'
@@ -410,10 +415,7 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   b->itl_on = 1;
   for (int i = 0; i < nd; i++)
     if ((rc = job_submit(b, &jobs[i])) != LM_OK) goto out;
-  if ((rc = wait_outputs(b, jobs, nd, 16)) != LM_OK ||
-      (rc = wait_outputs(b, jobs, nd, 32)) != LM_OK)
-    goto out;
-  itl_p50[0] = itl_p50_ms(b);
+  if ((rc = decodes_itl_p50(b, jobs, nd, 16, 32, &itl_p50[0])) != LM_OK) goto out;
   reset(b);
   lm_engine_get_stats(b->e, &s0);
   t0 = lm_now_s();
@@ -443,10 +445,7 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   int base = 0;
   for (int i = 0; i < nd; i++)
     base = jobs[i].n_out > base ? jobs[i].n_out : base;
-  if ((rc = wait_outputs(b, jobs, nd, base + 4)) != LM_OK ||
-      (rc = wait_outputs(b, jobs, nd, base + 20)) != LM_OK)
-    goto out;
-  itl_p50[1] = itl_p50_ms(b);
+  rc = decodes_itl_p50(b, jobs, nd, base + 4, base + 20, &itl_p50[1]);
 out:
   for (int i = 0; i < nd; i++)
     if (jobs[i].r) lm_request_abort(jobs[i].r);

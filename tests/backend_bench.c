@@ -2,12 +2,12 @@
  * Qwen3-0.6B-shaped bf16 weights (>= 1 GB, not cache resident), GEMM at
  * M = 512, FMA peak, decode and prefill attention, pool dispatch cost.
  * Prints numbers; not a test. Usage: backend_bench [n_threads]
- * [attention|gemm] [consecutive]: "attention" runs prefill attention alone,
- * repeated (for a profiler); "gemm" times the 36 layers' matmuls from
- * memory at M = 1 to 128 rows, a decode step's (or a decode step with a
- * prompt chunk beside it) linear part; "consecutive" gives each sequence its blocks
- * in order, one after another in the pool, as a fresh pool hands them out
- * (by default they lie in reverse, as after churn). */
+ * [attention|gemm] [consecutive]: "attention" runs prefill attention
+ * alone, repeated (for a profiler); "gemm" only times the 36 layers'
+ * matmuls from memory at M = 1 to 128 rows (gemm_rows); "consecutive"
+ * gives each sequence its blocks in order, one after another in the pool,
+ * as a fresh pool hands them out (by default they lie in reverse, as after
+ * churn). */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -138,6 +138,7 @@ static void gemm_rows(void *st, float *y, const float *x, const struct lm_tensor
       double dt = lm_now_s() - t0;
       if (dt < best) best = dt;
     }
+    /* 2 FLOPs a row per bf16 weight: M x wbytes */
     printf("GEMM M=%3d, %.2f GB of weights: %6.1f ms, %5.1f GB/s, %5.0f GFLOP/s\n", ms[mi],
            wbytes / 1e9, best * 1e3, wbytes / best / 1e9, ms[mi] * (double)wbytes / best / 1e9);
   }

@@ -827,15 +827,20 @@ static void test_step_model(void) {
            chunk0 * 1e3);
 }
 
+/* Adds a chunk of n prompt tokens at position pos to the decodes' shape s. */
+static void add_chunk(struct lm_step_shape *s, int pos, int n) {
+  s->tokens += n;
+  s->prompt_tokens = n;
+  s->prompt_keys = lm_step_chunk_keys(pos, n);
+}
+
 /* Adds to the decodes' shape s the chunk of a prompt at position pos the
  * scheduler would: sized to the decodes' predicted step
  * (max_decode_slowdown 2), at least 16 tokens; returns its length. */
 static int add_chunk_beside(const lm_step_model *m, struct lm_step_shape *s, int pos, int left) {
   int n = lm_step_model_fit_chunk(m, pos, left, lm_step_model_predict(m, s));
   n = n < 16 ? (left < 16 ? left : 16) : n;
-  s->tokens += n;
-  s->prompt_tokens = n;
-  s->prompt_keys = lm_step_chunk_keys(pos, n);
+  add_chunk(s, pos, n);
   return n;
 }
 
@@ -901,11 +906,7 @@ static double growing_step(const struct lm_step_shape *s, unsigned *seed) {
 static int probe_or_chunk(lm_step_model *m, struct lm_step_shape s, int n, int pos, double k,
                           unsigned *seed) {
   int probe = !lm_step_model_explored(m, &s);
-  if (!probe) {
-    s.tokens += n;
-    s.prompt_tokens = n;
-    s.prompt_keys = lm_step_chunk_keys(pos, n);
-  }
+  if (!probe) add_chunk(&s, pos, n);
   lm_step_model_observe(m, &s, k * growing_step(&s, seed));
   return probe;
 }
