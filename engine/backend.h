@@ -141,6 +141,11 @@ struct lm_backend_ops {
   size_t act_elem_bytes; /* element size of activation buffers */
   unsigned kv_dtypes;    /* KV element types it stores: bit 1 << lm_dtype each */
   int batched_tokens;    /* > 0: the engine's default tokens a step (engine.h) */
+  /* 1: a step may run one chunk over some of the layers (runner.h): the
+   * layers it skips then take a batch that is a prefix of the step's
+   * (fewer tokens and sequences, the same arrays), and gather_rows takes
+   * row lists in host memory. */
+  int layer_chunks;
   void *(*act_alloc)(void *st, size_t n_elems);
   void (*act_free)(void *st, void *buf); /* frees act_alloc and f32_alloc buffers */
   /* Copies n_elems activations to host f32 (for tests), waiting for the

@@ -755,6 +755,7 @@ const struct lm_backend_ops lm_backend_cpu_ops = {
     .act_elem_bytes = sizeof(float),
     .kv_dtypes = (1u << LM_DTYPE_F32) | (1u << LM_DTYPE_BF16) | (1u << LM_DTYPE_F8E5M2),
     .batched_tokens = 512,
+    .layer_chunks = 1,
     .act_alloc = lm_cpu_act_alloc,
     .act_free = lm_cpu_act_free,
     .act_read = lm_cpu_act_read,

@@ -22,6 +22,7 @@ void lm_engine_config_init(struct lm_engine_config *c) {
   c->max_undrained_tokens = 256;
   c->stall_timeout_s = 30;
   c->max_decode_slowdown = 2;
+  c->layered_prefill = 1;
 }
 
 const char *lm_finish_reason_name(enum lm_finish_reason r) {
@@ -224,6 +225,8 @@ static int check_config(struct lm_engine_config *c, const struct lm_config *mc, 
     return lm_errf(err, LM_EINVAL,
                    "engine: max_decode_slowdown %g must be 0 (no limit) or in 1..1e6",
                    c->max_decode_slowdown);
+  if (c->layered_prefill != 0 && c->layered_prefill != 1)
+    return lm_errf(err, LM_EINVAL, "engine: layered_prefill %d must be 0 or 1", c->layered_prefill);
   if (c->max_model_len < 0 || c->max_model_len > mc->max_position_embeddings)
     return lm_errf(err, LM_EINVAL,
                    "engine: max_model_len %d outside 0..%d (the model's max_position_embeddings)",
@@ -312,6 +315,8 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
       .kv_dtype = lm_dtype_name(kv_dtype),
   };
   if ((rc = lm_runner_create(e->m, e->be, &rcfg, &e->runner, err)) != LM_OK) goto err;
+  e->cfg.layered_prefill &= lm_runner_layer_chunks(e->runner);
+  e->n_layers = mc->n_layers;
   e->pool = lm_runner_kv_pool(e->runner);
   if ((rc = lm_kv_pool_set_prefix_caching(e->pool, e->cfg.enable_prefix_caching, err)) != LM_OK)
     goto err;
@@ -334,6 +339,7 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
       .max_num_batched_tokens = e->cfg.max_num_batched_tokens,
       .max_waiting = e->cfg.max_waiting,
       .max_decode_slowdown = e->cfg.max_decode_slowdown,
+      .layered_prefill = e->cfg.layered_prefill,
   };
   publish_stats(e);
   if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {

@@ -52,6 +52,11 @@ struct lm_engine_config {
                                    by a model of step times fitted to the
                                    steps run (2; 0: no limit but the token
                                    budget; see sched.c) */
+  int layered_prefill;          /* where max_decode_slowdown would cut a
+                                   prompt's chunk short, the chunk keeps
+                                   its size and runs over a few layers a
+                                   step instead, on a backend that can (1;
+                                   see sched.c) */
   int max_model_len;            /* 0: the model's max_position_embeddings */
   int max_waiting;              /* queued requests beyond this get LM_EFULL (1024) */
   int enable_prefix_caching;    /* 1 */
@@ -207,6 +212,7 @@ struct lm_engine_info {
   int max_num_batched_tokens;
   int max_waiting;
   double max_decode_slowdown;
+  int layered_prefill; /* on, and the backend can */
 };
 void lm_engine_get_info(const lm_engine *e, struct lm_engine_info *info);
 const lm_tokenizer *lm_engine_tokenizer(const lm_engine *e);
@@ -233,6 +239,7 @@ struct lm_engine_stats {
   uint64_t slowdown_limited_steps; /* steps whose prompt chunks max_decode_slowdown shortened */
   uint64_t decode_probe_steps;     /* steps whose decodes ran alone while prompt tokens
                                       waited, to time them (step_model.h) */
+  uint64_t layered_steps;          /* steps that ran a prompt chunk over some of the layers */
   int busy;                        /* has requests */
   int num_held;                    /* requests not scheduled for backpressure */
   uint64_t stall_aborts;           /* requests aborted for stalling past stall_timeout_s */

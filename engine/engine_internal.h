@@ -69,6 +69,9 @@ struct lm_request {
   struct lm_logit_bias *logit_bias;
   int started; /* scheduled at least once */
   int prefill_steps;
+  /* a layered chunk (sched.c): its tokens, from kv.n_cached_tokens, and
+   * the next layer they run (0: no layered chunk under way) */
+  int layer_tokens, layer_next;
   int cached_tokens;
   double submit_s, first_sched_s, first_token_s;
   double held_since_s; /* when backpressure first skipped it (0: not held) */
@@ -87,6 +90,8 @@ struct lm_engine {
    * head_dim). The scheduler's compute budget (sched.c) is built on it. */
   double attn_ctx_tokens;
   lm_step_model step_model; /* engine thread */
+  int n_layers;
+  lm_request *layered; /* engine thread: the request whose layered chunk the runner holds */
 
   pthread_t thread;
   int thread_started;

@@ -29,6 +29,14 @@ struct lm_runner {
   void *up;     /* [T, I] */
   void *last;   /* [max_seqs, H] normed rows whose logits are wanted */
   void *logits; /* [max_seqs, vocab] f32 */
+  void *kept;   /* [T, H] a layered chunk's rows of x between its steps */
+
+  /* the layered chunk whose rows kept holds: its sequence, first position,
+   * tokens and the next layer it runs (kept_kv NULL: none) */
+  const lm_kv_seq *kept_kv;
+  const int32_t *kept_tokens;
+  int kept_start, kept_n, kept_layer;
+  int32_t *iota; /* [max_batch_tokens] 0, 1, 2, ... */
 
   /* the step's batch description (host) */
   int32_t *token_ids, *positions, *slot_mapping; /* [max_batch_tokens] */
@@ -61,15 +69,15 @@ void lm_runner_rope_inv_freq(const struct lm_config *c, float *inv_freq) {
   }
 }
 
-#define LM_RUNNER_ACTS 12
+#define LM_RUNNER_ACTS 13
 
 /* Elements of each activation buffer, in the order lm_runner_create lists
- * them: x, h, q, qn, k, kn, v, att, o, gate, up, last. */
+ * them: x, h, q, qn, k, kn, v, att, o, gate, up, last, kept. */
 static void act_elems(const struct lm_config *c, size_t T, size_t S, size_t n[LM_RUNNER_ACTS]) {
   size_t H = (size_t)c->hidden_size, Q = (size_t)c->n_heads * (size_t)c->head_dim;
   size_t KV = (size_t)c->n_kv_heads * (size_t)c->head_dim, I = (size_t)c->intermediate_size;
-  size_t e[LM_RUNNER_ACTS] = {T * H,  T * H, T * Q, T * Q, T * KV, T * KV,
-                              T * KV, T * Q, T * H, T * I, T * I,  S * H};
+  size_t e[LM_RUNNER_ACTS] = {T * H, T * H, T * Q, T * Q, T * KV, T * KV, T * KV,
+                              T * Q, T * H, T * I, T * I, S * H,  T * H};
   memcpy(n, e, sizeof(e));
 }
 
@@ -86,8 +94,8 @@ size_t lm_runner_activation_bytes(const struct lm_config *c, int max_batch_token
 void lm_runner_free(lm_runner *r) {
   if (!r) return;
   const struct lm_backend_ops *ops = r->be->ops;
-  void *bufs[] = {r->x,   r->h, r->q,    r->qn, r->k,    r->kn,    r->v,
-                  r->att, r->o, r->gate, r->up, r->last, r->logits};
+  void *bufs[] = {r->x,   r->h, r->q,    r->qn, r->k,    r->kn,   r->v,
+                  r->att, r->o, r->gate, r->up, r->last, r->kept, r->logits};
   for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
     if (bufs[i]) ops->act_free(r->be->st, bufs[i]);
   if (r->kv) ops->kv_free(r->be->st, r->kv);
@@ -100,6 +108,7 @@ void lm_runner_free(lm_runner *r) {
   free(r->ctx_len);
   free(r->logit_rows);
   free(r->block_tables);
+  free(r->iota);
   free(r);
 }
 
@@ -133,8 +142,8 @@ int lm_runner_create(lm_model *m, lm_backend *be, const struct lm_runner_config 
   r->rope = (struct lm_rope){c->head_dim, r->inv_freq};
 
   size_t T = (size_t)cfg->max_batch_tokens, S = (size_t)cfg->max_seqs, n[LM_RUNNER_ACTS];
-  void **bufs[LM_RUNNER_ACTS] = {&r->x, &r->h,   &r->q, &r->qn,   &r->k,  &r->kn,
-                                 &r->v, &r->att, &r->o, &r->gate, &r->up, &r->last};
+  void **bufs[LM_RUNNER_ACTS] = {&r->x,   &r->h, &r->q,    &r->qn, &r->k,    &r->kn,  &r->v,
+                                 &r->att, &r->o, &r->gate, &r->up, &r->last, &r->kept};
   act_elems(c, T, S, n);
   for (int i = 0; i < LM_RUNNER_ACTS; i++)
     if (!(*bufs[i] = ops->act_alloc(be->st, n[i]))) goto nomem;
@@ -148,9 +157,12 @@ int lm_runner_create(lm_model *m, lm_backend *be, const struct lm_runner_config 
   r->ctx_len = malloc(S * sizeof(int32_t));
   r->logit_rows = malloc(S * sizeof(int32_t));
   r->block_tables = malloc(S * (size_t)r->max_blocks * sizeof(int32_t));
+  r->iota = malloc(T * sizeof(int32_t));
   if (!r->token_ids || !r->positions || !r->slot_mapping || !r->q_start || !r->ctx_len ||
-      !r->logit_rows || !r->block_tables)
+      !r->logit_rows || !r->block_tables || !r->iota)
     goto nomem;
+  for (size_t i = 0; i < T; i++)
+    r->iota[i] = (int32_t)i;
   *out = r;
   return LM_OK;
 nomem:
@@ -166,6 +178,38 @@ lm_kv_pool *lm_runner_kv_pool(lm_runner *r) {
 
 const struct lm_kv_shape *lm_runner_kv_shape(const lm_runner *r) {
   return &r->kv_shape;
+}
+
+int lm_runner_layer_chunks(const lm_runner *r) {
+  return r->be->ops->layer_chunks;
+}
+
+/* Checks the step's layer ranges: all layers, or a layered chunk last
+ * (resuming where the kept rows left off). Sets *lc to it (or NULL). */
+static int check_layers(lm_runner *r, const struct lm_seq_chunk *chunks, int n,
+                        const struct lm_seq_chunk **lc, char *err) {
+  int L = r->m->cfg.n_layers;
+  *lc = NULL;
+  for (int s = 0; s < n; s++) {
+    const struct lm_seq_chunk *c = &chunks[s];
+    if (c->layer_begin == 0 && (c->layer_end == 0 || c->layer_end == L)) continue;
+    if (!r->be->ops->layer_chunks || s != n - 1)
+      return lm_errf(err, LM_EINVAL,
+                     "runner: chunk %d runs layers %d..%d: only the last chunk may,"
+                     " on a backend with layer chunks",
+                     s, c->layer_begin, c->layer_end);
+    if (c->layer_begin < 0 || c->layer_end <= c->layer_begin || c->layer_end > L ||
+        (c->want_logits && c->layer_end < L))
+      return lm_errf(err, LM_EINVAL, "runner: layers %d..%d of %d (logits: %d)", c->layer_begin,
+                     c->layer_end, L, c->want_logits);
+    if (c->layer_begin > 0 && (c->kv != r->kept_kv || c->kv->n_cached_tokens != r->kept_start ||
+                               c->n_tokens != r->kept_n || c->tokens != r->kept_tokens ||
+                               c->layer_begin != r->kept_layer))
+      return lm_errf(err, LM_EINVAL, "runner: a chunk resumes at layer %d without its kept rows",
+                     c->layer_begin);
+    *lc = c;
+  }
+  return LM_OK;
 }
 
 /* Fills the batch description from the chunks. */
@@ -269,29 +313,63 @@ static void mlp_block(lm_runner *r, const struct lm_layer_weights *lw, int T) {
   ops->matmul(st, r->o, r->gate, &lw->w_down, NULL, T);
 }
 
+/* One layer over the rows of b. */
+static void layer(lm_runner *r, int l, const struct lm_batch *b) {
+  const struct lm_config *c = &r->m->cfg;
+  const struct lm_weights *w = &r->m->w;
+  const struct lm_layer_weights *lw = &w->layers[l];
+  const struct lm_backend_ops *ops = r->be->ops;
+  int T = b->n_tokens, H = c->hidden_size;
+  float eps = c->rms_norm_eps;
+  attention_block(r, lw, l, b);
+  ops->add_rmsnorm(r->be->st, r->h, r->x, r->o, &lw->mlp_norm, T, H, eps);
+  mlp_block(r, lw, T);
+  const struct lm_tensor *next_norm =
+      l + 1 < c->n_layers ? &w->layers[l + 1].attn_norm : &w->final_norm;
+  ops->add_rmsnorm(r->be->st, r->h, r->x, r->o, next_norm, T, H, eps);
+}
+
 int lm_runner_step(lm_runner *r, const struct lm_seq_chunk *chunks, int n_chunks,
                    const void **logits, int *n_logits, char *err) {
   const struct lm_config *c = &r->m->cfg;
   const struct lm_weights *w = &r->m->w;
   const struct lm_backend_ops *ops = r->be->ops;
   void *st = r->be->st;
+  const struct lm_seq_chunk *lc;
   struct lm_batch b;
   int rc = build_batch(r, chunks, n_chunks, &b, err);
-  if (rc != LM_OK) return rc;
+  if (rc != LM_OK || (rc = check_layers(r, chunks, n_chunks, &lc, err)) != LM_OK) return rc;
   if (ops->begin_step && (rc = ops->begin_step(st, &b, err)) != LM_OK) return rc;
-  int T = b.n_tokens, H = c->hidden_size;
+  int H = c->hidden_size, L = c->n_layers;
   float eps = c->rms_norm_eps;
 
-  ops->embed(st, r->x, &w->embed, &b);
-  ops->rmsnorm(st, r->h, r->x, &w->layers[0].attn_norm, T, H, eps);
-  for (int l = 0; l < c->n_layers; l++) {
-    const struct lm_layer_weights *lw = &w->layers[l];
-    attention_block(r, lw, l, &b);
-    ops->add_rmsnorm(st, r->h, r->x, r->o, &lw->mlp_norm, T, H, eps);
-    mlp_block(r, lw, T);
-    const struct lm_tensor *next_norm =
-        l + 1 < c->n_layers ? &w->layers[l + 1].attn_norm : &w->final_norm;
-    ops->add_rmsnorm(st, r->h, r->x, r->o, next_norm, T, H, eps);
+  /* a layered chunk's layers take b, the others bo: the step's other
+   * chunks, a prefix of b (the layered chunk's rows follow theirs) */
+  struct lm_batch bo = b;
+  int lb = 0, le = L;
+  if (lc) {
+    lb = lc->layer_begin;
+    le = lc->layer_end;
+    bo.n_seqs = n_chunks - 1;
+    bo.n_tokens = b.q_start[n_chunks - 1];
+  }
+  size_t off = (size_t)bo.n_tokens * (size_t)H * ops->act_elem_bytes;
+  const struct lm_batch *first = lb == 0 ? &b : &bo;
+  if (first->n_tokens > 0) {
+    ops->embed(st, r->x, &w->embed, first);
+    ops->rmsnorm(st, r->h, r->x, &w->layers[0].attn_norm, first->n_tokens, H, eps);
+  }
+  for (int l = 0; l < L; l++) {
+    if (lc && l == lb && lb > 0) {
+      /* the layered chunk rejoins: its residual rows, normed for layer l */
+      ops->gather_rows(st, (char *)r->x + off, r->kept, r->iota, lc->n_tokens, H);
+      ops->rmsnorm(st, (char *)r->h + off, (char *)r->x + off, &w->layers[l].attn_norm,
+                   lc->n_tokens, H, eps);
+    }
+    const struct lm_batch *cur = l >= lb && l < le ? &b : &bo;
+    if (cur->n_tokens > 0) layer(r, l, cur);
+    if (lc && l == le - 1 && le < L)
+      ops->gather_rows(st, r->kept, r->x, r->iota + bo.n_tokens, lc->n_tokens, H);
   }
   if (b.n_logits > 0) {
     ops->gather_rows(st, r->last, r->h, b.logit_rows, b.n_logits, H);
@@ -300,8 +378,17 @@ int lm_runner_step(lm_runner *r, const struct lm_seq_chunk *chunks, int n_chunks
     /* no sampling follows to report a failed step */
     return rc;
   }
+  /* a step without the layered chunk (it waited) leaves its rows kept */
+  if (lc) r->kept_kv = NULL;
+  if (lc && le < L) {
+    r->kept_kv = lc->kv;
+    r->kept_tokens = lc->tokens;
+    r->kept_start = lc->kv->n_cached_tokens;
+    r->kept_n = lc->n_tokens;
+    r->kept_layer = le;
+  }
   for (int s = 0; s < n_chunks; s++)
-    chunks[s].kv->n_cached_tokens += chunks[s].n_tokens;
+    if (&chunks[s] != lc || le == L) chunks[s].kv->n_cached_tokens += chunks[s].n_tokens;
   *logits = r->logits;
   *n_logits = b.n_logits;
   return LM_OK;

@@ -28,6 +28,13 @@ struct lm_seq_chunk {
   const int32_t *tokens; /* [n_tokens] the chunk's ids */
   int n_tokens;
   int want_logits; /* compute the logits of the chunk's last token */
+  /* The layers it runs this step, [layer_begin, layer_end); 0 and 0: all.
+   * A layered chunk (the step's last, on a backend with layer_chunks)
+   * runs the same tokens over several steps, a few layers each: the
+   * runner keeps its rows of the residual stream between them, and its
+   * tokens count as cached once its last layer has run. Until then it
+   * wants no logits. */
+  int layer_begin, layer_end;
 };
 
 typedef struct lm_runner lm_runner;
@@ -39,11 +46,15 @@ void lm_runner_free(lm_runner *r);
 lm_kv_pool *lm_runner_kv_pool(lm_runner *r);
 /* The KV cache's shape (its element type included). */
 const struct lm_kv_shape *lm_runner_kv_shape(const lm_runner *r);
+/* Whether steps may hold a layered chunk (the backend's layer_chunks). */
+int lm_runner_layer_chunks(const lm_runner *r);
 
 /* Runs one forward step. On success *logits points at a backend buffer
  * [n_logits, vocab] (one row per chunk with want_logits, in chunk order),
  * valid until the next step, and each chunk's kv->n_cached_tokens has
- * grown by its n_tokens. */
+ * grown by its n_tokens (a layered chunk's once its last layer ran). A
+ * layered chunk that resumes past layer 0 must be the one whose rows the
+ * runner kept from the step before (the same kv, tokens and next layer). */
 int lm_runner_step(lm_runner *r, const struct lm_seq_chunk *chunks, int n_chunks,
                    const void **logits, int *n_logits, char *err);
 

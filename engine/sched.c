@@ -52,6 +52,13 @@ int lm_sched_add_waiting(lm_engine *e, lm_request *r) {
   return LM_OK;
 }
 
+/* A request that leaves the running list drops its layered chunk: the
+ * layers it ran are computed again. */
+static void drop_layered(lm_engine *e, lm_request *r) {
+  if (e->layered == r) e->layered = NULL;
+  r->layer_next = 0;
+}
+
 static struct lm_usage usage_of(const lm_request *r, double now) {
   struct lm_usage u = {
       .prompt_tokens = r->n_prompt,
@@ -74,6 +81,7 @@ void lm_sched_finish(lm_engine *e, lm_request *r, enum lm_finish_reason why, int
   else if (r->state == LM_REQ_WAITING)
     list_remove(e->waiting, &e->n_waiting, r);
   r->state = LM_REQ_FINISHED;
+  drop_layered(e, r);
   e->text.len = 0;
   if (r->op) {
     if (why == LM_FINISH_ABORT || why == LM_FINISH_ERROR) lm_outproc_flush(r->op, &e->text);
@@ -99,6 +107,7 @@ void lm_sched_finish(lm_engine *e, lm_request *r, enum lm_finish_reason why, int
 
 static void preempt(lm_engine *e, lm_request *r) {
   list_remove(e->running, &e->n_running, r);
+  drop_layered(e, r);
   lm_kv_seq_release(&r->kv, e->pool);
   /* cannot fail: the step made room for every request */
   lm_sched_add_waiting(e, r);
@@ -116,15 +125,22 @@ static int held_back(lm_engine *e, lm_request *r, double now) {
   return 0;
 }
 
-static void add_chunk(lm_engine *e, int i, lm_request *r, int n) {
-  int done = r->kv.n_cached_tokens;
+/* n tokens of r, over layers more of its layers (0: all). */
+static void add_chunk(lm_engine *e, int i, lm_request *r, int n, int layers) {
+  int done = r->kv.n_cached_tokens, begin = r->layer_next, end = begin + layers;
   e->chunks[i] = (struct lm_seq_chunk){
       .kv = &r->kv,
       .tokens = r->tokens + done,
       .n_tokens = n,
-      .want_logits = done + n == r->n_tokens,
+      .want_logits = done + n == r->n_tokens && (layers == 0 || end == e->n_layers),
+      .layer_begin = layers ? begin : 0,
+      .layer_end = layers ? end : 0,
   };
   e->chunk_req[i] = r;
+  if (layers && begin == 0) {
+    e->layered = r;
+    r->layer_tokens = n;
+  }
 }
 
 /* Aborted and stalled requests end before anything is scheduled, so their
@@ -183,12 +199,30 @@ double lm_sched_next_deadline(lm_engine *e, double now) {
  * own step is measured. */
 #define LM_PROMPT_FLOOR 16
 
+/* Layered chunks. Sized to that time, a chunk deep into a long prompt
+ * holds a few dozen tokens, and each such chunk reads the prompt's whole
+ * KV again for its attention and rides in the decodes' matmuls as a
+ * second pass over their weights, where alone the prompt's chunks hold
+ * hundreds of tokens: split thin, a prompt costs more than alone. So
+ * where the time would cut a chunk below half of what the token budget
+ * gives it (up to LM_LAYERED_TOKENS), the chunk runs over k of the layers
+ * a step instead, the runner keeping its rows between steps (runner.h),
+ * with as many tokens as k layers' time holds: the k that runs the most
+ * token-layers a step (counting the steps a chunk of L layers takes) and
+ * at least twice the ordinary chunk's tokens. Its layers take their share
+ * of the step's time and compute budget, its rows the token budget in
+ * full. One prompt at a time (e->layered); a request that leaves the
+ * running list starts its chunk again. */
+#define LM_LAYERED_TOKENS 512
+#define LM_LAYERED_MIN    32   /* tokens below which a chunk is not layered */
+#define LM_LAYERED_FILL   0.97 /* of the time, as the decodes' step is predicted again each step */
+
 struct budget {
   int tokens;
   double cost;
   double seconds; /* for prompt chunks (INFINITY: no limit) */
   int floor;      /* prompt tokens the next chunk gets whatever seconds says */
-  int capped;     /* seconds shortened a chunk */
+  int capped;     /* seconds shortened (or layered) a chunk */
   int probe;      /* the decodes run alone, for the step model */
 };
 
@@ -222,11 +256,64 @@ static int budget_fit(const lm_engine *e, struct budget *b, int start, int want)
   return n;
 }
 
-static void budget_take(const lm_engine *e, struct budget *b, int start, int n) {
+/* Layers of an n-token chunk from position start that fit the time left
+ * (at least one while the floor holds), up to most. */
+static int layers_fit(const lm_engine *e, const struct budget *b, int start, int n, int most) {
+  if (b->seconds == INFINITY) return most;
+  double per_layer = lm_step_model_chunk_seconds(&e->step_model, start, n) / e->n_layers;
+  int k = per_layer > 0 ? (int)fmin(b->seconds / per_layer, most) : most;
+  if (k < 1 && b->floor > 0) k = 1;
+  return k;
+}
+
+/* A prompt's next chunk: *n tokens over *layers layers (0: all of them,
+ * an ordinary chunk). */
+static void prompt_fit(lm_engine *e, struct budget *b, lm_request *r, int start, int want, int *n,
+                       int *layers) {
+  *layers = 0;
+  /* more decodes than when it began leave too few rows: it begins again */
+  if (r->layer_next > 0 && r->layer_tokens > b->tokens) drop_layered(e, r);
+  if (r->layer_next > 0) {
+    /* the layered chunk under way goes on with the same tokens */
+    int most = e->n_layers - r->layer_next;
+    *n = r->layer_tokens;
+    *layers = layers_fit(e, b, start, *n, most);
+    if (*layers < most) b->capped = 1;
+    if (!*layers) *n = 0;
+    return;
+  }
+  *n = budget_fit(e, b, start, want);
+  /* the rows take the token budget in full, the layers their share of
+   * the compute budget and of the time */
+  int whole = want < b->tokens ? want : b->tokens;
+  if (whole > LM_LAYERED_TOKENS) whole = LM_LAYERED_TOKENS;
+  if (!e->cfg.layered_prefill || e->layered || b->seconds == INFINITY || 2 * *n >= whole) return;
+  /* against the tokens the time holds (the floor may give more, past the
+   * time), the most token-layers a step, unless whole layers waste a
+   * tenth of the time */
+  int L = e->n_layers, t = lm_step_model_fit_chunk(&e->step_model, start, whole, b->seconds);
+  double best = 0.9 * t * L;
+  for (int k = 1; k < L; k++) {
+    int m =
+        lm_step_model_fit_chunk(&e->step_model, start, whole, LM_LAYERED_FILL * b->seconds * L / k);
+    if (m < LM_LAYERED_MIN || m < 2 * t || k * chunk_cost(e, start, m) > L * b->cost) break;
+    double per_step = (double)m * L / ((L + k - 1) / k);
+    if (per_step > best) {
+      best = per_step;
+      *n = m;
+      *layers = k;
+    }
+  }
+}
+
+/* A chunk of n tokens from position start over layers of the layers (0:
+ * all) takes its share of the budget; its rows count in full. */
+static void budget_take(const lm_engine *e, struct budget *b, int start, int n, int layers) {
+  double f = layers ? (double)layers / e->n_layers : 1;
   b->tokens -= n;
-  b->cost -= chunk_cost(e, start, n);
+  b->cost -= f * chunk_cost(e, start, n);
   if (n > 1 && b->seconds < INFINITY) {
-    double t = lm_step_model_chunk_seconds(&e->step_model, start, n);
+    double t = f * lm_step_model_chunk_seconds(&e->step_model, start, n);
     b->seconds = b->seconds > t ? b->seconds - t : 0;
     b->floor = 0;
   }
@@ -243,7 +330,11 @@ static int schedule_running(lm_engine *e, double now, struct budget *budget, int
       i++;
       continue;
     }
-    int want = budget_fit(e, budget, r->kv.n_cached_tokens, left);
+    int want, layers = 0;
+    if (decodes)
+      want = budget_fit(e, budget, r->kv.n_cached_tokens, left);
+    else
+      prompt_fit(e, budget, r, r->kv.n_cached_tokens, left, &want, &layers);
     if (want <= 0) {
       i++;
       continue;
@@ -271,8 +362,8 @@ static int schedule_running(lm_engine *e, double now, struct budget *budget, int
       if (r->state == LM_REQ_RUNNING) i++;
       continue;
     }
-    budget_take(e, budget, r->kv.n_cached_tokens, want);
-    add_chunk(e, n++, r, want);
+    budget_take(e, budget, r->kv.n_cached_tokens, want, layers);
+    add_chunk(e, n++, r, want, layers);
     i++;
   }
   return n;
@@ -282,13 +373,16 @@ static int schedule_running(lm_engine *e, double now, struct budget *budget, int
 static struct lm_step_shape step_shape(const lm_engine *e, int n) {
   struct lm_step_shape shape = {0, 0, 0, 0};
   for (int i = 0; i < n; i++) {
-    int start = e->chunk_req[i]->kv.n_cached_tokens, k = e->chunks[i].n_tokens;
-    shape.tokens += k;
+    const struct lm_seq_chunk *c = &e->chunks[i];
+    int start = e->chunk_req[i]->kv.n_cached_tokens, k = c->n_tokens;
+    /* a layered chunk counts for the share of the layers it runs */
+    double f = c->layer_end ? (double)(c->layer_end - c->layer_begin) / e->n_layers : 1;
+    shape.tokens += f * k;
     if (k == 1) {
       shape.decode_keys += start + 1;
     } else {
-      shape.prompt_tokens += k;
-      shape.prompt_keys += lm_step_chunk_keys(start, k);
+      shape.prompt_tokens += f * k;
+      shape.prompt_keys += f * lm_step_chunk_keys(start, k);
     }
   }
   return shape;
@@ -325,7 +419,8 @@ static int schedule_waiting(lm_engine *e, double now, struct budget *budget, int
       lm_sched_finish(e, r, LM_FINISH_ERROR, LM_ENOMEM, "out of memory for a block table");
       continue;
     }
-    int want = budget_fit(e, budget, hit, r->n_tokens - hit);
+    int want, layers;
+    prompt_fit(e, budget, r, hit, r->n_tokens - hit, &want, &layers);
     if (want <= 0) {
       lm_kv_seq_release(&r->kv, e->pool);
       break;
@@ -351,8 +446,8 @@ static int schedule_waiting(lm_engine *e, double now, struct budget *budget, int
       r->first_sched_s = now;
       r->cached_tokens = hit < r->n_prompt ? hit : r->n_prompt;
     }
-    budget_take(e, budget, hit, want);
-    add_chunk(e, n++, r, want);
+    budget_take(e, budget, hit, want, layers);
+    add_chunk(e, n++, r, want, layers);
   }
   return n;
 }
@@ -363,10 +458,14 @@ static void count_chunks(lm_engine *e, int n) {
   int decodes = 0, prefills = 0;
   for (int i = 0; i < n; i++) {
     lm_request *r = e->chunk_req[i];
-    int start = r->kv.n_cached_tokens, end = start + e->chunks[i].n_tokens;
+    const struct lm_seq_chunk *c = &e->chunks[i];
+    int start = r->kv.n_cached_tokens, end = start + c->n_tokens;
+    if (c->layer_end) e->st.layered_steps++;
     if (start < r->n_prompt) {
       prefills++;
-      e->st.prompt_tokens += (uint64_t)((end < r->n_prompt ? end : r->n_prompt) - start);
+      /* a layered chunk's tokens count at its last layer */
+      if (!c->layer_end || c->layer_end == e->n_layers)
+        e->st.prompt_tokens += (uint64_t)((end < r->n_prompt ? end : r->n_prompt) - start);
       if (++r->prefill_steps > e->st.max_prefill_steps) e->st.max_prefill_steps = r->prefill_steps;
     } else if (e->chunks[i].n_tokens == 1 && r->n_generated > 0) {
       decodes++;
@@ -374,6 +473,31 @@ static void count_chunks(lm_engine *e, int n) {
   }
   if (prefills && decodes > e->st.max_decodes_with_prefill)
     e->st.max_decodes_with_prefill = decodes;
+}
+
+/* The runner takes a layered chunk as the step's last (runner.h); the
+ * order of the others stays. */
+static void layered_last(lm_engine *e, int n) {
+  for (int i = 0; i < n - 1; i++)
+    if (e->chunks[i].layer_end) {
+      struct lm_seq_chunk c = e->chunks[i];
+      lm_request *r = e->chunk_req[i];
+      memmove(e->chunks + i, e->chunks + i + 1, (size_t)(n - 1 - i) * sizeof(*e->chunks));
+      memmove(e->chunk_req + i, e->chunk_req + i + 1, (size_t)(n - 1 - i) * sizeof(*e->chunk_req));
+      e->chunks[n - 1] = c;
+      e->chunk_req[n - 1] = r;
+      return;
+    }
+}
+
+/* After the step: a layered chunk has run its layers; at the last one its
+ * tokens are in the cache (the runner counted them) and it is done. */
+static void layered_ran(lm_engine *e, int n) {
+  const struct lm_seq_chunk *c = &e->chunks[n - 1];
+  lm_request *r = e->chunk_req[n - 1];
+  if (!c->layer_end) return;
+  r->layer_next = c->layer_end < e->n_layers ? c->layer_end : 0;
+  if (!r->layer_next) e->layered = NULL;
 }
 
 static void finish_all(lm_engine *e, int n, int code, const char *msg) {
@@ -419,6 +543,7 @@ int lm_sched_step(lm_engine *e) {
   /* after a preemption the pool is short: let running requests catch up */
   if (!preempted) n = schedule_waiting(e, now, &budget, n);
   if (n == 0) return 0;
+  layered_last(e, n);
   count_chunks(e, n);
   struct lm_step_shape shape = step_shape(e, n);
   e->st.slowdown_limited_steps += (uint64_t)(budget.capped && !budget.probe);
@@ -433,6 +558,7 @@ int lm_sched_step(lm_engine *e) {
     return 1;
   }
   e->st.steps++;
+  layered_ran(e, n);
   int n_rows = 0;
   for (int i = 0; i < n; i++) {
     lm_request *r = e->chunk_req[i];

@@ -15,6 +15,8 @@ int lm_cli_int(const char *flag, const char *s, long min, long max, long *out);
 int lm_cli_float(const char *flag, const char *s, double min, double max, double *out);
 /* --max-decode-slowdown: 0 (no limit) or a factor >= 1. */
 int lm_cli_slowdown(const char *flag, const char *s, double *out);
+/* "on" (1) or "off" (0). */
+int lm_cli_on_off(const char *flag, const char *s, int *out);
 
 /* Prints a start-up failure as one line: the model directory, unless the
  * message already names it, then the message. */

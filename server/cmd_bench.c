@@ -52,7 +52,7 @@ static const char usage[] =
     "usage: lmserve bench [--model DIR] [--threads N] [--json] [--only fixed|prefix|long]\n"
     "                     [--prompt-len N] [--output-len N] [--prefix-len N] [--long-len N]\n"
     "                     [--max-batched-tokens N] [--long-decodes N] [--seed S]\n"
-    "                     [--max-decode-slowdown F]\n"
+    "                     [--max-decode-slowdown F] [--layered-prefill on|off]\n"
     "                     [--backend auto|cpu|cuda] [--gpu-memory-utilization F]\n"
     "                     [--kv-cache-dtype auto|bf16|f32|fp8_e5m2] [--gemm cublaslt|mma]\n"
     "  runs the engine's serving workloads in process and prints throughput,\n"
@@ -72,6 +72,7 @@ struct bench_opts {
   long threads, prompt_len, output_len, prefix_len, long_len, budget, long_decodes, seed;
   double gpu_memory_utilization; /* 0: the engine's default */
   double slowdown;               /* max_decode_slowdown; < 0: the engine's default */
+  int layered;                   /* layered_prefill; < 0: the engine's default */
   int json;
 };
 
@@ -205,6 +206,7 @@ struct result {
   double hit_rate, kv_peak;
   long steps, limited_steps; /* engine steps; of those, max_decode_slowdown shortened */
   long probe_steps;          /* steps whose decodes ran alone while prompt tokens waited */
+  long layered_steps;        /* steps that ran a prompt chunk over some of the layers */
 };
 
 static void summarize(struct bench *b, const struct job *jobs, int n, double t0, double t1,
@@ -243,6 +245,7 @@ static void summarize(struct bench *b, const struct job *jobs, int n, double t0,
   r->steps = (long)(s1->steps - s0->steps);
   r->limited_steps = (long)(s1->slowdown_limited_steps - s0->slowdown_limited_steps);
   r->probe_steps = (long)(s1->decode_probe_steps - s0->decode_probe_steps);
+  r->layered_steps = (long)(s1->layered_steps - s0->layered_steps);
 }
 
 static void print_result(const struct bench_opts *o, const struct result *r) {
@@ -256,10 +259,12 @@ static void print_result(const struct bench_opts *o, const struct result *r) {
            "\"output_tokens\": %ld, \"wall_s\": %.3f, \"output_tok_s\": %.2f, "
            "\"total_tok_s\": %.2f, \"decode_tok_s\": %s, \"ttft_ms\": [%.1f, %.1f, %.1f], "
            "\"itl_ms\": [%.2f, %.2f, %.2f], \"prefix_hit_rate\": %.3f, \"kv_peak\": %.3f, "
-           "\"steps\": %ld, \"slowdown_limited_steps\": %ld, \"decode_probe_steps\": %ld}\n",
+           "\"steps\": %ld, \"slowdown_limited_steps\": %ld, \"decode_probe_steps\": %ld, "
+           "\"layered_steps\": %ld}\n",
            r->name, r->concurrency, r->n_requests, r->prompt_tokens, r->output_tokens, r->wall_s,
            r->out_tps, r->total_tps, dec, r->ttft[0], r->ttft[1], r->ttft[2], r->itl[0], r->itl[1],
-           r->itl[2], r->hit_rate, r->kv_peak, r->steps, r->limited_steps, r->probe_steps);
+           r->itl[2], r->hit_rate, r->kv_peak, r->steps, r->limited_steps, r->probe_steps,
+           r->layered_steps);
   } else {
     /* n/a: no time when every request was decoding */
     if (isnan(r->decode_tps))
@@ -268,10 +273,10 @@ static void print_result(const struct bench_opts *o, const struct result *r) {
       snprintf(dec, sizeof(dec), "%.1f", r->decode_tps);
     printf("%-12s c=%-3d n=%-3d out %6ld tok  %7.1f out tok/s  %7.1f total tok/s  decode %7s "
            "tok/s | TTFT ms p50 %8.1f p90 %8.1f p99 %8.1f | ITL ms p50 %7.1f p90 %7.1f p99 %7.1f "
-           "| hit %.2f  KV peak %.2f | steps %ld, %ld limited, %ld probes\n",
+           "| hit %.2f  KV peak %.2f | steps %ld, %ld limited, %ld probes, %ld layered\n",
            r->name, r->concurrency, r->n_requests, r->output_tokens, r->out_tps, r->total_tps, dec,
            r->ttft[0], r->ttft[1], r->ttft[2], r->itl[0], r->itl[1], r->itl[2], r->hit_rate,
-           r->kv_peak, r->steps, r->limited_steps, r->probe_steps);
+           r->kv_peak, r->steps, r->limited_steps, r->probe_steps, r->layered_steps);
   }
   fflush(stdout);
 }
@@ -500,6 +505,8 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o) {
       o->gemm = v;
     } else if (!strcmp(a, "--max-decode-slowdown")) {
       bad = lm_cli_slowdown(a, v, &o->slowdown);
+    } else if (!strcmp(a, "--layered-prefill")) {
+      bad = lm_cli_on_off(a, v, &o->layered);
     } else {
       fprintf(stderr, "lmserve bench: unknown flag '%s'\n%s", a, usage);
       return -1;
@@ -540,7 +547,8 @@ int lm_cmd_bench(int argc, char **argv) {
                          .long_len = 8192,
                          .long_decodes = 32,
                          .seed = 1,
-                         .slowdown = -1};
+                         .slowdown = -1,
+                         .layered = -1};
   char dir_buf[4096], err[LM_ERR_LEN], gpu_name[256] = "?";
   struct bench b = {.w = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER}};
   int rc = 1, all = 1, cuda = 0;
@@ -601,6 +609,7 @@ int lm_cmd_bench(int argc, char **argv) {
   if (o.gpu_memory_utilization > 0) cfg.gpu_memory_utilization = (float)o.gpu_memory_utilization;
   cfg.max_num_batched_tokens = (int)o.budget;
   if (o.slowdown >= 0) cfg.max_decode_slowdown = o.slowdown;
+  if (o.layered >= 0) cfg.layered_prefill = o.layered;
   cfg.max_model_len =
       (int)(o.long_len + 64 > o.prefix_len + 128 ? o.long_len + 64 : o.prefix_len + 128);
   if (cfg.max_model_len < 64 + long_decode_tokens(&o))

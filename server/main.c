@@ -73,6 +73,15 @@ int lm_cli_slowdown(const char *flag, const char *s, double *out) {
   return 0;
 }
 
+int lm_cli_on_off(const char *flag, const char *s, int *out) {
+  if (strcmp(s, "on") && strcmp(s, "off")) {
+    fprintf(stderr, "lmserve: %s takes on or off, got '%s'\n", flag, s);
+    return -1;
+  }
+  *out = !strcmp(s, "on");
+  return 0;
+}
+
 void lm_cli_wake(void *arg) {
   struct lm_cli_waiter *w = arg;
   pthread_mutex_lock(&w->mu);

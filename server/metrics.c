@@ -132,6 +132,9 @@ static void render(struct lm_srv *s, FILE *f) {
   COUNTER("lmserve_decode_probe_steps_total",
           "Steps whose decodes ran alone while prompt tokens waited, to measure their step time.",
           st.decode_probe_steps);
+  COUNTER("lmserve_layered_steps_total",
+          "Steps that ran a prompt chunk over some of the model's layers (layered prefill).",
+          st.layered_steps);
   put_hist(f, model, &m->ttft);
   put_hist(f, model, &m->itl);
   put_hist(f, model, &m->queue);

@@ -24,6 +24,8 @@ static const char usage[] =
     "  --max-num-batched-tokens N    tokens in one step (2048 on a GPU, 512 on the CPU)\n"
     "  --max-decode-slowdown F       a step with prompt tokens beside decodes takes at\n"
     "                                most F times the decodes' own step (2; 0: off)\n"
+    "  --layered-prefill on|off      a prompt chunk that F would cut short keeps its\n"
+    "                                size and runs a few layers a step (CPU) (on)\n"
     "  --max-model-len N             context length (the model's)\n"
     "  --block-size N                tokens per KV block (16)\n"
     "  --kv-cache-bytes N            KV pool size (default: from memory)\n"
@@ -106,6 +108,9 @@ static int parse(int argc, char **argv, struct lm_serve_opts *o, struct lm_engin
     else if (!strcmp(a, "--gemm")) ec->backend_cfg.gemm = v;
     else if (!strcmp(a, "--max-decode-slowdown")) {
       bad = lm_cli_slowdown(a, v, &ec->max_decode_slowdown);
+    }
+    else if (!strcmp(a, "--layered-prefill")) {
+      bad = lm_cli_on_off(a, v, &ec->layered_prefill);
     }
     else if (!strcmp(a, "--drain-seconds")) {
       bad = lm_cli_float(a, v, 0, 1e6, &o->drain_s);

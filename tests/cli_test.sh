@@ -106,6 +106,7 @@ assert total == [4 * 105 + 88 + 2], total
 assert len([r for r in rows if "gate" in r]) == 4, rows
 itl = [r for r in rows if "long_decode_itl_p50_ms" in r]
 assert len(itl) == 1 and all(v > 0 for v in itl[0]["long_decode_itl_p50_ms"]), itl  # before and after the long prompt
+assert all(r["layered_steps"] >= 0 for r in work.values()), work
 '
 
 # --- tokenize ---
@@ -140,6 +141,10 @@ check "an unknown --gemm is refused (exit $rc, one line) naming the choices" \
 rc=$?
 check "a decode slowdown below 1 is refused (exit $rc, one line) saying what it takes" \
   test $rc -ne 0 -a "$(wc -l <err.txt)" -eq 1 -a -n "$(grep -- '--max-decode-slowdown needs 0 (no limit)' err.txt)"
+"$lmserve" bench --layered-prefill maybe >/dev/null 2>err.txt
+rc=$?
+check "--layered-prefill takes on or off (exit $rc, one line)" \
+  test $rc -ne 0 -a "$(wc -l <err.txt)" -eq 1 -a -n "$(grep -- '--layered-prefill takes on or off' err.txt)"
 "$lmserve" generate --prompt "The capital" --max-tokens 4 --gemm mma --json >gemm.txt 2>err.txt
 check "--gemm mma (a CUDA choice) leaves the CPU backend generating" \
   test "$(grep -c '"id"' gemm.txt)" -eq 4

@@ -1276,7 +1276,10 @@ static void test_model(const char *root, const char *name) {
         int done = g[i].kv[p].n_cached_tokens, left = k_prompt_lens[p] - done;
         if (left <= 0) continue;
         int take = left < CHUNK ? left : CHUNK;
-        ch[k] = (struct lm_seq_chunk){&g[i].kv[p], prompt[p] + done, take, take == left};
+        ch[k] = (struct lm_seq_chunk){.kv = &g[i].kv[p],
+                                      .tokens = prompt[p] + done,
+                                      .n_tokens = take,
+                                      .want_logits = take == left};
         idx[k++] = p;
       }
       if (!k) break;
@@ -1311,7 +1314,8 @@ static void test_model(const char *root, const char *name) {
     for (int i = 0; i < 2 && rc == LM_OK; i++) {
       struct lm_seq_chunk ch[N_PROMPTS];
       for (int p = 0; p < N_PROMPTS; p++)
-        ch[p] = (struct lm_seq_chunk){&g[i].kv[p], &tok[p], 1, 1};
+        ch[p] = (struct lm_seq_chunk){
+            .kv = &g[i].kv[p], .tokens = &tok[p], .n_tokens = 1, .want_logits = 1};
       rc = rig_step(&g[i], ch, N_PROMPTS, next[i], err);
     }
     if (rc != LM_OK) break;

@@ -71,7 +71,7 @@ static double bench(const char *dir, int mapped, int prompt_len, int n_decode, l
   struct lm_sampling greedy = {0};
   struct lm_sample_row row = {.params = &greedy};
   struct lm_sample_result res;
-  struct lm_seq_chunk ch = {&kv, ids, prompt_len, 1};
+  struct lm_seq_chunk ch = {.kv = &kv, .tokens = ids, .n_tokens = prompt_len, .want_logits = 1};
   double peak = lm_bench_fma_gflops(probe);
   double t0 = lm_now_s();
   lm_runner_step(r, &ch, 1, &logits, &n_logits, err);
@@ -88,7 +88,7 @@ static double bench(const char *dir, int mapped, int prompt_len, int n_decode, l
     double bw = lm_bench_read_gbs(probe, (size_t)1 << 30), bytes = 0;
     t0 = lm_now_s();
     for (int i = 0; i < per_round; i++, pos++) {
-      ch = (struct lm_seq_chunk){&kv, ids + pos, 1, 1};
+      ch = (struct lm_seq_chunk){.kv = &kv, .tokens = ids + pos, .n_tokens = 1, .want_logits = 1};
       lm_runner_step(r, &ch, 1, &logits, &n_logits, err);
       row.position = (uint64_t)(pos - prompt_len + 1);
       be->ops->sample(be->st, logits, 1, c->vocab_size, &row, &res, err);

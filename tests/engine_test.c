@@ -32,7 +32,7 @@ static int n_ids = 32000;           /* prompts draw ids from [3, n_ids): ordinar
 /* ---- a request and everything it produced ------------------------------ */
 
 struct job {
-  int32_t prompt[256];
+  int32_t prompt[640];
   int n_prompt, max_tokens;
   struct lm_sampling sampling;
   int arrive_step;
@@ -1072,12 +1072,129 @@ static void test_decode_slowdown(void) {
   lm_check(same_output(&longp[0], &longp[1]), "and its output is the same");
 }
 
+/* ---- layered chunks ------------------------------------------------------ */
+
+static const char *layered_dir; /* a model with more layers (argv[5]) */
+static double layered_slowdown;
+static int layered_on;
+
+static void layered_cfg(struct lm_engine_config *c) {
+  c->model_dir = layered_dir;
+  c->max_decode_slowdown = layered_slowdown;
+  c->layered_prefill = layered_on;
+}
+
+/* Eight decodes run; a 600-token prompt arrives. Beside them, with
+ * max_decode_slowdown 1.25 a chunk gets a quarter of the decodes' step:
+ * a few dozen tokens of this model's four layers. Layered, the chunks
+ * hold hundreds of tokens over one layer a step. Passes: no limit (the
+ * reference), the limit without layers, with them, and with them while
+ * the prompt is aborted mid-chunk and sent again. Every output is the
+ * reference's. */
+static void test_layered_prefill(void) {
+  char err[LM_ERR_LEN];
+  struct job dec[4][8], longp[4], again;
+  struct lm_engine_stats s[4];
+  uint64_t at_abort = 0, before_again = 0;
+  int aborted_mid = 0;
+  if (!layered_dir) {
+    printf("# layered prefill: no model with more layers given (engine_test's 5th argument)\n");
+    lm_check(0, "a model for the layered prefill test");
+    return;
+  }
+  for (int pass = 0; pass < 4; pass++) {
+    layered_slowdown = pass == 0 ? 0 : 2;
+    layered_on = pass >= 2;
+    lm_engine *e = open_engine(0, 2048, 0, layered_cfg);
+    if (!lm_check(e != NULL, "engine on %s opens (pass %d)", layered_dir, pass)) return;
+    struct lm_engine_info info;
+    lm_engine_get_info(e, &info);
+    lm_check(info.layered_prefill == layered_on, "layered prefill is %s",
+             layered_on ? "on" : "off");
+    srand(777);
+    memset(dec[pass], 0, sizeof(dec[pass]));
+    for (int i = 0; i < 8; i++) {
+      dec[pass][i].n_prompt = 8;
+      for (int t = 0; t < 8; t++)
+        dec[pass][i].prompt[t] = 3 + rand() % (n_ids - 3);
+      dec[pass][i].max_tokens = 128;
+    }
+    memset(&longp[pass], 0, sizeof(longp[pass]));
+    longp[pass].n_prompt = 600;
+    for (int t = 0; t < 600; t++)
+      longp[pass].prompt[t] = 3 + rand() % (n_ids - 3);
+    longp[pass].max_tokens = 4;
+    again = longp[pass];
+    int ok = 1;
+    for (int i = 0; i < 8; i++)
+      ok &= job_submit(e, &dec[pass][i], err) == LM_OK;
+    double t0 = lm_now_s();
+    do {
+      for (int i = 0; i < 8; i++)
+        job_poll(&dec[pass][i]);
+      nap();
+      lm_engine_get_stats(e, &s[pass]);
+    } while (s[pass].steps < 24 && lm_now_s() - t0 < 60);
+    ok &= job_submit(e, &longp[pass], err) == LM_OK;
+    struct job *lj = &longp[pass];
+    while (ok && !lj->finished && lm_now_s() - t0 < 120) {
+      for (int i = 0; i < 8; i++)
+        job_poll(&dec[pass][i]);
+      job_poll(lj);
+      lm_engine_get_stats(e, &s[pass]);
+      if (pass == 3 && lj == &longp[pass] && s[pass].layered_steps > 0) {
+        /* mid-chunk (no token yet): abort it, and send the prompt again */
+        aborted_mid = lj->n_got == 0;
+        at_abort = s[pass].layered_steps;
+        lm_request_abort(lj->r);
+        job_wait(lj);
+        lm_engine_get_stats(e, &s[pass]);
+        before_again = s[pass].layered_steps;
+        ok &= job_submit(e, &again, err) == LM_OK;
+        lj = &again;
+      }
+      nap();
+    }
+    ok &= lj->finished;
+    for (int i = 0; i < 8; i++)
+      if (dec[pass][i].r) lm_request_abort(dec[pass][i].r);
+    for (int i = 0; i < 8; i++)
+      job_wait(&dec[pass][i]);
+    s[pass] = settle(e);
+    lm_check(ok && s[pass].kv_blocks_used == 0,
+             "pass %d: the prompt finished; no block is held after", pass);
+    lm_engine_destroy(e);
+  }
+  /* the decodes end when they are aborted: their common tokens match */
+  int same = 1;
+  for (int i = 0; i < 8; i++) {
+    int n = dec[0][i].n_got < dec[2][i].n_got ? dec[0][i].n_got : dec[2][i].n_got;
+    same &= n >= 16 && !memcmp(dec[0][i].got, dec[2][i].got, (size_t)n * sizeof(int32_t));
+  }
+  lm_check(s[1].layered_steps == 0 && s[1].slowdown_limited_steps > 0,
+           "without layers the prompt's chunks were cut short (%llu steps) and none layered",
+           (unsigned long long)s[1].slowdown_limited_steps);
+  lm_check(
+      s[2].layered_steps > 0 && same_output(&longp[0], &longp[2]) &&
+          same_output(&longp[0], &longp[1]) && same,
+      "layered, %llu steps ran the prompt over some of the layers; its output and the decodes' "
+      "are the same as with no limit",
+      (unsigned long long)s[2].layered_steps);
+  lm_check(aborted_mid && at_abort > 0 && s[3].layered_steps > before_again &&
+               same_output(&longp[0], &again),
+           "aborted after %llu layered steps, the prompt sent again ran %llu more and gives the "
+           "same output",
+           (unsigned long long)at_abort, (unsigned long long)(s[3].layered_steps - before_again));
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: engine_test FIXTURES_DIR [MODEL [RANDOM_OPS [BACKEND]]]\n");
+    fprintf(stderr,
+            "usage: engine_test FIXTURES_DIR [MODEL [RANDOM_OPS [BACKEND [LAYERED_MODEL_DIR]]]]\n");
     return 2;
   }
   if (argc > 4) backend = argv[4];
+  if (argc > 5) layered_dir = argv[5];
   setvbuf(stdout, NULL, _IOLBF, 0); /* progress shows in the log as it happens */
   snprintf(model_dir, sizeof(model_dir), "%s/%s", argv[1], argc > 2 ? argv[2] : "qwen3-bf16");
   test_batch_invariance();
@@ -1091,5 +1208,6 @@ int main(int argc, char **argv) {
   test_step_model_beside_decodes();
   test_step_model_probes();
   test_decode_slowdown();
+  test_layered_prefill();
   return lm_check_done();
 }

@@ -165,13 +165,16 @@ int main(int argc, char **argv) {
         struct seq *q = &seqs[s];
         int computed = q->kv.n_cached_tokens, in_prefill = computed < q->n_prompt;
         if (pass == 0 && !in_prefill && q->n_out < greedy) {
-          chunks[n] = (struct lm_seq_chunk){&q->kv, q->ids + computed, 1, 1};
+          chunks[n] = (struct lm_seq_chunk){
+              .kv = &q->kv, .tokens = q->ids + computed, .n_tokens = 1, .want_logits = 1};
           owner[n++] = s;
         } else if (pass == 1 && in_prefill && budget > 0) {
           int take = q->n_prompt - computed < budget ? q->n_prompt - computed : budget;
           budget -= take;
-          chunks[n] = (struct lm_seq_chunk){&q->kv, q->ids + computed, take,
-                                            computed + take == q->n_prompt};
+          chunks[n] = (struct lm_seq_chunk){.kv = &q->kv,
+                                            .tokens = q->ids + computed,
+                                            .n_tokens = take,
+                                            .want_logits = computed + take == q->n_prompt};
           owner[n++] = s;
         }
       }

@@ -82,7 +82,8 @@ static double decode(lm_runner *r, lm_backend *be, lm_kv_seq *kv, const int32_t 
   *sample_s = 0;
   for (int i = 0; i < D; i++) {
     for (int s = 0; s < S; s++)
-      ch[s] = (struct lm_seq_chunk){&kv[s], ids + from + i, 1, 1};
+      ch[s] = (struct lm_seq_chunk){
+          .kv = &kv[s], .tokens = ids + from + i, .n_tokens = 1, .want_logits = 1};
     if (profile && i == D - 1) lm_cuda_profiler(1);
     lm_runner_step(r, ch, S, &l, &nl, err);
     double t = lm_now_s();
@@ -172,7 +173,7 @@ int main(int argc, char **argv) {
   if (async) sync_st = be->st;
   double tp = lm_now_s();
   for (int s = 0; s < S; s++) {
-    ch[0] = (struct lm_seq_chunk){&kv[s], ids, P, 1};
+    ch[0] = (struct lm_seq_chunk){.kv = &kv[s], .tokens = ids, .n_tokens = P, .want_logits = 1};
     lm_runner_step(r, ch, 1, &l, &nl, err);
   }
   tp = lm_now_s() - tp;

@@ -65,7 +65,10 @@ static int run(struct rig *g, const int32_t *const *prompts, const int *lens, in
       int done = kv[s].n_cached_tokens, left = lens[s] - done;
       if (left <= 0) continue;
       int take = left < chunk ? left : chunk;
-      ch[k] = (struct lm_seq_chunk){&kv[s], prompts[s] + done, take, done + take == lens[s]};
+      ch[k] = (struct lm_seq_chunk){.kv = &kv[s],
+                                    .tokens = prompts[s] + done,
+                                    .n_tokens = take,
+                                    .want_logits = done + take == lens[s]};
       idx[k++] = s;
     }
     if (!k) break;
@@ -132,7 +135,8 @@ static void test_model(const char *root, const char *name) {
     char err[LM_ERR_LEN];
     lm_kv_seq kv = {0};
     lm_kv_seq_reserve(&kv, lm_runner_kv_pool(g.r), LA, NULL);
-    struct lm_seq_chunk pre = {&kv, a, LA - 1, 0}, one = {&kv, a + LA - 1, 1, 1};
+    struct lm_seq_chunk pre = {.kv = &kv, .tokens = a, .n_tokens = LA - 1, .want_logits = 0},
+                        one = {.kv = &kv, .tokens = a + LA - 1, .n_tokens = 1, .want_logits = 1};
     const void *l;
     int nl;
     lm_runner_step(g.r, &pre, 1, &l, &nl, err);
@@ -144,13 +148,74 @@ static void test_model(const char *root, const char *name) {
            "%s: decoding the last token == prefilling it (bit-exact)", name);
 
   {
+    /* a layered chunk: the first 40 tokens of a run one layer a step
+     * beside another sequence's decodes, then the rest as one chunk */
+    char err[LM_ERR_LEN];
+    int L = g.m->cfg.n_layers, ok = 1, cached_between = 1;
+    lm_kv_pool *pool = lm_runner_kv_pool(g.r);
+    lm_kv_seq kb = {0}, ka = {0};
+    lm_kv_seq_reserve(&kb, pool, LB + L, NULL);
+    lm_kv_seq_reserve(&ka, pool, LA, NULL);
+    struct lm_seq_chunk ch[2] = {{.kv = &kb, .tokens = b, .n_tokens = LB, .want_logits = 1}};
+    const void *l;
+    int nl;
+    ok &= lm_runner_step(g.r, ch, 1, &l, &nl, err) == LM_OK;
+    for (int layer = 0; layer < L; layer++) {
+      ch[0] =
+          (struct lm_seq_chunk){.kv = &kb, .tokens = b + layer, .n_tokens = 1, .want_logits = 1};
+      ch[1] = (struct lm_seq_chunk){
+          .kv = &ka, .tokens = a, .n_tokens = 40, .layer_begin = layer, .layer_end = layer + 1};
+      ok &= lm_runner_step(g.r, ch, 2, &l, &nl, err) == LM_OK && nl == 1;
+      cached_between &= ka.n_cached_tokens == (layer + 1 < L ? 0 : 40);
+    }
+    ch[0] =
+        (struct lm_seq_chunk){.kv = &ka, .tokens = a + 40, .n_tokens = LA - 40, .want_logits = 1};
+    ok &= lm_runner_step(g.r, ch, 1, &l, &nl, err) == LM_OK;
+    g.be->ops->f32_read(g.be->st, dec, l, (size_t)V);
+    lm_check(ok && cached_between && !memcmp(ref, dec, (size_t)V * sizeof(float)),
+             "%s: 40 tokens run a layer a step beside decodes, then the rest == whole prefill "
+             "(bit-exact; cached only after the last layer: %d)",
+             name, cached_between);
+
+    /* refused: resuming without the kept rows, a layered chunk not last,
+     * logits before the last layer */
+    lm_kv_seq_release(&ka, pool);
+    lm_kv_seq_reserve(&ka, pool, LA, NULL);
+    ch[0] = (struct lm_seq_chunk){.kv = &kb, .tokens = b, .n_tokens = 1, .want_logits = 1};
+    ch[1] = (struct lm_seq_chunk){
+        .kv = &ka, .tokens = a + 1, .n_tokens = 40, .layer_begin = 1, .layer_end = L};
+    int rc1 = lm_runner_step(g.r, ch, 2, &l, &nl, err);
+    lm_check(rc1 == LM_EINVAL && strstr(err, "kept rows"),
+             "%s: a chunk resuming at layer 1 "
+             "without its kept rows is refused: %s",
+             name, err);
+    struct lm_seq_chunk swapped[2] = {ch[1], ch[0]};
+    swapped[0].layer_begin = 0;
+    swapped[0].layer_end = 1;
+    int rc2 = lm_runner_step(g.r, swapped, 2, &l, &nl, err);
+    lm_check(rc2 == LM_EINVAL && strstr(err, "only the last"),
+             "%s: a layered chunk before another is refused: %s", name, err);
+    ch[1] = (struct lm_seq_chunk){.kv = &ka,
+                                  .tokens = a,
+                                  .n_tokens = 40,
+                                  .want_logits = 1,
+                                  .layer_begin = 0,
+                                  .layer_end = L - 1};
+    int rc3 = L > 1 ? lm_runner_step(g.r, ch, 2, &l, &nl, err) : LM_EINVAL;
+    lm_check(rc3 == LM_EINVAL && ka.n_cached_tokens == 0 && kb.n_cached_tokens == LB + L,
+             "%s: logits before a chunk's last layer are refused, nothing computed: %s", name, err);
+    lm_kv_seq_release(&ka, pool);
+    lm_kv_seq_release(&kb, pool);
+  }
+
+  {
     /* bad input is refused before anything runs; a table reserved past
      * max_model_len is cut to what positions can reach */
     char err[LM_ERR_LEN];
     lm_kv_seq kv = {0};
     lm_kv_seq_reserve(&kv, lm_runner_kv_pool(g.r), 200 * 16, NULL);
     int32_t bad[2] = {a[0], V};
-    struct lm_seq_chunk ch = {&kv, bad, 2, 1};
+    struct lm_seq_chunk ch = {.kv = &kv, .tokens = bad, .n_tokens = 2, .want_logits = 1};
     const void *l;
     int nl;
     int rc = lm_runner_step(g.r, &ch, 1, &l, &nl, err);

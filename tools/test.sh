@@ -61,7 +61,9 @@ for build in opt asan; do
   # sanitizer run short
   engine_model=qwen3-bf16
   [ "$build" = asan ] && engine_model=llama2-bf16
-  run "$build/engine_test" "build/$build/engine_test" "$fixtures" "$engine_model"
+  # the demo model (4 layers) for the layered chunks
+  run "$build/engine_test" "build/$build/engine_test" "$fixtures" "$engine_model" 2000 cpu \
+    models/demo
   run "$build/output_test" "build/$build/output_test" "$fixtures"
   run "$build/chat_test" "build/$build/chat_test" "$fixtures"
   # the CUDA backend against the CPU; without a GPU the harness checks
