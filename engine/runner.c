@@ -29,7 +29,7 @@ struct lm_runner {
   void *up;     /* [T, I] */
   void *last;   /* [max_seqs, H] normed rows whose logits are wanted */
   void *logits; /* [max_seqs, vocab] f32 */
-  void *kept;   /* [T, H] a layered chunk's rows of x between its steps */
+  void *kept;   /* [T, H] a layered chunk's rows of x between its steps (layer_chunks) */
 
   /* the layered chunk whose rows kept holds: its sequence, first position,
    * tokens and the next layer it runs (kept_kv NULL: none) */
@@ -69,15 +69,15 @@ void lm_runner_rope_inv_freq(const struct lm_config *c, float *inv_freq) {
   }
 }
 
-#define LM_RUNNER_ACTS 13
+#define LM_RUNNER_ACTS 12
 
 /* Elements of each activation buffer, in the order lm_runner_create lists
- * them: x, h, q, qn, k, kn, v, att, o, gate, up, last, kept. */
+ * them: x, h, q, qn, k, kn, v, att, o, gate, up, last. */
 static void act_elems(const struct lm_config *c, size_t T, size_t S, size_t n[LM_RUNNER_ACTS]) {
   size_t H = (size_t)c->hidden_size, Q = (size_t)c->n_heads * (size_t)c->head_dim;
   size_t KV = (size_t)c->n_kv_heads * (size_t)c->head_dim, I = (size_t)c->intermediate_size;
-  size_t e[LM_RUNNER_ACTS] = {T * H, T * H, T * Q, T * Q, T * KV, T * KV, T * KV,
-                              T * Q, T * H, T * I, T * I, S * H,  T * H};
+  size_t e[LM_RUNNER_ACTS] = {T * H,  T * H, T * Q, T * Q, T * KV, T * KV,
+                              T * KV, T * Q, T * H, T * I, T * I,  S * H};
   memcpy(n, e, sizeof(e));
 }
 
@@ -142,12 +142,14 @@ int lm_runner_create(lm_model *m, lm_backend *be, const struct lm_runner_config 
   r->rope = (struct lm_rope){c->head_dim, r->inv_freq};
 
   size_t T = (size_t)cfg->max_batch_tokens, S = (size_t)cfg->max_seqs, n[LM_RUNNER_ACTS];
-  void **bufs[LM_RUNNER_ACTS] = {&r->x,   &r->h, &r->q,    &r->qn, &r->k,    &r->kn,  &r->v,
-                                 &r->att, &r->o, &r->gate, &r->up, &r->last, &r->kept};
+  void **bufs[LM_RUNNER_ACTS] = {&r->x, &r->h,   &r->q, &r->qn,   &r->k,  &r->kn,
+                                 &r->v, &r->att, &r->o, &r->gate, &r->up, &r->last};
   act_elems(c, T, S, n);
   for (int i = 0; i < LM_RUNNER_ACTS; i++)
     if (!(*bufs[i] = ops->act_alloc(be->st, n[i]))) goto nomem;
   if (!(r->logits = ops->f32_alloc(be->st, S * (size_t)c->vocab_size))) goto nomem;
+  if (ops->layer_chunks && !(r->kept = ops->act_alloc(be->st, T * (size_t)c->hidden_size)))
+    goto nomem;
 
   r->max_blocks = (r->cfg.max_model_len + cfg->block_size - 1) / cfg->block_size;
   r->token_ids = malloc(T * sizeof(int32_t));

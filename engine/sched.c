@@ -256,14 +256,18 @@ static int budget_fit(const lm_engine *e, struct budget *b, int start, int want)
   return n;
 }
 
-/* Layers of an n-token chunk from position start that fit the time left
- * (at least one while the floor holds), up to most. */
+/* Layers of an n-token chunk from position start that fit the compute
+ * budget and the time left (at least one while the floor holds), up to
+ * most. */
 static int layers_fit(const lm_engine *e, const struct budget *b, int start, int n, int most) {
-  if (b->seconds == INFINITY) return most;
-  double per_layer = lm_step_model_chunk_seconds(&e->step_model, start, n) / e->n_layers;
-  int k = per_layer > 0 ? (int)fmin(b->seconds / per_layer, most) : most;
-  if (k < 1 && b->floor > 0) k = 1;
-  return k;
+  double k = e->n_layers * b->cost / chunk_cost(e, start, n);
+  if (b->seconds < INFINITY) {
+    double per_layer = lm_step_model_chunk_seconds(&e->step_model, start, n) / e->n_layers;
+    if (per_layer > 0) k = fmin(k, b->seconds / per_layer);
+  }
+  int layers = k < most ? (int)k : most;
+  if (layers < 1 && b->floor > 0) layers = 1;
+  return layers > 0 ? layers : 0;
 }
 
 /* A prompt's next chunk: *n tokens over *layers layers (0: all of them,
@@ -319,6 +323,34 @@ static void budget_take(const lm_engine *e, struct budget *b, int start, int n, 
   }
 }
 
+/* A new layered chunk takes only free blocks: short of them it becomes
+ * the ordinary chunk, which may preempt others or wait. */
+static void layered_or_ordinary(lm_engine *e, struct budget *b, lm_request *r, int start, int left,
+                                int *want, int *layers) {
+  if (!*layers || r->layer_next > 0 ||
+      lm_kv_seq_reserve(&r->kv, e->pool, start + *want, NULL) == LM_OK)
+    return;
+  *layers = 0;
+  *want = budget_fit(e, b, start, left);
+}
+
+/* Removes the step's chunk i of n, keeping the others' order. */
+static void remove_chunk(lm_engine *e, int i, int n) {
+  memmove(e->chunks + i, e->chunks + i + 1, (size_t)(n - 1 - i) * sizeof(*e->chunks));
+  memmove(e->chunk_req + i, e->chunk_req + i + 1, (size_t)(n - 1 - i) * sizeof(*e->chunk_req));
+}
+
+/* A preempted request that already has a chunk in the step (a decode the
+ * first pass took) leaves it: its blocks are gone. */
+static void unschedule(lm_engine *e, int *n, const lm_request *r) {
+  for (int i = 0; i < *n; i++)
+    if (e->chunk_req[i] == r) {
+      remove_chunk(e, i, *n);
+      (*n)--;
+      return;
+    }
+}
+
 /* Running requests first, oldest first: their decodes (and one-token
  * remainders), then their unfinished prompts. */
 static int schedule_running(lm_engine *e, double now, struct budget *budget, int *preempted,
@@ -335,6 +367,7 @@ static int schedule_running(lm_engine *e, double now, struct budget *budget, int
       want = budget_fit(e, budget, r->kv.n_cached_tokens, left);
     else
       prompt_fit(e, budget, r, r->kv.n_cached_tokens, left, &want, &layers);
+    layered_or_ordinary(e, budget, r, r->kv.n_cached_tokens, left, &want, &layers);
     if (want <= 0) {
       i++;
       continue;
@@ -348,6 +381,7 @@ static int schedule_running(lm_engine *e, double now, struct budget *budget, int
         break;
       }
       preempt(e, victim);
+      unschedule(e, &n, victim);
       *preempted = 1;
       if (victim == r) {
         fits = 0;
@@ -421,6 +455,7 @@ static int schedule_waiting(lm_engine *e, double now, struct budget *budget, int
     }
     int want, layers;
     prompt_fit(e, budget, r, hit, r->n_tokens - hit, &want, &layers);
+    layered_or_ordinary(e, budget, r, hit, r->n_tokens - hit, &want, &layers);
     if (want <= 0) {
       lm_kv_seq_release(&r->kv, e->pool);
       break;
@@ -482,8 +517,7 @@ static void layered_last(lm_engine *e, int n) {
     if (e->chunks[i].layer_end) {
       struct lm_seq_chunk c = e->chunks[i];
       lm_request *r = e->chunk_req[i];
-      memmove(e->chunks + i, e->chunks + i + 1, (size_t)(n - 1 - i) * sizeof(*e->chunks));
-      memmove(e->chunk_req + i, e->chunk_req + i + 1, (size_t)(n - 1 - i) * sizeof(*e->chunk_req));
+      remove_chunk(e, i, n);
       e->chunks[n - 1] = c;
       e->chunk_req[n - 1] = r;
       return;
