@@ -741,15 +741,20 @@ int lm_cmd_bench(int argc, char **argv) {
     gate(&o, "TTFT p50 cold / cached prefix", cold.ttft[0] / warm.ttft[0], 10, 1, &all);
   if (want(&o, "long")) {
     /* the decodes' own step grows with their contexts while the prompt is
-     * prefilled: after it, alone again, they show how much */
+     * prefilled: after it, alone again, they show how much. The prompt's
+     * own work beside them: its time there less its steps at the mean of
+     * the decodes' step before and after, against its time alone */
+    double work =
+        (during.ttft[0] - (double)during.steps * (itl_p50[0] + itl_p50[1]) / 2) / alone.ttft[0];
     if (o.json)
       printf("{\"long_decode_itl_p50_ms\": [%.3f, %.3f], \"long_itl_p99_during_over_p50_after\": "
-             "%.3f}\n",
-             itl_p50[0], itl_p50[1], during.itl[2] / itl_p50[1]);
+             "%.3f, \"long_prompt_work_beside_over_alone\": %.3f}\n",
+             itl_p50[0], itl_p50[1], during.itl[2] / itl_p50[1], work);
     else
       printf("long: the decodes alone, ITL p50 %.1f ms before the prompt and %.1f ms after it "
-             "(%.2f x); ITL p99 during / p50 after %.3f\n",
-             itl_p50[0], itl_p50[1], itl_p50[1] / itl_p50[0], during.itl[2] / itl_p50[1]);
+             "(%.2f x); ITL p99 during / p50 after %.3f; the prompt's work beside them / alone "
+             "%.2f\n",
+             itl_p50[0], itl_p50[1], itl_p50[1] / itl_p50[0], during.itl[2] / itl_p50[1], work);
     gate(&o, "ITL p99 during long prefill / p50 before", during.itl[2] / itl_p50[0], 2.5, 0, &all);
     gate(&o, "long prefill speed with decodes / alone", alone.ttft[0] / during.ttft[0], 0.5, 1,
          &all);

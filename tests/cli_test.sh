@@ -106,6 +106,7 @@ assert total == [4 * 105 + 88 + 2], total
 assert len([r for r in rows if "gate" in r]) == 4, rows
 itl = [r for r in rows if "long_decode_itl_p50_ms" in r]
 assert len(itl) == 1 and all(v > 0 for v in itl[0]["long_decode_itl_p50_ms"]), itl  # before and after the long prompt
+assert -10 < itl[0]["long_prompt_work_beside_over_alone"] < 10, itl  # W / A, an estimate
 assert all(r["layered_steps"] >= 0 for r in work.values()), work
 '
 
