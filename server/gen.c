@@ -274,6 +274,7 @@ static void model_info(struct lm_call *c) {
   m.max_num_batched_tokens = (uint32_t)i->max_num_batched_tokens;
   m.max_waiting = (uint32_t)i->max_waiting;
   m.max_decode_slowdown = i->max_decode_slowdown;
+  m.layered_prefill = i->layered_prefill != 0;
   m.max_request_bytes = (uint32_t)s->opts.max_request_bytes;
   m.has_chat_template = s->chat != NULL;
   const char *bos = lm_tokenizer_bos_token(s->tok), *eos = lm_tokenizer_eos_token(s->tok);

@@ -177,6 +177,11 @@ def test_model_info(stub, args):
           (info.max_num_batched_tokens, want))
     check(info.max_decode_slowdown == 2.0, "GetModelInfo max_decode_slowdown is the default 2",
           info.max_decode_slowdown)
+    # on by default where the backend runs layered chunks: the CPU
+    check(info.layered_prefill == (info.backend == "cpu"),
+          "GetModelInfo layered_prefill is on with the %s backend" % info.backend
+          if info.backend == "cpu" else "GetModelInfo layered_prefill is off on CUDA",
+          info.layered_prefill)
     return info
 
 
