@@ -316,7 +316,6 @@ int lm_engine_create(const struct lm_engine_config *cfg, lm_engine **out, char *
   };
   if ((rc = lm_runner_create(e->m, e->be, &rcfg, &e->runner, err)) != LM_OK) goto err;
   e->cfg.layered_prefill &= lm_runner_layer_chunks(e->runner);
-  e->n_layers = mc->n_layers;
   e->pool = lm_runner_kv_pool(e->runner);
   if ((rc = lm_kv_pool_set_prefix_caching(e->pool, e->cfg.enable_prefix_caching, err)) != LM_OK)
     goto err;

@@ -90,7 +90,6 @@ struct lm_engine {
    * head_dim). The scheduler's compute budget (sched.c) is built on it. */
   double attn_ctx_tokens;
   lm_step_model step_model; /* engine thread */
-  int n_layers;
   lm_request *layered; /* engine thread: the request whose layered chunk the runner holds */
 
   pthread_t thread;

@@ -132,7 +132,7 @@ static void add_chunk(lm_engine *e, int i, lm_request *r, int n, int layers) {
       .kv = &r->kv,
       .tokens = r->tokens + done,
       .n_tokens = n,
-      .want_logits = done + n == r->n_tokens && (layers == 0 || end == e->n_layers),
+      .want_logits = done + n == r->n_tokens && (layers == 0 || end == e->m->cfg.n_layers),
       .layer_begin = layers ? begin : 0,
       .layer_end = layers ? end : 0,
   };
@@ -260,9 +260,9 @@ static int budget_fit(const lm_engine *e, struct budget *b, int start, int want)
  * budget and the time left (at least one while the floor holds), up to
  * most. */
 static int layers_fit(const lm_engine *e, const struct budget *b, int start, int n, int most) {
-  double k = e->n_layers * b->cost / chunk_cost(e, start, n);
+  double k = e->m->cfg.n_layers * b->cost / chunk_cost(e, start, n);
   if (b->seconds < INFINITY) {
-    double per_layer = lm_step_model_chunk_seconds(&e->step_model, start, n) / e->n_layers;
+    double per_layer = lm_step_model_chunk_seconds(&e->step_model, start, n) / e->m->cfg.n_layers;
     if (per_layer > 0) k = fmin(k, b->seconds / per_layer);
   }
   int layers = k < most ? (int)k : most;
@@ -271,15 +271,18 @@ static int layers_fit(const lm_engine *e, const struct budget *b, int start, int
 }
 
 /* A prompt's next chunk: *n tokens over *layers layers (0: all of them,
- * an ordinary chunk). */
+ * an ordinary chunk). A new layered chunk takes only free blocks (it
+ * reserves them here): short of them the chunk is the ordinary one, which
+ * may preempt others or wait. */
 static void prompt_fit(lm_engine *e, struct budget *b, lm_request *r, int start, int want, int *n,
                        int *layers) {
+  int L = e->m->cfg.n_layers;
   *layers = 0;
   /* more decodes than when it began leave too few rows: it begins again */
   if (r->layer_next > 0 && r->layer_tokens > b->tokens) drop_layered(e, r);
   if (r->layer_next > 0) {
     /* the layered chunk under way goes on with the same tokens */
-    int most = e->n_layers - r->layer_next;
+    int most = L - r->layer_next;
     *n = r->layer_tokens;
     *layers = layers_fit(e, b, start, *n, most);
     if (*layers < most) b->capped = 1;
@@ -295,7 +298,7 @@ static void prompt_fit(lm_engine *e, struct budget *b, lm_request *r, int start,
   /* against the tokens the time holds (the floor may give more, past the
    * time), the most token-layers a step, unless whole layers waste a
    * tenth of the time */
-  int L = e->n_layers, t = lm_step_model_fit_chunk(&e->step_model, start, whole, b->seconds);
+  int t = lm_step_model_fit_chunk(&e->step_model, start, whole, b->seconds), best_m = 0, best_k = 0;
   double best = 0.9 * t * L;
   for (int k = 1; k < L; k++) {
     int m =
@@ -304,16 +307,20 @@ static void prompt_fit(lm_engine *e, struct budget *b, lm_request *r, int start,
     double per_step = (double)m * L / ((L + k - 1) / k);
     if (per_step > best) {
       best = per_step;
-      *n = m;
-      *layers = k;
+      best_m = m;
+      best_k = k;
     }
+  }
+  if (best_k && lm_kv_seq_reserve(&r->kv, e->pool, start + best_m, NULL) == LM_OK) {
+    *n = best_m;
+    *layers = best_k;
   }
 }
 
 /* A chunk of n tokens from position start over layers of the layers (0:
  * all) takes its share of the budget; its rows count in full. */
 static void budget_take(const lm_engine *e, struct budget *b, int start, int n, int layers) {
-  double f = layers ? (double)layers / e->n_layers : 1;
+  double f = layers ? (double)layers / e->m->cfg.n_layers : 1;
   b->tokens -= n;
   b->cost -= f * chunk_cost(e, start, n);
   if (n > 1 && b->seconds < INFINITY) {
@@ -321,17 +328,6 @@ static void budget_take(const lm_engine *e, struct budget *b, int start, int n, 
     b->seconds = b->seconds > t ? b->seconds - t : 0;
     b->floor = 0;
   }
-}
-
-/* A new layered chunk takes only free blocks: short of them it becomes
- * the ordinary chunk, which may preempt others or wait. */
-static void layered_or_ordinary(lm_engine *e, struct budget *b, lm_request *r, int start, int left,
-                                int *want, int *layers) {
-  if (!*layers || r->layer_next > 0 ||
-      lm_kv_seq_reserve(&r->kv, e->pool, start + *want, NULL) == LM_OK)
-    return;
-  *layers = 0;
-  *want = budget_fit(e, b, start, left);
 }
 
 /* Removes the step's chunk i of n, keeping the others' order. */
@@ -367,7 +363,6 @@ static int schedule_running(lm_engine *e, double now, struct budget *budget, int
       want = budget_fit(e, budget, r->kv.n_cached_tokens, left);
     else
       prompt_fit(e, budget, r, r->kv.n_cached_tokens, left, &want, &layers);
-    layered_or_ordinary(e, budget, r, r->kv.n_cached_tokens, left, &want, &layers);
     if (want <= 0) {
       i++;
       continue;
@@ -410,7 +405,7 @@ static struct lm_step_shape step_shape(const lm_engine *e, int n) {
     const struct lm_seq_chunk *c = &e->chunks[i];
     int start = e->chunk_req[i]->kv.n_cached_tokens, k = c->n_tokens;
     /* a layered chunk counts for the share of the layers it runs */
-    double f = c->layer_end ? (double)(c->layer_end - c->layer_begin) / e->n_layers : 1;
+    double f = c->layer_end ? (double)(c->layer_end - c->layer_begin) / e->m->cfg.n_layers : 1;
     shape.tokens += f * k;
     if (k == 1) {
       shape.decode_keys += start + 1;
@@ -455,7 +450,6 @@ static int schedule_waiting(lm_engine *e, double now, struct budget *budget, int
     }
     int want, layers;
     prompt_fit(e, budget, r, hit, r->n_tokens - hit, &want, &layers);
-    layered_or_ordinary(e, budget, r, hit, r->n_tokens - hit, &want, &layers);
     if (want <= 0) {
       lm_kv_seq_release(&r->kv, e->pool);
       break;
@@ -499,7 +493,7 @@ static void count_chunks(lm_engine *e, int n) {
     if (start < r->n_prompt) {
       prefills++;
       /* a layered chunk's tokens count at its last layer */
-      if (!c->layer_end || c->layer_end == e->n_layers)
+      if (!c->layer_end || c->layer_end == e->m->cfg.n_layers)
         e->st.prompt_tokens += (uint64_t)((end < r->n_prompt ? end : r->n_prompt) - start);
       if (++r->prefill_steps > e->st.max_prefill_steps) e->st.max_prefill_steps = r->prefill_steps;
     } else if (e->chunks[i].n_tokens == 1 && r->n_generated > 0) {
@@ -530,7 +524,7 @@ static void layered_ran(lm_engine *e, int n) {
   const struct lm_seq_chunk *c = &e->chunks[n - 1];
   lm_request *r = e->chunk_req[n - 1];
   if (!c->layer_end) return;
-  r->layer_next = c->layer_end < e->n_layers ? c->layer_end : 0;
+  r->layer_next = c->layer_end < e->m->cfg.n_layers ? c->layer_end : 0;
   if (!r->layer_next) e->layered = NULL;
 }
 

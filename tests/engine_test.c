@@ -991,6 +991,71 @@ static void test_step_model_probes(void) {
       probes, 4 * LM_STEP_STALE, td * 1e3, want * 1e3);
 }
 
+/* ---- a long prompt beside running decodes ------------------------------ */
+
+/* Eight decodes (8-token prompts, dec_tokens each) and a long prompt of
+ * n_long tokens (4 to generate), drawn from seed. */
+static void make_beside(struct job *dec, struct job *longp, unsigned seed, int dec_tokens,
+                        int n_long) {
+  srand(seed);
+  memset(dec, 0, 8 * sizeof(*dec));
+  for (int i = 0; i < 8; i++) {
+    dec[i].n_prompt = 8;
+    for (int t = 0; t < 8; t++)
+      dec[i].prompt[t] = 3 + rand() % (n_ids - 3);
+    dec[i].max_tokens = dec_tokens;
+  }
+  memset(longp, 0, sizeof(*longp));
+  longp->n_prompt = n_long;
+  for (int t = 0; t < n_long; t++)
+    longp->prompt[t] = 3 + rand() % (n_ids - 3);
+  longp->max_tokens = 4;
+}
+
+/* Called each round while the long prompt runs, with the engine's prompt
+ * tokens when it was sent; returns the job to follow from then on. */
+typedef struct job *(*beside_hook)(lm_engine *e, struct job *cur, uint64_t prompt_tokens0,
+                                   void *arg);
+
+/* Runs the decodes until the engine has taken 24 steps (so the step model
+ * has timed at least 16 decode steps), then sends the long prompt and
+ * follows it (or what hook turns to) to its end; then aborts the decodes
+ * and waits for the engine to settle (its counters in *s). Returns how
+ * many decodes were still running when the prompt finished, -1 when a
+ * submit failed or time ran out. */
+static int run_beside(lm_engine *e, struct job *dec, struct job *longp, beside_hook hook, void *arg,
+                      struct lm_engine_stats *s) {
+  char err[LM_ERR_LEN];
+  int ok = 1, unfinished = 0;
+  for (int i = 0; i < 8; i++)
+    ok &= job_submit(e, &dec[i], err) == LM_OK;
+  double t0 = lm_now_s();
+  do {
+    for (int i = 0; i < 8; i++)
+      job_poll(&dec[i]);
+    nap();
+    lm_engine_get_stats(e, s);
+  } while (s->steps < 24 && lm_now_s() - t0 < 60);
+  uint64_t prompt0 = s->prompt_tokens;
+  ok &= job_submit(e, longp, err) == LM_OK;
+  struct job *cur = longp;
+  while (ok && !cur->finished && lm_now_s() - t0 < 120) {
+    for (int i = 0; i < 8; i++)
+      job_poll(&dec[i]);
+    job_poll(cur);
+    if (hook) cur = hook(e, cur, prompt0, arg);
+    nap();
+  }
+  for (int i = 0; i < 8; i++)
+    unfinished += !job_poll(&dec[i]);
+  for (int i = 0; i < 8; i++)
+    if (dec[i].r) lm_request_abort(dec[i].r);
+  for (int i = 0; i < 8; i++)
+    job_wait(&dec[i]);
+  *s = settle(e);
+  return ok && cur->finished ? unfinished : -1;
+}
+
 static void slowdown_one(struct lm_engine_config *c) {
   c->max_decode_slowdown = 1;
 }
@@ -1003,55 +1068,16 @@ static void slowdown_off(struct lm_engine_config *c) {
  * computed in one step; with max_decode_slowdown 1 its chunks beside the
  * decodes shrink to the 16-token floor, and its output is the same. */
 static void test_decode_slowdown(void) {
-  char err[LM_ERR_LEN];
   struct job dec[8], longp[2];
   int steps[2] = {0, 0};
   uint64_t limited[2] = {0, 0}, probes[2] = {0, 0};
   for (int pass = 0; pass < 2; pass++) {
     lm_engine *e = open_engine(0, 2048, 0, pass ? slowdown_one : slowdown_off);
     if (!lm_check(e != NULL, "engine with max_decode_slowdown %d opens", pass)) return;
-    srand(4242);
-    memset(dec, 0, sizeof(dec));
-    for (int i = 0; i < 8; i++) {
-      dec[i].n_prompt = 8;
-      for (int t = 0; t < 8; t++)
-        dec[i].prompt[t] = 3 + rand() % (n_ids - 3);
-      dec[i].max_tokens = 120;
-    }
-    memset(&longp[pass], 0, sizeof(longp[pass]));
-    longp[pass].n_prompt = 256;
-    for (int t = 0; t < 256; t++)
-      longp[pass].prompt[t] = 3 + rand() % (n_ids - 3);
-    longp[pass].max_tokens = 4;
-    int ok = 1;
-    for (int i = 0; i < 8; i++)
-      ok &= job_submit(e, &dec[i], err) == LM_OK;
-    /* the model has seen at least 16 decode steps when the prompt comes */
+    make_beside(dec, &longp[pass], 4242, 120, 256);
     struct lm_engine_stats s;
-    double t0 = lm_now_s();
-    do {
-      for (int i = 0; i < 8; i++)
-        job_poll(&dec[i]);
-      nap();
-      lm_engine_get_stats(e, &s);
-    } while (s.steps < 24 && lm_now_s() - t0 < 60);
-    ok &= job_submit(e, &longp[pass], err) == LM_OK;
-    while (ok && !longp[pass].finished && lm_now_s() - t0 < 120) {
-      for (int i = 0; i < 8; i++)
-        job_poll(&dec[i]);
-      job_poll(&longp[pass]);
-      nap();
-    }
-    int unfinished = 0;
-    for (int i = 0; i < 8; i++)
-      unfinished += !dec[i].finished;
-    lm_check(ok && longp[pass].finished && unfinished > 0,
-             "the prompt finished while %d decodes were still running", unfinished);
-    for (int i = 0; i < 8; i++)
-      if (dec[i].r) lm_request_abort(dec[i].r);
-    for (int i = 0; i < 8; i++)
-      job_wait(&dec[i]);
-    s = settle(e);
+    int unfinished = run_beside(e, dec, &longp[pass], NULL, NULL, &s);
+    lm_check(unfinished > 0, "the prompt finished while %d decodes were still running", unfinished);
     steps[pass] = s.max_prefill_steps;
     limited[pass] = s.slowdown_limited_steps;
     probes[pass] = s.decode_probe_steps;
@@ -1091,12 +1117,35 @@ static void layered_cfg(struct lm_engine_config *c) {
  * reference), the limit without layers, with them, and with them and the
  * prefix cache while the prompt is aborted once a chunk is in the cache
  * and sent again. Every output is the reference's. */
-static void test_layered_prefill(void) {
+/* Pass 3's hook: once a chunk of the prompt is in the cache, abort it and
+ * send the prompt again. */
+struct resend {
+  struct job *again;
+  uint64_t at_abort, before_again;
+  int first_aborted;
+};
+
+static struct job *abort_and_resend(lm_engine *e, struct job *cur, uint64_t prompt0, void *arg) {
   char err[LM_ERR_LEN];
+  struct resend *rs = arg;
+  struct lm_engine_stats s;
+  lm_engine_get_stats(e, &s);
+  if (cur == rs->again || cur->finished || s.layered_steps == 0 || s.prompt_tokens < prompt0 + 16)
+    return cur;
+  rs->at_abort = s.layered_steps;
+  lm_request_abort(cur->r);
+  job_wait(cur);
+  rs->first_aborted = cur->reason == LM_FINISH_ABORT && cur->n_got == 0;
+  lm_engine_get_stats(e, &s);
+  rs->before_again = s.layered_steps;
+  /* a failed submit leaves the aborted job, finished, to follow */
+  return job_submit(e, rs->again, err) == LM_OK ? rs->again : cur;
+}
+
+static void test_layered_prefill(void) {
   struct job dec[4][8], longp[4], again;
   struct lm_engine_stats s[4];
-  uint64_t at_abort = 0, before_again = 0;
-  int first_aborted = 0;
+  struct resend rs = {.again = &again};
   if (strcmp(backend, "cpu")) {
     printf("# layered prefill: the %s backend runs no layered chunks\n", backend);
     return;
@@ -1115,62 +1164,11 @@ static void test_layered_prefill(void) {
     lm_engine_get_info(e, &info);
     lm_check(info.layered_prefill == layered_on, "layered prefill is %s",
              layered_on ? "on" : "off");
-    srand(777);
-    memset(dec[pass], 0, sizeof(dec[pass]));
-    for (int i = 0; i < 8; i++) {
-      dec[pass][i].n_prompt = 8;
-      for (int t = 0; t < 8; t++)
-        dec[pass][i].prompt[t] = 3 + rand() % (n_ids - 3);
-      dec[pass][i].max_tokens = 300;
-    }
-    memset(&longp[pass], 0, sizeof(longp[pass]));
-    longp[pass].n_prompt = 1000;
-    for (int t = 0; t < 1000; t++)
-      longp[pass].prompt[t] = 3 + rand() % (n_ids - 3);
-    longp[pass].max_tokens = 4;
+    make_beside(dec[pass], &longp[pass], 777, 300, 1000);
     again = longp[pass];
-    int ok = 1;
-    for (int i = 0; i < 8; i++)
-      ok &= job_submit(e, &dec[pass][i], err) == LM_OK;
-    double t0 = lm_now_s();
-    do {
-      for (int i = 0; i < 8; i++)
-        job_poll(&dec[pass][i]);
-      nap();
-      lm_engine_get_stats(e, &s[pass]);
-    } while (s[pass].steps < 24 && lm_now_s() - t0 < 60);
-    uint64_t prompt0 = s[pass].prompt_tokens;
-    ok &= job_submit(e, &longp[pass], err) == LM_OK;
-    struct job *lj = &longp[pass];
-    while (ok && !lj->finished && lm_now_s() - t0 < 120) {
-      for (int i = 0; i < 8; i++)
-        job_poll(&dec[pass][i]);
-      job_poll(lj);
-      lm_engine_get_stats(e, &s[pass]);
-      if (pass == 3 && lj == &longp[pass] && s[pass].layered_steps > 0 &&
-          s[pass].prompt_tokens >= prompt0 + 16) {
-        /* a chunk is in the cache: abort, and send the prompt again */
-        at_abort = s[pass].layered_steps;
-        lm_request_abort(lj->r);
-        job_wait(lj);
-        first_aborted = lj->reason == LM_FINISH_ABORT && lj->n_got == 0;
-        lm_engine_get_stats(e, &s[pass]);
-        before_again = s[pass].layered_steps;
-        ok &= job_submit(e, &again, err) == LM_OK;
-        lj = &again;
-      }
-      nap();
-    }
-    ok &= lj->finished;
-    int unfinished = 0;
-    for (int i = 0; i < 8; i++)
-      unfinished += !job_poll(&dec[pass][i]);
-    for (int i = 0; i < 8; i++)
-      if (dec[pass][i].r) lm_request_abort(dec[pass][i].r);
-    for (int i = 0; i < 8; i++)
-      job_wait(&dec[pass][i]);
-    s[pass] = settle(e);
-    lm_check(ok && unfinished > 0 && s[pass].kv_blocks_used == 0,
+    int unfinished =
+        run_beside(e, dec[pass], &longp[pass], pass == 3 ? abort_and_resend : NULL, &rs, &s[pass]);
+    lm_check(unfinished > 0 && s[pass].kv_blocks_used == 0,
              "pass %d: the prompt finished beside %d running decodes; no block is held after", pass,
              unfinished);
     lm_engine_destroy(e);
@@ -1190,12 +1188,12 @@ static void test_layered_prefill(void) {
       "layered, %llu steps ran the prompt over some of the layers; its output and the decodes' "
       "are the same as with no limit",
       (unsigned long long)s[2].layered_steps);
-  lm_check(first_aborted && at_abort > 0 && again.usage.cached_tokens > 0 &&
-               s[3].layered_steps > before_again && same_output(&longp[0], &again),
+  lm_check(rs.first_aborted && rs.at_abort > 0 && again.usage.cached_tokens > 0 &&
+               s[3].layered_steps > rs.before_again && same_output(&longp[0], &again),
            "aborted after %llu layered steps, the prompt sent again found %d tokens cached, ran "
            "%llu more layered steps and gives the same output",
-           (unsigned long long)at_abort, again.usage.cached_tokens,
-           (unsigned long long)(s[3].layered_steps - before_again));
+           (unsigned long long)rs.at_abort, again.usage.cached_tokens,
+           (unsigned long long)(s[3].layered_steps - rs.before_again));
 }
 
 int main(int argc, char **argv) {
