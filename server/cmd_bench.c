@@ -12,8 +12,13 @@
  *   long      an 8k-token prompt arriving while decodes run: their
  *             inter-token latency, and the prompt's prefill speed, against
  *             each alone; the decodes' ITL alone is measured before the
- *             prompt and again after it (their contexts have grown, and
- *             their own step with them), and printed beside the gates
+ *             prompt and again after it, and printed beside the gates.
+ *             The decodes are a steady population, as in a server:
+ *             contexts of 1024 tokens (--long-decode-len) plus their
+ *             ages, which are spread evenly over a life of 256 tokens; one
+ *             that ends is replaced. Their own step stays the same from
+ *             before the prompt to after it, so the gate measures what the
+ *             prompt costs them.
  * Gates, measured in the same run: cached-prefix TTFT p50 >= 10x lower
  * than cold, p99 ITL during the 8k prefill <= 2.5x the median before it,
  * and that prefill at >= 50 % of its speed alone; then by backend:
@@ -32,6 +37,7 @@
  * the KV pool takes what --gpu-memory-utilization leaves and the defaults
  * grow to serving sizes (512-token prompts, 256-token outputs, 2048 tokens
  * a step, 256 sequences). */
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -51,15 +57,15 @@
 static const char usage[] =
     "usage: lmserve bench [--model DIR] [--threads N] [--json] [--only fixed|prefix|long]\n"
     "                     [--prompt-len N] [--output-len N] [--prefix-len N] [--long-len N]\n"
-    "                     [--max-batched-tokens N] [--long-decodes N] [--seed S]\n"
-    "                     [--max-decode-slowdown F] [--layered-prefill on|off]\n"
+    "                     [--max-batched-tokens N] [--long-decodes N] [--long-decode-len N]\n"
+    "                     [--seed S] [--max-decode-slowdown F] [--layered-prefill on|off]\n"
     "                     [--backend auto|cpu|cuda] [--gpu-memory-utilization F]\n"
     "                     [--kv-cache-dtype auto|bf16|f32|fp8_e5m2] [--gemm cublaslt|mma]\n"
     "  runs the engine's serving workloads in process and prints throughput,\n"
     "  TTFT and inter-token latency percentiles, prefix-cache hit rate, KV use\n"
     "  and the benchmark gates. Defaults: prompt 128, output 192, prefix 2048,\n"
-    "  long 8192 tokens, 32 decodes beside the long prompt, 512 tokens a step\n"
-    "  (serve's CPU default).\n"
+    "  long 8192 tokens beside a steady 32 decodes over 1024-token contexts and\n"
+    "  up, 512 tokens a step (serve's CPU default).\n"
     "  --backend defaults to cpu; on cuda (auto: when a GPU is present) the\n"
     "  device's read bandwidth is measured first, concurrency is 1, 16, 64 and\n"
     "  256, the KV pool takes what --gpu-memory-utilization (0.9) of the device\n"
@@ -70,6 +76,7 @@ static const char usage[] =
 struct bench_opts {
   const char *model, *only, *backend, *kv_dtype, *gemm;
   long threads, prompt_len, output_len, prefix_len, long_len, budget, long_decodes, seed;
+  long long_decode_len;          /* the prompt length of each decode beside the long prompt */
   double gpu_memory_utilization; /* 0: the engine's default */
   double slowdown;               /* max_decode_slowdown; < 0: the engine's default */
   int layered;                   /* layered_prefill; < 0: the engine's default */
@@ -96,6 +103,7 @@ struct bench {
   struct lmc_samples arrivals;  /* lm_now_s() of every token received */
   int kv_peak;                  /* most KV blocks held by live requests */
   int itl_on;                   /* record inter-token latencies */
+  long tokens_in;               /* output tokens received, all requests */
   char err[LM_ERR_LEN];
 };
 
@@ -145,6 +153,7 @@ static int drain_all(struct bench *b, struct job *jobs, int n) {
         if (lmc_samples_add(&b->itl, (now - j->last_s) / k)) return LM_ENOMEM;
       j->last_s = now;
       j->n_out += b->out.n_tokens;
+      b->tokens_in += b->out.n_tokens;
       for (int t = 0; t < b->out.n_tokens; t++)
         if (lmc_samples_add(&b->arrivals, now)) return LM_ENOMEM;
     }
@@ -342,64 +351,60 @@ out:
   return rc;
 }
 
-/* Output tokens of each decode beside the long prompt: enough to outlast
- * its prefill at the budget left over by the decodes four times over (a
- * token deep in the prompt costs up to about 3 of the step's budget), or at
- * the 16 tokens a step max_decode_slowdown may hold it to, plus 512 for
- * however late the long prompt is submitted on a busy machine, and 64: the
- * 32 each decodes alone before the prompt, the 20 after it, 12 to spare.
- * Then the decodes are aborted. */
-static int long_decode_tokens(const struct bench_opts *o) {
-  long per_step = o->budget - o->long_decodes > 16 ? o->budget - o->long_decodes : 16;
-  long steps = 4 * (o->long_len / per_step);
-  if (o->slowdown != 0 && o->long_len / 16 > steps) steps = o->long_len / 16;
-  return (int)(64 + 512 + steps);
+/* The decodes beside the long prompt are a steady population, as in a
+ * server: each lives LONG_DECODE_LIFE output tokens over a context of
+ * long_decode_len tokens plus its age, their ages spread evenly, and one
+ * that ends is replaced by a new one over the same context (its prompt's
+ * blocks still cached). So their contexts, and their own step, stay the
+ * same from before the long prompt arrives to after it: the ITL gate
+ * measures what the prompt costs them, not their own growth (a fixed set
+ * of decodes of 1024 tokens grows by a sixth over the prompt's prefill
+ * on the CPU backend, and their own step nearly as much). */
+#define LONG_DECODE_LIFE 256
+
+/* Decode i of n starts at age i * LIFE / n: its prompt holds that many
+ * tokens past the common length, and it has the rest of its life to go. */
+static int long_decode_age(int i, int n) {
+  return (int)((long)i * LONG_DECODE_LIFE / n);
 }
 
-/* Waits until each of the n jobs has until output tokens, the ITL
- * samples cleared first: afterwards they are the wait's. */
-static int wait_outputs(struct bench *b, struct job *jobs, int n, int until) {
+/* Drains jobs[0, n) until count more output tokens have come, the ITL
+ * samples cleared first (afterwards they are the wait's); a decode of
+ * the first nd that ends starts again over its first plen prompt tokens,
+ * for a whole life. Stops early, with LM_OK, once *until_done finishes. */
+static int run_tokens(struct bench *b, struct job *jobs, int n, int nd, int plen, long count,
+                      const struct job *until_done) {
+  long start = b->tokens_in;
+  int rc;
   b->itl.n = 0;
-  for (;;) {
-    int ready = 1;
-    for (int i = 0; i < n; i++) {
-      if (jobs[i].finished && jobs[i].n_out < until)
-        return lm_errf(b->err, LM_ERANGE, "bench: a decode ended at %d tokens, before %d",
-                       jobs[i].n_out, until);
-      ready &= jobs[i].n_out >= until;
-    }
-    if (ready) return LM_OK;
+  while (b->tokens_in - start < count && !(until_done && until_done->finished)) {
     lm_cli_wait(&b->w);
-    int rc = drain_all(b, jobs, n);
-    if (rc != LM_OK) return rc;
+    if ((rc = drain_all(b, jobs, n)) != LM_OK) return rc;
+    for (int i = 0; i < nd; i++) {
+      if (!jobs[i].finished) continue;
+      lm_request_release(jobs[i].r);
+      jobs[i].r = NULL;
+      jobs[i].n_prompt = plen;
+      jobs[i].max_tokens = LONG_DECODE_LIFE;
+      if ((rc = job_submit(b, &jobs[i])) != LM_OK) return rc;
+    }
   }
-}
-
-/* The decodes' ITL p50 in ms, into *p50_ms, over their tokens from..to
- * (once each has from, then to; the samples are sorted in place). */
-static int decodes_itl_p50(struct bench *b, struct job *jobs, int n, int from, int to,
-                           double *p50_ms) {
-  struct lmc_summary sum;
-  int rc = wait_outputs(b, jobs, n, from);
-  if (rc != LM_OK || (rc = wait_outputs(b, jobs, n, to)) != LM_OK) return rc;
-  lmc_samples_summarize(&b->itl, &sum);
-  *p50_ms = sum.p50 * 1e3;
   return LM_OK;
 }
 
 /* The long prompt alone, then arriving while decodes run. The decodes'
- * ITL p50 before it arrives goes to itl_p50[0], and after its prefill,
- * once they run alone again at the contexts they reached, to itl_p50[1];
- * their ITLs while it prefills go to during->itl. Each result's ttft[0] is
- * the long prompt's TTFT. */
+ * ITL p50 before it arrives goes to itl_p50[0], and after its prefill to
+ * itl_p50[1]; their ITLs while it prefills go to during->itl. Each
+ * result's ttft[0] is the long prompt's TTFT. */
 static int long_prefill(struct bench *b, const struct bench_opts *o, struct result *alone,
                         struct result *during, double itl_p50[2]) {
-  int nd = (int)o->long_decodes, llen = (int)o->long_len;
+  int nd = (int)o->long_decodes, llen = (int)o->long_len, plen = (int)o->long_decode_len;
   struct job *jobs = calloc((size_t)nd + 2, sizeof(*jobs)); /* [decodes..., long alone, long] */
   struct lm_engine_stats s0, s1;
+  struct lmc_summary sum;
   int rc = LM_ENOMEM;
   if (!jobs) return lm_errf(b->err, rc, "bench: out of memory");
-  if ((rc = jobs_make(b, jobs, nd, 64, long_decode_tokens(o))) != LM_OK ||
+  if ((rc = jobs_make(b, jobs, nd, plen + LONG_DECODE_LIFE, 1)) != LM_OK ||
       (rc = jobs_make(b, &jobs[nd], 2, llen, 1)) != LM_OK)
     goto out;
   struct job *la = &jobs[nd], *ld = &jobs[nd + 1];
@@ -414,43 +419,51 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   alone->concurrency = 1;
   summarize(b, la, 1, t0, lm_now_s(), &s0, &s1, alone);
 
-  /* The decodes start; once every one has 16 tokens (all prompts are in)
-   * their next 16 give the decode-only ITL; then the long prompt comes. */
+  /* The decodes' prompts run once first, for one token each, and stay in
+   * the prefix cache: sent again, every decode starts within a step or
+   * two at its age's context, rather than over the hundreds of steps
+   * their prompts would take to enter beside the first ones' decodes. */
+  for (int i = 0; i < nd; i++)
+    jobs[i].n_prompt = plen + long_decode_age(i, nd);
+  if ((rc = run_together(b, jobs, nd)) != LM_OK) goto out;
   reset(b);
   b->itl_on = 1;
-  for (int i = 0; i < nd; i++)
+  for (int i = 0; i < nd; i++) {
+    lm_request_release(jobs[i].r);
+    jobs[i].r = NULL;
+    jobs[i].max_tokens = LONG_DECODE_LIFE - long_decode_age(i, nd);
     if ((rc = job_submit(b, &jobs[i])) != LM_OK) goto out;
-  if ((rc = decodes_itl_p50(b, jobs, nd, 16, 32, &itl_p50[0])) != LM_OK) goto out;
+  }
+  /* 16 steps' tokens to settle, the next 16 give the decode-only ITL;
+   * then the long prompt comes */
+  if ((rc = run_tokens(b, jobs, nd, nd, plen, 16L * nd, NULL)) != LM_OK ||
+      (rc = run_tokens(b, jobs, nd, nd, plen, 16L * nd, NULL)) != LM_OK)
+    goto out;
+  lmc_samples_summarize(&b->itl, &sum);
+  itl_p50[0] = sum.p50 * 1e3;
   reset(b);
   lm_engine_get_stats(b->e, &s0);
   t0 = lm_now_s();
-  if ((rc = job_submit(b, ld)) != LM_OK) goto out;
-  while (!ld->finished) {
-    int unfinished = 0;
-    for (int i = 0; i < nd; i++)
-      unfinished += !jobs[i].finished;
-    if (!unfinished) {
-      rc = lm_errf(b->err, LM_ERANGE, "bench: the decodes ended before the long prompt's prefill");
-      goto out;
-    }
-    lm_cli_wait(&b->w);
-    if ((rc = drain_all(b, jobs, nd + 2)) != LM_OK) goto out;
-  }
+  if ((rc = job_submit(b, ld)) != LM_OK ||
+      (rc = run_tokens(b, jobs, nd + 2, nd, plen, LONG_MAX, ld)) != LM_OK)
+    goto out;
   double t1 = lm_now_s();
   lm_engine_get_stats(b->e, &s1);
-  /* only the long prompt's TTFT: drop the decodes' from the summary */
+  /* only the long prompt's TTFT: drop the decodes' from the summary; the
+   * ITL samples are the decodes' while it ran */
   double ttft = ld->first_s - ld->submit_s;
   b->ttft.n = 0;
   lmc_samples_add(&b->ttft, ttft);
   snprintf(during->name, sizeof(during->name), "long-during");
   during->concurrency = nd + 1;
   summarize(b, ld, 1, t0, t1, &s0, &s1, during);
-  /* the decodes alone again: 16 tokens each after 4 that may still have
-   * shared a step with the prompt's last chunk */
-  int base = 0;
-  for (int i = 0; i < nd; i++)
-    base = jobs[i].n_out > base ? jobs[i].n_out : base;
-  rc = decodes_itl_p50(b, jobs, nd, base + 4, base + 20, &itl_p50[1]);
+  /* the decodes alone again: 16 steps' tokens after 4 that may still
+   * have shared a step with the prompt's last chunk */
+  if ((rc = run_tokens(b, jobs, nd, nd, plen, 4L * nd, NULL)) != LM_OK ||
+      (rc = run_tokens(b, jobs, nd, nd, plen, 16L * nd, NULL)) != LM_OK)
+    goto out;
+  lmc_samples_summarize(&b->itl, &sum);
+  itl_p50[1] = sum.p50 * 1e3;
 out:
   for (int i = 0; i < nd; i++)
     if (jobs[i].r) lm_request_abort(jobs[i].r);
@@ -487,6 +500,8 @@ static int parse_opts(int argc, char **argv, struct bench_opts *o) {
       bad = lm_cli_int(a, v, 16, 1 << 20, &o->long_len);
     } else if (!strcmp(a, "--long-decodes")) {
       bad = lm_cli_int(a, v, 1, 256, &o->long_decodes);
+    } else if (!strcmp(a, "--long-decode-len")) {
+      bad = lm_cli_int(a, v, 1, 1 << 20, &o->long_decode_len);
     } else if (!strcmp(a, "--max-batched-tokens")) {
       bad = lm_cli_int(a, v, 1, 1 << 20, &o->budget);
     } else if (!strcmp(a, "--seed")) {
@@ -546,6 +561,7 @@ int lm_cmd_bench(int argc, char **argv) {
                          .prefix_len = 2048,
                          .long_len = 8192,
                          .long_decodes = 32,
+                         .long_decode_len = 1024,
                          .seed = 1,
                          .slowdown = -1,
                          .layered = -1};
@@ -612,8 +628,8 @@ int lm_cmd_bench(int argc, char **argv) {
   if (o.layered >= 0) cfg.layered_prefill = o.layered;
   cfg.max_model_len =
       (int)(o.long_len + 64 > o.prefix_len + 128 ? o.long_len + 64 : o.prefix_len + 128);
-  if (cfg.max_model_len < 64 + long_decode_tokens(&o))
-    cfg.max_model_len = 64 + long_decode_tokens(&o);
+  if (cfg.max_model_len < o.long_decode_len + LONG_DECODE_LIFE)
+    cfg.max_model_len = (int)(o.long_decode_len + LONG_DECODE_LIFE);
   cfg.max_undrained_tokens = 1 << 20;
   if (cuda) {
     /* n_kv_blocks and kv_cache_bytes stay 0: the pool takes what the
@@ -626,7 +642,7 @@ int lm_cmd_bench(int argc, char **argv) {
      * workload's cached prefixes */
     long fixed_tokens = 64 * (o.prompt_len + o.output_len + cfg.block_size);
     long long_tokens =
-        2 * o.long_len + o.long_decodes * (64 + long_decode_tokens(&o) + cfg.block_size);
+        2 * o.long_len + o.long_decodes * (o.long_decode_len + LONG_DECODE_LIFE + cfg.block_size);
     long tokens = (fixed_tokens > long_tokens ? fixed_tokens : long_tokens) + 4 * o.prefix_len;
     cfg.n_kv_blocks = (int)((tokens + cfg.block_size - 1) / cfg.block_size);
   }
@@ -747,14 +763,17 @@ int lm_cmd_bench(int argc, char **argv) {
     double work =
         (during.ttft[0] - (double)during.steps * (itl_p50[0] + itl_p50[1]) / 2) / alone.ttft[0];
     if (o.json)
-      printf("{\"long_decode_itl_p50_ms\": [%.3f, %.3f], \"long_itl_p99_during_over_p50_after\": "
-             "%.3f, \"long_prompt_work_beside_over_alone\": %.3f}\n",
-             itl_p50[0], itl_p50[1], during.itl[2] / itl_p50[1], work);
+      printf("{\"long_decode_prompt_len\": %ld, \"long_decode_itl_p50_ms\": [%.3f, %.3f], "
+             "\"long_itl_p99_during_over_p50_after\": %.3f, "
+             "\"long_prompt_work_beside_over_alone\": %.3f}\n",
+             o.long_decode_len, itl_p50[0], itl_p50[1], during.itl[2] / itl_p50[1], work);
     else
-      printf("long: the decodes alone, ITL p50 %.1f ms before the prompt and %.1f ms after it "
-             "(%.2f x); ITL p99 during / p50 after %.3f; the prompt's work beside them / alone "
-             "%.2f\n",
-             itl_p50[0], itl_p50[1], itl_p50[1] / itl_p50[0], during.itl[2] / itl_p50[1], work);
+      printf("long: the decodes (%ld-token contexts and up) alone, ITL p50 %.1f ms before the "
+             "prompt and "
+             "%.1f ms after it (%.2f x); ITL p99 during / p50 after %.3f; the prompt's work beside "
+             "them / alone %.2f\n",
+             o.long_decode_len, itl_p50[0], itl_p50[1], itl_p50[1] / itl_p50[0],
+             during.itl[2] / itl_p50[1], work);
     gate(&o, "ITL p99 during long prefill / p50 before", during.itl[2] / itl_p50[0], 2.5, 0, &all);
     gate(&o, "long prefill speed with decodes / alone", alone.ttft[0] / during.ttft[0], 0.5, 1,
          &all);
