@@ -21,7 +21,7 @@ void lm_engine_config_init(struct lm_engine_config *c) {
   c->enable_prefix_caching = 1;
   c->max_undrained_tokens = 256;
   c->stall_timeout_s = 30;
-  c->max_decode_slowdown = 2;
+  c->max_decode_slowdown = 2.3;
   c->layered_prefill = 1;
 }
 

@@ -50,7 +50,7 @@ struct lm_engine_config {
                                    running decodes takes at most this many
                                    times as long as the decodes alone would,
                                    by a model of step times fitted to the
-                                   steps run (2; 0: no limit but the token
+                                   steps run (2.3; 0: no limit but the token
                                    budget; see sched.c) */
   int layered_prefill;          /* where max_decode_slowdown would cut a
                                    prompt's chunk short, the chunk keeps

@@ -23,7 +23,7 @@ static const char usage[] =
     "  --max-num-seqs N              requests in one step (256)\n"
     "  --max-num-batched-tokens N    tokens in one step (2048 on a GPU, 512 on the CPU)\n"
     "  --max-decode-slowdown F       a step with prompt tokens beside decodes takes at\n"
-    "                                most F times the decodes' own step (2; 0: off)\n"
+    "                                most F times the decodes' own step (2.3; 0: off)\n"
     "  --layered-prefill on|off      a prompt chunk that F would cut short keeps its\n"
     "                                size and runs a few layers a step (CPU) (on)\n"
     "  --max-model-len N             context length (the model's)\n"

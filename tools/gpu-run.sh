@@ -198,7 +198,7 @@ if [ $bench -eq 1 ] && [ -f "$m8/.complete" ]; then
       kernels "$ncu" $bin/op_profile "$m8" $g
   done
   # the long prompt beside decodes with no step-time limit on its chunks
-  # (--max-decode-slowdown 0), against bench-8b's default of 2
+  # (--max-decode-slowdown 0), against bench-8b's default of 2.3
   run bench-8b-long-nolimit 120 $bin/lmserve bench --backend cuda --model "$m8" --only long \
     --max-decode-slowdown 0
   # the serving benchmark with the mma GEMMs: faster decode at small
