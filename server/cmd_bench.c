@@ -102,6 +102,8 @@ struct bench {
   struct lmc_samples ttft, itl; /* seconds */
   struct lmc_samples arrivals;  /* lm_now_s() of every token received */
   int kv_peak;                  /* most KV blocks held by live requests */
+  int waiting_peak;             /* most requests waiting */
+  long replaced;                /* decodes beside the long prompt ended and sent again */
   int itl_on;                   /* record inter-token latencies */
   long tokens_in;               /* output tokens received, all requests */
   char err[LM_ERR_LEN];
@@ -134,6 +136,7 @@ static int drain_all(struct bench *b, struct job *jobs, int n) {
   struct lm_engine_stats st;
   lm_engine_get_stats(b->e, &st);
   if (st.kv_blocks_used > b->kv_peak) b->kv_peak = st.kv_blocks_used;
+  if (st.num_waiting > b->waiting_peak) b->waiting_peak = st.num_waiting;
   for (int i = 0; i < n; i++) {
     struct job *j = &jobs[i];
     if (j->finished || !j->r) continue;
@@ -213,6 +216,7 @@ struct result {
   double wall_s, out_tps, total_tps, decode_tps;
   double ttft[3], itl[3]; /* p50, p90, p99 in ms */
   double hit_rate, kv_peak;
+  int waiting_peak;          /* most requests waiting at once */
   long steps, limited_steps; /* engine steps; of those, max_decode_slowdown shortened */
   long probe_steps;          /* steps whose decodes ran alone while prompt tokens waited */
   long layered_steps;        /* steps that ran a prompt chunk over some of the layers */
@@ -251,6 +255,7 @@ static void summarize(struct bench *b, const struct job *jobs, int n, double t0,
   uint64_t qs = s1->prefix_cache_queries - s0->prefix_cache_queries;
   r->hit_rate = qs ? (double)(s1->prefix_cache_hits - s0->prefix_cache_hits) / (double)qs : 0;
   r->kv_peak = s1->kv_blocks_total ? (double)b->kv_peak / s1->kv_blocks_total : 0;
+  r->waiting_peak = b->waiting_peak;
   r->steps = (long)(s1->steps - s0->steps);
   r->limited_steps = (long)(s1->slowdown_limited_steps - s0->slowdown_limited_steps);
   r->probe_steps = (long)(s1->decode_probe_steps - s0->decode_probe_steps);
@@ -292,7 +297,7 @@ static void print_result(const struct bench_opts *o, const struct result *r) {
 
 static void reset(struct bench *b) {
   b->ttft.n = b->itl.n = b->arrivals.n = 0;
-  b->kv_peak = 0;
+  b->kv_peak = b->waiting_peak = 0;
 }
 
 /* ---- workloads ------------------------------------------------------------- */
@@ -370,8 +375,11 @@ static int long_decode_age(int i, int n) {
 
 /* Drains jobs[0, n) until count more output tokens have come, the ITL
  * samples cleared first (afterwards they are the wait's); a decode of
- * the first nd that ends starts again over its first plen prompt tokens,
- * for a whole life. Stops early, with LM_OK, once *until_done finishes. */
+ * the first nd that ends starts again, over its first plen + 1 prompt
+ * tokens for the rest of a life: with plen a whole number of blocks (1024
+ * is 64) all but the last token are cached, and the one left enters a
+ * step as a decode does, not as a prompt chunk waiting behind the long
+ * prompt's. Stops early, with LM_OK, once *until_done finishes. */
 static int run_tokens(struct bench *b, struct job *jobs, int n, int nd, int plen, long count,
                       const struct job *until_done) {
   long start = b->tokens_in;
@@ -384,9 +392,10 @@ static int run_tokens(struct bench *b, struct job *jobs, int n, int nd, int plen
       if (!jobs[i].finished) continue;
       lm_request_release(jobs[i].r);
       jobs[i].r = NULL;
-      jobs[i].n_prompt = plen;
-      jobs[i].max_tokens = LONG_DECODE_LIFE;
+      jobs[i].n_prompt = plen + 1;
+      jobs[i].max_tokens = LONG_DECODE_LIFE - 1;
       if ((rc = job_submit(b, &jobs[i])) != LM_OK) return rc;
+      b->replaced++;
     }
   }
   return LM_OK;
@@ -434,7 +443,7 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
     jobs[i].max_tokens = LONG_DECODE_LIFE - long_decode_age(i, nd);
     if ((rc = job_submit(b, &jobs[i])) != LM_OK) goto out;
   }
-  /* 16 steps' tokens to settle, the next 16 give the decode-only ITL;
+  /* 16 tokens a decode to settle, the next 16 give the decode-only ITL;
    * then the long prompt comes */
   if ((rc = run_tokens(b, jobs, nd, nd, plen, 16L * nd, NULL)) != LM_OK ||
       (rc = run_tokens(b, jobs, nd, nd, plen, 16L * nd, NULL)) != LM_OK)
@@ -457,7 +466,7 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   snprintf(during->name, sizeof(during->name), "long-during");
   during->concurrency = nd + 1;
   summarize(b, ld, 1, t0, t1, &s0, &s1, during);
-  /* the decodes alone again: 16 steps' tokens after 4 that may still
+  /* the decodes alone again: 16 tokens a decode after 4 that may still
    * have shared a step with the prompt's last chunk */
   if ((rc = run_tokens(b, jobs, nd, nd, plen, 4L * nd, NULL)) != LM_OK ||
       (rc = run_tokens(b, jobs, nd, nd, plen, 16L * nd, NULL)) != LM_OK)
@@ -756,24 +765,27 @@ int lm_cmd_bench(int argc, char **argv) {
   if (want(&o, "prefix"))
     gate(&o, "TTFT p50 cold / cached prefix", cold.ttft[0] / warm.ttft[0], 10, 1, &all);
   if (want(&o, "long")) {
-    /* the decodes' own step grows with their contexts while the prompt is
-     * prefilled: after it, alone again, they show how much. The prompt's
-     * own work beside them: its time there less its steps at the mean of
-     * the decodes' step before and after, against its time alone */
+    /* the decodes alone after the prompt show how their own step moved
+     * while it prefilled; requests waiting while it ran (the prompt itself
+     * for its first step) show whether the decodes' population held. The
+     * prompt's own work beside them: its time there less its steps at the
+     * mean of the decodes' step before and after, against its time alone */
     double work =
         (during.ttft[0] - (double)during.steps * (itl_p50[0] + itl_p50[1]) / 2) / alone.ttft[0];
     if (o.json)
       printf("{\"long_decode_prompt_len\": %ld, \"long_decode_itl_p50_ms\": [%.3f, %.3f], "
              "\"long_itl_p99_during_over_p50_after\": %.3f, "
-             "\"long_prompt_work_beside_over_alone\": %.3f}\n",
-             o.long_decode_len, itl_p50[0], itl_p50[1], during.itl[2] / itl_p50[1], work);
+             "\"long_prompt_work_beside_over_alone\": %.3f, \"long_waiting_most\": %d, "
+             "\"long_decodes_replaced\": %ld}\n",
+             o.long_decode_len, itl_p50[0], itl_p50[1], during.itl[2] / itl_p50[1], work,
+             during.waiting_peak, b.replaced);
     else
-      printf("long: the decodes (%ld-token contexts and up) alone, ITL p50 %.1f ms before the "
-             "prompt and "
-             "%.1f ms after it (%.2f x); ITL p99 during / p50 after %.3f; the prompt's work beside "
-             "them / alone %.2f\n",
-             o.long_decode_len, itl_p50[0], itl_p50[1], itl_p50[1] / itl_p50[0],
-             during.itl[2] / itl_p50[1], work);
+      printf("long: the decodes (%ld-token contexts and up, %ld replaced as they ended) alone, "
+             "ITL p50 %.1f ms before the prompt and %.1f ms after it (%.2f x); ITL p99 during / "
+             "p50 after %.3f; the prompt's work beside them / alone %.2f; requests waiting while "
+             "it ran, at most %d\n",
+             o.long_decode_len, b.replaced, itl_p50[0], itl_p50[1], itl_p50[1] / itl_p50[0],
+             during.itl[2] / itl_p50[1], work, during.waiting_peak);
     gate(&o, "ITL p99 during long prefill / p50 before", during.itl[2] / itl_p50[0], 2.5, 0, &all);
     gate(&o, "long prefill speed with decodes / alone", alone.ttft[0] / during.ttft[0], 0.5, 1,
          &all);

@@ -93,7 +93,7 @@ fi
 
 # --- bench: every workload runs and yields exactly the tokens it asks for ---
 "$lmserve" bench --json --threads 1 --prompt-len 8 --output-len 4 --prefix-len 64 --long-len 128 \
-  --long-decodes 2 --long-decode-len 24 --max-batched-tokens 16 >bench.json 2>bench.err
+  --long-decodes 8 --long-decode-len 32 --max-batched-tokens 16 >bench.json 2>bench.err
 check "bench --json: all workloads, their output token totals, the four gates, the decodes' ITL alone" $py -c '
 import json
 rows = [json.loads(l) for l in open("bench.json").read().splitlines()]
@@ -106,7 +106,8 @@ assert total == [4 * 105 + 88 + 2], total
 assert len([r for r in rows if "gate" in r]) == 4, rows
 itl = [r for r in rows if "long_decode_itl_p50_ms" in r]
 assert len(itl) == 1 and all(v > 0 for v in itl[0]["long_decode_itl_p50_ms"]), itl  # before and after the long prompt
-assert itl[0]["long_decode_prompt_len"] == 24, itl
+assert itl[0]["long_decode_prompt_len"] == 32, itl
+assert itl[0]["long_decodes_replaced"] > 0 and itl[0]["long_waiting_most"] >= 0, itl  # a steady population
 assert -10 < itl[0]["long_prompt_work_beside_over_alone"] < 10, itl  # W / A, an estimate
 assert all(r["layered_steps"] >= 0 for r in work.values()), work
 '

@@ -175,7 +175,7 @@ def test_model_info(stub, args):
     check(info.max_num_batched_tokens == want,
           "GetModelInfo max_num_batched_tokens is the %s backend's default" % info.backend,
           (info.max_num_batched_tokens, want))
-    check(info.max_decode_slowdown == 2.0, "GetModelInfo max_decode_slowdown is the default 2",
+    check(info.max_decode_slowdown == 2.3, "GetModelInfo max_decode_slowdown is the default 2.3",
           info.max_decode_slowdown)
     # on by default where the backend runs layered chunks: the CPU
     check(info.layered_prefill == (info.backend == "cpu"),
