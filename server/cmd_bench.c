@@ -37,9 +37,9 @@
  * the KV pool takes what --gpu-memory-utilization leaves and the defaults
  * grow to serving sizes (512-token prompts, 256-token outputs, 2048 tokens
  * a step, 256 sequences). */
-#include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,7 +105,6 @@ struct bench {
   int waiting_peak;             /* most requests waiting */
   long replaced;                /* decodes beside the long prompt ended and sent again */
   int itl_on;                   /* record inter-token latencies */
-  long tokens_in;               /* output tokens received, all requests */
   char err[LM_ERR_LEN];
 };
 
@@ -156,7 +155,6 @@ static int drain_all(struct bench *b, struct job *jobs, int n) {
         if (lmc_samples_add(&b->itl, (now - j->last_s) / k)) return LM_ENOMEM;
       j->last_s = now;
       j->n_out += b->out.n_tokens;
-      b->tokens_in += b->out.n_tokens;
       for (int t = 0; t < b->out.n_tokens; t++)
         if (lmc_samples_add(&b->arrivals, now)) return LM_ENOMEM;
     }
@@ -373,31 +371,50 @@ static int long_decode_age(int i, int n) {
   return (int)((long)i * LONG_DECODE_LIFE / n);
 }
 
-/* Drains jobs[0, n) until count more output tokens have come, the ITL
- * samples cleared first (afterwards they are the wait's); a decode of
- * the first nd that ends starts again, over its first plen + 1 prompt
- * tokens for the rest of a life: with plen a whole number of blocks (1024
- * is 64) all but the last token are cached, and the one left enters a
- * step as a decode does, not as a prompt chunk waiting behind the long
- * prompt's. Stops early, with LM_OK, once *until_done finishes. */
-static int run_tokens(struct bench *b, struct job *jobs, int n, int nd, int plen, long count,
+/* Sends a finished job again over its first n_prompt prompt tokens. */
+static int job_restart(struct bench *b, struct job *j, int n_prompt, int max_tokens) {
+  lm_request_release(j->r);
+  j->r = NULL;
+  j->n_prompt = n_prompt;
+  j->max_tokens = max_tokens;
+  return job_submit(b, j);
+}
+
+/* Drains jobs[0, n) until count more output tokens have come (every
+ * token lands in b->arrivals), the ITL samples cleared first (afterwards
+ * they are the wait's); a decode of the first nd that ends starts again,
+ * over its first plen + 1 prompt tokens for the rest of a life: with plen
+ * a whole number of blocks (1024 is 64) all but the last token are cached,
+ * and the one left enters a step as a decode does, not as a prompt chunk
+ * waiting behind the long prompt's. Stops early, with LM_OK, once
+ * *until_done finishes. */
+static int run_tokens(struct bench *b, struct job *jobs, int n, int nd, int plen, size_t count,
                       const struct job *until_done) {
-  long start = b->tokens_in;
+  size_t start = b->arrivals.n;
   int rc;
   b->itl.n = 0;
-  while (b->tokens_in - start < count && !(until_done && until_done->finished)) {
+  while (b->arrivals.n - start < count && !(until_done && until_done->finished)) {
     lm_cli_wait(&b->w);
     if ((rc = drain_all(b, jobs, n)) != LM_OK) return rc;
     for (int i = 0; i < nd; i++) {
       if (!jobs[i].finished) continue;
-      lm_request_release(jobs[i].r);
-      jobs[i].r = NULL;
-      jobs[i].n_prompt = plen + 1;
-      jobs[i].max_tokens = LONG_DECODE_LIFE - 1;
-      if ((rc = job_submit(b, &jobs[i])) != LM_OK) return rc;
+      if ((rc = job_restart(b, &jobs[i], plen + 1, LONG_DECODE_LIFE - 1)) != LM_OK) return rc;
       b->replaced++;
     }
   }
+  return LM_OK;
+}
+
+/* The nd decodes' ITL p50 in ms, into *p50_ms, over 16 tokens each after
+ * settle more each (the samples are sorted in place). */
+static int decodes_itl_p50(struct bench *b, struct job *jobs, int nd, int plen, int settle,
+                           double *p50_ms) {
+  struct lmc_summary sum;
+  int rc = run_tokens(b, jobs, nd, nd, plen, (size_t)settle * nd, NULL);
+  if (rc != LM_OK || (rc = run_tokens(b, jobs, nd, nd, plen, 16 * (size_t)nd, NULL)) != LM_OK)
+    return rc;
+  lmc_samples_summarize(&b->itl, &sum);
+  *p50_ms = sum.p50 * 1e3;
   return LM_OK;
 }
 
@@ -410,7 +427,6 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   int nd = (int)o->long_decodes, llen = (int)o->long_len, plen = (int)o->long_decode_len;
   struct job *jobs = calloc((size_t)nd + 2, sizeof(*jobs)); /* [decodes..., long alone, long] */
   struct lm_engine_stats s0, s1;
-  struct lmc_summary sum;
   int rc = LM_ENOMEM;
   if (!jobs) return lm_errf(b->err, rc, "bench: out of memory");
   if ((rc = jobs_make(b, jobs, nd, plen + LONG_DECODE_LIFE, 1)) != LM_OK ||
@@ -437,24 +453,18 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   if ((rc = run_together(b, jobs, nd)) != LM_OK) goto out;
   reset(b);
   b->itl_on = 1;
-  for (int i = 0; i < nd; i++) {
-    lm_request_release(jobs[i].r);
-    jobs[i].r = NULL;
-    jobs[i].max_tokens = LONG_DECODE_LIFE - long_decode_age(i, nd);
-    if ((rc = job_submit(b, &jobs[i])) != LM_OK) goto out;
-  }
+  for (int i = 0; i < nd; i++)
+    if ((rc = job_restart(b, &jobs[i], jobs[i].n_prompt,
+                          LONG_DECODE_LIFE - long_decode_age(i, nd))) != LM_OK)
+      goto out;
   /* 16 tokens a decode to settle, the next 16 give the decode-only ITL;
    * then the long prompt comes */
-  if ((rc = run_tokens(b, jobs, nd, nd, plen, 16L * nd, NULL)) != LM_OK ||
-      (rc = run_tokens(b, jobs, nd, nd, plen, 16L * nd, NULL)) != LM_OK)
-    goto out;
-  lmc_samples_summarize(&b->itl, &sum);
-  itl_p50[0] = sum.p50 * 1e3;
+  if ((rc = decodes_itl_p50(b, jobs, nd, plen, 16, &itl_p50[0])) != LM_OK) goto out;
   reset(b);
   lm_engine_get_stats(b->e, &s0);
   t0 = lm_now_s();
   if ((rc = job_submit(b, ld)) != LM_OK ||
-      (rc = run_tokens(b, jobs, nd + 2, nd, plen, LONG_MAX, ld)) != LM_OK)
+      (rc = run_tokens(b, jobs, nd + 2, nd, plen, SIZE_MAX, ld)) != LM_OK)
     goto out;
   double t1 = lm_now_s();
   lm_engine_get_stats(b->e, &s1);
@@ -468,11 +478,7 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   summarize(b, ld, 1, t0, t1, &s0, &s1, during);
   /* the decodes alone again: 16 tokens a decode after 4 that may still
    * have shared a step with the prompt's last chunk */
-  if ((rc = run_tokens(b, jobs, nd, nd, plen, 4L * nd, NULL)) != LM_OK ||
-      (rc = run_tokens(b, jobs, nd, nd, plen, 16L * nd, NULL)) != LM_OK)
-    goto out;
-  lmc_samples_summarize(&b->itl, &sum);
-  itl_p50[1] = sum.p50 * 1e3;
+  rc = decodes_itl_p50(b, jobs, nd, plen, 4, &itl_p50[1]);
 out:
   for (int i = 0; i < nd; i++)
     if (jobs[i].r) lm_request_abort(jobs[i].r);
