@@ -67,7 +67,8 @@ struct lm_request {
   lm_outproc *op;
   struct lm_sampling sampling;
   struct lm_logit_bias *logit_bias;
-  int started; /* scheduled at least once */
+  int started;         /* scheduled at least once */
+  uint64_t sched_step; /* the last e->sched_steps that gave it a chunk */
   int prefill_steps;
   /* a layered chunk (sched.c): its tokens, from kv.n_cached_tokens, and
    * the next layer they run (0: no layered chunk under way) */
@@ -90,7 +91,8 @@ struct lm_engine {
    * head_dim). The scheduler's compute budget (sched.c) is built on it. */
   double attn_ctx_tokens;
   lm_step_model step_model; /* engine thread */
-  lm_request *layered; /* engine thread: the request whose layered chunk the runner holds */
+  lm_request *layered;      /* engine thread: the request whose layered chunk the runner holds */
+  uint64_t sched_steps;     /* engine thread: steps scheduled (sched.c) */
 
   pthread_t thread;
   int thread_started;

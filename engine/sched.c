@@ -2,10 +2,12 @@
  *
  * There is no separate prefill phase. A request has n_tokens (prompt plus
  * generated) and num_computed_tokens (kv.n_cached_tokens); each step hands
- * out a token budget, first to running requests in arrival order (a decode
- * is the one token its last sample added; a prompt not yet computed gets a
- * chunk), then to waiting requests by priority and arrival, so a long
- * prompt is split across steps and never stalls the others' decodes.
+ * out a token budget, first to running requests' decodes (the one token
+ * each one's last sample added), then to short prompts while a long one
+ * is prefilled (schedule_short), then to running requests' prompts in
+ * arrival order, then to waiting requests by priority and arrival, so a
+ * long prompt is split across steps and never stalls the others' decodes
+ * or a short request's start.
  *
  * When the pool has no block for a running request, the newest running
  * request is preempted: its blocks go back (their hashes stay, so the
@@ -137,6 +139,7 @@ static void add_chunk(lm_engine *e, int i, lm_request *r, int n, int layers) {
       .layer_end = layers ? end : 0,
   };
   e->chunk_req[i] = r;
+  r->sched_step = e->sched_steps;
   if (layers && begin == 0) {
     e->layered = r;
     r->layer_tokens = n;
@@ -192,7 +195,8 @@ double lm_sched_next_deadline(lm_engine *e, double now) {
  * most max_decode_slowdown times as long as the decodes alone would, on
  * whatever machine the model was fitted: the decodes keep their
  * inter-token latency. The first chunk gets at least LM_PROMPT_FLOOR
- * tokens, so a prompt always advances; except that where the model has
+ * tokens, so a prompt always advances (the short prompts' share and the
+ * running prompts may each take one: schedule_short); except that where the model has
  * not timed decodes like these alone (their contexts have grown past
  * those it has seen, or 64 steps with chunks have passed:
  * lm_step_model_explored), the prompts wait for one step and the decodes'
@@ -210,9 +214,9 @@ double lm_sched_next_deadline(lm_engine *e, double now) {
  * with as many tokens as k layers' time holds: the k that runs the most
  * token-layers a step (counting the steps a chunk of L layers takes) and
  * at least twice the ordinary chunk's tokens. Its layers take their share
- * of the step's time and compute budget, its rows the token budget in
- * full. One prompt at a time (e->layered); a request that leaves the
- * running list starts its chunk again. */
+ * of the step's time and compute budget (what short prompts left:
+ * schedule_short), its rows the token budget in full. One prompt at a time (e->layered); a request
+ * that leaves the running list starts its chunk again. */
 #define LM_LAYERED_TOKENS 512
 #define LM_LAYERED_MIN    32   /* tokens below which a chunk is not layered */
 #define LM_LAYERED_FILL   0.97 /* of the time, as the decodes' step is predicted again each step */
@@ -222,8 +226,13 @@ struct budget {
   double cost;
   double seconds; /* for prompt chunks (INFINITY: no limit) */
   int floor;      /* prompt tokens the next chunk gets whatever seconds says */
+  double spent;   /* seconds the prompt chunks took, past seconds where the floor gave more */
   int capped;     /* seconds shortened (or layered) a chunk */
   int probe;      /* the decodes run alone, for the step model */
+  /* the short prompts' share (schedule_short; short_max 0: any prompt) */
+  int short_max;      /* prompts with at most this many tokens left, no layered chunk */
+  int short_priority; /* waiting ones of this priority or a more urgent one */
+  int keep_free;      /* waiting ones admitted while this many tokens' blocks stay free */
 };
 
 /* Token equivalents of n tokens at positions start .. start + n - 1. */
@@ -294,7 +303,9 @@ static void prompt_fit(lm_engine *e, struct budget *b, lm_request *r, int start,
    * the compute budget and of the time */
   int whole = want < b->tokens ? want : b->tokens;
   if (whole > LM_LAYERED_TOKENS) whole = LM_LAYERED_TOKENS;
-  if (!e->cfg.layered_prefill || e->layered || b->seconds == INFINITY || 2 * *n >= whole) return;
+  if (!e->cfg.layered_prefill || e->layered || b->short_max || b->seconds == INFINITY ||
+      2 * *n >= whole)
+    return;
   /* against the tokens the time holds (the floor may give more, past the
    * time), the most token-layers a step, unless whole layers waste a
    * tenth of the time */
@@ -326,6 +337,7 @@ static void budget_take(const lm_engine *e, struct budget *b, int start, int n, 
   if (n > 1 && b->seconds < INFINITY) {
     double t = f * lm_step_model_chunk_seconds(&e->step_model, start, n);
     b->seconds = b->seconds > t ? b->seconds - t : 0;
+    b->spent += t;
     b->floor = 0;
   }
 }
@@ -336,8 +348,8 @@ static void remove_chunk(lm_engine *e, int i, int n) {
   memmove(e->chunk_req + i, e->chunk_req + i + 1, (size_t)(n - 1 - i) * sizeof(*e->chunk_req));
 }
 
-/* A preempted request that already has a chunk in the step (a decode the
- * first pass took) leaves it: its blocks are gone. */
+/* A preempted request that already has a chunk in the step (a decode, or
+ * a short prompt's chunk) leaves it: its blocks are gone. */
 static void unschedule(lm_engine *e, int *n, const lm_request *r) {
   for (int i = 0; i < *n; i++)
     if (e->chunk_req[i] == r) {
@@ -347,14 +359,18 @@ static void unschedule(lm_engine *e, int *n, const lm_request *r) {
     }
 }
 
-/* Running requests first, oldest first: their decodes (and one-token
- * remainders), then their unfinished prompts. */
+/* Running requests, oldest first: their decodes (and one-token
+ * remainders), or their unfinished prompts (in the short prompts' share,
+ * only short ones, not the one whose layered chunk is under way). A
+ * request already in the step is passed over. */
 static int schedule_running(lm_engine *e, double now, struct budget *budget, int *preempted,
                             int decodes, int n) {
   for (int i = 0; budget->tokens > 0 && i < e->n_running;) {
     lm_request *r = e->running[i];
     int left = r->n_tokens - r->kv.n_cached_tokens;
-    if ((left == 1) != decodes || held_back(e, r, now)) {
+    if ((left == 1) != decodes || r->sched_step == e->sched_steps ||
+        (budget->short_max && (left > budget->short_max || r == e->layered)) ||
+        held_back(e, r, now)) {
       i++;
       continue;
     }
@@ -434,27 +450,36 @@ static void limit_prompts(lm_engine *e, int n, struct budget *b) {
 }
 
 /* Then waiting requests, by priority and arrival, while blocks, budget
- * and sequence slots last; the first that does not fit stops the rest. */
+ * and sequence slots last; the first that does not fit (in the short
+ * prompts' share: that is not short, less urgent than the long prompt or
+ * would leave too few free blocks) stops the rest. */
 static int schedule_waiting(lm_engine *e, double now, struct budget *budget, int n) {
+  int bs = e->cfg.block_size;
   for (int i = 0; budget->tokens > 0 && i < e->n_waiting && e->n_running < e->cfg.max_num_seqs;) {
     lm_request *r = e->waiting[i];
     if (held_back(e, r, now)) {
       i++;
       continue;
     }
+    /* the most its cached blocks could leave to compute */
+    if (budget->short_max && (r->priority > budget->short_priority ||
+                              r->n_tokens - (r->n_tokens - 1) / bs * bs > budget->short_max))
+      break;
     /* never the last token: its logits are needed */
     int hit = lm_kv_seq_match_prefix(&r->kv, e->pool, r->tokens, r->n_tokens - 1);
     if (hit < 0) {
       lm_sched_finish(e, r, LM_FINISH_ERROR, LM_ENOMEM, "out of memory for a block table");
       continue;
     }
-    int want, layers;
-    prompt_fit(e, budget, r, hit, r->n_tokens - hit, &want, &layers);
+    int want = 0, layers = 0;
+    if (!budget->short_max || r->n_tokens - hit <= budget->short_max)
+      prompt_fit(e, budget, r, hit, r->n_tokens - hit, &want, &layers);
     if (want <= 0) {
       lm_kv_seq_release(&r->kv, e->pool);
       break;
     }
     int rc = lm_kv_seq_reserve(&r->kv, e->pool, hit + want, NULL);
+    if (rc == LM_OK && lm_kv_pool_num_free(e->pool) * bs < budget->keep_free) rc = LM_EFULL;
     if (rc != LM_OK) {
       lm_kv_seq_release(&r->kv, e->pool);
       if (rc == LM_ENOMEM) {
@@ -478,6 +503,54 @@ static int schedule_waiting(lm_engine *e, double now, struct budget *budget, int
     budget_take(e, budget, hit, want, layers);
     add_chunk(e, n++, r, want, layers);
   }
+  return n;
+}
+
+/* While a running prompt has more left than a step's token budget (a
+ * long one), prompts with at most that much left (short ones) go ahead
+ * of it, running ones first, then waiting ones as urgent as it: they take
+ * up to LM_SHORT_SHARE of the step's tokens, compute and time, in
+ * chunks over all the layers, and the long prompt the rest, with its own floor.
+ * So a request that arrives while a long prompt is prefilled starts
+ * within a few steps, rather than behind that prompt's every chunk, and
+ * the long prompt advances every step whatever arrives. The layered
+ * chunk under way keeps the token budget for its rows; otherwise a short
+ * request is admitted only while the long prompt's chunk would still
+ * find free blocks, so it is not preempted in the same step. */
+#define LM_SHORT_SHARE 0.5
+
+static int schedule_short(lm_engine *e, double now, struct budget *b, int *preempted, int n) {
+  const lm_request *lp = NULL;
+  int most = e->cfg.max_num_batched_tokens;
+  for (int i = 0; i < e->n_running; i++) {
+    const lm_request *r = e->running[i];
+    if (r->n_tokens - r->kv.n_cached_tokens > most) {
+      lp = r;
+      most = r->n_tokens - r->kv.n_cached_tokens;
+    }
+  }
+  if (!lp) return n;
+  int keep = e->layered ? e->layered->layer_tokens : 0;
+  struct budget s = *b;
+  s.tokens = (int)(LM_SHORT_SHARE * b->tokens);
+  if (s.tokens > b->tokens - keep) s.tokens = b->tokens - keep;
+  if (s.tokens <= 0) return n;
+  s.cost *= LM_SHORT_SHARE;
+  s.seconds *= LM_SHORT_SHARE;
+  s.spent = 0;
+  s.short_max = e->cfg.max_num_batched_tokens;
+  s.short_priority = lp->priority;
+  s.keep_free = e->layered ? 0 : b->tokens - s.tokens;
+  int tokens = s.tokens;
+  double cost = s.cost;
+  n = schedule_running(e, now, &s, preempted, 0, n);
+  if (!*preempted) n = schedule_waiting(e, now, &s, n);
+  /* what they took comes off the step's budget; the floor stays the
+   * long prompt's */
+  b->tokens -= tokens - s.tokens;
+  b->cost -= cost - s.cost;
+  if (b->seconds < INFINITY) b->seconds = fmax(0, b->seconds - s.spent);
+  b->capped |= s.capped;
   return n;
 }
 
@@ -565,8 +638,10 @@ int lm_sched_step(lm_engine *e) {
   reap(e, now);
   /* preempted requests move to waiting: make room for all of them now */
   if (grow_list(&e->waiting, &e->cap_waiting, e->n_waiting + e->n_running) != LM_OK) return 0;
+  e->sched_steps++;
   n = schedule_running(e, now, &budget, &preempted, 1, 0);
   limit_prompts(e, n, &budget);
+  n = schedule_short(e, now, &budget, &preempted, n);
   n = schedule_running(e, now, &budget, &preempted, 0, n);
   /* after a preemption the pool is short: let running requests catch up */
   if (!preempted) n = schedule_waiting(e, now, &budget, n);

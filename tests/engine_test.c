@@ -38,6 +38,7 @@ struct job {
   int arrive_step;
   int priority;
   atomic_int notified; /* calls of the notify callback */
+  double submit_s;     /* lm_now_s() at submit */
   lm_request *r;
   struct lm_output out;
   int32_t got[128];
@@ -70,6 +71,7 @@ static int job_submit(lm_engine *e, struct job *j, char *err) {
   j->text_len = 0;
   j->finished = 0;
   memset(&j->out, 0, sizeof(j->out));
+  j->submit_s = lm_now_s();
   return lm_engine_submit(e, &p, &j->r, err);
 }
 
@@ -1196,6 +1198,128 @@ static void test_layered_prefill(void) {
            (unsigned long long)(s[3].layered_steps - rs.before_again));
 }
 
+/* ---- short prompts arriving during a long one ---------------------------- */
+
+/* When a finished job's first token came (its TTFT after the submit). */
+static double first_token_s(const struct job *j) {
+  return j->submit_s + j->usage.ttft_s;
+}
+
+/* The hook: right after the long prompt, send the short one, which the
+ * scheduler puts ahead of the long one's remaining chunks. */
+static struct job *send_short(lm_engine *e, struct job *cur, uint64_t prompt0, void *arg) {
+  char err[LM_ERR_LEN];
+  struct job *shortp = arg;
+  (void)prompt0;
+  if (!shortp->r && !shortp->finished && job_submit(e, shortp, err) != LM_OK)
+    shortp->finished = 1; /* n_got stays 0: the check fails */
+  if (shortp->r) job_poll(shortp);
+  return cur;
+}
+
+/* 16 random tokens, 4 to generate. */
+static void short_job(struct job *j) {
+  memset(j, 0, sizeof(*j));
+  j->n_prompt = 16;
+  for (int t = 0; t < 16; t++)
+    j->prompt[t] = 3 + rand() % (n_ids - 3);
+  j->max_tokens = 4;
+}
+
+/* The stream's hook: N_STREAM short prompts sent at once, right after
+ * the long one; the engine's steps from then to the long prompt's first
+ * token, as seen from here. */
+enum { N_STREAM = 40 };
+struct stream {
+  struct job shorts[N_STREAM];
+  int ok;
+  uint64_t steps0, steps;
+};
+
+static struct job *send_stream(lm_engine *e, struct job *cur, uint64_t prompt0, void *arg) {
+  char err[LM_ERR_LEN];
+  struct stream *st = arg;
+  struct lm_engine_stats s;
+  (void)prompt0;
+  lm_engine_get_stats(e, &s);
+  if (!st->ok) {
+    st->ok = 1;
+    st->steps0 = s.steps;
+    for (int i = 0; i < N_STREAM; i++)
+      st->ok &= job_submit(e, &st->shorts[i], err) == LM_OK;
+  }
+  for (int i = 0; i < N_STREAM; i++)
+    if (st->shorts[i].r) job_poll(&st->shorts[i]);
+  if (!st->steps && (job_poll(cur) || cur->n_got > 0)) st->steps = s.steps - st->steps0;
+  return cur;
+}
+
+/* A 16-token prompt arrives right after a 1000-token one: alone (64
+ * tokens a step), then beside eight decodes with max_decode_slowdown 1
+ * (the long prompt's chunks are cut to the floor). Either way the short
+ * prompt goes ahead of the long prompt's remaining chunks rather than
+ * behind them, and both outputs are what each gives alone. Then 40 short
+ * prompts arrive one after another during the long one beside the
+ * decodes: they go ahead too, and the long prompt still advances by its
+ * floor every step. */
+static void test_short_arrival(void) {
+  static struct stream st;
+  struct job shortp[3], longp[4], dec[8];
+  char err[LM_ERR_LEN];
+  for (int pass = 0; pass < 4; pass++) {
+    lm_engine *e = open_engine(0, 64, 0, pass >= 2 ? slowdown_one : NULL);
+    if (!lm_check(e != NULL, "engine for the short arrivals opens (pass %d)", pass)) return;
+    make_beside(dec, &longp[pass], 9191, 200, 1000);
+    if (pass < 3) short_job(&shortp[pass]);
+    if (pass == 0) {
+      /* each alone: the reference */
+      lm_check(job_submit(e, &longp[0], err) == LM_OK && job_wait(&longp[0]) &&
+                   job_submit(e, &shortp[0], err) == LM_OK && job_wait(&shortp[0]),
+               "the long and the short prompt run alone");
+    } else if (pass == 1) {
+      int ok = job_submit(e, &longp[1], err) == LM_OK;
+      send_short(e, &longp[1], 0, &shortp[1]);
+      lm_check(ok && job_wait(&longp[1]) && job_wait(&shortp[1]), "pass 1: both finish");
+    } else {
+      struct lm_engine_stats s;
+      int stream = pass == 3, done;
+      if (stream) {
+        memset(&st, 0, sizeof(st));
+        for (int i = 0; i < N_STREAM; i++)
+          short_job(&st.shorts[i]);
+      }
+      done = run_beside(e, dec, &longp[pass], stream ? send_stream : send_short,
+                        stream ? (void *)&st : (void *)&shortp[2], &s) > 0;
+      for (int i = 0; stream && i < N_STREAM; i++)
+        done &= job_wait(&st.shorts[i]);
+      if (!stream) done &= job_wait(&shortp[2]);
+      lm_check(done, "pass %d: the long prompt finished beside running decodes, and the short %s",
+               pass, stream ? "ones" : "one");
+    }
+    lm_engine_destroy(e);
+  }
+  for (int pass = 1; pass < 3; pass++) {
+    lm_check(shortp[pass].n_got > 0 && first_token_s(&shortp[pass]) < first_token_s(&longp[pass]),
+             "%s, the short prompt sent right after the long one had its first token %.1f ms "
+             "before the long one",
+             pass == 1 ? "alone" : "beside decodes",
+             1e3 * (first_token_s(&longp[pass]) - first_token_s(&shortp[pass])));
+    lm_check(same_output(&shortp[0], &shortp[pass]) && same_output(&longp[0], &longp[pass]),
+             "and both outputs are those each gives alone");
+  }
+  /* each step the long prompt gets its 16-token floor beside one short
+   * prompt's: 63 steps, some more where the decodes are timed alone (and
+   * as seen from here); were the floor the short prompts', 40 more */
+  int before = 0;
+  for (int i = 0; i < N_STREAM; i++)
+    before += st.shorts[i].n_got > 0 && first_token_s(&st.shorts[i]) < first_token_s(&longp[3]);
+  lm_check(st.ok && before == N_STREAM && st.steps > 0 && st.steps <= 1000 / 16 + 24 &&
+               same_output(&longp[0], &longp[3]),
+           "all %d of %d short prompts sent at once after the long one had their first token "
+           "before it; the long one took %llu steps (<= %d) and gives the same output",
+           before, N_STREAM, (unsigned long long)st.steps, 1000 / 16 + 24);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr,
@@ -1218,5 +1342,6 @@ int main(int argc, char **argv) {
   test_step_model_probes();
   test_decode_slowdown();
   test_layered_prefill();
+  test_short_arrival();
   return lm_check_done();
 }
