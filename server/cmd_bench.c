@@ -12,13 +12,16 @@
  *   long      an 8k-token prompt arriving while decodes run: their
  *             inter-token latency, and the prompt's prefill speed, against
  *             each alone; the decodes' ITL alone is measured before the
- *             prompt and again after it, and printed beside the gates.
+ *             prompt and again after it, and printed beside the gates, and
+ *             the prompt alone before the rest and after it, the gate
+ *             taking the mean.
  *             The decodes are a steady population, as in a server:
  *             contexts of 1024 tokens (--long-decode-len) plus their
  *             ages, which are spread evenly over a life of 256 tokens; one
  *             that ends is replaced. Their own step stays the same from
  *             before the prompt to after it, so the gate measures what the
- *             prompt costs them.
+ *             prompt costs them. Then four short requests arrive while
+ *             another long prompt runs beside the decodes: their TTFT.
  * Gates, measured in the same run: cached-prefix TTFT p50 >= 10x lower
  * than cold, p99 ITL during the 8k prefill <= 2.5x the median before it,
  * and that prefill at >= 50 % of its speed alone; then by backend:
@@ -418,31 +421,91 @@ static int decodes_itl_p50(struct bench *b, struct job *jobs, int nd, int plen, 
   return LM_OK;
 }
 
-/* The long prompt alone, then arriving while decodes run. The decodes'
- * ITL p50 before it arrives goes to itl_p50[0], and after its prefill to
- * itl_p50[1]; their ITLs while it prefills go to during->itl. Each
- * result's ttft[0] is the long prompt's TTFT. */
-static int long_prefill(struct bench *b, const struct bench_opts *o, struct result *alone,
-                        struct result *during, double itl_p50[2]) {
-  int nd = (int)o->long_decodes, llen = (int)o->long_len, plen = (int)o->long_decode_len;
-  struct job *jobs = calloc((size_t)nd + 2, sizeof(*jobs)); /* [decodes..., long alone, long] */
-  struct lm_engine_stats s0, s1;
-  int rc = LM_ENOMEM;
-  if (!jobs) return lm_errf(b->err, rc, "bench: out of memory");
-  if ((rc = jobs_make(b, jobs, nd, plen + LONG_DECODE_LIFE, 1)) != LM_OK ||
-      (rc = jobs_make(b, &jobs[nd], 2, llen, 1)) != LM_OK)
-    goto out;
-  struct job *la = &jobs[nd], *ld = &jobs[nd + 1];
+/* Short requests that arrive while a long prompt is prefilled beside the
+ * decodes: a third long prompt, never seen, then LONG_ARRIVALS requests
+ * of prompt_len fresh tokens (2 to generate), one each time the decodes
+ * have taken 8 more tokens apiece. Once they have all finished the long
+ * prompt is aborted; *during says whether it had its first token yet.
+ * jobs: [decodes..., long prompt, arrivals...]; their TTFTs go to *r. */
+#define LONG_ARRIVALS 4
 
+static int long_arrivals(struct bench *b, struct job *jobs, int nd, int plen, struct result *r,
+                         int *during) {
+  struct job *lp = &jobs[nd], *arr = &jobs[nd + 1];
+  int n = nd + 1 + LONG_ARRIVALS, rc, waiting = 1;
+  struct lm_engine_stats s0, s1;
   reset(b);
   b->itl_on = 0;
   lm_engine_get_stats(b->e, &s0);
   double t0 = lm_now_s();
-  if ((rc = run_together(b, la, 1)) != LM_OK) goto out;
+  if ((rc = job_submit(b, lp)) != LM_OK) return rc;
+  for (int i = 0; i < LONG_ARRIVALS; i++)
+    if ((rc = run_tokens(b, jobs, n, nd, plen, 8 * (size_t)nd, NULL)) != LM_OK ||
+        (rc = job_submit(b, &arr[i])) != LM_OK)
+      return rc;
+  while (waiting) {
+    if ((rc = run_tokens(b, jobs, n, nd, plen, 1, NULL)) != LM_OK) return rc;
+    waiting = 0;
+    for (int i = 0; i < LONG_ARRIVALS; i++)
+      waiting |= !arr[i].finished;
+  }
+  double t1 = lm_now_s();
   lm_engine_get_stats(b->e, &s1);
-  snprintf(alone->name, sizeof(alone->name), "long-alone");
-  alone->concurrency = 1;
-  summarize(b, la, 1, t0, lm_now_s(), &s0, &s1, alone);
+  /* whether the long prompt was still being prefilled when the last
+   * arrival had finished */
+  *during = lp->n_out == 0;
+  if (!lp->finished) lm_request_abort(lp->r);
+  /* only the arrivals' TTFTs: the decodes' replacements have theirs too */
+  b->ttft.n = 0;
+  for (int i = 0; i < LONG_ARRIVALS; i++)
+    if ((rc = lmc_samples_add(&b->ttft, arr[i].first_s - arr[i].submit_s)) != LM_OK) return rc;
+  snprintf(r->name, sizeof(r->name), "long-arrive");
+  r->concurrency = nd + 1 + LONG_ARRIVALS;
+  summarize(b, arr, LONG_ARRIVALS, t0, t1, &s0, &s1, r);
+  return LM_OK;
+}
+
+/* The long prompt j alone, into *r. */
+static int long_alone(struct bench *b, struct job *j, struct result *r, const char *name) {
+  struct lm_engine_stats s0, s1;
+  reset(b);
+  b->itl_on = 0;
+  lm_engine_get_stats(b->e, &s0);
+  double t0 = lm_now_s();
+  int rc = run_together(b, j, 1);
+  if (rc != LM_OK) return rc;
+  lm_engine_get_stats(b->e, &s1);
+  snprintf(r->name, sizeof(r->name), "%s", name);
+  r->concurrency = 1;
+  summarize(b, j, 1, t0, lm_now_s(), &s0, &s1, r);
+  return LM_OK;
+}
+
+/* The long prompt alone, then arriving while decodes run, then short
+ * requests arriving while another runs (long_arrivals), then a fourth
+ * long prompt alone again once the decodes have ended: the prompt alone
+ * is timed on both sides of the rest, so a machine whose speed drifts
+ * over the minutes between moves both alike. The decodes' ITL p50 before
+ * the prompt arrives goes to itl_p50[0], and after its prefill to
+ * itl_p50[1]; their ITLs while it prefills go to during->itl. The long
+ * prompt's TTFT is ttft[0] of alone[0] (before), alone[1] (after) and
+ * during. */
+static int long_prefill(struct bench *b, const struct bench_opts *o, struct result alone[2],
+                        struct result *during, struct result *arrive, int *arrive_during,
+                        double itl_p50[2]) {
+  int nd = (int)o->long_decodes, llen = (int)o->long_len, plen = (int)o->long_decode_len;
+  /* [decodes..., third long prompt, arrivals..., long alone twice, long] */
+  int n = nd + LONG_ARRIVALS + 4;
+  struct job *jobs = calloc((size_t)n, sizeof(*jobs));
+  struct lm_engine_stats s0, s1;
+  int rc = LM_ENOMEM;
+  if (!jobs) return lm_errf(b->err, rc, "bench: out of memory");
+  if ((rc = jobs_make(b, jobs, nd, plen + LONG_DECODE_LIFE, 1)) != LM_OK ||
+      (rc = jobs_make(b, &jobs[nd], 1, llen, 1)) != LM_OK ||
+      (rc = jobs_make(b, &jobs[nd + 1], LONG_ARRIVALS, (int)o->prompt_len, 2)) != LM_OK ||
+      (rc = jobs_make(b, &jobs[n - 3], 3, llen, 1)) != LM_OK)
+    goto out;
+  struct job *la = &jobs[n - 3], *ld = &jobs[n - 1];
 
   /* The decodes' prompts run once first, for one token each, and stay in
    * the prefix cache: sent again, every decode starts within a step or
@@ -451,6 +514,9 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   for (int i = 0; i < nd; i++)
     jobs[i].n_prompt = plen + long_decode_age(i, nd);
   if ((rc = run_together(b, jobs, nd)) != LM_OK) goto out;
+
+  if ((rc = long_alone(b, la, &alone[0], "long-alone")) != LM_OK) goto out;
+
   reset(b);
   b->itl_on = 1;
   for (int i = 0; i < nd; i++)
@@ -462,9 +528,9 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   if ((rc = decodes_itl_p50(b, jobs, nd, plen, 16, &itl_p50[0])) != LM_OK) goto out;
   reset(b);
   lm_engine_get_stats(b->e, &s0);
-  t0 = lm_now_s();
+  double t0 = lm_now_s();
   if ((rc = job_submit(b, ld)) != LM_OK ||
-      (rc = run_tokens(b, jobs, nd + 2, nd, plen, SIZE_MAX, ld)) != LM_OK)
+      (rc = run_tokens(b, jobs, n, nd, plen, SIZE_MAX, ld)) != LM_OK)
     goto out;
   double t1 = lm_now_s();
   lm_engine_get_stats(b->e, &s1);
@@ -478,11 +544,22 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   summarize(b, ld, 1, t0, t1, &s0, &s1, during);
   /* the decodes alone again: 16 tokens a decode after 4 that may still
    * have shared a step with the prompt's last chunk */
-  rc = decodes_itl_p50(b, jobs, nd, plen, 4, &itl_p50[1]);
-out:
+  if ((rc = decodes_itl_p50(b, jobs, nd, plen, 4, &itl_p50[1])) != LM_OK ||
+      (rc = long_arrivals(b, jobs, nd, plen, arrive, arrive_during)) != LM_OK)
+    goto out;
+  /* the decodes end (the third long prompt was aborted), then the prompt
+   * runs alone again */
   for (int i = 0; i < nd; i++)
-    if (jobs[i].r) lm_request_abort(jobs[i].r);
-  jobs_release(jobs, nd + 2);
+    if (jobs[i].r && !jobs[i].finished) lm_request_abort(jobs[i].r);
+  while (!all_done(jobs, nd + 1)) {
+    lm_cli_wait(&b->w);
+    if ((rc = drain_all(b, jobs, nd + 1)) != LM_OK) goto out;
+  }
+  rc = long_alone(b, &la[1], &alone[1], "long-alone-after");
+out:
+  for (int i = 0; i < n; i++)
+    if (jobs[i].r && !jobs[i].finished) lm_request_abort(jobs[i].r);
+  jobs_release(jobs, n);
   free(jobs);
   return rc;
 }
@@ -652,12 +729,13 @@ int lm_cmd_bench(int argc, char **argv) {
     cfg.max_num_seqs = 256;
   } else {
     /* KV for the largest workload at once (host memory: keep it tight):
-     * 64 fixed requests, or the long prompt twice (alone, then cached while
-     * the second one runs) beside its decodes; then room for the prefix
+     * 64 fixed requests, or a long prompt beside its decodes and the short
+     * arrivals with the one before cached; then room for the prefix
      * workload's cached prefixes */
     long fixed_tokens = 64 * (o.prompt_len + o.output_len + cfg.block_size);
-    long long_tokens =
-        2 * o.long_len + o.long_decodes * (o.long_decode_len + LONG_DECODE_LIFE + cfg.block_size);
+    long long_tokens = 2 * o.long_len +
+                       o.long_decodes * (o.long_decode_len + LONG_DECODE_LIFE + cfg.block_size) +
+                       LONG_ARRIVALS * (o.prompt_len + 2 + cfg.block_size);
     long tokens = (fixed_tokens > long_tokens ? fixed_tokens : long_tokens) + 4 * o.prefix_len;
     cfg.n_kv_blocks = (int)((tokens + cfg.block_size - 1) / cfg.block_size);
   }
@@ -733,13 +811,20 @@ int lm_cmd_bench(int argc, char **argv) {
     print_result(&o, &warm);
     total_out += cold.output_tokens + warm.output_tokens;
   }
-  struct result alone = {.n_requests = 0}, during = {.n_requests = 0};
+  struct result alone[2] = {{.n_requests = 0}, {.n_requests = 0}}, during = {.n_requests = 0},
+                arrive = {.n_requests = 0};
   double itl_p50[2] = {0, 0}; /* the decodes alone, before the long prompt and after it */
+  int arrive_during = 0;      /* the arrivals finished while the long prompt was prefilled */
+  double alone_mean = 0;      /* ms: the long prompt alone, before the rest and after */
   if (want(&o, "long")) {
-    if (long_prefill(&b, &o, &alone, &during, itl_p50) != LM_OK) goto fail;
-    print_result(&o, &alone);
+    if (long_prefill(&b, &o, alone, &during, &arrive, &arrive_during, itl_p50) != LM_OK) goto fail;
+    alone_mean = (alone[0].ttft[0] + alone[1].ttft[0]) / 2;
+    print_result(&o, &alone[0]);
     print_result(&o, &during);
-    total_out += alone.output_tokens + during.output_tokens;
+    print_result(&o, &arrive);
+    print_result(&o, &alone[1]);
+    total_out += alone[0].output_tokens + during.output_tokens + arrive.output_tokens +
+                 alone[1].output_tokens;
   }
   if (o.json)
     printf("{\"output_tokens_total\": %ld}\n", total_out);
@@ -777,14 +862,16 @@ int lm_cmd_bench(int argc, char **argv) {
      * prompt's own work beside them: its time there less its steps at the
      * mean of the decodes' step before and after, against its time alone */
     double work =
-        (during.ttft[0] - (double)during.steps * (itl_p50[0] + itl_p50[1]) / 2) / alone.ttft[0];
+        (during.ttft[0] - (double)during.steps * (itl_p50[0] + itl_p50[1]) / 2) / alone_mean;
     if (o.json)
       printf("{\"long_decode_prompt_len\": %ld, \"long_decode_itl_p50_ms\": [%.3f, %.3f], "
              "\"long_itl_p99_during_over_p50_after\": %.3f, "
              "\"long_prompt_work_beside_over_alone\": %.3f, \"long_waiting_most\": %d, "
-             "\"long_decodes_replaced\": %ld}\n",
+             "\"long_decodes_replaced\": %ld, \"long_arrivals_during_prefill\": %s, "
+             "\"long_alone_ttft_ms\": [%.1f, %.1f]}\n",
              o.long_decode_len, itl_p50[0], itl_p50[1], during.itl[2] / itl_p50[1], work,
-             during.waiting_peak, b.replaced);
+             during.waiting_peak, b.replaced, arrive_during ? "true" : "false", alone[0].ttft[0],
+             alone[1].ttft[0]);
     else
       printf("long: the decodes (%ld-token contexts and up, %ld replaced as they ended) alone, "
              "ITL p50 %.1f ms before the prompt and %.1f ms after it (%.2f x); ITL p99 during / "
@@ -792,9 +879,19 @@ int lm_cmd_bench(int argc, char **argv) {
              "it ran, at most %d\n",
              o.long_decode_len, b.replaced, itl_p50[0], itl_p50[1], itl_p50[1] / itl_p50[0],
              during.itl[2] / itl_p50[1], work, during.waiting_peak);
+    if (!o.json) {
+      printf("long: the prompt alone took %.1f ms before the rest and %.1f ms after (%.3f x); "
+             "the gate takes their mean\n",
+             alone[0].ttft[0], alone[1].ttft[0], alone[1].ttft[0] / alone[0].ttft[0]);
+      printf("long: %d requests of %ld tokens arriving while another long prompt ran beside the "
+             "decodes: TTFT p50 %.1f ms, p99 %.1f ms (%.1f and %.1f decode steps), all done %s "
+             "the long prompt's first token\n",
+             LONG_ARRIVALS, o.prompt_len, arrive.ttft[0], arrive.ttft[2],
+             arrive.ttft[0] / itl_p50[1], arrive.ttft[2] / itl_p50[1],
+             arrive_during ? "before" : "after");
+    }
     gate(&o, "ITL p99 during long prefill / p50 before", during.itl[2] / itl_p50[0], 2.5, 0, &all);
-    gate(&o, "long prefill speed with decodes / alone", alone.ttft[0] / during.ttft[0], 0.5, 1,
-         &all);
+    gate(&o, "long prefill speed with decodes / alone", alone_mean / during.ttft[0], 0.5, 1, &all);
   }
   if (!o.json) printf("gates: %s\n", all ? "all pass" : "some fail");
   rc = 0;

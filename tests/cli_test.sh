@@ -102,13 +102,17 @@ assert all(work[("fixed", c)]["output_tokens"] == c * 4 for c in (1, 8, 32, 64))
 assert work[("prefix-cold", 1)]["output_tokens"] == 4 * 8 and work[("prefix-warm", 1)]["output_tokens"] == 7 * 8
 assert work[("prefix-warm", 1)]["prefix_hit_rate"] >= 64 / 128 - 1e-6, work[("prefix-warm", 1)]  # the whole shared prefix
 total = [r["output_tokens_total"] for r in rows if "output_tokens_total" in r]
-assert total == [4 * 105 + 88 + 2], total
+assert total == [4 * 105 + 88 + 3 + 4 * 2], total  # long prompts alone twice and beside decodes once, 4 arrivals
+arrive = work[("long-arrive", 13)]  # 4 short requests beside the decodes and a long prompt
+assert arrive["requests"] == 4 and arrive["output_tokens"] == 8 and arrive["ttft_ms"][0] > 0, arrive
 assert len([r for r in rows if "gate" in r]) == 4, rows
 itl = [r for r in rows if "long_decode_itl_p50_ms" in r]
 assert len(itl) == 1 and all(v > 0 for v in itl[0]["long_decode_itl_p50_ms"]), itl  # before and after the long prompt
 assert itl[0]["long_decode_prompt_len"] == 32, itl
 assert itl[0]["long_decodes_replaced"] > 0 and itl[0]["long_waiting_most"] >= 0, itl  # a steady population
 assert -10 < itl[0]["long_prompt_work_beside_over_alone"] < 10, itl  # W / A, an estimate
+assert itl[0]["long_arrivals_during_prefill"] in (True, False), itl
+assert len(itl[0]["long_alone_ttft_ms"]) == 2 and min(itl[0]["long_alone_ttft_ms"]) > 0, itl  # before and after
 assert all(r["layered_steps"] >= 0 for r in work.values()), work
 '
 
