@@ -2,9 +2,11 @@
  * Qwen3-0.6B-shaped bf16 weights (>= 1 GB, not cache resident), GEMM at
  * M = 512, FMA peak, decode and prefill attention, pool dispatch cost.
  * Prints numbers; not a test. Usage: backend_bench [n_threads]
- * [attention|gemm] [consecutive]: "attention" runs prefill attention
- * alone, repeated (for a profiler); "gemm" only times the 36 layers'
- * matmuls from memory at M = 1 to 128 rows (gemm_rows); "consecutive"
+ * [attention|gemm|decode] [consecutive]: "attention" runs prefill
+ * attention alone, repeated (for a profiler); "gemm" only times the 36
+ * layers' matmuls from memory at M = 1 to 128 rows (gemm_rows); "decode"
+ * only times the attention of 32 decodes of 1152 tokens, their blocks
+ * shuffled, from memory (bench_decode_batch); "consecutive"
  * gives each sequence its blocks in order, one after another in the pool,
  * as a fresh pool hands them out (by default they lie in reverse, as after
  * churn). */
@@ -45,6 +47,49 @@ static struct lm_tensor make_bf16(int64_t n, int64_t k, uint32_t seed) {
 
 /* ---- attention --------------------------------------------------------- */
 
+/* A KV cache of Qwen3-0.6B's heads (8 kv heads, head_dim 128, blocks of
+ * 16) in n_layers layers of n_blocks blocks, filled with values in [0,
+ * 1): its shape into *shape; NULL (said on stderr) when it cannot. */
+static void *bench_kv(void *st, int n_layers, int n_blocks, enum lm_dtype dt,
+                      struct lm_kv_shape *shape) {
+  *shape = (struct lm_kv_shape){.n_layers = n_layers,
+                                .n_blocks = n_blocks,
+                                .block_size = 16,
+                                .n_kv_heads = 8,
+                                .head_dim = 128,
+                                .dtype = dt};
+  char err[LM_ERR_LEN];
+  void *kv;
+  if (ops->kv_create(st, shape, &kv, err) != 0) {
+    fprintf(stderr, "kv_create: %s\n", err);
+    return NULL;
+  }
+  size_t n = (size_t)2 * n_layers * n_blocks * 8 * 16 * 128;
+  for (size_t i = 0; i < n; i++) {
+    float v = (float)((i * 2654435761u) % 1000) / 1000.0f;
+    if (dt == LM_DTYPE_BF16)
+      ((uint16_t *)kv)[i] = lm_f32_to_bf16(v);
+    else
+      ((float *)kv)[i] = v;
+  }
+  return kv;
+}
+
+/* The best of reps passes of the batch's attention over every layer of
+ * the KV, in seconds a layer (Qwen3-0.6B's 16 query heads). */
+static double time_attention(void *st, float *out, const float *q, const void *kv,
+                             const struct lm_kv_shape *shape, const struct lm_batch *b, int reps) {
+  double best = 1e9;
+  for (int r = 0; r < reps; r++) {
+    double t0 = lm_now_s();
+    for (int l = 0; l < shape->n_layers; l++)
+      ops->attention(st, out, q, kv, shape, l, b, 16, 0.088f);
+    double dt = (lm_now_s() - t0) / shape->n_layers;
+    if (dt < best) best = dt;
+  }
+  return best;
+}
+
 /* Attention of one sequence's last n_q tokens over a context of ctx
  * tokens (Qwen3-0.6B: 16 q / 8 kv heads, head_dim 128, blocks of 16 laid
  * out in reverse in the pool, or in order with "consecutive"), in
@@ -56,26 +101,10 @@ static struct lm_tensor make_bf16(int64_t n, int64_t k, uint32_t seed) {
 static int bench_attention(void *st, float *out, const float *q, int ctx, int n_q, int n_layers,
                            enum lm_dtype dt_kv, double peak, int reps) {
   const int bs = 16, nh = 16, nkv = 8, hd = 128, nb = ctx / bs;
-  struct lm_kv_shape shape = {.n_layers = n_layers,
-                              .n_blocks = nb,
-                              .block_size = bs,
-                              .n_kv_heads = nkv,
-                              .head_dim = hd,
-                              .dtype = dt_kv};
-  char err[LM_ERR_LEN];
-  void *kv;
-  if (ops->kv_create(st, &shape, &kv, err) != 0) {
-    fprintf(stderr, "kv_create: %s\n", err);
-    return 1;
-  }
+  struct lm_kv_shape shape;
+  void *kv = bench_kv(st, n_layers, nb, dt_kv, &shape);
+  if (!kv) return 1;
   size_t n = (size_t)2 * n_layers * nb * nkv * bs * hd, esz = lm_dtype_size(dt_kv);
-  for (size_t i = 0; i < n; i++) {
-    float v = (float)((i * 2654435761u) % 1000) / 1000.0f;
-    if (dt_kv == LM_DTYPE_BF16)
-      ((uint16_t *)kv)[i] = lm_f32_to_bf16(v);
-    else
-      ((float *)kv)[i] = v;
-  }
   int32_t *table = malloc((size_t)nb * 4), *pos = malloc((size_t)n_q * 4), qs[2] = {0, n_q},
           cl = ctx;
   for (int i = 0; i < nb; i++)
@@ -94,14 +123,7 @@ static int bench_attention(void *st, float *out, const float *q, int ctx, int n_
                        .ctx_len = &cl,
                        .block_tables = table,
                        .max_blocks = nb};
-  double best = 1e9;
-  for (int r = 0; r < reps; r++) {
-    double t0 = lm_now_s();
-    for (int l = 0; l < n_layers; l++)
-      ops->attention(st, out, q, kv, &shape, l, &b, nh, 0.088f);
-    double dt = (lm_now_s() - t0) / n_layers;
-    if (dt < best) best = dt;
-  }
+  double best = time_attention(st, out, q, kv, &shape, &b, reps);
   if (n_q == 1)
     printf("(4) decode attention ctx=%d (16 q / 8 kv heads, hd 128, %s KV %.1f MB a layer%s): "
            "%.1f us per layer, %.1f GB/s of KV, x28 layers = %.2f ms\n",
@@ -117,6 +139,58 @@ static int bench_attention(void *st, float *out, const float *q, int ctx, int n_
         100 * flops / best / 1e9 / peak, best * 28 * 1e3);
   free(pos);
   free(table);
+  ops->kv_free(st, kv);
+  return 0;
+}
+
+/* n_seqs decodes of ctx tokens each, one query token a sequence, their
+ * blocks shuffled over a pool of n_layers layers (not cache resident), as
+ * a decode step at that batch reads them. Prints GB/s of KV. */
+static int bench_decode_batch(void *st, int n_seqs, int ctx, int n_layers, int reps) {
+  const int bs = 16, nh = 16, nkv = 8, hd = 128, per = (ctx + bs - 1) / bs, nb = n_seqs * per;
+  struct lm_kv_shape shape;
+  void *kv = bench_kv(st, n_layers, nb, LM_DTYPE_BF16, &shape);
+  if (!kv) return 1;
+  int32_t *table = malloc((size_t)nb * 4), *pos = malloc((size_t)n_seqs * 4),
+          *qs = malloc(((size_t)n_seqs + 1) * 4), *cl = malloc((size_t)n_seqs * 4);
+  float *q = calloc((size_t)n_seqs * nh * hd, 4), *out = calloc((size_t)n_seqs * nh * hd, 4);
+  uint32_t seed = 7;
+  for (int i = 0; i < nb; i++)
+    table[i] = i;
+  for (int i = nb - 1; i > 0; i--) {
+    seed = seed * 1664525u + 1013904223u;
+    int k = (int)(seed % (uint32_t)(i + 1)), t = table[i];
+    table[i] = table[k];
+    table[k] = t;
+  }
+  for (int s = 0; s < n_seqs; s++) {
+    pos[s] = ctx - 1;
+    qs[s] = s;
+    cl[s] = ctx;
+  }
+  qs[n_seqs] = n_seqs;
+  for (size_t i = 0; i < (size_t)n_seqs * nh * hd; i++)
+    q[i] = 0.01f * (float)(i % 7);
+  struct lm_batch b = {.n_tokens = n_seqs,
+                       .n_seqs = n_seqs,
+                       .token_ids = pos,
+                       .positions = pos,
+                       .slot_mapping = pos,
+                       .q_start = qs,
+                       .ctx_len = cl,
+                       .block_tables = table,
+                       .max_blocks = per};
+  double best = time_attention(st, out, q, kv, &shape, &b, reps);
+  double bytes = (double)n_seqs * ctx * nkv * hd * 2 * 2;
+  printf("(6) decode attention, %d sequences of %d tokens (bf16 KV %.0f MB a layer, %d layers, "
+         "blocks shuffled): %.2f ms a layer, %.1f GB/s of KV\n",
+         n_seqs, ctx, bytes / 1e6, n_layers, best * 1e3, bytes / best / 1e9);
+  free(table);
+  free(pos);
+  free(qs);
+  free(cl);
+  free(q);
+  free(out);
   ops->kv_free(st, kv);
   return 0;
 }
@@ -148,6 +222,7 @@ int main(int argc, char **argv) {
   struct lm_backend_config cfg = {.n_threads = argc > 1 ? atoi(argv[1]) : 0};
   int attn_only = argc > 2 && !strcmp(argv[2], "attention");
   int gemm_only = argc > 2 && !strcmp(argv[2], "gemm");
+  int decode_only = argc > 2 && !strcmp(argv[2], "decode");
   consecutive = argc > 3 && !strcmp(argv[3], "consecutive");
   char err[LM_ERR_LEN];
   void *st;
@@ -156,6 +231,11 @@ int main(int argc, char **argv) {
     return 1;
   }
   struct lm_cpu *cpu = st;
+  if (decode_only) {
+    int rc = bench_decode_batch(st, 32, 1152, 4, 8);
+    ops->destroy(st);
+    return rc;
+  }
   printf("threads: %d, kernels: %s\n", cpu->n_threads,
          !cpu->avx512 ? "scalar"
          : cpu->amx   ? "avx512, bf16 matmuls and attention on AMX tiles"
