@@ -196,9 +196,9 @@ double lm_sched_next_deadline(lm_engine *e, double now) {
  * whatever machine the model was fitted: the decodes keep their
  * inter-token latency. The first chunk gets at least LM_PROMPT_FLOOR
  * tokens, so a prompt always advances (the short prompts' share and the
- * running prompts may each take one: schedule_short); except that where the model has
- * not timed decodes like these alone (their contexts have grown past
- * those it has seen, or 64 steps with chunks have passed:
+ * running prompts may each take one: schedule_short); except that where
+ * the model has not timed decodes like these alone (their contexts have
+ * grown past those it has seen, or 64 steps with chunks have passed:
  * lm_step_model_explored), the prompts wait for one step and the decodes'
  * own step is measured. */
 #define LM_PROMPT_FLOOR 16
@@ -215,8 +215,9 @@ double lm_sched_next_deadline(lm_engine *e, double now) {
  * token-layers a step (counting the steps a chunk of L layers takes) and
  * at least twice the ordinary chunk's tokens. Its layers take their share
  * of the step's time and compute budget (what short prompts left:
- * schedule_short), its rows the token budget in full. One prompt at a time (e->layered); a request
- * that leaves the running list starts its chunk again. */
+ * schedule_short), its rows the token budget in full. One prompt at a
+ * time (e->layered); a request that leaves the running list starts its
+ * chunk again. */
 #define LM_LAYERED_TOKENS 512
 #define LM_LAYERED_MIN    32   /* tokens below which a chunk is not layered */
 #define LM_LAYERED_FILL   0.97 /* of the time, as the decodes' step is predicted again each step */
@@ -510,8 +511,8 @@ static int schedule_waiting(lm_engine *e, double now, struct budget *budget, int
  * long one), prompts with at most that much left (short ones) go ahead
  * of it, running ones first, then waiting ones as urgent as it: they take
  * up to LM_SHORT_SHARE of the step's tokens, compute and time, in
- * chunks over all the layers, and the long prompt the rest, with its own floor.
- * So a request that arrives while a long prompt is prefilled starts
+ * chunks over all the layers, and the long prompt the rest, with its own
+ * floor. So a request that arrives while a long prompt is prefilled starts
  * within a few steps, rather than behind that prompt's every chunk, and
  * the long prompt advances every step whatever arrives. The layered
  * chunk under way keeps the token budget for its rows; otherwise a short

@@ -196,16 +196,22 @@ static int jobs_make(struct bench *b, struct job *jobs, int n, int prompt_len, i
   return LM_OK;
 }
 
+/* Drains jobs[0, n) until all have finished. */
+static int wait_done(struct bench *b, struct job *jobs, int n) {
+  while (!all_done(jobs, n)) {
+    lm_cli_wait(&b->w);
+    int rc = drain_all(b, jobs, n);
+    if (rc != LM_OK) return rc;
+  }
+  return LM_OK;
+}
+
 /* Runs jobs[0, n) submitted together until all finish. */
 static int run_together(struct bench *b, struct job *jobs, int n) {
   int rc;
   for (int i = 0; i < n; i++)
     if ((rc = job_submit(b, &jobs[i])) != LM_OK) return rc;
-  while (!all_done(jobs, n)) {
-    lm_cli_wait(&b->w);
-    if ((rc = drain_all(b, jobs, n)) != LM_OK) return rc;
-  }
-  return LM_OK;
+  return wait_done(b, jobs, n);
 }
 
 /* ---- reporting ------------------------------------------------------------ */
@@ -301,11 +307,30 @@ static void reset(struct bench *b) {
   b->kv_peak = b->waiting_peak = 0;
 }
 
+/* The end of a phase that began at t0 with the engine's counters at s0:
+ * its summary over jobs[0, n), with their TTFTs only (others' first
+ * tokens came in the phase too), into *r. */
+static int phase_result(struct bench *b, const struct job *jobs, int n, double t0,
+                        const struct lm_engine_stats *s0, const char *name, int concurrency,
+                        struct result *r) {
+  struct lm_engine_stats s1;
+  double t1 = lm_now_s();
+  lm_engine_get_stats(b->e, &s1);
+  b->ttft.n = 0;
+  for (int i = 0; i < n; i++)
+    if (lmc_samples_add(&b->ttft, jobs[i].first_s - jobs[i].submit_s))
+      return lm_errf(b->err, LM_ENOMEM, "bench: out of memory");
+  snprintf(r->name, sizeof(r->name), "%s", name);
+  r->concurrency = concurrency;
+  summarize(b, jobs, n, t0, t1, s0, &s1, r);
+  return LM_OK;
+}
+
 /* ---- workloads ------------------------------------------------------------- */
 
 static int fixed(struct bench *b, const struct bench_opts *o, int conc, struct result *r) {
   struct job *jobs = calloc((size_t)conc, sizeof(*jobs));
-  struct lm_engine_stats s0, s1;
+  struct lm_engine_stats s0;
   int rc = LM_ENOMEM;
   if (!jobs) return lm_errf(b->err, rc, "bench: out of memory");
   reset(b);
@@ -313,12 +338,8 @@ static int fixed(struct bench *b, const struct bench_opts *o, int conc, struct r
   if ((rc = jobs_make(b, jobs, conc, (int)o->prompt_len, (int)o->output_len)) != LM_OK) goto out;
   lm_engine_get_stats(b->e, &s0);
   double t0 = lm_now_s();
-  if ((rc = run_together(b, jobs, conc)) != LM_OK) goto out;
-  double t1 = lm_now_s();
-  lm_engine_get_stats(b->e, &s1);
-  snprintf(r->name, sizeof(r->name), "fixed");
-  r->concurrency = conc;
-  summarize(b, jobs, conc, t0, t1, &s0, &s1, r);
+  if ((rc = run_together(b, jobs, conc)) == LM_OK)
+    rc = phase_result(b, jobs, conc, t0, &s0, "fixed", conc, r);
 out:
   jobs_release(jobs, conc);
   free(jobs);
@@ -332,7 +353,7 @@ static int prefix(struct bench *b, const struct bench_opts *o, struct result *co
   enum { N_COLD = 3, N_WARM = 8 };
   int plen = (int)o->prefix_len, slen = 64, out_len = 8;
   struct job jobs[N_COLD + N_WARM] = {{.n_out = 0}};
-  struct lm_engine_stats s0, s1;
+  struct lm_engine_stats s0;
   int rc = jobs_make(b, jobs, N_COLD + N_WARM, plen + slen, out_len);
   if (rc != LM_OK) goto out;
   for (int i = N_COLD + 1; i < N_COLD + N_WARM; i++) /* the shared prefix: job N_COLD's */
@@ -346,11 +367,9 @@ static int prefix(struct bench *b, const struct bench_opts *o, struct result *co
     double t0 = lm_now_s();
     for (int i = first; i < first + n; i++)
       if ((rc = run_together(b, &jobs[i], 1)) != LM_OK) goto out;
-    double t1 = lm_now_s();
-    lm_engine_get_stats(b->e, &s1);
-    snprintf(r->name, sizeof(r->name), phase ? "prefix-warm" : "prefix-cold");
-    r->concurrency = 1;
-    summarize(b, &jobs[first], n, t0, t1, &s0, &s1, r);
+    if ((rc = phase_result(b, &jobs[first], n, t0, &s0, phase ? "prefix-warm" : "prefix-cold", 1,
+                           r)) != LM_OK)
+      goto out;
   }
 out:
   jobs_release(jobs, N_COLD + N_WARM);
@@ -432,8 +451,8 @@ static int decodes_itl_p50(struct bench *b, struct job *jobs, int nd, int plen, 
 static int long_arrivals(struct bench *b, struct job *jobs, int nd, int plen, struct result *r,
                          int *during) {
   struct job *lp = &jobs[nd], *arr = &jobs[nd + 1];
-  int n = nd + 1 + LONG_ARRIVALS, rc, waiting = 1;
-  struct lm_engine_stats s0, s1;
+  int n = nd + 1 + LONG_ARRIVALS, rc;
+  struct lm_engine_stats s0;
   reset(b);
   b->itl_on = 0;
   lm_engine_get_stats(b->e, &s0);
@@ -443,42 +462,25 @@ static int long_arrivals(struct bench *b, struct job *jobs, int nd, int plen, st
     if ((rc = run_tokens(b, jobs, n, nd, plen, 8 * (size_t)nd, NULL)) != LM_OK ||
         (rc = job_submit(b, &arr[i])) != LM_OK)
       return rc;
-  while (waiting) {
+  while (!all_done(arr, LONG_ARRIVALS))
     if ((rc = run_tokens(b, jobs, n, nd, plen, 1, NULL)) != LM_OK) return rc;
-    waiting = 0;
-    for (int i = 0; i < LONG_ARRIVALS; i++)
-      waiting |= !arr[i].finished;
-  }
-  double t1 = lm_now_s();
-  lm_engine_get_stats(b->e, &s1);
   /* whether the long prompt was still being prefilled when the last
    * arrival had finished */
   *during = lp->n_out == 0;
+  rc = phase_result(b, arr, LONG_ARRIVALS, t0, &s0, "long-arrive", n, r);
   if (!lp->finished) lm_request_abort(lp->r);
-  /* only the arrivals' TTFTs: the decodes' replacements have theirs too */
-  b->ttft.n = 0;
-  for (int i = 0; i < LONG_ARRIVALS; i++)
-    if ((rc = lmc_samples_add(&b->ttft, arr[i].first_s - arr[i].submit_s)) != LM_OK) return rc;
-  snprintf(r->name, sizeof(r->name), "long-arrive");
-  r->concurrency = nd + 1 + LONG_ARRIVALS;
-  summarize(b, arr, LONG_ARRIVALS, t0, t1, &s0, &s1, r);
-  return LM_OK;
+  return rc;
 }
 
 /* The long prompt j alone, into *r. */
 static int long_alone(struct bench *b, struct job *j, struct result *r, const char *name) {
-  struct lm_engine_stats s0, s1;
+  struct lm_engine_stats s0;
   reset(b);
   b->itl_on = 0;
   lm_engine_get_stats(b->e, &s0);
   double t0 = lm_now_s();
   int rc = run_together(b, j, 1);
-  if (rc != LM_OK) return rc;
-  lm_engine_get_stats(b->e, &s1);
-  snprintf(r->name, sizeof(r->name), "%s", name);
-  r->concurrency = 1;
-  summarize(b, j, 1, t0, lm_now_s(), &s0, &s1, r);
-  return LM_OK;
+  return rc != LM_OK ? rc : phase_result(b, j, 1, t0, &s0, name, 1, r);
 }
 
 /* The long prompt alone, then arriving while decodes run, then short
@@ -497,7 +499,7 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   /* [decodes..., third long prompt, arrivals..., long alone twice, long] */
   int n = nd + LONG_ARRIVALS + 4;
   struct job *jobs = calloc((size_t)n, sizeof(*jobs));
-  struct lm_engine_stats s0, s1;
+  struct lm_engine_stats s0;
   int rc = LM_ENOMEM;
   if (!jobs) return lm_errf(b->err, rc, "bench: out of memory");
   if ((rc = jobs_make(b, jobs, nd, plen + LONG_DECODE_LIFE, 1)) != LM_OK ||
@@ -529,19 +531,11 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
   reset(b);
   lm_engine_get_stats(b->e, &s0);
   double t0 = lm_now_s();
+  /* the ITL samples are the decodes' while it ran */
   if ((rc = job_submit(b, ld)) != LM_OK ||
-      (rc = run_tokens(b, jobs, n, nd, plen, SIZE_MAX, ld)) != LM_OK)
+      (rc = run_tokens(b, jobs, n, nd, plen, SIZE_MAX, ld)) != LM_OK ||
+      (rc = phase_result(b, ld, 1, t0, &s0, "long-during", nd + 1, during)) != LM_OK)
     goto out;
-  double t1 = lm_now_s();
-  lm_engine_get_stats(b->e, &s1);
-  /* only the long prompt's TTFT: drop the decodes' from the summary; the
-   * ITL samples are the decodes' while it ran */
-  double ttft = ld->first_s - ld->submit_s;
-  b->ttft.n = 0;
-  lmc_samples_add(&b->ttft, ttft);
-  snprintf(during->name, sizeof(during->name), "long-during");
-  during->concurrency = nd + 1;
-  summarize(b, ld, 1, t0, t1, &s0, &s1, during);
   /* the decodes alone again: 16 tokens a decode after 4 that may still
    * have shared a step with the prompt's last chunk */
   if ((rc = decodes_itl_p50(b, jobs, nd, plen, 4, &itl_p50[1])) != LM_OK ||
@@ -551,10 +545,7 @@ static int long_prefill(struct bench *b, const struct bench_opts *o, struct resu
    * runs alone again */
   for (int i = 0; i < nd; i++)
     if (jobs[i].r && !jobs[i].finished) lm_request_abort(jobs[i].r);
-  while (!all_done(jobs, nd + 1)) {
-    lm_cli_wait(&b->w);
-    if ((rc = drain_all(b, jobs, nd + 1)) != LM_OK) goto out;
-  }
+  if ((rc = wait_done(b, jobs, nd + 1)) != LM_OK) goto out;
   rc = long_alone(b, &la[1], &alone[1], "long-alone-after");
 out:
   for (int i = 0; i < n; i++)

@@ -1217,15 +1217,6 @@ static struct job *send_short(lm_engine *e, struct job *cur, uint64_t prompt0, v
   return cur;
 }
 
-/* 16 random tokens, 4 to generate. */
-static void short_job(struct job *j) {
-  memset(j, 0, sizeof(*j));
-  j->n_prompt = 16;
-  for (int t = 0; t < 16; t++)
-    j->prompt[t] = 3 + rand() % (n_ids - 3);
-  j->max_tokens = 4;
-}
-
 /* The stream's hook: N_STREAM short prompts sent at once, right after
  * the long one; the engine's steps from then to the long prompt's first
  * token, as seen from here. */
@@ -1270,7 +1261,7 @@ static void test_short_arrival(void) {
     lm_engine *e = open_engine(0, 64, 0, pass >= 2 ? slowdown_one : NULL);
     if (!lm_check(e != NULL, "engine for the short arrivals opens (pass %d)", pass)) return;
     make_beside(dec, &longp[pass], 9191, 200, 1000);
-    if (pass < 3) short_job(&shortp[pass]);
+    if (pass < 3) shortp[pass] = simple_job(16, 4, 1);
     if (pass == 0) {
       /* each alone: the reference */
       lm_check(job_submit(e, &longp[0], err) == LM_OK && job_wait(&longp[0]) &&
@@ -1286,7 +1277,7 @@ static void test_short_arrival(void) {
       if (stream) {
         memset(&st, 0, sizeof(st));
         for (int i = 0; i < N_STREAM; i++)
-          short_job(&st.shorts[i]);
+          st.shorts[i] = simple_job(16, 4, 2 + i);
       }
       done = run_beside(e, dec, &longp[pass], stream ? send_stream : send_short,
                         stream ? (void *)&st : (void *)&shortp[2], &s) > 0;
